@@ -1,0 +1,31 @@
+//! `herald-plugin-api`: the stable contract between `heraldd` and its provider plugins.
+//!
+//! - [`types`]: the domain — channels, messages, states, events. Shared with the socket
+//!   protocol, so these types stay postcard-friendly.
+//! - [`provider`]: the sans-IO [`Provider`] trait and the step machine a plugin runs:
+//!   a plugin describes requests, the host performs them. A plugin never does network I/O.
+//! - [`abi`]: the C ABI (`herald_plugin_v1`, JSON buffers, plugin-owned buffers) and the
+//!   [`export_plugin!`] macro that writes the glue, with every entry point under
+//!   `catch_unwind`.
+//! - [`log`], [`http`], [`secret`], [`version`]: small helpers for plugin authors and the
+//!   loader.
+//!
+//! This crate depends only on serde, serde_json and httpdate, and never on tokio or a
+//! logger: a copy of either inside a dylib would be a separate global.
+#![deny(unsafe_code)]
+
+pub mod abi;
+pub mod http;
+pub mod log;
+pub mod provider;
+pub mod secret;
+pub mod types;
+pub mod version;
+
+pub use log::Logger;
+pub use provider::*;
+pub use secret::Secret;
+pub use types::*;
+
+/// The version of this crate, which a plugin's manifest states and the loader checks.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
