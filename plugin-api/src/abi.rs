@@ -566,7 +566,13 @@ mod tests {
         let r = take::<()>(&t, unsafe {
             (t.create)(bad.as_ptr(), bad.len(), &host, &mut inst)
         });
-        assert!(matches!(r, Reply::Err(CallError { kind: CallErrorKind::Config, .. })));
+        assert!(matches!(
+            r,
+            Reply::Err(CallError {
+                kind: CallErrorKind::Config,
+                ..
+            })
+        ));
 
         let cfg = serde_json::to_vec(
             &serde_json::json!({"name": "f", "settings": {"panic_on": "+15550000001"}}),
@@ -594,7 +600,9 @@ mod tests {
         };
         let input = serde_json::to_vec(&delivery("+15550000001")).unwrap();
         let r = take::<Step>(&t, unsafe { (t.begin)(inst, input.as_ptr(), input.len()) });
-        let Reply::Err(e) = r else { panic!("expected a panic error") };
+        let Reply::Err(e) = r else {
+            panic!("expected a panic error")
+        };
         assert_eq!(e.kind, CallErrorKind::Panic);
         assert!(e.message.contains("boom"), "{}", e.message);
         assert_eq!(CREATED.load(Ordering::SeqCst), before + 1, "re-created");
@@ -603,12 +611,22 @@ mod tests {
         let r = take::<Step>(&t, unsafe { (t.begin)(inst, input.as_ptr(), input.len()) });
         assert!(matches!(
             r,
-            Reply::Ok(Step::Done { outcome: Outcome::Accepted { .. } })
+            Reply::Ok(Step::Done {
+                outcome: Outcome::Accepted { .. }
+            })
         ));
 
         let garbage = b"{not json";
-        let r = take::<Step>(&t, unsafe { (t.begin)(inst, garbage.as_ptr(), garbage.len()) });
-        assert!(matches!(r, Reply::Err(CallError { kind: CallErrorKind::BadInput, .. })));
+        let r = take::<Step>(&t, unsafe {
+            (t.begin)(inst, garbage.as_ptr(), garbage.len())
+        });
+        assert!(matches!(
+            r,
+            Reply::Err(CallError {
+                kind: CallErrorKind::BadInput,
+                ..
+            })
+        ));
 
         let r = take::<crate::provider::WebhookOutput>(&t, unsafe {
             let input = serde_json::to_vec(&WebhookInput {
@@ -623,7 +641,13 @@ mod tests {
             .unwrap();
             (t.webhook)(inst, input.as_ptr(), input.len())
         });
-        assert!(matches!(r, Reply::Err(CallError { kind: CallErrorKind::Unsupported, .. })));
+        assert!(matches!(
+            r,
+            Reply::Err(CallError {
+                kind: CallErrorKind::Unsupported,
+                ..
+            })
+        ));
         unsafe { (t.destroy)(inst) };
     }
 }

@@ -7,7 +7,7 @@
 //! - [`abi`]: the C ABI (`herald_plugin_v1`, JSON buffers, plugin-owned buffers) and the
 //!   [`export_plugin!`] macro that writes the glue, with every entry point under
 //!   `catch_unwind`.
-//! - [`log`], [`http`], [`secret`], [`version`]: small helpers for plugin authors and the
+//! - [`log`], [`http`], [`secret`], [`version`], [`duration`]: small helpers for plugin authors and the
 //!   loader.
 //!
 //! This crate depends only on serde, serde_json and httpdate, and never on tokio or a
@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+pub mod duration;
 pub mod http;
 pub mod log;
 pub mod provider;

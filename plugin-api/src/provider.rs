@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::log::Logger;
+use crate::secret::Secret;
 use crate::types::{Attachment, Channel, Message, UnixMillis};
 
 /// One configuration key a plugin reads, for `--check` output and clear errors.
@@ -129,8 +130,8 @@ pub struct Delivery {
     pub now: UnixMillis,
 }
 
-/// An HTTP request for the host to perform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An HTTP request for the host to perform. `Debug` redacts credential headers.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpRequest {
     pub method: String,
     pub url: String,
@@ -144,6 +145,43 @@ pub struct HttpRequest {
     /// Require HTTP/2 (APNs). Over `http://` the host uses prior knowledge.
     #[serde(default)]
     pub http2: bool,
+}
+
+/// Header names whose values are credentials and never printed.
+pub fn is_credential_header(name: &str) -> bool {
+    const NAMES: [&str; 5] = [
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let v = if is_credential_header(n) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (n.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &headers)
+            .field("body_len", &self.body.len())
+            .field("timeout_ms", &self.timeout_ms)
+            .field("http2", &self.http2)
+            .finish()
+    }
 }
 
 impl HttpRequest {
@@ -201,7 +239,7 @@ pub struct SmtpRequest {
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Envelope and header sender.
@@ -352,6 +390,8 @@ impl Outcome {
 }
 
 /// One step of a delivery exchange.
+// Steps cross the ABI as JSON and live for one call; boxing the request buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
@@ -361,7 +401,9 @@ pub enum Step {
         #[serde(default)]
         state: Value,
     },
-    Done { outcome: Outcome },
+    Done {
+        outcome: Outcome,
+    },
 }
 
 impl Step {
@@ -508,7 +550,9 @@ pub trait Provider: Send + Sync + Sized + 'static {
     fn new(config: ProviderConfig, host: Host) -> Result<Self, ConfigError>;
 
     /// Hosts this instance may call, checked by the host on every request: the manifest's
-    /// hosts, or the host of a configured `base_url`.
+    /// hosts, or the host of a configured `base_url`. Entries are host names or IP
+    /// addresses without port or brackets (`api.resend.com`, `127.0.0.1`, `::1`); HTTP
+    /// requests are checked against their URL's host, SMTP requests against their `host`.
     fn allowed_hosts(&self) -> Vec<String> {
         Self::manifest().allowed_hosts
     }

@@ -296,8 +296,8 @@ pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
                 validate_email_address("reply_to", reply_to)?;
             }
             for (name, value) in &e.headers {
-                let name_ok = !name.is_empty()
-                    && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+                let name_ok =
+                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
                 if !name_ok || value.contains(['\r', '\n']) {
                     return Err(invalid(
                         "headers",
@@ -309,7 +309,10 @@ pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
                 if a.filename.is_empty() || a.filename.contains(['/', '\\', '\r', '\n']) {
                     return Err(invalid(
                         "attachments",
-                        format!("attachment filename {:?} is not a plain file name", a.filename),
+                        format!(
+                            "attachment filename {:?} is not a plain file name",
+                            a.filename
+                        ),
                     ));
                 }
                 if !is_base64(&a.content) {
@@ -330,15 +333,14 @@ pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
             if s.body.chars().count() > 1600 {
                 return Err(invalid("body", "an SMS body is at most 1600 characters"));
             }
-            if let Some(from) = &s.from {
-                if validate_e164("from", from).is_err() && !is_alphanumeric_sender(from) {
-                    return Err(invalid(
-                        "from",
-                        format!(
-                            "{from:?} is neither an E.164 number nor an alphanumeric sender id"
-                        ),
-                    ));
-                }
+            if let Some(from) = &s.from
+                && validate_e164("from", from).is_err()
+                && !is_alphanumeric_sender(from)
+            {
+                return Err(invalid(
+                    "from",
+                    format!("{from:?} is neither an E.164 number nor an alphanumeric sender id"),
+                ));
             }
             if s.media_urls.len() > 10 {
                 return Err(invalid("media_urls", "at most 10 media URLs"));
@@ -357,10 +359,8 @@ pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
             if empty(&p.title) && empty(&p.body) && p.data.is_empty() {
                 return Err(invalid("title", "a push needs a title, a body or data"));
             }
-            if let Some(id) = &p.collapse_id {
-                if id.len() > 64 {
-                    return Err(invalid("collapse_id", "at most 64 bytes"));
-                }
+            if p.collapse_id.as_ref().is_some_and(|id| id.len() > 64) {
+                return Err(invalid("collapse_id", "at most 64 bytes"));
             }
         }
     }
@@ -375,7 +375,7 @@ fn is_alphanumeric_sender(s: &str) -> bool {
 
 fn is_base64(s: &str) -> bool {
     let trimmed = s.trim_end_matches('=');
-    s.len() % 4 == 0
+    s.len().is_multiple_of(4)
         && s.len() - trimmed.len() <= 2
         && trimmed
             .bytes()
@@ -611,7 +611,15 @@ mod tests {
     fn email_addresses() {
         assert!(validate_email_address("to", "a@example.com").is_ok());
         assert!(validate_email_address("to", "Ann Lee <ann.lee+rsvp@mail.example.org>").is_ok());
-        for bad in ["", "plain", "@example.com", "a@", "a@localhost", "a b@x.io", "a@-x.io"] {
+        for bad in [
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@localhost",
+            "a b@x.io",
+            "a@-x.io",
+        ] {
             let err = validate_email_address("to", bad).unwrap_err();
             assert_eq!(err.field, "to", "{bad}");
         }
@@ -621,7 +629,13 @@ mod tests {
     #[test]
     fn phone_numbers() {
         assert!(validate_e164("to", "+14155550100").is_ok());
-        for bad in ["14155550100", "+0123456789", "+1415", "+1415555010012345", "+1 415 555"] {
+        for bad in [
+            "14155550100",
+            "+0123456789",
+            "+1415",
+            "+1415555010012345",
+            "+1 415 555",
+        ] {
             assert!(validate_e164("to", bad).is_err(), "{bad}");
         }
     }
@@ -673,7 +687,10 @@ mod tests {
             media_urls: vec![],
         });
         let json = serde_json::to_string(&c).unwrap();
-        assert_eq!(json, r#"{"sms":{"from":null,"body":"YES","media_urls":[]}}"#);
+        assert_eq!(
+            json,
+            r#"{"sms":{"from":null,"body":"YES","media_urls":[]}}"#
+        );
         let back: Content = serde_json::from_str(r#"{"sms":{"body":"YES"}}"#).unwrap();
         assert_eq!(back, c);
     }

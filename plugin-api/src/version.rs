@@ -19,7 +19,11 @@ pub fn check_api_compat(host: &str, plugin: &str) -> Result<(), String> {
              rebuild it against herald-plugin-api {host}"
         ));
     };
-    let same_line = if p.0 == 0 { h.0 == 0 && h.1 == p.1 } else { h.0 == p.0 };
+    let same_line = if p.0 == 0 {
+        h.0 == 0 && h.1 == p.1
+    } else {
+        h.0 == p.0
+    };
     if same_line && h >= p {
         Ok(())
     } else {
@@ -41,7 +45,10 @@ mod tests {
         assert!(check_api_compat("1.3.0", "1.3.0").is_ok());
         assert!(check_api_compat("1.3.2", "1.3.1").is_ok());
         let newer = check_api_compat("1.3.0", "1.4.0").unwrap_err();
-        assert!(newer.contains("1.4.0") && newer.contains("1.3.0"), "{newer}");
+        assert!(
+            newer.contains("1.4.0") && newer.contains("1.3.0"),
+            "{newer}"
+        );
         assert!(check_api_compat("1.3.0", "2.0.0").is_err());
         assert!(check_api_compat("2.0.0", "1.9.0").is_err());
         assert!(check_api_compat("0.2.1", "0.2.0").is_ok());
