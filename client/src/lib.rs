@@ -1,1 +1,412 @@
-//! placeholder
+//! `herald-client`: the async Rust client for `heraldd`'s Unix socket, and the protocol
+//! types ([`protocol`]) the daemon shares.
+//!
+//! One [`Client`] is one connection. Requests are pipelined: every call sends a frame with a
+//! fresh id and awaits the response with that id, so many tasks may share a client
+//! (`Client` is `Clone`). A background reader routes responses by id; a background writer
+//! coalesces frames from concurrent callers into few writes.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), herald_client::ClientError> {
+//! use herald_client::{Client, protocol::SendMessage};
+//! use herald_plugin_api::{Content, SmsContent};
+//! let client = Client::connect("var/herald/herald.sock").await?;
+//! let ack = client
+//!     .send(SendMessage {
+//!         to: "+14155550100".into(),
+//!         content: Content::Sms(SmsContent { body: "RSVP?".into(), ..Default::default() }),
+//!         tags: vec!["rsvp".into()],
+//!         idempotency_key: None,
+//!         send_at: None,
+//!     })
+//!     .await?;
+//! println!("queued {}", ack.id);
+//! # Ok(()) }
+//! ```
+#![deny(unsafe_code)]
+
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use herald_plugin_api::Event;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use protocol::{
+    Accepted, BatchItem, ClientFrame, Codec, ErrorBody, Filter, Hello, MessageView,
+    PROTOCOL_VERSION, ProtocolError, Request, Response, SendMessage, ServerFrame, Stats, Welcome,
+};
+
+/// The socket path of the embedded default config (`etc/herald.toml`), relative to the
+/// directory the daemon was started in. The CLI falls back to it after `--socket` and
+/// `HERALD_SOCKET`.
+pub const DEFAULT_SOCKET: &str = "var/herald/herald.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot connect to {path}: {source} (is heraldd running? set --socket or HERALD_SOCKET)"
+    )]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Server(ErrorBody),
+    #[error("the daemon closed the connection")]
+    Closed,
+    #[error("unexpected response from the daemon: {0}")]
+    Unexpected(String),
+}
+
+enum Pending {
+    Once(oneshot::Sender<Response>),
+    Stream(mpsc::Sender<Response>),
+}
+
+struct Inner {
+    codec: Codec,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+}
+
+impl Inner {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send_frame(&self, id: u64, request: Request) -> Result<(), ClientError> {
+        let mut buf = Vec::new();
+        protocol::encode_frame_into(self.codec, &ClientFrame { id, request }, &mut buf)?;
+        self.out.send(buf).map_err(|_| ClientError::Closed)
+    }
+}
+
+/// A connection to `heraldd`. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    welcome: Arc<Welcome>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("codec", &self.inner.codec)
+            .field("server", &self.welcome.server)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects with the compact postcard codec.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        Client::connect_with(path, Codec::Postcard).await
+    }
+
+    pub async fn connect_with(path: impl AsRef<Path>, codec: Codec) -> Result<Client, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
+        protocol::write_frame(
+            &mut wr,
+            Codec::Json,
+            &Hello {
+                herald: PROTOCOL_VERSION,
+                codec,
+            },
+        )
+        .await?;
+        let mut buf = Vec::new();
+        protocol::read_frame(&mut rd, u32::MAX, &mut buf).await?;
+        let welcome: Welcome = match protocol::decode(codec, &buf) {
+            Ok(w) => w,
+            Err(e) => {
+                // A refused hello is answered with an error frame.
+                if let Ok(ServerFrame {
+                    response: Response::Error(err),
+                    ..
+                }) = protocol::decode::<ServerFrame>(codec, &buf)
+                {
+                    return Err(ClientError::Server(err));
+                }
+                return Err(e.into());
+            }
+        };
+
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let inner = Arc::new(Inner {
+            codec,
+            out: tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        });
+
+        // Writer: coalesce whatever is queued into one write.
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(frame) = rx.recv().await {
+                batch.clear();
+                batch.extend_from_slice(&frame);
+                while batch.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if wr.write_all(&batch).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+
+        // Reader: route responses by id.
+        let reader_inner = Arc::downgrade(&inner);
+        let max = welcome.max_frame.max(protocol::DEFAULT_MAX_FRAME) * 4;
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            loop {
+                if protocol::read_frame(&mut rd, max, &mut buf).await.is_err() {
+                    break;
+                }
+                let Ok(frame) = protocol::decode::<ServerFrame>(codec, &buf) else {
+                    break;
+                };
+                let Some(inner) = reader_inner.upgrade() else {
+                    break;
+                };
+                let route = {
+                    let mut pending = inner.pending();
+                    match pending.get(&frame.id) {
+                        Some(Pending::Stream(tx)) => {
+                            let tx = tx.clone();
+                            if matches!(frame.response, Response::Unsubscribed | Response::Error(_))
+                            {
+                                pending.remove(&frame.id);
+                            }
+                            Some(Err(tx))
+                        }
+                        Some(Pending::Once(_)) => match pending.remove(&frame.id) {
+                            Some(Pending::Once(tx)) => Some(Ok(tx)),
+                            _ => None,
+                        },
+                        None => None,
+                    }
+                };
+                match route {
+                    Some(Ok(once)) => {
+                        let _ = once.send(frame.response);
+                    }
+                    Some(Err(stream)) => {
+                        // Backpressure: a slow subscriber slows this connection's reads.
+                        let _ = stream.send(frame.response).await;
+                    }
+                    None => {}
+                }
+            }
+            if let Some(inner) = reader_inner.upgrade() {
+                inner.pending().clear();
+            }
+        });
+
+        Ok(Client {
+            inner,
+            welcome: Arc::new(welcome),
+        })
+    }
+
+    /// What the daemon said in its handshake.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending().insert(id, Pending::Once(tx));
+        if let Err(e) = self.inner.send_frame(id, request) {
+            self.inner.pending().remove(&id);
+            return Err(e);
+        }
+        match rx.await {
+            Ok(Response::Error(e)) => Err(ClientError::Server(e)),
+            Ok(r) => Ok(r),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    pub async fn send(&self, message: SendMessage) -> Result<Accepted, ClientError> {
+        match self.call(Request::Send(message)).await? {
+            Response::Accepted(a) => Ok(a),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends many messages in one request; the answer has one item per message, in order.
+    pub async fn send_batch(
+        &self,
+        messages: Vec<SendMessage>,
+    ) -> Result<Vec<BatchItem>, ClientError> {
+        match self.call(Request::SendBatch(messages)).await? {
+            Response::BatchAccepted(items) => Ok(items),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<MessageView, ClientError> {
+        match self.call(Request::Get { id: id.into() }).await? {
+            Response::Message(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
+        match self.call(Request::Cancel { id: id.into() }).await? {
+            Response::Cancelled { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        match self.call(Request::Stats).await? {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn reload(&self) -> Result<String, ClientError> {
+        match self.call(Request::Reload).await? {
+            Response::Reloaded { detail } => Ok(detail),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn dead_list(&self, limit: Option<u32>) -> Result<Vec<MessageView>, ClientError> {
+        match self.call(Request::DeadList { limit }).await? {
+            Response::DeadList(list) => Ok(list),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn dead_requeue(&self, ids: Vec<String>) -> Result<u32, ClientError> {
+        match self.call(Request::DeadRequeue { ids }).await? {
+            Response::Requeued { count } => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes to events matching `filter`. With `from_seq`, retained events with
+    /// `seq >= from_seq` are replayed first; the stream then continues live, without gaps.
+    pub async fn subscribe(
+        &self,
+        filter: Filter,
+        from_seq: Option<u64>,
+    ) -> Result<Subscription, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(1024);
+        self.inner.pending().insert(id, Pending::Stream(tx));
+        if let Err(e) = self
+            .inner
+            .send_frame(id, Request::Subscribe { filter, from_seq })
+        {
+            self.inner.pending().remove(&id);
+            return Err(e);
+        }
+        match rx.recv().await {
+            Some(Response::Subscribed {
+                first_seq,
+                last_seq,
+            }) => Ok(Subscription {
+                id,
+                first_seq,
+                last_seq,
+                rx,
+                inner: Arc::clone(&self.inner),
+            }),
+            Some(Response::Error(e)) => Err(ClientError::Server(e)),
+            Some(other) => Err(unexpected(other)),
+            None => Err(ClientError::Closed),
+        }
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    ClientError::Unexpected(format!("{r:?}"))
+}
+
+/// A live event stream. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    /// The oldest retained event when the subscription started.
+    pub first_seq: u64,
+    /// The newest event when the subscription started.
+    pub last_seq: u64,
+    rx: mpsc::Receiver<Response>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("first_seq", &self.first_seq)
+            .field("last_seq", &self.last_seq)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The next event; `None` when the connection closed.
+    pub async fn next_event(&mut self) -> Option<Result<Event, ClientError>> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Event, ClientError>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Response::Event(e))) => Poll::Ready(Some(Ok(e))),
+            Poll::Ready(Some(Response::Error(e))) => Poll::Ready(Some(Err(ClientError::Server(e)))),
+            Poll::Ready(Some(Response::Unsubscribed)) | Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(other)) => Poll::Ready(Some(Err(unexpected(other)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Result<Event, ClientError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_event(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.inner.pending().remove(&self.id);
+        let next = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = self.inner.send_frame(
+            next,
+            Request::Unsubscribe {
+                subscription: self.id,
+            },
+        );
+    }
+}
