@@ -1,0 +1,453 @@
+//! What Resend's answer means for the message: the response to `POST /emails` (or the
+//! transport error in its place) mapped to an [`Outcome`].
+//!
+//! Resend's error body is `{"statusCode", "message", "name"}`; the `name` decides where it
+//! is more precise than the status (the three kinds of 429, the kinds of 409), otherwise the
+//! status class does:
+//!
+//! | signal | outcome |
+//! | --- | --- |
+//! | 2xx | `Accepted`, provider id = body `id` |
+//! | 429 `rate_limit_exceeded` (or no name) | `Retry`, no breaker, after `retry-after` / `ratelimit-reset` |
+//! | 429 `daily_quota_exceeded` | `Retry`, no breaker, after the later of both headers (at least 1 min, 1 h without them) |
+//! | 429 `monthly_quota_exceeded` | `ProviderFailure` (plan limit: the next provider takes over) |
+//! | 409 `concurrent_idempotent_requests`, `resource_locked` (or no name) | `Retry`, no breaker, short delay |
+//! | 409 `invalid_idempotent_request` | `Rejected` (same key, different body) |
+//! | 401, 403 (any name, incl. the testing-domain `validation_error`) | `ProviderFailure` |
+//! | 404, 405 (wrong `base_url`, not the message's fault) | `ProviderFailure` |
+//! | 400, 413, 422, other 4xx | `Rejected` |
+//! | 408, 5xx | `Retry` (breaker), after `retry-after` when given |
+//! | timeout, connect, TLS, I/O error | `Retry` (breaker): safe, the `Idempotency-Key` dedupes |
+//! | request refused by the host | `ProviderFailure` |
+//!
+//! Reasons carry Resend's `name` and `message` (sanitized; never the key).
+
+use herald_plugin_api::http::retry_after_ms;
+use herald_plugin_api::{
+    HttpResponse, Logger, Outcome, TransportErrorKind, TransportResponse, UnixMillis,
+};
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::text::sanitize;
+
+/// Wait before retrying a 409 the provider says is transient, when it gives no hint.
+const CONFLICT_RETRY_MS: u64 = 5_000;
+/// The daily quota resets at most a day later; without a hint, look again in an hour.
+const DAILY_QUOTA_DEFAULT_MS: u64 = 3_600_000;
+/// A daily-quota hint shorter than this is the per-second rate window, not the quota.
+const DAILY_QUOTA_MIN_MS: u64 = 60_000;
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SuccessBody {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Maps what came back for the `POST /emails` request to the delivery outcome.
+pub(crate) fn classify(
+    config: &Config,
+    response: &TransportResponse,
+    now: UnixMillis,
+    log: &Logger,
+) -> Outcome {
+    match response {
+        TransportResponse::Http(r) => classify_http(config, r, now, log),
+        TransportResponse::Error(e) => {
+            let message = sanitize(&e.message, &config.api_key);
+            match e.kind {
+                TransportErrorKind::Refused => Outcome::provider_failure(format!(
+                    "resend: the host refused the request: {message}"
+                )),
+                kind => Outcome::retry(format!(
+                    "resend: {} error: {message} (safe to retry: the Idempotency-Key dedupes)",
+                    kind_name(kind)
+                )),
+            }
+        }
+        TransportResponse::Smtp(_) => {
+            Outcome::provider_failure("resend: got an SMTP reply to an HTTP request (host bug)")
+        }
+    }
+}
+
+fn kind_name(kind: TransportErrorKind) -> &'static str {
+    match kind {
+        TransportErrorKind::Timeout => "timeout",
+        TransportErrorKind::Connect => "connect",
+        TransportErrorKind::Tls => "TLS",
+        TransportErrorKind::Io => "I/O",
+        TransportErrorKind::Refused => "refused",
+    }
+}
+
+fn classify_http(config: &Config, r: &HttpResponse, now: UnixMillis, log: &Logger) -> Outcome {
+    let status = r.status;
+    if (200..300).contains(&status) {
+        let id = serde_json::from_str::<SuccessBody>(&r.body)
+            .ok()
+            .and_then(|b| b.id)
+            .filter(|id| !id.is_empty());
+        if id.is_none() {
+            log.warn(format!(
+                "resend: {status} response without an email id; webhooks for this message \
+                 can only be correlated by its herald_id tag"
+            ));
+        }
+        return Outcome::Accepted {
+            provider_message_id: id,
+            delivered: false,
+        };
+    }
+
+    let body: ErrorBody = serde_json::from_str(&r.body).unwrap_or_default();
+    let name = body.name.as_deref().unwrap_or("");
+    let reason = reason(config, status, name, body.message.as_deref(), &r.body);
+    let retry_after = r.header("retry-after").and_then(|v| retry_after_ms(v, now));
+    let reset = r.header("ratelimit-reset").and_then(delta_seconds_ms);
+
+    match (status, name) {
+        (_, "monthly_quota_exceeded") => Outcome::provider_failure(reason),
+        (_, "daily_quota_exceeded") => {
+            let hint = retry_after.max(reset);
+            Outcome::Retry {
+                after_ms: Some(
+                    hint.map_or(DAILY_QUOTA_DEFAULT_MS, |ms| ms.max(DAILY_QUOTA_MIN_MS)),
+                ),
+                reason,
+                breaker: false,
+            }
+        }
+        (_, "rate_limit_exceeded") | (429, _) => Outcome::Retry {
+            after_ms: retry_after.or(reset),
+            reason,
+            breaker: false,
+        },
+        (_, "invalid_idempotent_request") => Outcome::rejected(reason),
+        (_, "concurrent_idempotent_requests" | "resource_locked") | (409, _) => Outcome::Retry {
+            after_ms: Some(retry_after.unwrap_or(CONFLICT_RETRY_MS)),
+            reason,
+            breaker: false,
+        },
+        (401 | 403 | 404 | 405, _) => Outcome::provider_failure(reason),
+        (408 | 500..=599, _) => Outcome::Retry {
+            after_ms: retry_after,
+            reason,
+            breaker: true,
+        },
+        (400..=499, _) => Outcome::rejected(reason),
+        _ => Outcome::provider_failure(reason),
+    }
+}
+
+/// `resend <status> <name>: <message>`, or a snippet of a body that is not Resend's JSON
+/// (a proxy page, Cloudflare's `error code: 1010`).
+fn reason(config: &Config, status: u16, name: &str, message: Option<&str>, raw: &str) -> String {
+    let detail = match message {
+        Some(m) if !m.is_empty() => m,
+        _ => raw,
+    };
+    let name = if name.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", sanitize(name, &config.api_key))
+    };
+    let detail = sanitize(detail, &config.api_key);
+    if detail.is_empty() {
+        format!("resend {status}{name}")
+    } else {
+        format!("resend {status}{name}: {detail}")
+    }
+}
+
+/// `ratelimit-reset`: seconds until the window resets (an integer, tolerated as a decimal).
+fn delta_seconds_ms(value: &str) -> Option<u64> {
+    let secs: f64 = value.trim().parse().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    // Saturating float→int conversion; a day-long hint is far below u64::MAX.
+    Some((secs * 1000.0).ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{API_KEY, http, resend};
+    use herald_plugin_api::{Provider, Step, TransportError};
+    use serde_json::json;
+
+    fn outcome(response: TransportResponse) -> Outcome {
+        let p = resend(json!({"api_key": API_KEY, "from": "rsvp@example.com"}));
+        let d = crate::test_support::delivery(crate::test_support::email_message());
+        match p.resume(&d, serde_json::Value::Null, response) {
+            Step::Done { outcome } => outcome,
+            other => panic!("expected a final outcome, got {other:?}"),
+        }
+    }
+
+    fn error(status: u16, name: &str, headers: &[(&str, &str)]) -> Outcome {
+        let body =
+            json!({"statusCode": status, "name": name, "message": format!("msg for {name}")});
+        outcome(http(status, headers, &body.to_string()))
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Class {
+        Retry {
+            after_ms: Option<u64>,
+            breaker: bool,
+        },
+        ProviderFailure,
+        Rejected,
+    }
+
+    fn class(o: &Outcome) -> Class {
+        match o {
+            Outcome::Retry {
+                after_ms, breaker, ..
+            } => Class::Retry {
+                after_ms: *after_ms,
+                breaker: *breaker,
+            },
+            Outcome::ProviderFailure { .. } => Class::ProviderFailure,
+            Outcome::Rejected {
+                bounced, suppress, ..
+            } => {
+                assert!(!bounced && !suppress, "an API error is no bounce: {o:?}");
+                Class::Rejected
+            }
+            Outcome::Accepted { .. } => panic!("unexpected {o:?}"),
+        }
+    }
+
+    #[test]
+    fn accepted_with_body_id() {
+        let o = outcome(http(
+            200,
+            &[("content-type", "application/json")],
+            r#"{"id":"49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"}"#,
+        ));
+        assert_eq!(
+            o,
+            Outcome::Accepted {
+                provider_message_id: Some("49a3999c-0ce1-4ea6-ab68-afcd6dc2e794".into()),
+                delivered: false
+            }
+        );
+        let o = outcome(http(200, &[], "not json"));
+        assert_eq!(
+            o,
+            Outcome::Accepted {
+                provider_message_id: None,
+                delivered: false
+            }
+        );
+    }
+
+    /// Every row of the Resend error table in providers.md §1 and §8.
+    #[test]
+    fn error_table() {
+        let retry = |after_ms, breaker| Class::Retry { after_ms, breaker };
+        let rows: &[(u16, &str, Class)] = &[
+            (400, "validation_error", Class::Rejected),
+            (400, "invalid_idempotency_key", Class::Rejected),
+            (401, "missing_api_key", Class::ProviderFailure),
+            (401, "restricted_api_key", Class::ProviderFailure),
+            (403, "invalid_api_key", Class::ProviderFailure),
+            (403, "suspended_api_key", Class::ProviderFailure),
+            (403, "invalid_permission", Class::ProviderFailure),
+            (403, "validation_error", Class::ProviderFailure),
+            (403, "email_above_quota", Class::ProviderFailure),
+            (404, "not_found", Class::ProviderFailure),
+            (405, "method_not_allowed", Class::ProviderFailure),
+            (
+                409,
+                "concurrent_idempotent_requests",
+                retry(Some(5_000), false),
+            ),
+            (409, "invalid_idempotent_request", Class::Rejected),
+            (409, "resource_locked", retry(Some(5_000), false)),
+            (413, "", Class::Rejected),
+            (422, "invalid_attachment", Class::Rejected),
+            (422, "invalid_parameter", Class::Rejected),
+            (422, "missing_required_field", Class::Rejected),
+            (422, "missing_required_parameter", Class::Rejected),
+            (429, "rate_limit_exceeded", retry(None, false)),
+            (429, "daily_quota_exceeded", retry(Some(3_600_000), false)),
+            (429, "monthly_quota_exceeded", Class::ProviderFailure),
+            (429, "", retry(None, false)),
+            (500, "application_error", retry(None, true)),
+            (500, "service_unavailable", retry(None, true)),
+            (502, "", retry(None, true)),
+            (503, "", retry(None, true)),
+            (504, "", retry(None, true)),
+            (408, "", retry(None, true)),
+            (418, "", Class::Rejected),
+            (302, "", Class::ProviderFailure),
+        ];
+        for (status, name, want) in rows {
+            let o = error(*status, name, &[]);
+            assert_eq!(&class(&o), want, "{status} {name}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn reason_has_name_and_message_never_the_key() {
+        let o = outcome(http(
+            403,
+            &[],
+            &json!({"statusCode": 403, "name": "invalid_api_key",
+                    "message": format!("API key {API_KEY} is invalid")})
+            .to_string(),
+        ));
+        let Outcome::ProviderFailure { reason } = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(reason, "resend 403 invalid_api_key: API key *** is invalid");
+
+        // Cloudflare's edge answers without Resend's JSON.
+        let o = outcome(http(403, &[], "error code: 1010"));
+        assert_eq!(o, Outcome::provider_failure("resend 403: error code: 1010"));
+    }
+
+    #[test]
+    fn rate_limit_hints() {
+        // retry-after in seconds wins over ratelimit-reset.
+        let o = error(
+            429,
+            "rate_limit_exceeded",
+            &[("retry-after", "2"), ("ratelimit-reset", "1")],
+        );
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(2_000),
+                breaker: false
+            }
+        );
+        // retry-after as an HTTP-date: 2025-01-01T00:00:30Z is 30 s after NOW.
+        let o = error(
+            429,
+            "rate_limit_exceeded",
+            &[("Retry-After", "Wed, 01 Jan 2025 00:00:30 GMT")],
+        );
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(30_000),
+                breaker: false
+            }
+        );
+        // ratelimit-reset alone.
+        let o = error(429, "rate_limit_exceeded", &[("ratelimit-reset", "3")]);
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(3_000),
+                breaker: false
+            }
+        );
+        // 5xx honours retry-after too, and still counts against the breaker.
+        let o = error(503, "", &[("retry-after", "120")]);
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(120_000),
+                breaker: true
+            }
+        );
+        // A garbage hint is ignored.
+        let o = error(429, "rate_limit_exceeded", &[("retry-after", "soon")]);
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: None,
+                breaker: false
+            }
+        );
+    }
+
+    #[test]
+    fn daily_quota_is_deferred_not_hammered() {
+        // The later of the two hints.
+        let o = error(
+            429,
+            "daily_quota_exceeded",
+            &[("retry-after", "7200"), ("ratelimit-reset", "1")],
+        );
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(7_200_000),
+                breaker: false
+            }
+        );
+        let o = error(
+            429,
+            "daily_quota_exceeded",
+            &[("Retry-After", "Wed, 01 Jan 2025 05:00:00 GMT")],
+        );
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(18_000_000),
+                breaker: false
+            }
+        );
+        // A 1-second window reset is not the quota's: at least a minute.
+        let o = error(429, "daily_quota_exceeded", &[("ratelimit-reset", "1")]);
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(60_000),
+                breaker: false
+            }
+        );
+        // No hint: an hour.
+        let o = error(429, "daily_quota_exceeded", &[]);
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(3_600_000),
+                breaker: false
+            }
+        );
+    }
+
+    #[test]
+    fn transport_errors() {
+        for kind in [
+            TransportErrorKind::Timeout,
+            TransportErrorKind::Connect,
+            TransportErrorKind::Tls,
+            TransportErrorKind::Io,
+        ] {
+            let o = outcome(TransportResponse::Error(TransportError {
+                kind,
+                message: "boom".into(),
+            }));
+            assert_eq!(
+                class(&o),
+                Class::Retry {
+                    after_ms: None,
+                    breaker: true
+                },
+                "{kind:?}"
+            );
+        }
+        let o = outcome(TransportResponse::Error(TransportError {
+            kind: TransportErrorKind::Refused,
+            message: "host not allowed".into(),
+        }));
+        assert_eq!(class(&o), Class::ProviderFailure);
+    }
+}

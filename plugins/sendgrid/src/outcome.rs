@@ -1,0 +1,346 @@
+//! What SendGrid's answer means for the message: the response to `POST /v3/mail/send` (or
+//! the transport error in its place) mapped to an [`Outcome`] (providers.md §2 and §8).
+//!
+//! | signal | outcome |
+//! | --- | --- |
+//! | 2xx (`202`; `200` in sandbox mode) | `Accepted`, provider id = the `X-Message-Id` header |
+//! | 429 | `Retry`, no breaker, until `X-RateLimit-Reset` (epoch seconds), else `Retry-After` |
+//! | 401, 403 (bad key, permission, unverified sender) | `ProviderFailure` |
+//! | 404, 405 (wrong `base_url`, not the message's fault) | `ProviderFailure` |
+//! | 400, 413, other 4xx | `Rejected` |
+//! | 408, 5xx | `Retry` (breaker), after `Retry-After` when given |
+//! | timeout, connect, TLS, I/O error | `Retry` (breaker); SendGrid has no idempotency, so this may duplicate the email (documented) |
+//! | request refused by the host | `ProviderFailure` |
+//!
+//! SendGrid's error body is `{"errors": [{"message", "field", "help"}]}`; reasons list each
+//! `field: message` (sanitized; never the key).
+
+use herald_plugin_api::http::{retry_after_ms, until_epoch_secs_ms};
+use herald_plugin_api::{
+    HttpResponse, Logger, Outcome, TransportErrorKind, TransportResponse, UnixMillis,
+};
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::text::sanitize;
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorItem {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    field: Option<String>,
+}
+
+/// Maps what came back for the Mail Send request to the delivery outcome.
+pub(crate) fn classify(
+    config: &Config,
+    response: &TransportResponse,
+    now: UnixMillis,
+    log: &Logger,
+) -> Outcome {
+    match response {
+        TransportResponse::Http(r) => classify_http(config, r, now, log),
+        TransportResponse::Error(e) => {
+            let message = sanitize(&e.message, &config.api_key);
+            match e.kind {
+                TransportErrorKind::Refused => Outcome::provider_failure(format!(
+                    "sendgrid: the host refused the request: {message}"
+                )),
+                kind => Outcome::retry(format!(
+                    "sendgrid: {} error: {message} (SendGrid has no idempotency key: if the \
+                     request arrived, the retry may send a duplicate)",
+                    kind_name(kind)
+                )),
+            }
+        }
+        TransportResponse::Smtp(_) => {
+            Outcome::provider_failure("sendgrid: got an SMTP reply to an HTTP request (host bug)")
+        }
+    }
+}
+
+fn kind_name(kind: TransportErrorKind) -> &'static str {
+    match kind {
+        TransportErrorKind::Timeout => "timeout",
+        TransportErrorKind::Connect => "connect",
+        TransportErrorKind::Tls => "TLS",
+        TransportErrorKind::Io => "I/O",
+        TransportErrorKind::Refused => "refused",
+    }
+}
+
+fn classify_http(config: &Config, r: &HttpResponse, now: UnixMillis, log: &Logger) -> Outcome {
+    let status = r.status;
+    if (200..300).contains(&status) {
+        let id = r
+            .header("x-message-id")
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned);
+        if id.is_none() && !config.sandbox {
+            log.warn(format!(
+                "sendgrid: {status} response without X-Message-Id; webhooks for this message \
+                 can only be correlated by its herald_id custom arg"
+            ));
+        }
+        return Outcome::Accepted {
+            provider_message_id: id,
+            delivered: false,
+        };
+    }
+
+    let reason = reason(config, status, &r.body);
+    let retry_after = r.header("retry-after").and_then(|v| retry_after_ms(v, now));
+    match status {
+        429 => Outcome::Retry {
+            after_ms: r
+                .header("x-ratelimit-reset")
+                .and_then(|v| until_epoch_secs_ms(v, now))
+                .or(retry_after),
+            reason,
+            breaker: false,
+        },
+        401 | 403 | 404 | 405 => Outcome::provider_failure(reason),
+        408 | 500..=599 => Outcome::Retry {
+            after_ms: retry_after,
+            reason,
+            breaker: true,
+        },
+        400..=499 => Outcome::rejected(reason),
+        _ => Outcome::provider_failure(reason),
+    }
+}
+
+/// `sendgrid <status>: <field>: <message>; ...`, or a snippet of a body that is not
+/// SendGrid's JSON.
+fn reason(config: &Config, status: u16, raw: &str) -> String {
+    let body: ErrorBody = serde_json::from_str(raw).unwrap_or_default();
+    let listed: Vec<String> = body
+        .errors
+        .iter()
+        .filter_map(|e| {
+            let message = e.message.as_deref().filter(|m| !m.is_empty())?;
+            Some(match e.field.as_deref().filter(|f| !f.is_empty()) {
+                Some(field) => format!("{field}: {message}"),
+                None => message.to_owned(),
+            })
+        })
+        .collect();
+    let detail = if listed.is_empty() {
+        sanitize(raw, &config.api_key)
+    } else {
+        sanitize(&listed.join("; "), &config.api_key)
+    };
+    if detail.is_empty() {
+        format!("sendgrid {status}")
+    } else {
+        format!("sendgrid {status}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{API_KEY, NOW, http, sendgrid};
+    use herald_plugin_api::{Provider, Step, TransportError};
+    use serde_json::json;
+
+    fn outcome(response: TransportResponse) -> Outcome {
+        let p = sendgrid(json!({"api_key": API_KEY, "from": "rsvp@example.com"}));
+        let d = crate::test_support::delivery(crate::test_support::email_message());
+        match p.resume(&d, serde_json::Value::Null, response) {
+            Step::Done { outcome } => outcome,
+            other => panic!("expected a final outcome, got {other:?}"),
+        }
+    }
+
+    fn error(status: u16, headers: &[(&str, &str)]) -> Outcome {
+        let body =
+            json!({"errors": [{"message": format!("msg {status}"), "field": null, "help": null}]});
+        outcome(http(status, headers, &body.to_string()))
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Class {
+        Retry {
+            after_ms: Option<u64>,
+            breaker: bool,
+        },
+        ProviderFailure,
+        Rejected,
+    }
+
+    fn class(o: &Outcome) -> Class {
+        match o {
+            Outcome::Retry {
+                after_ms, breaker, ..
+            } => Class::Retry {
+                after_ms: *after_ms,
+                breaker: *breaker,
+            },
+            Outcome::ProviderFailure { .. } => Class::ProviderFailure,
+            Outcome::Rejected {
+                bounced, suppress, ..
+            } => {
+                assert!(!bounced && !suppress, "an API error is no bounce: {o:?}");
+                Class::Rejected
+            }
+            Outcome::Accepted { .. } => panic!("unexpected {o:?}"),
+        }
+    }
+
+    #[test]
+    fn accepted_with_x_message_id() {
+        let o = outcome(http(202, &[("X-Message-Id", "LRzXl_NHStOGhQ4kofSm_A")], ""));
+        assert_eq!(
+            o,
+            Outcome::Accepted {
+                provider_message_id: Some("LRzXl_NHStOGhQ4kofSm_A".into()),
+                delivered: false
+            }
+        );
+        let o = outcome(http(200, &[], ""));
+        assert_eq!(
+            o,
+            Outcome::Accepted {
+                provider_message_id: None,
+                delivered: false
+            }
+        );
+    }
+
+    /// Every row of the SendGrid error table in providers.md §2 and §8.
+    #[test]
+    fn error_table() {
+        let retry = |after_ms, breaker| Class::Retry { after_ms, breaker };
+        let rows: &[(u16, Class)] = &[
+            (400, Class::Rejected),
+            (401, Class::ProviderFailure),
+            (403, Class::ProviderFailure),
+            (404, Class::ProviderFailure),
+            (405, Class::ProviderFailure),
+            (413, Class::Rejected),
+            (429, retry(None, false)),
+            (500, retry(None, true)),
+            (502, retry(None, true)),
+            (503, retry(None, true)),
+            (504, retry(None, true)),
+            (408, retry(None, true)),
+            (422, Class::Rejected),
+            (301, Class::ProviderFailure),
+        ];
+        for (status, want) in rows {
+            let o = error(*status, &[]);
+            assert_eq!(&class(&o), want, "{status}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn reasons() {
+        let body = json!({"errors": [
+            {"message": "The from address does not match a verified Sender Identity.",
+             "field": "from", "help": "http://..."},
+            {"message": "Invalid type.", "field": "personalizations.0.to"}]});
+        let o = outcome(http(403, &[], &body.to_string()));
+        assert_eq!(
+            o,
+            Outcome::provider_failure(
+                "sendgrid 403: from: The from address does not match a verified Sender \
+                 Identity.; personalizations.0.to: Invalid type."
+            )
+        );
+        let o = outcome(http(
+            401,
+            &[],
+            &json!({"errors": [{"message": format!("bad key {API_KEY}")}]}).to_string(),
+        ));
+        assert_eq!(o, Outcome::provider_failure("sendgrid 401: bad key ***"));
+        let o = outcome(http(502, &[], "<html>Bad Gateway</html>"));
+        assert!(
+            matches!(&o, Outcome::Retry { reason, .. } if reason == "sendgrid 502: <html>Bad Gateway</html>"),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn rate_limit_reset_and_retry_after() {
+        // X-RateLimit-Reset is an epoch: NOW is 1735689600 s.
+        let o = error(
+            429,
+            &[("X-RateLimit-Reset", "1735689645"), ("Retry-After", "5")],
+        );
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(45_000),
+                breaker: false
+            }
+        );
+        // A reset already past: retry at once.
+        let o = error(429, &[("X-RateLimit-Reset", "1735689000")]);
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(0),
+                breaker: false
+            }
+        );
+        // Retry-After, both forms.
+        let o = error(429, &[("Retry-After", "7")]);
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(7_000),
+                breaker: false
+            }
+        );
+        let o = error(503, &[("Retry-After", "Wed, 01 Jan 2025 00:01:00 GMT")]);
+        assert_eq!(
+            class(&o),
+            Class::Retry {
+                after_ms: Some(60_000),
+                breaker: true
+            }
+        );
+        assert_eq!(NOW, 1_735_689_600_000);
+    }
+
+    #[test]
+    fn transport_errors() {
+        for kind in [
+            TransportErrorKind::Timeout,
+            TransportErrorKind::Connect,
+            TransportErrorKind::Tls,
+            TransportErrorKind::Io,
+        ] {
+            let o = outcome(TransportResponse::Error(TransportError {
+                kind,
+                message: "boom".into(),
+            }));
+            assert_eq!(
+                class(&o),
+                Class::Retry {
+                    after_ms: None,
+                    breaker: true
+                },
+                "{kind:?}"
+            );
+            let Outcome::Retry { reason, .. } = o else {
+                unreachable!()
+            };
+            assert!(reason.contains("duplicate"), "{reason}");
+        }
+        let o = outcome(TransportResponse::Error(TransportError {
+            kind: TransportErrorKind::Refused,
+            message: "host not allowed".into(),
+        }));
+        assert_eq!(class(&o), Class::ProviderFailure);
+    }
+}
