@@ -1,1 +1,21 @@
-//! placeholder
+//! `heraldd`: the Herald delivery daemon. ARCHITECTURE.md at the repository root is the
+//! map; each module's doc says what it owns and what it must not touch.
+#![deny(unsafe_code)]
+
+pub mod accept;
+pub mod breaker;
+pub mod clock;
+pub mod commit;
+pub mod config;
+pub mod daemon;
+pub mod dispatch;
+pub mod events;
+pub mod ipc;
+pub mod live;
+pub mod plugin;
+pub mod providers;
+pub mod ratelimit;
+pub mod reload;
+pub mod retry;
+pub mod store;
+pub mod transport;

@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Queue a message; prints its id once it is on disk.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Show a message and its delivery state.
     Get { id: String },
     /// Cancel a message that has not been sent yet.
@@ -416,7 +416,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Send(args) => {
             // Validate the flags before connecting, so a typo is reported even without a daemon.
-            let message = build_message(args)?;
+            let message = build_message(*args)?;
             let client = Client::connect(&cli.socket).await?;
             let ack = client.send(message).await?;
             if as_json {
@@ -576,7 +576,7 @@ mod tests {
         let Command::Send(a) = cli.command else {
             panic!()
         };
-        let err = build_message(a).unwrap_err().to_string();
+        let err = build_message(*a).unwrap_err().to_string();
         assert!(err.contains("--subject"), "{err}");
     }
 

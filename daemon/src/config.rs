@@ -1,0 +1,755 @@
+//! Configuration: the TOML file (or the embedded default) parsed into a [`RawConfig`]
+//! (serde, unknown keys refused), then validated into a [`Config`]. Nothing past
+//! [`Config::parse`] sees unvalidated input.
+//!
+//! Owns: key names and defaults, duration/size parsing, `${ENV}` resolution for provider
+//! keys. Does not load plugins (that is `providers`, which also checks plugin-specific keys
+//! and secrets against each manifest).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use herald_plugin_api::Channel;
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+/// The embedded default config: `etc/herald.toml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../etc/herald.toml");
+
+/// Keys of a `[[providers]]` table that the host owns; every other key goes to the plugin.
+pub const HOST_PROVIDER_KEYS: [&str; 5] = ["name", "plugin", "rate_limit", "breaker", "timeout"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{source_name}: {message}")]
+    Parse {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: {message}")]
+    Invalid {
+        source_name: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    socket_mode: Option<toml::Value>,
+    plugin_dir: Option<PathBuf>,
+    max_frame: Option<toml::Value>,
+    max_message: Option<toml::Value>,
+    max_queue: Option<u64>,
+    concurrency: Option<usize>,
+    cache_capacity: Option<toml::Value>,
+    retention: Option<String>,
+    idempotency_window: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    listen: String,
+    public_url: Option<String>,
+    max_body: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    base: Option<String>,
+    cap: Option<String>,
+    max_attempts: Option<u32>,
+    ttl: Option<String>,
+}
+
+/// The file as written: shape checked, values not yet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    webhooks: Option<RawWebhooks>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    providers: Vec<toml::Table>,
+    #[serde(default)]
+    routes: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub plugin_dir: PathBuf,
+    pub max_frame: u32,
+    /// Bound on one message's encoded size (content, recipient, tags).
+    pub max_message: usize,
+    /// Messages waiting or in flight above which sends are refused with `busy`.
+    pub max_queue: u64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// sled page cache in bytes.
+    pub cache_capacity: u64,
+    /// How long finished messages and events are kept.
+    pub retention_ms: u64,
+    pub idempotency_window_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhooksConfig {
+    pub listen: SocketAddr,
+    pub public_url: Option<String>,
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub base_ms: u64,
+    pub cap_ms: u64,
+    pub max_attempts: u32,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker refuses calls before one trial call.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// One `[[providers]]` entry.
+#[derive(Clone, PartialEq)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub plugin: String,
+    /// Plugin keys with `${ENV}` references resolved. Holds secrets: never log it.
+    pub settings: serde_json::Map<String, Json>,
+    /// Keys whose value came (wholly or partly) from an `${ENV}` reference.
+    pub env_keys: BTreeSet<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub breaker: BreakerConfig,
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for ProviderSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSpec")
+            .field("name", &self.name)
+            .field("plugin", &self.plugin)
+            .field("keys", &self.settings.keys().collect::<Vec<_>>())
+            .field("rate_limit", &self.rate_limit)
+            .field("breaker", &self.breaker)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source_name: String,
+    pub daemon: DaemonConfig,
+    pub webhooks: Option<WebhooksConfig>,
+    pub retry: RetryPolicy,
+    pub providers: Vec<ProviderSpec>,
+    pub routes: BTreeMap<Channel, Vec<String>>,
+}
+
+pub use herald_plugin_api::duration::parse_duration_ms;
+
+/// Parses a byte size: an integer, or a string like `"64KiB"`, `"1MiB"`, `"2GiB"`.
+fn parse_size(v: &toml::Value) -> Result<u64, String> {
+    match v {
+        toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("{s:?} is not a size like 65536, \"64KiB\" or \"1MiB\""))?;
+            let mult = match unit.trim() {
+                "" | "B" => 1,
+                "KiB" | "KB" | "K" => 1 << 10,
+                "MiB" | "MB" | "M" => 1 << 20,
+                "GiB" | "GB" | "G" => 1 << 30,
+                other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB, GiB)")),
+            };
+            n.checked_mul(mult)
+                .ok_or_else(|| format!("{s:?} is too large"))
+        }
+        other => Err(format!(
+            "a {} is not a size like 65536 or \"1MiB\"",
+            other.type_str()
+        )),
+    }
+}
+
+/// Parses `"10/s"`, `"600/m"`, `"5000/h"`.
+fn parse_rate(s: &str) -> Result<RateLimit, String> {
+    let (n, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a rate like \"10/s\" or \"600/m\""))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate like \"10/s\" or \"600/m\""))?;
+    let secs = match per.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{s:?}: the unit after / must be s, m or h")),
+    };
+    if !(n > 0.0 && n.is_finite()) {
+        return Err(format!("{s:?}: the rate must be positive"));
+    }
+    let per_sec = n / secs;
+    Ok(RateLimit {
+        per_sec,
+        burst: per_sec.max(1.0),
+    })
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Replaces every `${NAME}` in `s` with the environment variable. `$${` escapes a literal
+/// `${`. Returns whether a reference was present.
+fn resolve_env(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    what: &str,
+) -> Result<(String, bool), String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut referenced = false;
+    while let Some(pos) = rest.find("${") {
+        if rest[..pos].ends_with('$') {
+            out.push_str(&rest[..pos - 1]);
+            out.push_str("${");
+            rest = &rest[pos + 2..];
+            continue;
+        }
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{what}: unterminated ${{...}} reference"))?;
+        let name = &after[..end];
+        if !valid_env_name(name) {
+            return Err(format!(
+                "{what}: ${{{name}}} is not a valid environment variable name"
+            ));
+        }
+        let value = env(name).ok_or_else(|| {
+            format!(
+                "{what} references ${{{name}}}, which is not set in the environment; export {name}"
+            )
+        })?;
+        out.push_str(&value);
+        referenced = true;
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok((out, referenced))
+}
+
+fn resolve_value(
+    v: toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    what: &str,
+    referenced: &mut bool,
+) -> Result<Json, String> {
+    Ok(match v {
+        toml::Value::String(s) => {
+            let (s, r) = resolve_env(&s, env, what)?;
+            *referenced |= r;
+            Json::String(s)
+        }
+        toml::Value::Integer(i) => Json::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(Json::Number)
+            .ok_or_else(|| format!("{what}: {f} is not a finite number"))?,
+        toml::Value::Boolean(b) => Json::Bool(b),
+        toml::Value::Datetime(d) => Json::String(d.to_string()),
+        toml::Value::Array(a) => Json::Array(
+            a.into_iter()
+                .map(|v| resolve_value(v, env, what, referenced))
+                .collect::<Result<_, _>>()?,
+        ),
+        toml::Value::Table(t) => {
+            let mut m = serde_json::Map::new();
+            for (k, v) in t {
+                m.insert(k, resolve_value(v, env, what, referenced)?);
+            }
+            Json::Object(m)
+        }
+    })
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// The embedded default (`etc/herald.toml`).
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, "embedded default config", &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// Parses and validates config text. `env` looks up `${NAME}` references.
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut config = raw.validate(env).map_err(|message| ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            message,
+        })?;
+        config.source_name = source_name.to_string();
+        Ok(config)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let d = self.daemon;
+        let data_dir = d.data_dir.unwrap_or_else(|| PathBuf::from("var/herald"));
+        let socket = d.socket.unwrap_or_else(|| data_dir.join("herald.sock"));
+        let socket_mode = match d.socket_mode {
+            None => 0o660,
+            Some(toml::Value::String(s)) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .map_err(|_| {
+                    format!("daemon.socket_mode {s:?} is not an octal mode like \"0660\"")
+                })?,
+            Some(toml::Value::Integer(n)) => u32::try_from(n)
+                .map_err(|_| format!("daemon.socket_mode {n} is not a file mode"))?,
+            Some(other) => {
+                return Err(format!(
+                    "daemon.socket_mode must be an octal mode like \"0660\", not a {}",
+                    other.type_str()
+                ));
+            }
+        };
+        if socket_mode > 0o777 {
+            return Err(format!(
+                "daemon.socket_mode {socket_mode:o} is not a file mode (at most 0777)"
+            ));
+        }
+        let plugin_dir = match d.plugin_dir {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from(".")),
+        };
+        let size = |v: Option<toml::Value>, key: &str, default: u64| -> Result<u64, String> {
+            v.map(|v| parse_size(&v).map_err(|e| format!("daemon.{key}: {e}")))
+                .unwrap_or(Ok(default))
+        };
+        let max_frame = size(
+            d.max_frame,
+            "max_frame",
+            u64::from(herald_client::protocol::DEFAULT_MAX_FRAME),
+        )?;
+        if !(1024..=64 << 20).contains(&max_frame) {
+            return Err(format!(
+                "daemon.max_frame {max_frame} must be between 1KiB and 64MiB"
+            ));
+        }
+        let max_message = size(d.max_message, "max_message", 256 << 10)?;
+        if max_message + 1024 > max_frame {
+            return Err(format!(
+                "daemon.max_message ({max_message}) must be at least 1KiB below daemon.max_frame ({max_frame})"
+            ));
+        }
+        let duration = |v: Option<String>, key: &str, default: u64| -> Result<u64, String> {
+            v.map(|s| parse_duration_ms(&s).map_err(|e| format!("{key}: {e}")))
+                .unwrap_or(Ok(default))
+        };
+        let retention_ms = duration(d.retention, "daemon.retention", 7 * 86_400_000)?;
+        let idempotency_window_ms = duration(
+            d.idempotency_window,
+            "daemon.idempotency_window",
+            86_400_000,
+        )?;
+        if retention_ms < idempotency_window_ms {
+            return Err(format!(
+                "daemon.retention must be at least daemon.idempotency_window ({} h), or a repeated key could create a second message",
+                idempotency_window_ms / 3_600_000
+            ));
+        }
+        let concurrency = d.concurrency.unwrap_or(256);
+        if concurrency == 0 || concurrency > 65_536 {
+            return Err("daemon.concurrency must be between 1 and 65536".into());
+        }
+        let max_queue = d.max_queue.unwrap_or(1_000_000);
+        if max_queue == 0 {
+            return Err("daemon.max_queue must be at least 1".into());
+        }
+        let daemon = DaemonConfig {
+            data_dir,
+            socket,
+            socket_mode,
+            plugin_dir,
+            max_frame: max_frame as u32,
+            max_message: max_message as usize,
+            max_queue,
+            concurrency,
+            cache_capacity: size(d.cache_capacity, "cache_capacity", 32 << 20)?,
+            retention_ms,
+            idempotency_window_ms,
+            shutdown_grace_ms: duration(d.shutdown_grace, "daemon.shutdown_grace", 10_000)?,
+        };
+
+        let webhooks = match self.webhooks {
+            None => None,
+            Some(w) => {
+                let listen: SocketAddr = w.listen.parse().map_err(|_| {
+                    format!(
+                        "webhooks.listen {:?} is not an address like \"127.0.0.1:8025\"",
+                        w.listen
+                    )
+                })?;
+                if let Some(url) = &w.public_url
+                    && !(url.starts_with("https://") || url.starts_with("http://"))
+                {
+                    return Err(format!(
+                        "webhooks.public_url {url:?} must be an http(s) URL like \"https://hooks.example.com\""
+                    ));
+                }
+                Some(WebhooksConfig {
+                    listen,
+                    public_url: w.public_url.map(|u| u.trim_end_matches('/').to_string()),
+                    max_body: w
+                        .max_body
+                        .map(|v| parse_size(&v).map_err(|e| format!("webhooks.max_body: {e}")))
+                        .unwrap_or(Ok(1 << 20))? as usize,
+                })
+            }
+        };
+
+        let r = self.retry;
+        let retry = RetryPolicy {
+            base_ms: duration(r.base, "retry.base", 2_000)?,
+            cap_ms: duration(r.cap, "retry.cap", 30 * 60_000)?,
+            max_attempts: r.max_attempts.unwrap_or(12),
+            ttl_ms: duration(r.ttl, "retry.ttl", 72 * 3_600_000)?,
+        };
+        if retry.base_ms == 0 || retry.cap_ms < retry.base_ms {
+            return Err("retry.base must be positive and retry.cap at least retry.base".into());
+        }
+        if retry.max_attempts == 0 {
+            return Err("retry.max_attempts must be at least 1".into());
+        }
+        if retry.ttl_ms == 0 {
+            return Err("retry.ttl must be positive".into());
+        }
+
+        let mut providers = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, mut table) in self.providers.into_iter().enumerate() {
+            let at = format!("providers[{i}]");
+            let name = match table.remove("name") {
+                Some(toml::Value::String(s)) => s,
+                Some(_) => return Err(format!("{at}.name must be a string")),
+                None => {
+                    return Err(format!(
+                        "{at} needs a name (used by routes and webhook paths)"
+                    ));
+                }
+            };
+            let ok_name = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !ok_name {
+                return Err(format!(
+                    "provider name {name:?} must be 1-64 characters of a-z, 0-9, _ and -"
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(format!("provider name {name:?} is used twice"));
+            }
+            let at = format!("provider {name:?}");
+            let plugin = match table.remove("plugin") {
+                Some(toml::Value::String(s)) => s,
+                Some(_) => return Err(format!("{at}: plugin must be a string")),
+                None => {
+                    return Err(format!(
+                        "{at} needs plugin = \"...\" (loads libherald_<plugin>.so)"
+                    ));
+                }
+            };
+            if plugin.is_empty()
+                || !plugin
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(format!("{at}: plugin {plugin:?} must be a-z, 0-9 and _"));
+            }
+            let rate_limit = match table.remove("rate_limit") {
+                None => None,
+                Some(toml::Value::String(s)) => {
+                    Some(parse_rate(&s).map_err(|e| format!("{at}: rate_limit {e}"))?)
+                }
+                Some(_) => return Err(format!("{at}: rate_limit must be a string like \"10/s\"")),
+            };
+            let breaker = match table.remove("breaker") {
+                None => BreakerConfig::default(),
+                Some(toml::Value::Table(mut b)) => {
+                    let mut cfg = BreakerConfig::default();
+                    if let Some(v) = b.remove("failures") {
+                        cfg.failures = v
+                            .as_integer()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| {
+                                format!("{at}: breaker.failures must be a positive integer")
+                            })?;
+                    }
+                    if let Some(v) = b.remove("cooldown") {
+                        let s = v.as_str().ok_or_else(|| {
+                            format!("{at}: breaker.cooldown must be a duration like \"30s\"")
+                        })?;
+                        cfg.cooldown_ms = parse_duration_ms(s)
+                            .map_err(|e| format!("{at}: breaker.cooldown {e}"))?;
+                    }
+                    if let Some(k) = b.keys().next() {
+                        return Err(format!(
+                            "{at}: unknown breaker key {k:?} (failures, cooldown)"
+                        ));
+                    }
+                    cfg
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "{at}: breaker must be a table like {{ failures = 5, cooldown = \"30s\" }}"
+                    ));
+                }
+            };
+            let timeout_ms = match table.remove("timeout") {
+                None => 30_000,
+                Some(toml::Value::String(s)) => {
+                    parse_duration_ms(&s).map_err(|e| format!("{at}: timeout {e}"))?
+                }
+                Some(_) => return Err(format!("{at}: timeout must be a duration like \"30s\"")),
+            };
+            let mut settings = serde_json::Map::new();
+            let mut env_keys = BTreeSet::new();
+            for (k, v) in table {
+                let mut referenced = false;
+                let value = resolve_value(v, env, &format!("{at} key {k}"), &mut referenced)?;
+                if referenced {
+                    env_keys.insert(k.clone());
+                }
+                settings.insert(k, value);
+            }
+            providers.push(ProviderSpec {
+                name,
+                plugin,
+                settings,
+                env_keys,
+                rate_limit,
+                breaker,
+                timeout_ms,
+            });
+        }
+
+        let mut routes = BTreeMap::new();
+        for (channel, list) in self.routes {
+            let ch = Channel::parse(&channel).ok_or_else(|| {
+                format!("routes.{channel}: unknown channel (use email, sms or push)")
+            })?;
+            if list.is_empty() {
+                return Err(format!(
+                    "routes.{channel} is empty; list at least one provider or remove the route"
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for p in &list {
+                if !names.contains(p) {
+                    return Err(format!(
+                        "routes.{channel} names provider {p:?}, but no [[providers]] entry has that name"
+                    ));
+                }
+                if !seen.insert(p) {
+                    return Err(format!("routes.{channel} lists {p:?} twice"));
+                }
+            }
+            routes.insert(ch, list);
+        }
+        if routes.is_empty() {
+            return Err(
+                "[routes] is empty: route at least one channel, e.g. email = [\"dev\"]".into(),
+            );
+        }
+
+        Ok(Config {
+            source_name: String::new(),
+            daemon,
+            webhooks,
+            retry,
+            providers,
+            routes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "test.toml", &no_env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_matches_the_cli_default_socket() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "embedded", &no_env).unwrap();
+        assert_eq!(
+            c.daemon.socket,
+            PathBuf::from(herald_client::DEFAULT_SOCKET)
+        );
+        for ch in Channel::ALL {
+            assert!(c.routes.contains_key(&ch), "{ch} routed");
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_size(&toml::Value::String("1MiB".into())), Ok(1 << 20));
+        assert_eq!(parse_size(&toml::Value::Integer(10)), Ok(10));
+    }
+
+    const MIN: &str = r#"
+        [[providers]]
+        name = "dev"
+        plugin = "outbox"
+        dir = "./var/outbox"
+        [routes]
+        email = ["dev"]
+    "#;
+
+    #[test]
+    fn defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.daemon.socket_mode, 0o660);
+        assert_eq!(c.retry.max_attempts, 12);
+        assert_eq!(c.providers[0].settings["dir"], "./var/outbox");
+        assert_eq!(c.providers[0].timeout_ms, 30_000);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        const PROVIDER: &str = "[[providers]]\nname = \"dev\"\nplugin = \"outbox\"\n";
+        for (routes, needle) in [
+            ("[routes]\nfax = [\"dev\"]\n", "unknown channel"),
+            ("[routes]\nemail = [\"nope\"]\n", "\"nope\""),
+            ("[routes]\nemail = [\"dev\", \"dev\"]\n", "twice"),
+            ("", "[routes] is empty"),
+        ] {
+            let err = parse(&format!("{PROVIDER}\n{routes}")).unwrap_err();
+            assert!(err.contains(needle), "{routes:?} → {err}");
+        }
+        let cases = [
+            ("[daemon]\nsocket_mod = 1\n", "socket_mod"),
+            ("[retry]\nbase = \"2 parsecs\"\n", "retry.base"),
+            ("[daemon]\nsocket_mode = \"rw\"\n", "socket_mode"),
+            ("[webhooks]\nlisten = \"localhost\"\n", "webhooks.listen"),
+        ];
+        for (extra, needle) in cases {
+            let err = parse(&format!("{extra}\n{MIN}")).unwrap_err();
+            assert!(err.contains(needle), "{extra:?} → {err}");
+        }
+        let err = parse("[[providers]]\nplugin = \"outbox\"\n[routes]\nemail=[]").unwrap_err();
+        assert!(err.contains("needs a name"), "{err}");
+        let dup = format!("{MIN}\n[[providers]]\nname = \"dev\"\nplugin = \"outbox\"\n");
+        assert!(parse(&dup).unwrap_err().contains("used twice"));
+    }
+
+    #[test]
+    fn env_references_are_resolved_and_tracked() {
+        let text = r#"
+            [[providers]]
+            name = "resend"
+            plugin = "resend"
+            api_key = "${RESEND_KEY}"
+            from = "Events <hi@example.com>"
+            literal = "$${NOT_A_REF}"
+            rate_limit = "2/s"
+            breaker = { failures = 3, cooldown = "1m" }
+            [routes]
+            email = ["resend"]
+        "#;
+        let env = |k: &str| (k == "RESEND_KEY").then(|| "re_123".to_string());
+        let c = Config::parse(text, "t", &env).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.settings["api_key"], "re_123");
+        assert_eq!(p.settings["literal"], "${NOT_A_REF}");
+        assert!(p.env_keys.contains("api_key") && !p.env_keys.contains("from"));
+        assert_eq!(p.rate_limit.unwrap().per_sec, 2.0);
+        assert_eq!(p.breaker.failures, 3);
+        assert!(!format!("{p:?}").contains("re_123"), "Debug hides values");
+
+        let err = Config::parse(text, "t", &no_env).unwrap_err().to_string();
+        assert!(
+            err.contains("RESEND_KEY") && err.contains("export"),
+            "{err}"
+        );
+    }
+}

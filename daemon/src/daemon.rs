@@ -1,0 +1,191 @@
+//! Start-up, the running daemon's tasks, and graceful shutdown.
+//!
+//! Start: check the socket is not live, create the data dir (0700), open the store,
+//! start the committer, re-queue leases left by a crash, load plugins, bind the socket.
+//! Run: socket server, dispatcher, retention sweeper, signals (SIGTERM/SIGINT stop,
+//! SIGHUP reloads). Stop: stop accepting, answer in-flight requests, let deliveries in
+//! flight finish (bounded by `daemon.shutdown_grace`), flush, remove the socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock;
+use crate::commit::Committer;
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::ipc::{self, ReloadRequest, Shared};
+use crate::live::Live;
+use crate::plugin::Loader;
+use crate::providers::Routing;
+use crate::reload::Reloader;
+use crate::store::{Op, OpResult, SledStore, Store};
+use crate::transport::Transports;
+
+/// How often finished messages and old events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set mode 0700 on {}", dir.display()))?;
+    Ok(())
+}
+
+/// Loads plugins and instances for `config` (also what `--check` runs).
+pub fn build_routing(config: &Config, loader: &mut Loader) -> Result<Routing> {
+    Routing::build(config, loader, None, clock::now_ms())
+        .map_err(|e| anyhow!("{}: {e}", config.source_name))
+}
+
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
+    let d = config.daemon.clone();
+    // Refuse early, with a clear message, if another daemon serves this socket.
+    if d.socket.exists() && std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
+        return Err(anyhow!(
+            "another heraldd is already serving {}; stop it, or give this one another daemon.socket",
+            d.socket.display()
+        ));
+    }
+    create_private_dir(&d.data_dir)?;
+    let db_dir = d.data_dir.join("db");
+    let cache = d.cache_capacity;
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SledStore::open(&db_dir, cache))
+            .await?
+            .with_context(|| format!("cannot open the store in {}", d.data_dir.display()))?,
+    );
+    let (committer, writer) =
+        Committer::start(Arc::clone(&store)).context("cannot start the commit thread")?;
+    match committer.submit(Op::Recover).await {
+        Ok(OpResult::Recovered(n)) if n > 0 => {
+            tracing::warn!(
+                requeued = n,
+                "re-queued messages that were being sent when the daemon stopped"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return Err(anyhow!("recovering leased messages failed: {e}")),
+    }
+
+    let mut loader = Loader::new(&d.plugin_dir);
+    let routing = build_routing(&config, &mut loader)?;
+    let live = Arc::new(RwLock::new(Arc::new(Live { config, routing })));
+    let transports = Arc::new(Transports::new().map_err(|e| anyhow!(e))?);
+
+    let listener = ipc::bind(&d.socket, d.socket_mode).map_err(|e| anyhow!(e))?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let shared = Arc::new(Shared {
+        committer: committer.clone(),
+        store: Arc::clone(&store),
+        live: Arc::clone(&live),
+        max_frame: d.max_frame,
+        started_at: clock::now_ms(),
+        connections: AtomicU64::new(0),
+        reload: reload_tx.clone(),
+    });
+    let reloader = Arc::new(Reloader {
+        path: config_path,
+        live: Arc::clone(&live),
+        loader: Mutex::new(loader),
+        committer: committer.clone(),
+    });
+
+    let server = tokio::spawn(ipc::serve(listener, Arc::clone(&shared), shutdown.clone()));
+    let dispatcher = tokio::spawn(
+        Dispatcher {
+            committer: committer.clone(),
+            store: Arc::clone(&store),
+            live: Arc::clone(&live),
+            transports,
+            concurrency: d.concurrency,
+            shutdown_grace: Duration::from_millis(d.shutdown_grace_ms),
+        }
+        .run(shutdown.clone()),
+    );
+    let reloads = {
+        let reloader = Arc::clone(&reloader);
+        tokio::spawn(async move {
+            while let Some(reply) = reload_rx.recv().await {
+                let _ = reply.send(reloader.reload().await);
+            }
+        })
+    };
+    let pruner = {
+        let committer = committer.clone();
+        let live = Arc::clone(&live);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(PRUNE_EVERY) => {}
+                    _ = shutdown.changed() => return,
+                }
+                let retention = match live.read() {
+                    Ok(l) => l.config.daemon.retention_ms,
+                    Err(p) => p.into_inner().config.daemon.retention_ms,
+                };
+                let before = clock::now_ms().saturating_sub(retention);
+                match committer
+                    .submit(Op::Prune {
+                        before,
+                        limit: 10_000,
+                    })
+                    .await
+                {
+                    Ok(OpResult::Pruned { messages, events }) if messages + events > 0 => {
+                        tracing::info!(messages, events, "pruned past retention");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning failed"),
+                }
+            }
+        })
+    };
+
+    tracing::info!(socket = %d.socket.display(), data_dir = %d.data_dir.display(), "heraldd ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = reloader.reload().await;
+            }
+        }
+    }
+
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let _ = dispatcher.await;
+    reloads.abort();
+    let _ = pruner.await;
+    drop(shared);
+    drop(reloader);
+    drop(reload_tx);
+    drop(committer);
+    // The writer finishes queued jobs and flushes once every handle is gone.
+    let joined = tokio::task::spawn_blocking(move || writer.join());
+    if tokio::time::timeout(Duration::from_secs(5), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the commit thread is still busy; flushing directly");
+        store.flush().context("final flush failed")?;
+    }
+    let _ = std::fs::remove_file(&d.socket);
+    tracing::info!("heraldd stopped");
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The dispatcher: leases due messages in batches (as many as there are free delivery
+//! slots), runs each through its channel's route, and commits the outcome.
+//!
+//! For one message: try the route's providers in order, skipping those whose breaker is
+//! open and waiting for rate-limit tokens; run the plugin's sans-IO exchange (plugin calls
+//! on the blocking pool, requests through `transport`); then
+//! `Accepted` → sent/delivered, `Rejected` → failed/bounced (no fallback),
+//! `ProviderFailure` → next provider, `Retry` → deferred with backoff (or dead/expired).
+//!
+//! Owns: concurrency bound, outcome → state mapping, breaker bookkeeping. Must not: touch
+//! storage except through the committer, or do I/O other than through `transport`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use herald_plugin_api::abi::{CallError, CallErrorKind, ResumeInput};
+use herald_plugin_api::{Delivery, Message, Outcome, State, Step};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::clock;
+use crate::commit::Committer;
+use crate::live::Live;
+use crate::providers::{Counters, Provider};
+use crate::retry;
+use crate::store::{Claimed, Completion, Op, OpResult, Store, id_string};
+use crate::transport::Transports;
+
+/// How long a lease lasts. Leases matter only across a restart (every lease is then
+/// expired at once), so this is informational for a single daemon.
+const LEASE_MS: u64 = 5 * 60_000;
+
+/// Most messages leased in one claim.
+const CLAIM_BATCH: usize = 1024;
+
+/// Bound on `Call` steps in one exchange (FCM needs three).
+const MAX_STEPS: usize = 8;
+
+pub struct Dispatcher {
+    pub committer: Committer,
+    pub store: Arc<dyn Store>,
+    pub live: Arc<RwLock<Arc<Live>>>,
+    pub transports: Arc<Transports>,
+    pub concurrency: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.concurrency));
+        let mut tasks = JoinSet::new();
+        while !*shutdown.borrow() {
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    p = Arc::clone(&slots).acquire_owned() => drop(p),
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let want = free.min(CLAIM_BATCH);
+            let claimed = match this
+                .committer
+                .submit(Op::Claim {
+                    limit: want,
+                    lease_ms: LEASE_MS,
+                })
+                .await
+            {
+                Ok(OpResult::Claimed(c)) => c,
+                Ok(other) => {
+                    tracing::error!(?other, "unexpected claim result");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming due messages failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            let full = claimed.len() == want;
+            for c in claimed {
+                let permit = match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => match Arc::clone(&slots).acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                tasks.spawn(Arc::clone(&this).deliver(c, permit));
+            }
+            if full {
+                continue;
+            }
+            // Nothing (more) due: sleep until the next due time, a new schedule entry, or
+            // shutdown.
+            let wait = match this.store.next_due() {
+                Ok(Some(due)) => {
+                    Duration::from_millis(due.saturating_sub(clock::now_ms()).clamp(1, 1000))
+                }
+                Ok(None) => Duration::from_secs(5),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the schedule failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = this.committer.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "waiting for deliveries in flight");
+        }
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(this.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tasks.len(),
+                "shutdown grace period over; unfinished deliveries stay leased and are re-queued at the next start"
+            );
+            tasks.abort_all();
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, c: Claimed, _slot: OwnedSemaphorePermit) {
+        let live = match self.live.read() {
+            Ok(l) => Arc::clone(&l),
+            Err(p) => Arc::clone(&p.into_inner()),
+        };
+        let Claimed { id, record } = c;
+        let channel = record.channel();
+        let attempt = record.attempt;
+        let delivery = Arc::new(Delivery {
+            message: Message {
+                id: id_string(&id),
+                to: record.to.clone(),
+                content: record.content.clone(),
+                tags: record.tags.clone(),
+                created_at: record.created_at,
+            },
+            attempt,
+            now: clock::now_ms(),
+        });
+        let route = live
+            .routing
+            .routes
+            .get(&channel)
+            .cloned()
+            .unwrap_or_default();
+        let mut notes: Vec<String> = Vec::new();
+        let mut retry_hint: Option<(Option<u64>, String, String)> = None;
+        let mut called = false;
+        let mut done: Option<Completion> = None;
+        for p in &route {
+            let now = clock::now_ms();
+            if !p.breaker.admit(now) {
+                notes.push(format!("{}: circuit open", p.name));
+                continue;
+            }
+            if let Some(rate) = &p.rate {
+                rate.acquire().await;
+            }
+            called = true;
+            let outcome = exchange(&self.transports, p, &delivery).await;
+            let now = clock::now_ms();
+            let completion = |state: State,
+                              pid: Option<String>,
+                              detail: Option<String>,
+                              suppress: bool| Completion {
+                id,
+                attempt,
+                state,
+                provider: Some(p.name.clone()),
+                provider_message_id: pid,
+                detail,
+                due_at: None,
+                suppress,
+                attempt_used: true,
+            };
+            match outcome {
+                Outcome::Accepted {
+                    provider_message_id,
+                    delivered,
+                } => {
+                    p.breaker.success();
+                    Counters::bump(&p.counters.accepted);
+                    let state = if delivered {
+                        State::Delivered
+                    } else {
+                        State::Sent
+                    };
+                    done = Some(completion(state, provider_message_id, None, false));
+                    break;
+                }
+                Outcome::Rejected {
+                    reason,
+                    bounced,
+                    suppress,
+                } => {
+                    p.breaker.success();
+                    Counters::bump(&p.counters.rejected);
+                    let state = if bounced {
+                        State::Bounced
+                    } else {
+                        State::Failed
+                    };
+                    done = Some(completion(
+                        state,
+                        None,
+                        Some(format!("{}: {reason}", p.name)),
+                        suppress,
+                    ));
+                    break;
+                }
+                Outcome::Retry {
+                    after_ms,
+                    reason,
+                    breaker,
+                } => {
+                    if breaker {
+                        p.breaker.failure(now);
+                    } else {
+                        p.breaker.neutral();
+                    }
+                    Counters::bump(&p.counters.retries);
+                    retry_hint = Some((after_ms, format!("{}: {reason}", p.name), p.name.clone()));
+                    break;
+                }
+                Outcome::ProviderFailure { reason } => {
+                    p.breaker.failure(now);
+                    Counters::bump(&p.counters.failures);
+                    tracing::warn!(provider = %p.name, message_id = %delivery.message.id, %reason, "provider failure; trying the next provider of the route");
+                    notes.push(format!("{}: {reason}", p.name));
+                }
+            }
+        }
+        let completion = match done {
+            Some(c) => c,
+            None => {
+                let now = clock::now_ms();
+                let (hint, detail, provider) = match retry_hint {
+                    Some((hint, reason, provider)) => {
+                        notes.push(reason);
+                        (hint, notes.join("; "), Some(provider))
+                    }
+                    None if route.is_empty() => {
+                        (None, format!("no route for channel {channel}"), None)
+                    }
+                    None if !called => {
+                        // Every breaker is open: wait for the first to half-open, and give the
+                        // attempt back — an outage must not use up max_attempts.
+                        let reopen = route.iter().filter_map(|p| p.breaker.retry_at()).min();
+                        (
+                            reopen.map(|t| t.saturating_sub(now)),
+                            notes.join("; "),
+                            None,
+                        )
+                    }
+                    None => (None, notes.join("; "), None),
+                };
+                let used = called;
+                let effective_attempt = if used {
+                    attempt
+                } else {
+                    attempt.saturating_sub(1)
+                };
+                let (state, due_at) = if used {
+                    retry::after_failure(
+                        &live.config.retry,
+                        effective_attempt,
+                        now,
+                        record.expires_at,
+                        hint,
+                        &mut rand::thread_rng(),
+                    )
+                } else {
+                    let due = now.saturating_add(hint.unwrap_or(1000).max(100));
+                    if due >= record.expires_at {
+                        (State::Expired, None)
+                    } else {
+                        (State::Deferred, Some(due))
+                    }
+                };
+                Completion {
+                    id,
+                    attempt,
+                    state,
+                    provider,
+                    provider_message_id: None,
+                    detail: Some(detail),
+                    due_at,
+                    suppress: false,
+                    attempt_used: used,
+                }
+            }
+        };
+        self.complete(completion).await;
+    }
+
+    /// Commits a completion, retrying a storage failure a few times: until it is committed
+    /// the message stays leased (and is re-queued at the next start).
+    async fn complete(&self, completion: Completion) {
+        for attempt in 1..=3u64 {
+            match self
+                .committer
+                .submit(Op::Complete(completion.clone()))
+                .await
+            {
+                Ok(OpResult::Done) => return,
+                Ok(other) => {
+                    tracing::warn!(message_id = %id_string(&completion.id), ?other, "completion not applied");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(message_id = %id_string(&completion.id), error = %e, attempt, "could not record a delivery outcome");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A plugin call on the blocking pool.
+async fn on_plugin<T: Send + 'static>(
+    p: &Arc<Provider>,
+    f: impl FnOnce(&Provider) -> Result<T, CallError> + Send + 'static,
+) -> Result<T, CallError> {
+    let p = Arc::clone(p);
+    tokio::task::spawn_blocking(move || f(&p))
+        .await
+        .unwrap_or_else(|e| {
+            Err(CallError {
+                kind: CallErrorKind::Panic,
+                message: format!("plugin call aborted: {e}"),
+            })
+        })
+}
+
+/// Runs one provider's sans-IO exchange to its outcome.
+pub async fn exchange(
+    transports: &Transports,
+    p: &Arc<Provider>,
+    delivery: &Arc<Delivery>,
+) -> Outcome {
+    let d = Arc::clone(delivery);
+    let mut step = on_plugin(p, move |p| p.instance.begin(&d)).await;
+    for _ in 0..MAX_STEPS {
+        match step {
+            Err(e) => return plugin_error(p, e),
+            Ok(Step::Done { outcome }) => return outcome,
+            Ok(Step::Call { request, state }) => {
+                let response = transports
+                    .perform(request, &p.allowed_hosts, p.timeout_ms)
+                    .await;
+                let input = ResumeInput {
+                    delivery: (**delivery).clone(),
+                    state,
+                    response,
+                };
+                step = on_plugin(p, move |p| p.instance.resume(&input)).await;
+            }
+        }
+    }
+    Outcome::ProviderFailure {
+        reason: format!(
+            "plugin {} did not finish within {MAX_STEPS} requests",
+            p.plugin
+        ),
+    }
+}
+
+fn plugin_error(p: &Provider, e: CallError) -> Outcome {
+    tracing::error!(provider = %p.name, plugin = %p.plugin, kind = ?e.kind, message = %e.message, "plugin call failed");
+    match e.kind {
+        // A panic may be specific to this message or transient: retry later, and let the
+        // breaker count it.
+        CallErrorKind::Panic => Outcome::Retry {
+            after_ms: None,
+            reason: e.message,
+            breaker: true,
+        },
+        _ => Outcome::ProviderFailure {
+            reason: format!("plugin error ({:?}): {}", e.kind, e.message),
+        },
+    }
+}

@@ -1,0 +1,101 @@
+//! Subscriptions: replay retained events from the durable log, then stream live ones,
+//! without gaps or duplicates.
+//!
+//! The live feed is the committer's broadcast of durable batches. A subscriber listens to
+//! it *before* reading the durable watermark, reads the log up to the watermark, then
+//! takes live batches, skipping what it already sent. If it falls behind (the broadcast
+//! lags) it reads the log again; a slow subscriber never makes the daemon buffer without
+//! bound — the log is the buffer.
+
+use std::sync::Arc;
+
+use herald_client::protocol::{Filter, Response, ServerFrame};
+use herald_plugin_api::Event;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use crate::commit::Committer;
+use crate::store::Store;
+
+const PAGE: usize = 512;
+
+/// Streams events to `out` until the connection goes away. `id` is the subscribe request's
+/// id, echoed on every event frame.
+pub async fn run(
+    id: u64,
+    filter: Filter,
+    from_seq: Option<u64>,
+    store: Arc<dyn Store>,
+    committer: Committer,
+    out: mpsc::Sender<ServerFrame>,
+) {
+    let mut live = committer.events();
+    let durable = committer.durable_seq();
+    let first = store.first_seq().unwrap_or(0);
+    let hello = Response::Subscribed {
+        first_seq: first,
+        last_seq: durable,
+    };
+    if out
+        .send(ServerFrame {
+            id,
+            response: hello,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut next = from_seq.map_or(durable + 1, |s| s.max(1));
+    let send = |e: &Event| ServerFrame {
+        id,
+        response: Response::Event(e.clone()),
+    };
+    loop {
+        // Catch up from the log, never past what is durable.
+        let target = committer.durable_seq();
+        while next <= target {
+            let page = match store.events_from(next, PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the event log failed; ending subscription");
+                    return;
+                }
+            };
+            if page.is_empty() {
+                next = target + 1;
+                break;
+            }
+            for e in page.iter().take_while(|e| e.seq <= target) {
+                next = e.seq + 1;
+                if filter.matches(e) && out.send(send(e)).await.is_err() {
+                    return;
+                }
+            }
+            if page.last().is_some_and(|e| e.seq >= target) {
+                break;
+            }
+        }
+        // Live.
+        loop {
+            match live.recv().await {
+                Ok(batch) => {
+                    if batch.first().is_some_and(|e| e.seq > next) {
+                        break; // a gap: go back to the log
+                    }
+                    for e in batch.iter() {
+                        if e.seq < next {
+                            continue;
+                        }
+                        next = e.seq + 1;
+                        if filter.matches(e) && out.send(send(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}

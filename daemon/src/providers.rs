@@ -1,0 +1,205 @@
+//! The running provider set: one [`Provider`] per `[[providers]]` entry (plugin instance,
+//! allowed hosts, breaker, rate limit, counters) and the channel routes over them.
+//!
+//! Building a [`Routing`] is the whole validation of the provider half of a config: the
+//! plugin loads, its manifest accepts the keys (secrets only from `${ENV}`), its `new`
+//! accepts the values, and every routed provider serves its channel. Reload builds a new
+//! `Routing` first and swaps only if that succeeded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use herald_plugin_api::{Channel, Manifest, ProviderConfig};
+
+use crate::breaker::Breaker;
+use crate::config::{Config, ProviderSpec};
+use crate::plugin::{Instance, Loader};
+use crate::ratelimit::RateLimiter;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub retries: AtomicU64,
+    pub failures: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One configured provider instance.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub plugin: String,
+    pub manifest: Manifest,
+    pub instance: Instance,
+    pub allowed_hosts: Vec<String>,
+    pub breaker: Arc<Breaker>,
+    pub rate: Option<RateLimiter>,
+    pub timeout_ms: u64,
+    pub counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+pub struct Routing {
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub routes: BTreeMap<Channel, Vec<Arc<Provider>>>,
+}
+
+/// Checks the keys of `spec` against the plugin's manifest: required keys present, secret
+/// keys given only as `${ENV}` references.
+fn check_keys(spec: &ProviderSpec, manifest: &Manifest) -> Result<(), String> {
+    for key in &manifest.config {
+        let present = spec.settings.contains_key(&key.name);
+        if key.secret && present && !spec.env_keys.contains(&key.name) {
+            let var = format!("{}_{}", spec.name, key.name)
+                .to_ascii_uppercase()
+                .replace('-', "_");
+            return Err(format!(
+                "provider {:?}: {} is a secret; write {} = \"${{{var}}}\" and export {var}, so it never sits in the config file",
+                spec.name, key.name, key.name
+            ));
+        }
+        if key.required && !present {
+            return Err(format!(
+                "provider {:?} (plugin {}): missing required key {}{}",
+                spec.name,
+                spec.plugin,
+                key.name,
+                if key.description.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", key.description)
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Routing {
+    /// Loads every provider of `config`. Breakers and counters of same-named providers in
+    /// `previous` carry over, so a reload does not forget that a provider is down.
+    pub fn build(
+        config: &Config,
+        loader: &mut Loader,
+        previous: Option<&Routing>,
+        now: u64,
+    ) -> Result<Routing, String> {
+        let mut providers = BTreeMap::new();
+        for spec in &config.providers {
+            let lib = loader.load(&spec.plugin).map_err(|e| e.to_string())?;
+            check_keys(spec, &lib.manifest)?;
+            let webhook_url = config
+                .webhooks
+                .as_ref()
+                .and_then(|w| w.public_url.as_ref())
+                .map(|base| format!("{base}/webhooks/{}", spec.name));
+            let instance = Instance::create(
+                &lib,
+                &ProviderConfig {
+                    name: spec.name.clone(),
+                    settings: spec.settings.clone(),
+                    webhook_url,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            let allowed_hosts = instance.allowed_hosts().map_err(|e| {
+                format!(
+                    "provider {:?}: cannot read its allowed hosts: {}",
+                    spec.name, e.message
+                )
+            })?;
+            let old = previous
+                .and_then(|p| p.providers.get(&spec.name))
+                .filter(|p| p.plugin == spec.plugin);
+            let provider = Provider {
+                name: spec.name.clone(),
+                plugin: spec.plugin.clone(),
+                manifest: lib.manifest.clone(),
+                instance,
+                allowed_hosts,
+                breaker: old
+                    .map(|p| Arc::clone(&p.breaker))
+                    .unwrap_or_else(|| Arc::new(Breaker::new(spec.breaker))),
+                rate: spec.rate_limit.map(|r| RateLimiter::new(r, now)),
+                timeout_ms: spec.timeout_ms,
+                counters: old.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
+            };
+            providers.insert(spec.name.clone(), Arc::new(provider));
+        }
+        let mut routes = BTreeMap::new();
+        for (channel, names) in &config.routes {
+            let mut list = Vec::new();
+            for name in names {
+                let p = providers
+                    .get(name)
+                    .ok_or_else(|| format!("routes.{channel}: unknown provider {name:?}"))?;
+                if !p.manifest.channels.contains(channel) {
+                    let serves: Vec<&str> =
+                        p.manifest.channels.iter().map(|c| c.as_str()).collect();
+                    return Err(format!(
+                        "routes.{channel} lists {name:?}, but plugin {} serves only {}",
+                        p.plugin,
+                        serves.join(", ")
+                    ));
+                }
+                list.push(Arc::clone(p));
+            }
+            routes.insert(*channel, list);
+        }
+        Ok(Routing { providers, routes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_plugin_api::ConfigKey;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn secrets_must_come_from_env_and_required_keys_exist() {
+        let manifest = Manifest {
+            name: "resend".into(),
+            version: "1".into(),
+            api_version: "1.0.0".into(),
+            description: String::new(),
+            channels: vec![Channel::Email],
+            config: vec![
+                ConfigKey::required("api_key", "Resend API key").secret(),
+                ConfigKey::required("from", "default sender"),
+            ],
+            webhooks: true,
+            idempotent: true,
+            allowed_hosts: vec![],
+        };
+        let mut spec = ProviderSpec {
+            name: "resend".into(),
+            plugin: "resend".into(),
+            settings: serde_json::json!({"api_key": "re_live", "from": "a@b.io"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            env_keys: BTreeSet::new(),
+            rate_limit: None,
+            breaker: Default::default(),
+            timeout_ms: 1000,
+        };
+        let err = check_keys(&spec, &manifest).unwrap_err();
+        assert!(
+            err.contains("${RESEND_API_KEY}") && !err.contains("re_live"),
+            "{err}"
+        );
+        spec.env_keys.insert("api_key".into());
+        assert!(check_keys(&spec, &manifest).is_ok());
+        spec.settings.remove("from");
+        let err = check_keys(&spec, &manifest).unwrap_err();
+        assert!(err.contains("missing required key from"), "{err}");
+    }
+}

@@ -1,0 +1,240 @@
+//! Durable storage behind a queue-shaped [`Store`] trait: messages, the schedule index,
+//! leases, idempotency keys, provider-id index, dead letters, suppression list and the
+//! event log.
+//!
+//! Every mutation is an [`Op`]; [`Store::commit`] applies a whole batch of ops in one
+//! transaction and appends their events with consecutive `seq` numbers. Durability comes
+//! from [`Store::flush`], which the group committer (`commit`) calls before anything is
+//! acknowledged or published. The state machine itself (which op moves which state and
+//! emits which events) lives in [`lifecycle`] so another backend can reuse it.
+//!
+//! Only `store::sled_store` knows sled exists.
+
+pub mod lifecycle;
+pub mod sled_store;
+
+use herald_plugin_api::{Channel, Content, Event, EventKind, State, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+pub use sled_store::SledStore;
+
+/// A message id: a ULID's 16 bytes (time-ordered, so storage keys cluster by age).
+pub type MsgId = [u8; 16];
+
+pub fn new_id() -> MsgId {
+    ulid::Ulid::new().to_bytes()
+}
+
+pub fn id_string(id: &MsgId) -> String {
+    ulid::Ulid::from_bytes(*id).to_string()
+}
+
+pub fn parse_id(s: &str) -> Option<MsgId> {
+    ulid::Ulid::from_string(s).ok().map(|u| u.to_bytes())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O: {0}")]
+    Io(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("storage is in use by another process: {0}")]
+    Locked(String),
+}
+
+/// A stored message and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub to: String,
+    pub content: Content,
+    pub tags: Vec<String>,
+    pub idempotency_key: Option<String>,
+    pub send_at: Option<UnixMillis>,
+    pub state: State,
+    /// Attempts started (incremented when a delivery is leased).
+    pub attempt: u32,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    /// When the message is next due (the schedule key's time) while queued or deferred.
+    pub due_at: UnixMillis,
+    /// Past this, an undelivered message becomes `expired`.
+    pub expires_at: UnixMillis,
+    /// While `sending`: the lease expiry.
+    pub lease_until: Option<UnixMillis>,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl Record {
+    pub fn channel(&self) -> Channel {
+        self.content.channel()
+    }
+
+    /// Whether a new send with the same idempotency key is the same message.
+    pub fn same_message(&self, m: &NewMessage) -> bool {
+        self.to == m.to
+            && self.content == m.content
+            && self.tags == m.tags
+            && self.send_at == m.send_at
+    }
+}
+
+/// A validated message ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub id: MsgId,
+    pub to: String,
+    pub content: Content,
+    pub tags: Vec<String>,
+    pub idempotency_key: Option<String>,
+    pub send_at: Option<UnixMillis>,
+    /// Delivery time-to-live from the due time (`retry.ttl`).
+    pub ttl_ms: u64,
+    /// How long the idempotency key is honoured.
+    pub idempotency_window_ms: u64,
+}
+
+/// The end of one delivery attempt, as decided by the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub id: MsgId,
+    /// The attempt this completes; a stale completion (another attempt) is ignored.
+    pub attempt: u32,
+    /// One of sent, delivered, deferred, failed, bounced, dead, expired.
+    pub state: State,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub detail: Option<String>,
+    /// For `deferred`: when to try again.
+    pub due_at: Option<UnixMillis>,
+    /// Add the recipient to the suppression list.
+    pub suppress: bool,
+    /// False when no provider was actually called (every breaker open): the attempt is
+    /// given back so an outage cannot exhaust `max_attempts`.
+    pub attempt_used: bool,
+}
+
+/// A mutation, applied by [`Store::commit`] in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Accept(NewMessage),
+    /// Lease up to `limit` due messages for `lease_ms`.
+    Claim {
+        limit: usize,
+        lease_ms: u64,
+    },
+    Complete(Completion),
+    Cancel(MsgId),
+    /// Dead letter → queued, attempts reset.
+    Requeue(MsgId),
+    /// Start-up: every leased message goes back to the queue.
+    Recover,
+    /// An event not tied to a message (config_reloaded, config_rejected).
+    Note {
+        kind: EventKind,
+        detail: String,
+    },
+    /// Retention: drop up to `limit` messages that finished before `before`, and events
+    /// older than `before`.
+    Prune {
+        before: UnixMillis,
+        limit: usize,
+    },
+}
+
+/// A leased message handed to the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: MsgId,
+    pub record: Record,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    Accepted {
+        id: MsgId,
+        duplicate: bool,
+    },
+    IdempotencyConflict {
+        existing: MsgId,
+    },
+    Claimed(Vec<Claimed>),
+    Done,
+    NotFound,
+    /// The message is in a state that does not allow the op.
+    WrongState(State),
+    Recovered(u64),
+    Pruned {
+        messages: u64,
+        events: u64,
+    },
+}
+
+/// Counts of messages per state (index = position in [`State::ALL`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts(pub [u64; 12]);
+
+impl Counts {
+    pub fn index(s: State) -> usize {
+        State::ALL.iter().position(|x| *x == s).unwrap_or(0)
+    }
+
+    pub fn get(&self, s: State) -> u64 {
+        self.0[Counts::index(s)]
+    }
+
+    pub fn moved(&mut self, from: Option<State>, to: State) {
+        if let Some(from) = from {
+            let i = Counts::index(from);
+            self.0[i] = self.0[i].saturating_sub(1);
+        }
+        self.0[Counts::index(to)] += 1;
+    }
+
+    /// Messages waiting or in flight.
+    pub fn active(&self) -> u64 {
+        self.get(State::Queued) + self.get(State::Deferred) + self.get(State::Sending)
+    }
+}
+
+/// What a commit produced.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// One result per op, in order.
+    pub results: Vec<OpResult>,
+    /// The events appended, in `seq` order.
+    pub events: Vec<Event>,
+    /// Whether the schedule gained entries (the dispatcher should look again).
+    pub scheduled: bool,
+}
+
+/// Queue-shaped storage. Implementations must apply a `commit` batch atomically and make
+/// it durable on `flush`; reads may run concurrently with a commit.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `ops` in order, in one transaction. Not durable until [`Store::flush`].
+    fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError>;
+
+    /// Makes every committed batch durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError>;
+
+    /// Events with `seq >= from`, at most `limit`.
+    fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// The oldest retained event's seq (0 when the log is empty).
+    fn first_seq(&self) -> Result<u64, StoreError>;
+
+    /// The newest committed event's seq.
+    fn last_seq(&self) -> u64;
+
+    /// The earliest due time in the schedule.
+    fn next_due(&self) -> Result<Option<UnixMillis>, StoreError>;
+
+    fn counts(&self) -> Counts;
+
+    /// Dead-lettered messages, oldest first.
+    fn dead(&self, limit: usize) -> Result<Vec<(MsgId, Record)>, StoreError>;
+}
