@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `heraldd` process, real plugin `.so` files, mock providers
+//! over real sockets on 127.0.0.1. One test binary; one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod bad_input;
+mod cli;
+mod crash;
+mod lifecycle;
+mod plugins;

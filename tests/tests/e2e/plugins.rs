@@ -1,0 +1,186 @@
+//! Plugin loading through the real ABI: version mismatch refused with both versions named,
+//! a panicking plugin contained, config errors reported before anything runs.
+
+use std::process::Command;
+use std::time::Duration;
+
+use herald_plugin_api::abi::ABI_VERSION;
+use herald_tests::mock::MockProvider;
+use herald_tests::{Daemon, email, events_until, heraldd_path, kinds};
+
+/// Runs `heraldd --check` on `config` (with the test plugin dir) and returns (ok, stderr).
+fn check(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    let text = format!(
+        "[daemon]\ndata_dir = \"{d}/data\"\nplugin_dir = \"{p}\"\n\n{config}",
+        d = dir.path().display(),
+        p = herald_tests::ensure_built().display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(heraldd_path())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .env_remove("HERALD_TEST_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_plugin_for_another_abi_version_is_refused_naming_both() {
+    let (ok, err) =
+        check("[[providers]]\nname = \"x\"\nplugin = \"testbadabi\"\n[routes]\nemail = [\"x\"]\n");
+    assert!(!ok);
+    assert!(
+        err.contains("ABI version 2") && err.contains(&format!("ABI version {ABI_VERSION}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_problem() {
+    let cases = [
+        (
+            "[[providers]]\nname = \"x\"\nplugin = \"nosuch\"\n[routes]\nemail = [\"x\"]\n",
+            "libherald_nosuch.so does not exist",
+        ),
+        (
+            "[[providers]]\nname = \"x\"\nplugin = \"webhook\"\n[routes]\nemail = [\"x\"]\n",
+            "url",
+        ),
+        (
+            "[[providers]]\nname = \"x\"\nplugin = \"webhook\"\nurl = \"ftp://x\"\n[routes]\nemail = [\"x\"]\n",
+            "ftp",
+        ),
+        (
+            "[[providers]]\nname = \"x\"\nplugin = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"literal\"\n[routes]\nemail = [\"x\"]\n",
+            "${X_SECRET}",
+        ),
+        (
+            "[[providers]]\nname = \"x\"\nplugin = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"${HERALD_TEST_SECRET}\"\n[routes]\nemail = [\"x\"]\n",
+            "HERALD_TEST_SECRET",
+        ),
+        (
+            "[[providers]]\nname = \"x\"\nplugin = \"twilio\"\naccount_sid = \"AC1\"\n[routes]\nsms = [\"x\"]\n",
+            "account_sid",
+        ),
+        (
+            "[[providers]]\nname = \"x\"\nplugin = \"outbox\"\ndir = \"/tmp/herald-x\"\n[routes]\nfax = [\"x\"]\n",
+            "unknown channel",
+        ),
+        (
+            "[[providers]]\nname = \"x\"\nplugin = \"outbox\"\ndir = \"/tmp/herald-x\"\ncolour = \"red\"\n[routes]\nemail = [\"x\"]\n",
+            "colour",
+        ),
+        ("[routes]\nemail = [\"x\"]\n", "no [[providers]] entry"),
+        ("[daemon]\nsocket_mode = \"rwx\"\n", "duplicate key"),
+    ];
+    for (config, needle) in cases {
+        let (ok, err) = check(config);
+        assert!(!ok, "{config} should be refused");
+        assert!(err.contains(needle), "{config:?}\n→ {err}");
+    }
+    let (ok, out) = check(
+        "[[providers]]\nname = \"dev\"\nplugin = \"outbox\"\ndir = \"/tmp/herald-check\"\n[routes]\nemail = [\"dev\"]\n",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("route email: dev"), "{out}");
+}
+
+#[test]
+fn a_secret_never_appears_in_check_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[daemon]\ndata_dir = \"{d}/data\"\nplugin_dir = \"{p}\"\n[[providers]]\nname = \"r\"\nplugin = \"resend\"\napi_key = \"${{HERALD_TEST_KEY}}\"\nfrom = \"not an address\"\n[routes]\nemail = [\"r\"]\n",
+            d = dir.path().display(),
+            p = herald_tests::ensure_built().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(heraldd_path())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .env("HERALD_TEST_KEY", "re_supersecret_123")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("from"), "{err}");
+    assert!(!err.contains("supersecret"), "{err}");
+}
+
+#[tokio::test]
+async fn a_panicking_plugin_yields_retries_not_a_crash() {
+    let daemon = Daemon::builder()
+        .config(
+            "[[providers]]\nname = \"p\"\nplugin = \"testpanicky\"\n[routes]\nemail = [\"p\"]\n",
+        )
+        .retry("max_attempts = 2")
+        .start()
+        .await;
+    let client = daemon.client().await;
+    let bad = client
+        .send(email("a@example.org", "PANIC now"))
+        .await
+        .unwrap();
+    let events = events_until(&client, &bad.id, &["dead"], Duration::from_secs(30)).await;
+    assert_eq!(
+        kinds(&events),
+        ["queued", "sending", "deferred", "sending", "dead"]
+    );
+    assert!(
+        events[2]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("deliberate test panic"),
+        "{:?}",
+        events[2]
+    );
+    // The daemon and the (re-created) plugin instance carry on.
+    let good = client
+        .send(email("b@example.org", "all fine"))
+        .await
+        .unwrap();
+    events_until(&client, &good.id, &["delivered"], Duration::from_secs(30)).await;
+    assert!(
+        daemon.log().contains("plugin panic"),
+        "the panic is routed to the daemon log"
+    );
+}
+
+#[tokio::test]
+async fn provider_failure_falls_back_to_the_next_provider() {
+    let primary = MockProvider::start().await;
+    let fallback = MockProvider::start().await;
+    primary.set_default(herald_tests::mock::Reply::new(
+        401,
+        r#"{"error":"bad key"}"#,
+    ));
+    let daemon = Daemon::builder()
+        .config(&format!(
+            "[[providers]]\nname = \"primary\"\nplugin = \"webhook\"\nurl = \"{}/a\"\n\n[[providers]]\nname = \"backup\"\nplugin = \"webhook\"\nurl = \"{}/b\"\n\n[routes]\nemail = [\"primary\", \"backup\"]\n",
+            primary.url(),
+            fallback.url()
+        ))
+        .start()
+        .await;
+    let client = daemon.client().await;
+    let ack = client
+        .send(email("c@example.org", "fallback"))
+        .await
+        .unwrap();
+    let events = events_until(&client, &ack.id, &["sent"], Duration::from_secs(30)).await;
+    assert_eq!(events.last().unwrap().provider.as_deref(), Some("backup"));
+    assert_eq!(primary.count(), 1);
+    assert_eq!(fallback.count(), 1);
+}
