@@ -7,3 +7,6 @@ mod cli;
 mod crash;
 mod lifecycle;
 mod plugins;
+mod protocol_doc;
+mod providers;
+mod smtp;

@@ -1,0 +1,1 @@
+//! docs/protocol.md examples decode with the real protocol types (under construction).
