@@ -27,6 +27,7 @@ use crate::providers::Routing;
 use crate::reload::Reloader;
 use crate::store::{Op, OpResult, SledStore, Store};
 use crate::transport::Transports;
+use crate::webhooks::WebhookServer;
 
 /// How often finished messages and old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -43,6 +44,14 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 pub fn build_routing(config: &Config, loader: &mut Loader) -> Result<Routing> {
     Routing::build(config, loader, None, clock::now_ms())
         .map_err(|e| anyhow!("{}: {e}", config.source_name))
+}
+
+fn live_config_webhooks(live: &RwLock<Arc<Live>>) -> Option<std::net::SocketAddr> {
+    let live = match live.read() {
+        Ok(l) => Arc::clone(&l),
+        Err(p) => Arc::clone(&p.into_inner()),
+    };
+    live.config.webhooks.as_ref().map(|w| w.listen)
 }
 
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
@@ -80,6 +89,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let live = Arc::new(RwLock::new(Arc::new(Live { config, routing })));
     let transports = Arc::new(Transports::new().map_err(|e| anyhow!(e))?);
 
+    let webhook_listener =
+        match &live_config_webhooks(&live) {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for webhooks on {addr} (webhooks.listen)")
+            })?),
+            None => None,
+        };
     let listener = ipc::bind(&d.socket, d.socket_mode).map_err(|e| anyhow!(e))?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
@@ -100,6 +116,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     });
 
     let server = tokio::spawn(ipc::serve(listener, Arc::clone(&shared), shutdown.clone()));
+    let webhook_server = webhook_listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "listening for provider webhooks");
+        }
+        tokio::spawn(
+            WebhookServer {
+                committer: committer.clone(),
+                live: Arc::clone(&live),
+            }
+            .serve(l, shutdown.clone()),
+        )
+    });
     let dispatcher = tokio::spawn(
         Dispatcher {
             committer: committer.clone(),
@@ -169,6 +197,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
 
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    if let Some(w) = webhook_server {
+        let _ = w.await;
+    }
     let _ = dispatcher.await;
     reloads.abort();
     let _ = pruner.await;

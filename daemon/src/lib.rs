@@ -19,3 +19,4 @@ pub mod reload;
 pub mod retry;
 pub mod store;
 pub mod transport;
+pub mod webhooks;

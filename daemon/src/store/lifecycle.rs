@@ -7,7 +7,9 @@
 
 use std::collections::VecDeque;
 
-use herald_plugin_api::{Channel, Event, EventKind, State, UnixMillis};
+use herald_plugin_api::{
+    Channel, Event, EventKind, InboundMessage, State, StatusUpdate, UnixMillis, UpdateKind,
+};
 
 use super::{
     Claimed, Completion, Counts, MsgId, NewMessage, Op, OpResult, Record, StoreError, id_string,
@@ -40,6 +42,40 @@ pub trait Txn {
     fn provider_id_remove(&self, provider: &str, pid: &str) -> Result<(), Self::Error>;
     fn unfinished(&self, at: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
     fn remove_event(&self, seq: u64) -> Result<(), Self::Error>;
+    /// Webhooks: provider id → message id.
+    fn provider_id_get(&self, provider: &str, pid: &str) -> Result<Option<MsgId>, Self::Error>;
+    /// Updates held for a key (`held_key_*`), with their arrival times.
+    fn held_get(&self, key: &[u8]) -> Result<Vec<(UnixMillis, StatusUpdate)>, Self::Error>;
+    fn held_put(
+        &self,
+        key: &[u8],
+        updates: &[(UnixMillis, StatusUpdate)],
+    ) -> Result<(), Self::Error>;
+    fn held_remove(&self, key: &[u8]) -> Result<(), Self::Error>;
+    /// The latest message sent to a recipient (for tagging replies).
+    fn latest_get(&self, channel: Channel, to: &str) -> Result<Option<MsgId>, Self::Error>;
+    fn latest_put(&self, channel: Channel, to: &str, id: &MsgId) -> Result<(), Self::Error>;
+    fn latest_remove(&self, channel: Channel, to: &str) -> Result<(), Self::Error>;
+    fn unsuppress(&self, channel: Channel, to: &str) -> Result<(), Self::Error>;
+    /// Records a provider event key; returns true if it was already recorded.
+    fn seen(&self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, Self::Error>;
+    fn unsee(&self, at: UnixMillis, provider_key: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// Held-update key for a message id.
+pub fn held_key_message(id: &MsgId) -> Vec<u8> {
+    let mut k = vec![b'm'];
+    k.extend_from_slice(id);
+    k
+}
+
+/// Held-update key for a provider's message id.
+pub fn held_key_provider(provider: &str, pid: &str) -> Vec<u8> {
+    let mut k = vec![b'p'];
+    k.extend_from_slice(provider.as_bytes());
+    k.push(0);
+    k.extend_from_slice(pid.as_bytes());
+    k
 }
 
 /// Reads a backend does before its transaction (range scans), consumed by the ops.
@@ -53,6 +89,12 @@ pub struct PreRead {
     pub finished: Vec<(UnixMillis, MsgId)>,
     /// Event seqs older than the retention cut-off (for `Prune`).
     pub old_events: Vec<u64>,
+    /// Webhook de-duplication keys older than the cut-off: (at, provider\0key).
+    pub old_seen: Vec<(UnixMillis, Vec<u8>)>,
+    /// Held-update keys with anything older than the cut-off.
+    pub old_held: Vec<Vec<u8>>,
+    /// The retention cut-off of a `Prune` in this batch.
+    pub prune_before: UnixMillis,
 }
 
 /// Running totals through a batch.
@@ -141,6 +183,8 @@ pub fn apply<T: Txn>(
         Op::Requeue(id) => requeue(txn, now, id, cur),
         Op::Recover => recover(txn, now, cur, pre),
         Op::Prune { .. } => prune(txn, cur, pre),
+        Op::Status { provider, update } => status(txn, now, provider, update, cur),
+        Op::Inbound { provider, inbound } => inbound_reply(txn, now, provider, inbound, cur),
         Op::Note { kind, detail } => {
             cur.emit(
                 txn,
@@ -314,6 +358,7 @@ fn complete<T: Txn>(
                 transition(txn, cur, now, &c.id, &mut r, State::Delivered)?;
                 cur.emit(txn, message_event(now, &c.id, &r, EventKind::Delivered))?;
             }
+            txn.latest_put(r.channel(), &r.to, &c.id)?;
         }
         State::Deferred => {
             let due = c.due_at.unwrap_or(now);
@@ -353,7 +398,184 @@ fn complete<T: Txn>(
             .into());
         }
     }
+    // Webhooks that arrived while the message was being sent apply now.
+    let mut held = txn.held_get(&held_key_message(&c.id))?;
+    txn.held_remove(&held_key_message(&c.id))?;
+    if let (Some(p), Some(pid)) = (&c.provider, &c.provider_message_id) {
+        let key = held_key_provider(p, pid);
+        held.extend(txn.held_get(&key)?);
+        txn.held_remove(&key)?;
+    }
+    held.sort_by_key(|(at, _)| *at);
+    let provider = c.provider.clone().unwrap_or_default();
+    for (_, update) in held {
+        apply_update(txn, now, &c.id, &mut r, &provider, &update, cur)?;
+    }
     txn.put_record(&c.id, &r)?;
+    Ok(OpResult::Done)
+}
+
+fn update_state(kind: UpdateKind) -> Option<State> {
+    match kind {
+        UpdateKind::Sent => Some(State::Sent),
+        UpdateKind::Delivered => Some(State::Delivered),
+        UpdateKind::Bounced => Some(State::Bounced),
+        UpdateKind::Complained => Some(State::Complained),
+        UpdateKind::Failed => Some(State::Failed),
+        UpdateKind::Deferred | UpdateKind::Opened | UpdateKind::Clicked => None,
+    }
+}
+
+/// Applies a provider status update to a record that is not being sent. Forward only.
+fn apply_update<T: Txn>(
+    txn: &T,
+    now: UnixMillis,
+    id: &MsgId,
+    r: &mut Record,
+    provider: &str,
+    u: &StatusUpdate,
+    cur: &mut Cursor,
+) -> Result<bool, T::Error> {
+    let mut event = message_event(now, id, r, EventKind::Opened);
+    event.provider = Some(provider.to_string());
+    event.provider_message_id = u
+        .provider_message_id
+        .clone()
+        .or_else(|| r.provider_message_id.clone());
+    event.detail = u.detail.clone();
+    let changed = match (u.kind, update_state(u.kind)) {
+        (UpdateKind::Opened, _) => {
+            cur.emit(txn, event)?;
+            true
+        }
+        (UpdateKind::Clicked, _) => {
+            event.kind = EventKind::Clicked;
+            cur.emit(txn, event)?;
+            true
+        }
+        (_, Some(state)) if state.rank() > r.state.rank() => {
+            transition(txn, cur, now, id, r, state)?;
+            if matches!(state, State::Bounced | State::Failed | State::Complained) {
+                r.last_error = u
+                    .detail
+                    .clone()
+                    .or_else(|| Some(format!("{provider} reported {state}")));
+            }
+            event.kind = EventKind::from(state);
+            cur.emit(txn, event)?;
+            true
+        }
+        // Provider-side deferrals, and anything that would move the state backwards.
+        _ => false,
+    };
+    if u.suppress {
+        txn.suppress(
+            r.channel(),
+            &r.to,
+            u.detail.as_deref().unwrap_or("reported by the provider"),
+        )?;
+    }
+    Ok(changed)
+}
+
+fn hold<T: Txn>(
+    txn: &T,
+    key: &[u8],
+    now: UnixMillis,
+    u: &StatusUpdate,
+) -> Result<OpResult, T::Error> {
+    let mut held = txn.held_get(key)?;
+    held.push((now, u.clone()));
+    txn.held_put(key, &held)?;
+    Ok(OpResult::Held)
+}
+
+fn status<T: Txn>(
+    txn: &T,
+    now: UnixMillis,
+    provider: &str,
+    u: &StatusUpdate,
+    cur: &mut Cursor,
+) -> Result<OpResult, T::Error> {
+    if let Some(eid) = &u.event_id
+        && txn.seen(provider, &format!("e:{eid}"), now)?
+    {
+        return Ok(OpResult::Ignored);
+    }
+    let by_herald_id = u.message_id.as_deref().and_then(super::parse_id);
+    let by_provider_id = match &u.provider_message_id {
+        Some(pid) => txn.provider_id_get(provider, pid)?,
+        None => None,
+    };
+    let found = match by_herald_id.or(by_provider_id) {
+        Some(id) => txn.get_record(&id)?.map(|r| (id, r)),
+        None => None,
+    };
+    let Some((id, mut r)) = found else {
+        // Not known yet (the webhook outran our own bookkeeping): hold it.
+        return match (&u.provider_message_id, by_herald_id) {
+            (Some(pid), _) => hold(txn, &held_key_provider(provider, pid), now, u),
+            (None, Some(id)) => hold(txn, &held_key_message(&id), now, u),
+            (None, None) => Ok(OpResult::Ignored),
+        };
+    };
+    if r.state == State::Sending {
+        return hold(txn, &held_key_message(&id), now, u);
+    }
+    let changed = apply_update(txn, now, &id, &mut r, provider, u, cur)?;
+    txn.put_record(&id, &r)?;
+    Ok(if changed {
+        OpResult::Done
+    } else {
+        OpResult::Ignored
+    })
+}
+
+fn inbound_reply<T: Txn>(
+    txn: &T,
+    now: UnixMillis,
+    provider: &str,
+    m: &InboundMessage,
+    cur: &mut Cursor,
+) -> Result<OpResult, T::Error> {
+    if let Some(pid) = &m.provider_message_id
+        && txn.seen(provider, &format!("i:{pid}"), now)?
+    {
+        return Ok(OpResult::Ignored);
+    }
+    let latest = match txn.latest_get(m.channel, &m.from)? {
+        Some(id) => txn.get_record(&id)?.map(|r| (id, r)),
+        None => None,
+    };
+    let detail = match m.opt_out {
+        Some(true) => {
+            txn.suppress(m.channel, &m.from, "the recipient opted out")?;
+            Some("opt-out: the sender is now on the suppression list".to_string())
+        }
+        Some(false) => {
+            txn.unsuppress(m.channel, &m.from)?;
+            Some("opt-in: the sender is off the suppression list".to_string())
+        }
+        None => None,
+    };
+    cur.emit(
+        txn,
+        Event {
+            seq: 0,
+            at: now,
+            message_id: latest.as_ref().map(|(id, _)| id_string(id)),
+            kind: EventKind::Inbound,
+            channel: Some(m.channel),
+            provider: Some(provider.to_string()),
+            provider_message_id: m.provider_message_id.clone(),
+            attempt: None,
+            detail,
+            tags: latest.map(|(_, r)| r.tags).unwrap_or_default(),
+            from: Some(m.from.clone()),
+            to: Some(m.to.clone()),
+            body: Some(m.body.clone()),
+        },
+    )?;
     Ok(OpResult::Done)
 }
 
@@ -464,6 +686,9 @@ fn prune<T: Txn>(txn: &T, cur: &mut Cursor, pre: &mut PreRead) -> Result<OpResul
         if r.state == State::Dead {
             txn.dead_remove(&id)?;
         }
+        if txn.latest_get(r.channel(), &r.to)? == Some(id) {
+            txn.latest_remove(r.channel(), &r.to)?;
+        }
         txn.remove_record(&id)?;
         let i = Counts::index(r.state);
         cur.counts.0[i] = cur.counts.0[i].saturating_sub(1);
@@ -472,6 +697,18 @@ fn prune<T: Txn>(txn: &T, cur: &mut Cursor, pre: &mut PreRead) -> Result<OpResul
     let old = std::mem::take(&mut pre.old_events);
     for seq in &old {
         txn.remove_event(*seq)?;
+    }
+    for (at, key) in std::mem::take(&mut pre.old_seen) {
+        txn.unsee(at, &key)?;
+    }
+    for key in std::mem::take(&mut pre.old_held) {
+        let mut held = txn.held_get(&key)?;
+        held.retain(|(at, _)| *at >= pre.prune_before);
+        if held.is_empty() {
+            txn.held_remove(&key)?;
+        } else {
+            txn.held_put(&key, &held)?;
+        }
     }
     Ok(OpResult::Pruned {
         messages,

@@ -13,7 +13,9 @@
 pub mod lifecycle;
 pub mod sled_store;
 
-use herald_plugin_api::{Channel, Content, Event, EventKind, State, UnixMillis};
+use herald_plugin_api::{
+    Channel, Content, Event, EventKind, InboundMessage, State, StatusUpdate, UnixMillis,
+};
 use serde::{Deserialize, Serialize};
 
 pub use sled_store::SledStore;
@@ -142,6 +144,18 @@ pub enum Op {
         before: UnixMillis,
         limit: usize,
     },
+    /// A provider's delivery-status webhook about one message. Applied only forward; a
+    /// duplicate (same provider event id) is a no-op; an update for a message still being
+    /// sent, or for a provider id not yet known, is held and applied when it can be.
+    Status {
+        provider: String,
+        update: StatusUpdate,
+    },
+    /// A reply from a recipient, tagged like the latest message sent to that sender.
+    Inbound {
+        provider: String,
+        inbound: InboundMessage,
+    },
 }
 
 /// A leased message handed to the dispatcher.
@@ -170,6 +184,10 @@ pub enum OpResult {
         messages: u64,
         events: u64,
     },
+    /// A webhook update kept until its message can take it.
+    Held,
+    /// A duplicate or backward webhook update: nothing changed.
+    Ignored,
 }
 
 /// Counts of messages per state (index = position in [`State::ALL`]).

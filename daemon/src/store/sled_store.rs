@@ -4,7 +4,9 @@
 //! `records` id → record · `schedule` due ++ id → () · `leases` id → until ·
 //! `idem` key → id ++ expires · `pids` provider 0 pid → id · `dead` id → () ·
 //! `finished` at ++ id → () · `suppression` channel ++ recipient → reason ·
-//! `events` seq → event · `meta` "seq"/"counts".
+//! `events` seq → event · `held` key → webhook updates waiting for their message ·
+//! `latest` channel ++ recipient → id (for tagging replies) · `seen` provider 0 key → at
+//! and `seen_at` at ++ provider 0 key (webhook de-duplication) · `meta` "seq"/"counts".
 //!
 //! Values are postcard with a leading format-version byte. A whole batch is one sled
 //! transaction over all trees (one transaction per message measured ~3,300 msg/s here; a
@@ -16,7 +18,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herald_plugin_api::{Channel, Event, UnixMillis};
+use herald_plugin_api::{Channel, Event, StatusUpdate, UnixMillis};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{
@@ -118,6 +120,10 @@ pub struct SledStore {
     finished: Tree,
     suppression: Tree,
     events: Tree,
+    held: Tree,
+    latest: Tree,
+    seen: Tree,
+    seen_at: Tree,
     meta: Tree,
     /// Committed seq and counts (the writer is the only one to change them).
     committed: Mutex<(u64, Counts)>,
@@ -167,6 +173,10 @@ impl SledStore {
             finished: tree("finished")?,
             suppression: tree("suppression")?,
             events: tree("events")?,
+            held: tree("held")?,
+            latest: tree("latest")?,
+            seen: tree("seen")?,
+            seen_at: tree("seen_at")?,
             meta: tree("meta")?,
             db,
             committed: Mutex::new((0, Counts::default())),
@@ -241,14 +251,29 @@ impl SledStore {
                     }
                 }
                 for kv in self.events.iter().take(*limit) {
-                    let (k, v) = kv.map_err(io)?;
+                    let (_, v) = kv.map_err(io)?;
                     let e: Event = dec(&v, "event")?;
                     if e.at >= *before {
                         break;
                     }
                     pre.old_events.push(e.seq);
-                    let _ = k;
                 }
+                for kv in self.seen_at.range(..be8(*before).to_vec()).take(*limit) {
+                    let (k, _) = kv.map_err(io)?;
+                    if k.len() > 8 {
+                        let at = u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
+                        pre.old_seen.push((at, k[8..].to_vec()));
+                    }
+                }
+                // Held updates are few (only webhooks that outran their message).
+                for kv in self.held.iter().take(*limit) {
+                    let (k, v) = kv.map_err(io)?;
+                    let held: Vec<(UnixMillis, StatusUpdate)> = dec(&v, "held updates")?;
+                    if held.iter().any(|(at, _)| at < before) {
+                        pre.old_held.push(k.to_vec());
+                    }
+                }
+                pre.prune_before = *before;
             }
         }
         Ok(pre)
@@ -296,6 +321,21 @@ impl SledTxn<'_> {
     }
     fn events(&self) -> &TransactionalTree {
         &self.t[8]
+    }
+    fn held(&self) -> &TransactionalTree {
+        &self.t[9]
+    }
+    fn latest(&self) -> &TransactionalTree {
+        &self.t[10]
+    }
+    fn seen_tree(&self) -> &TransactionalTree {
+        &self.t[11]
+    }
+    fn seen_at(&self) -> &TransactionalTree {
+        &self.t[12]
+    }
+    fn meta(&self) -> &TransactionalTree {
+        &self.t[13]
     }
 }
 
@@ -423,13 +463,79 @@ impl Txn for SledTxn<'_> {
         self.events().remove(&be8(seq)[..]).map_err(unab)?;
         Ok(())
     }
+    fn provider_id_get(&self, provider: &str, pid: &str) -> Result<Option<MsgId>, TxError> {
+        Ok(self
+            .pids()
+            .get(pid_key(provider, pid))
+            .map_err(unab)?
+            .and_then(|v| <MsgId>::try_from(v.as_ref()).ok()))
+    }
+    fn held_get(&self, key: &[u8]) -> Result<Vec<(UnixMillis, StatusUpdate)>, TxError> {
+        match self.held().get(key).map_err(unab)? {
+            Some(v) => dec(&v, "held updates").map_err(TxError::Abort),
+            None => Ok(Vec::new()),
+        }
+    }
+    fn held_put(&self, key: &[u8], updates: &[(UnixMillis, StatusUpdate)]) -> Result<(), TxError> {
+        self.held().insert(key, enc(&updates)).map_err(unab)?;
+        Ok(())
+    }
+    fn held_remove(&self, key: &[u8]) -> Result<(), TxError> {
+        self.held().remove(key).map_err(unab)?;
+        Ok(())
+    }
+    fn latest_get(&self, channel: Channel, to: &str) -> Result<Option<MsgId>, TxError> {
+        Ok(self
+            .latest()
+            .get(suppression_key(channel, to))
+            .map_err(unab)?
+            .and_then(|v| <MsgId>::try_from(v.as_ref()).ok()))
+    }
+    fn latest_put(&self, channel: Channel, to: &str, id: &MsgId) -> Result<(), TxError> {
+        self.latest()
+            .insert(suppression_key(channel, to), &id[..])
+            .map_err(unab)?;
+        Ok(())
+    }
+    fn latest_remove(&self, channel: Channel, to: &str) -> Result<(), TxError> {
+        self.latest()
+            .remove(suppression_key(channel, to))
+            .map_err(unab)?;
+        Ok(())
+    }
+    fn unsuppress(&self, channel: Channel, to: &str) -> Result<(), TxError> {
+        self.suppression()
+            .remove(suppression_key(channel, to))
+            .map_err(unab)?;
+        Ok(())
+    }
+    fn seen(&self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, TxError> {
+        let k = pid_key(provider, key);
+        if self.seen_tree().get(&k).map_err(unab)?.is_some() {
+            return Ok(true);
+        }
+        self.seen_tree()
+            .insert(&k[..], &be8(now)[..])
+            .map_err(unab)?;
+        let mut tk = be8(now).to_vec();
+        tk.extend_from_slice(&k);
+        self.seen_at().insert(tk, &[][..]).map_err(unab)?;
+        Ok(false)
+    }
+    fn unsee(&self, at: UnixMillis, provider_key: &[u8]) -> Result<(), TxError> {
+        self.seen_tree().remove(provider_key).map_err(unab)?;
+        let mut tk = be8(at).to_vec();
+        tk.extend_from_slice(provider_key);
+        self.seen_at().remove(tk).map_err(unab)?;
+        Ok(())
+    }
 }
 
 impl Store for SledStore {
     fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
         let pre = self.pre_read(now, ops)?;
         let (seq, counts) = *self.lock();
-        let trees: [&Tree; 10] = [
+        let trees: [&Tree; 14] = [
             &self.records,
             &self.schedule,
             &self.leases,
@@ -439,6 +545,10 @@ impl Store for SledStore {
             &self.finished,
             &self.suppression,
             &self.events,
+            &self.held,
+            &self.latest,
+            &self.seen,
+            &self.seen_at,
             &self.meta,
         ];
         let result = trees[..].transaction(|t| {
@@ -448,6 +558,9 @@ impl Store for SledStore {
                 leased: pre.leased.clone(),
                 finished: pre.finished.clone(),
                 old_events: pre.old_events.clone(),
+                old_seen: pre.old_seen.clone(),
+                old_held: pre.old_held.clone(),
+                prune_before: pre.prune_before,
             };
             let txn = SledTxn { t };
             let mut cur = Cursor::new(seq, counts);
@@ -455,7 +568,7 @@ impl Store for SledStore {
             for op in ops {
                 results.push(lifecycle::apply(&txn, now, op, &mut cur, &mut pre)?);
             }
-            let meta = &t[9];
+            let meta = txn.meta();
             if cur.seq != seq {
                 meta.insert("seq", &be8(cur.seq)[..]).map_err(unab)?;
             }

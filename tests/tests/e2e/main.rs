@@ -10,3 +10,4 @@ mod plugins;
 mod protocol_doc;
 mod providers;
 mod smtp;
+mod webhooks;
