@@ -30,3 +30,9 @@ pub use types::*;
 
 /// The version of this crate, which a plugin's manifest states and the loader checks.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The README's plugin example is compiled as a doctest, so the documentation cannot drift
+/// from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
