@@ -87,13 +87,25 @@ impl Provider for Fcm {
             Ok(body) => body,
             Err(outcome) => return Step::done(outcome),
         };
-        match self.tokens.get(delivery.now) {
+        match self.tokens.get_or_claim(delivery.now) {
             Some(token) => self.send(body, &token, false),
             None => self.fetch_token(delivery, false),
         }
     }
 
     fn resume(&self, delivery: &Delivery, state: Value, response: TransportResponse) -> Step {
+        let fetching = state.get("stage").and_then(Value::as_str) == Some("token");
+        let step = self.resume_stage(delivery, state, response);
+        if fetching && matches!(step, Step::Done { .. }) {
+            // The claimed token fetch failed: let a waiting delivery try its own.
+            self.tokens.release();
+        }
+        step
+    }
+}
+
+impl Fcm {
+    fn resume_stage(&self, delivery: &Delivery, state: Value, response: TransportResponse) -> Step {
         let Ok(stage) = serde_json::from_value::<Stage>(state) else {
             return Step::done(Outcome::provider_failure(
                 "fcm: the host handed back an exchange state this plugin did not write",
@@ -146,15 +158,18 @@ impl Provider for Fcm {
                             "fcm: FCM refused the cached access token (HTTP 401); fetching a \
                              new one",
                         );
-                        self.fetch_token(delivery, true)
+                        // Another delivery may already have fetched (or be fetching) one.
+                        match (self.tokens.get_or_claim(delivery.now), self.body(delivery)) {
+                            (_, Err(outcome)) => Step::done(outcome),
+                            (Some(token), Ok(body)) => self.send(body, &token, true),
+                            (None, Ok(_)) => self.fetch_token(delivery, true),
+                        }
                     }
                 }
             },
         }
     }
-}
 
-impl Fcm {
     /// The `messages:send` body, or why this message cannot go out through FCM.
     fn body(&self, delivery: &Delivery) -> Result<String, Outcome> {
         let message = &delivery.message;

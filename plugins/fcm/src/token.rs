@@ -2,7 +2,8 @@
 //! the reading of its response (and of its errors, per google-auth's retry rules), and the
 //! [`TokenCache`] shared by every delivery of an instance.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use herald_plugin_api::http::retry_after_ms;
 use herald_plugin_api::{HttpRequest, HttpResponse, Outcome, Secret, UnixMillis};
@@ -171,16 +172,29 @@ pub fn read_exchange(response: &HttpResponse, now: UnixMillis) -> Result<Fetched
 
 /// The instance's cached access token. `generation` numbers the tokens, so a 401 for
 /// an old token does not throw away a newer one fetched meanwhile.
+///
+/// Fetching is single-flight: when no fresh token is cached, the first delivery claims the
+/// fetch and the others wait (bounded) for its result instead of each starting their own
+/// exchange — a cold start with hundreds of deliveries in flight makes one token request.
+/// Plugin calls run on the host's blocking pool, so this wait blocks no async work.
 #[derive(Debug, Default)]
 pub struct TokenCache {
     slot: Mutex<Slot>,
+    ready: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
     token: Option<Cached>,
     generations: u64,
+    /// When the delivery that claimed the current fetch started it.
+    fetching_since: Option<UnixMillis>,
 }
+
+/// How long other deliveries wait for an in-flight token fetch before fetching themselves.
+const FETCH_WAIT: Duration = Duration::from_secs(30);
+/// A claim older than this (by the deliveries' clock) is considered abandoned.
+const FETCH_STALE_MS: u64 = 60_000;
 
 #[derive(Debug)]
 struct Cached {
@@ -203,13 +217,55 @@ impl TokenCache {
     }
 
     /// The cached token, if it is not yet due for a refresh at `now`.
+    #[cfg(test)]
     pub fn get(&self, now: UnixMillis) -> Option<Token> {
-        let slot = self.lock();
+        Self::fresh(&self.lock(), now)
+    }
+
+    fn fresh(slot: &Slot, now: UnixMillis) -> Option<Token> {
         let cached = slot.token.as_ref()?;
         (now < cached.refresh_at).then(|| Token {
             access_token: cached.access_token.clone(),
             generation: cached.generation,
         })
+    }
+
+    /// A fresh token, or `None` when the caller should fetch one. If another delivery is
+    /// already fetching, waits for it (bounded) rather than starting a second exchange.
+    pub fn get_or_claim(&self, now: UnixMillis) -> Option<Token> {
+        self.get_or_claim_within(now, FETCH_WAIT)
+    }
+
+    fn get_or_claim_within(&self, now: UnixMillis, wait: Duration) -> Option<Token> {
+        let deadline = Instant::now() + wait;
+        let mut slot = self.lock();
+        loop {
+            if let Some(token) = Self::fresh(&slot, now) {
+                return Some(token);
+            }
+            match slot.fetching_since {
+                Some(since) if now.saturating_sub(since) < FETCH_STALE_MS => {}
+                _ => {
+                    slot.fetching_since = Some(now);
+                    return None;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // The fetch is taking too long: go ahead with our own.
+                return None;
+            }
+            slot = match self.ready.wait_timeout(slot, left) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// The claimed fetch failed: let a waiting delivery try.
+    pub fn release(&self) {
+        self.lock().fetching_since = None;
+        self.ready.notify_all();
     }
 
     /// Caches a freshly fetched token, to be refreshed 3 min 45 s before it expires.
@@ -225,6 +281,8 @@ impl TokenCache {
             refresh_at,
             generation,
         });
+        slot.fetching_since = None;
+        self.ready.notify_all();
         Token {
             access_token: fetched.access_token,
             generation,
@@ -477,5 +535,61 @@ mod tests {
         cache.invalidate(t2.generation);
         assert!(cache.get(2_000_001).is_none());
         assert!(!format!("{cache:?}").contains("two"));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // plain threads, not async: sleeping is the point
+    fn fetching_is_single_flight() {
+        use std::sync::Arc;
+        let cache = Arc::new(TokenCache::default());
+        assert!(
+            cache.get_or_claim(0).is_none(),
+            "the first delivery claims the fetch"
+        );
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            std::thread::spawn(move || {
+                cache
+                    .get_or_claim(10)
+                    .map(|t| t.access_token.expose().to_string())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        cache.put(
+            Fetched {
+                access_token: Secret::new("shared"),
+                expires_in_s: 3600,
+            },
+            0,
+        );
+        assert_eq!(
+            waiter.join().unwrap().as_deref(),
+            Some("shared"),
+            "the waiter reuses it"
+        );
+
+        // A failed fetch releases the claim: a waiter claims its own.
+        let cache = Arc::new(TokenCache::default());
+        assert!(cache.get_or_claim(0).is_none());
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            std::thread::spawn(move || cache.get_or_claim(10).is_none())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        cache.release();
+        assert!(waiter.join().unwrap(), "claims after the release");
+
+        // An abandoned claim goes stale; a bounded wait gives up.
+        let cache = TokenCache::default();
+        assert!(cache.get_or_claim(0).is_none());
+        assert!(
+            cache.get_or_claim(FETCH_STALE_MS + 1).is_none(),
+            "stale claim taken over"
+        );
+        assert!(
+            cache
+                .get_or_claim_within(FETCH_STALE_MS + 2, Duration::from_millis(20))
+                .is_none()
+        );
     }
 }

@@ -1176,7 +1176,6 @@ async fn fcm_fetches_a_new_token_once_the_cached_one_expires() {
 /// (`daemon.concurrency`, 256 by default): every delivery that finds no fresh token starts
 /// its own token exchange.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: herald-fcm starts one OAuth token exchange per concurrent delivery when no token is cached (no single-flight)"]
 async fn fcm_a_burst_from_cold_shares_one_token_exchange() {
     let api = MockProvider::start().await;
     let oauth = MockProvider::start().await;
