@@ -113,7 +113,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         live: Arc::clone(&live),
         loader: Mutex::new(loader),
         committer: committer.clone(),
+        last_text: Mutex::new(None),
     });
+    let _watcher = reloader.watch();
 
     let server = tokio::spawn(ipc::serve(listener, Arc::clone(&shared), shutdown.clone()));
     let webhook_server = webhook_listener.map(|l| {

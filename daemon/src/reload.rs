@@ -3,9 +3,14 @@
 //! in place and emits `config_rejected` with the reason; a good one emits
 //! `config_reloaded`. Settings that need a restart (paths, socket, listener) are kept and
 //! named in the result.
+//!
+//! Triggers: SIGHUP and `herald reload` always reload; a change of the file (watched
+//! through its parent directory, so editors that save by rename are seen) reloads after a
+//! short debounce, and only if the content really changed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use herald_plugin_api::EventKind;
 
@@ -22,7 +27,13 @@ pub struct Reloader {
     pub live: Arc<RwLock<Arc<Live>>>,
     pub loader: Mutex<Loader>,
     pub committer: Committer,
+    /// The file content last tried (accepted or rejected), so a watcher event that did not
+    /// change it does not reload again.
+    pub last_text: Mutex<Option<String>>,
 }
+
+/// How long the watcher waits for a burst of file events to settle.
+const DEBOUNCE: Duration = Duration::from_millis(300);
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,7 +56,13 @@ impl Reloader {
             "heraldd runs on the embedded default config; start it with --config FILE to reload"
                 .to_string()
         })?;
-        let mut config = Config::load(path).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        *self.last_text.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.clone());
+        let mut config = Config::parse(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
+        .map_err(|e| e.to_string())?;
         let old = self.current();
         // Restart-only settings keep their running values.
         let mut kept = Vec::new();
@@ -134,5 +151,66 @@ impl Reloader {
             tracing::error!(error = %e, "could not record the reload event");
         }
         result
+    }
+}
+
+impl Reloader {
+    fn changed_on_disk(&self, path: &Path) -> bool {
+        let now = std::fs::read_to_string(path).ok();
+        let last = self.last_text.lock().unwrap_or_else(|p| p.into_inner());
+        now.is_some() && *last != now
+    }
+
+    /// Watches the config file; returns the watcher, which must be kept alive.
+    pub fn watch(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher as _;
+        let path = self.path.clone()?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let name = path.file_name()?.to_os_string();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut watcher = match notify::recommended_watcher(
+            move |res: notify::Result<notify::Event>| {
+                if let Ok(event) = res
+                    && event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name() == Some(name.as_os_str()))
+                {
+                    let _ = tx.try_send(());
+                }
+            },
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or `herald reload`");
+                return None;
+            }
+        };
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP or `herald reload`");
+            return None;
+        }
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            *self.last_text.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                // Let a burst of events (truncate, write, rename) settle.
+                while tokio::time::timeout(DEBOUNCE, rx.recv())
+                    .await
+                    .is_ok_and(|r| r.is_some())
+                {}
+                if this.changed_on_disk(&path) {
+                    tracing::info!(file = %path.display(), "config file changed: reloading");
+                    let _ = this.reload().await;
+                }
+            }
+        });
+        Some(watcher)
     }
 }

@@ -9,5 +9,6 @@ mod lifecycle;
 mod plugins;
 mod protocol_doc;
 mod providers;
+mod reload;
 mod smtp;
 mod webhooks;
