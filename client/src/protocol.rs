@@ -157,8 +157,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A storage or internal failure; the request was not applied.
     Internal,
-    /// The recipient is on the suppression list.
-    Suppressed,
+    /// `reload` found the config file invalid; the running config stays.
+    ConfigRejected,
 }
 
 impl ErrorCode {
@@ -176,7 +176,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedProtocol => "unsupported_protocol",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
-            ErrorCode::Suppressed => "suppressed",
+            ErrorCode::ConfigRejected => "config_rejected",
         }
     }
 }

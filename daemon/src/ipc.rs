@@ -351,6 +351,25 @@ fn view(id: &MsgId, r: Record) -> MessageView {
     }
 }
 
+/// As many views as fit in one frame of `max_frame` bytes (the answer is bounded like the
+/// requests are; a client pages with a smaller `limit` or requeues and lists again).
+fn bounded_views(list: Vec<(MsgId, Record)>, max_frame: u32) -> Vec<MessageView> {
+    let budget = (max_frame as usize).saturating_sub(1024);
+    let mut used = 0;
+    let mut out = Vec::new();
+    for (id, r) in list {
+        let v = view(&id, r);
+        // JSON is the larger encoding; size by it.
+        let size = serde_json::to_vec(&v).map_or(usize::MAX, |b| b.len() + 1);
+        if used + size > budget {
+            break;
+        }
+        used += size;
+        out.push(v);
+    }
+    out
+}
+
 fn parse_message_id(id: &str) -> Result<MsgId, ErrorBody> {
     parse_id(id).ok_or_else(|| {
         ErrorBody::field(
@@ -520,9 +539,7 @@ async fn handle(shared: &Shared, request: Request) -> Response {
             Request::DeadList { limit } => {
                 let limit = limit.unwrap_or(100).min(10_000) as usize;
                 match shared.store.dead(limit) {
-                    Ok(list) => Ok(Response::DeadList(
-                        list.into_iter().map(|(id, r)| view(&id, r)).collect(),
-                    )),
+                    Ok(list) => Ok(Response::DeadList(bounded_views(list, shared.max_frame))),
                     Err(e) => Err(ErrorBody::new(ErrorCode::Internal, e.to_string())),
                 }
             }

@@ -103,9 +103,10 @@ impl Reloader {
             let mut loader = self.loader.lock().unwrap_or_else(|p| p.into_inner());
             Routing::build(&config, &mut loader, Some(&old.routing), clock::now_ms())?
         };
+        let n = routing.providers.len();
         let summary = format!(
-            "{} providers, routes: {}",
-            routing.providers.len(),
+            "{n} provider{}, routes: {}",
+            if n == 1 { "" } else { "s" },
             routing
                 .routes
                 .iter()

@@ -36,10 +36,16 @@ async fn reload_swaps_a_good_config_and_refuses_a_bad_one() {
     )
     .unwrap();
     match client.reload().await {
-        Err(ClientError::Server(e)) => assert!(e.message.contains("ftp"), "{e}"),
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code, herald_client::protocol::ErrorCode::ConfigRejected);
+            assert!(e.message.contains("ftp"), "{e}");
+        }
         r => panic!("expected a refusal, got {r:?}"),
     }
-    let ack = client.send(email("b@example.org", "still first")).await.unwrap();
+    let ack = client
+        .send(email("b@example.org", "still first"))
+        .await
+        .unwrap();
     events_until(&client, &ack.id, &["sent"], T).await;
     assert_eq!(first.count(), 2);
 
@@ -53,7 +59,10 @@ async fn reload_swaps_a_good_config_and_refuses_a_bad_one() {
     .unwrap();
     let detail = client.reload().await.unwrap();
     assert!(detail.contains("email = [hook]"), "{detail}");
-    let ack = client.send(email("c@example.org", "now second")).await.unwrap();
+    let ack = client
+        .send(email("c@example.org", "now second"))
+        .await
+        .unwrap();
     events_until(&client, &ack.id, &["sent"], T).await;
     assert_eq!(second.count(), 1);
     assert_eq!(first.count(), 2);
@@ -69,9 +78,20 @@ async fn reload_swaps_a_good_config_and_refuses_a_bad_one() {
         )
         .await
         .unwrap();
-    let a = tokio::time::timeout(T, sub.next_event()).await.unwrap().unwrap().unwrap();
-    let b = tokio::time::timeout(T, sub.next_event()).await.unwrap().unwrap().unwrap();
-    assert_eq!((a.kind, b.kind), (EventKind::ConfigRejected, EventKind::ConfigReloaded));
+    let a = tokio::time::timeout(T, sub.next_event())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let b = tokio::time::timeout(T, sub.next_event())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.kind, b.kind),
+        (EventKind::ConfigRejected, EventKind::ConfigReloaded)
+    );
     assert!(a.detail.unwrap().contains("ftp"));
 }
 
@@ -94,10 +114,21 @@ async fn sighup_and_file_changes_reload() {
 
     // Editing the file is enough: the daemon watches it.
     let text = std::fs::read_to_string(&daemon.config_path).unwrap();
-    std::fs::write(&daemon.config_path, text.replace(&first.url(), &second.url())).unwrap();
-    let e = tokio::time::timeout(T, sub.next_event()).await.expect("reload on file change").unwrap().unwrap();
+    std::fs::write(
+        &daemon.config_path,
+        text.replace(&first.url(), &second.url()),
+    )
+    .unwrap();
+    let e = tokio::time::timeout(T, sub.next_event())
+        .await
+        .expect("reload on file change")
+        .unwrap()
+        .unwrap();
     assert_eq!(e.kind, EventKind::ConfigReloaded, "{e:?}");
-    let ack = client.send(email("d@example.org", "after edit")).await.unwrap();
+    let ack = client
+        .send(email("d@example.org", "after edit"))
+        .await
+        .unwrap();
     events_until(&client, &ack.id, &["sent"], T).await;
     assert_eq!(second.count(), 1);
 
@@ -107,7 +138,11 @@ async fn sighup_and_file_changes_reload() {
         .status()
         .unwrap();
     assert!(status.success());
-    let e = tokio::time::timeout(T, sub.next_event()).await.expect("reload on SIGHUP").unwrap().unwrap();
+    let e = tokio::time::timeout(T, sub.next_event())
+        .await
+        .expect("reload on SIGHUP")
+        .unwrap()
+        .unwrap();
     assert_eq!(e.kind, EventKind::ConfigReloaded);
 }
 
