@@ -184,3 +184,60 @@ async fn provider_failure_falls_back_to_the_next_provider() {
     assert_eq!(primary.count(), 1);
     assert_eq!(fallback.count(), 1);
 }
+
+/// The annotated production example must stay valid: every key it shows is one its plugin
+/// accepts. Secrets come from the environment, as in production (fixture keys here).
+#[test]
+fn the_production_example_config_passes_check() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let text = std::fs::read_to_string(format!("{root}/etc/herald.production.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = text
+        .replace(
+            "\"/usr/lib/herald\"",
+            &format!("\"{}\"", herald_tests::ensure_built().display()),
+        )
+        .replace(
+            "\"/var/lib/herald\"",
+            &format!("\"{}/data\"", dir.path().display()),
+        )
+        .replace(
+            "\"/run/herald/herald.sock\"",
+            &format!("\"{}/herald.sock\"", dir.path().display()),
+        );
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, text).unwrap();
+    let read = |p: &str| std::fs::read_to_string(format!("{root}/{p}")).unwrap();
+    let out = Command::new(heraldd_path())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .env("RESEND_API_KEY", "re_test_0123456789")
+        .env("RESEND_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("SENDGRID_API_KEY", "SG.test.0123456789")
+        .env(
+            "SENDGRID_WEBHOOK_PUBLIC_KEY",
+            "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62gw+2fNNRaINXvVpiglSI8eNEc6wEA3F+g==",
+        )
+        .env("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef")
+        .env("TWILIO_AUTH_TOKEN", "0123456789abcdef0123456789abcdef")
+        .env("TWILIO_MESSAGING_SERVICE_SID", "MG0123456789abcdef0123456789abcdef")
+        .env("FCM_SERVICE_ACCOUNT_JSON", read("plugins/fcm/tests/fixtures/test-only-service-account.json"))
+        .env("APNS_AUTH_KEY_P8", read("plugins/apns/tests/fixtures/AuthKey_TESTKEY123.p8"))
+        .env("SMTP_PASSWORD", "correct horse battery staple")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for line in [
+        "route email: resend → sendgrid → smtp",
+        "route sms: twilio",
+        "route push: fcm",
+    ] {
+        assert!(err.contains(line), "{line:?} missing in:\n{err}");
+    }
+    assert!(
+        !err.contains("0123456789abcdef0123456789abcdef"),
+        "no secret echoed"
+    );
+}
