@@ -260,9 +260,9 @@ pub struct SmtpRequest {
     pub attachments: Vec<Attachment>,
 }
 
-/// One request for the host to perform.
+/// One request for the host to perform. JSON: `{"type": "http", ...fields}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     Http(HttpRequest),
     Smtp(SmtpRequest),
@@ -318,9 +318,10 @@ pub struct TransportError {
     pub message: String,
 }
 
-/// What came back for a [`Request`].
+/// What came back for a [`Request`]. JSON: `{"type": "error", "kind": "timeout", ...}` —
+/// the tag is `type` because `TransportError` has a `kind` field of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum TransportResponse {
     Http(HttpResponse),
     Smtp(SmtpReply),
@@ -571,5 +572,104 @@ pub trait Provider: Send + Sync + Sized + 'static {
     ) -> Result<WebhookOutput, WebhookError> {
         let _ = (request, now);
         Err(WebhookError::Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every type that crosses the ABI must survive a JSON round trip: an internally tagged
+    //! enum whose payload has a field named like the tag would not (serde writes the key
+    //! twice and the reader refuses it).
+    use super::*;
+
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(v: T) {
+        let json = serde_json::to_string(&v).unwrap();
+        let back: T = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn transport_types_round_trip() {
+        for kind in [
+            TransportErrorKind::Timeout,
+            TransportErrorKind::Connect,
+            TransportErrorKind::Tls,
+            TransportErrorKind::Io,
+            TransportErrorKind::Refused,
+        ] {
+            round_trip(TransportResponse::Error(TransportError {
+                kind,
+                message: "x".into(),
+            }));
+        }
+        round_trip(TransportResponse::Http(HttpResponse {
+            status: 200,
+            headers: vec![("a".into(), "b".into())],
+            body: "{}".into(),
+        }));
+        round_trip(TransportResponse::Smtp(SmtpReply {
+            code: 550,
+            enhanced: Some("5.1.1".into()),
+            message: "no".into(),
+        }));
+        round_trip(Step::http(
+            HttpRequest::new("POST", "https://x/y").header("a", "b"),
+            Value::Null,
+        ));
+        round_trip(Step::call(
+            Request::Smtp(SmtpRequest {
+                host: "h".into(),
+                port: 587,
+                tls: SmtpTls::Starttls,
+                username: Some("u".into()),
+                password: Some(Secret::new("p")),
+                timeout_ms: None,
+                from: "a@b.io".into(),
+                to: vec!["c@d.io".into()],
+                reply_to: None,
+                subject: "s".into(),
+                text: Some("t".into()),
+                html: None,
+                message_id: "<1@b.io>".into(),
+                headers: vec![],
+                attachments: vec![],
+            }),
+            serde_json::json!({"stage": 1}),
+        ));
+        for outcome in [
+            Outcome::Accepted {
+                provider_message_id: Some("p".into()),
+                delivered: true,
+            },
+            Outcome::retry("r"),
+            Outcome::provider_failure("f"),
+            Outcome::Rejected {
+                reason: "x".into(),
+                bounced: true,
+                suppress: true,
+            },
+        ] {
+            round_trip(Step::done(outcome));
+        }
+        for e in [
+            WebhookError::Unauthorized("u".into()),
+            WebhookError::BadRequest("b".into()),
+            WebhookError::Unsupported,
+        ] {
+            round_trip(e);
+        }
+    }
+
+    #[test]
+    fn transport_error_json_shape() {
+        let json = serde_json::to_string(&TransportResponse::Error(TransportError {
+            kind: TransportErrorKind::Timeout,
+            message: "slow".into(),
+        }))
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"error","kind":"timeout","message":"slow"}"#
+        );
     }
 }

@@ -196,11 +196,32 @@ pub fn email_address_part(s: &str) -> &str {
     }
 }
 
-/// Validates `addr@domain` or `Display Name <addr@domain>`.
+/// Validates `addr@domain` or `Display Name <addr@domain>`. A display name with RFC 5322
+/// specials (`,;:()<>[]@\"`) must be quoted: `"Shop, Inc." <shop@example.com>`.
 pub fn validate_email_address(field: &'static str, s: &str) -> Result<(), InvalidField> {
     let addr = email_address_part(s);
     if s.contains(['\r', '\n']) {
         return Err(invalid(field, "must not contain line breaks"));
+    }
+    let trimmed = s.trim();
+    if let (Some(open), true) = (trimmed.rfind('<'), trimmed.ends_with('>')) {
+        let name = trimmed[..open].trim();
+        let quoted = name.len() >= 2 && name.starts_with('"') && name.ends_with('"');
+        let ok = if quoted {
+            let inner = &name[1..name.len() - 1];
+            !inner.replace("\\\\", "").replace("\\\"", "").contains('"')
+        } else {
+            !name.contains([',', ';', ':', '(', ')', '<', '>', '[', ']', '@', '\\', '"'])
+        };
+        if !ok {
+            return Err(invalid(
+                field,
+                format!(
+                    "the display name {name:?} has a special character; quote it, e.g. \"{}\" <{addr}>",
+                    name.trim_matches('"').replace('"', "")
+                ),
+            ));
+        }
     }
     if addr.len() > 254 {
         return Err(invalid(field, "address is longer than 254 characters"));
@@ -624,6 +645,11 @@ mod tests {
             assert_eq!(err.field, "to", "{bad}");
         }
         assert!(validate_email_address("to", "a@x.io\r\nBcc: evil@x.io").is_err());
+        let err = validate_email_address("from", "Shop, Inc. <shop@example.com>").unwrap_err();
+        assert!(err.reason.contains("quote"), "{err}");
+        assert!(validate_email_address("from", "\"Shop, Inc.\" <shop@example.com>").is_ok());
+        assert!(validate_email_address("from", "Ann B. Lee <ann@example.com>").is_ok());
+        assert!(validate_email_address("from", "Ann (events) <ann@example.com>").is_err());
     }
 
     #[test]

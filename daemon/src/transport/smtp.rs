@@ -92,6 +92,24 @@ pub fn build_message(r: &SmtpRequest) -> Result<Message, String> {
     message.map_err(|e| format!("cannot build the email: {e}"))
 }
 
+/// Whether the connection itself could not be made (nothing was sent).
+fn connect_failed(e: &lettre::transport::smtp::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// `5.1.1` at the start of the reply text, if present.
 fn enhanced_code(text: &str) -> Option<String> {
     let first = text.split_whitespace().next()?;
@@ -167,16 +185,13 @@ impl SmtpTransport {
                     TransportErrorKind::Tls
                 } else if e.is_client() {
                     TransportErrorKind::Refused
+                } else if connect_failed(&e) {
+                    TransportErrorKind::Connect
                 } else {
                     TransportErrorKind::Io
                 };
-                let mut message = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    message.push_str(": ");
-                    message.push_str(&s.to_string());
-                    source = s.source();
-                }
+                // lettre's Display already includes the underlying cause.
+                let message = e.to_string();
                 TransportResponse::Error(TransportError { kind, message })
             }
         }
