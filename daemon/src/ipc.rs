@@ -525,8 +525,8 @@ async fn handle(shared: &Shared, request: Request) -> Response {
                     match rx.await {
                         Ok(Ok(detail)) => Ok(Response::Reloaded { detail }),
                         Ok(Err(reason)) => Err(ErrorBody::new(
-                            ErrorCode::InvalidField,
-                            format!("config rejected, the running config stays: {reason}"),
+                            ErrorCode::ConfigRejected,
+                            format!("the running config stays: {reason}"),
                         )),
                         Err(_) => Err(ErrorBody::new(
                             ErrorCode::ShuttingDown,
