@@ -657,7 +657,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Completion, NewMessage, OpResult, new_id};
+    use crate::store::{Completion, NewMessage, OpResult, id_string, new_id};
     use herald_plugin_api::{Content, EventKind, SmsContent, State};
 
     fn msg(key: Option<&str>, body: &str) -> NewMessage {
@@ -882,6 +882,111 @@ mod tests {
         assert_eq!(s.counts().get(State::Cancelled), 0);
         assert_eq!(s.first_seq().unwrap(), 0, "log empty");
         assert_eq!(s.last_seq(), last, "seq never goes back");
+    }
+
+    fn sent(id: MsgId, pid: &str) -> Op {
+        Op::Complete(Completion {
+            id,
+            attempt: 1,
+            state: State::Sent,
+            provider: Some("tw".into()),
+            provider_message_id: Some(pid.into()),
+            detail: None,
+            due_at: None,
+            suppress: false,
+            attempt_used: true,
+        })
+    }
+
+    fn update(pid: &str, kind: herald_plugin_api::UpdateKind, event: &str) -> Op {
+        Op::Status {
+            provider: "tw".into(),
+            update: herald_plugin_api::StatusUpdate {
+                provider_message_id: Some(pid.into()),
+                message_id: None,
+                kind,
+                event_id: Some(event.into()),
+                at: None,
+                detail: None,
+                suppress: false,
+            },
+        }
+    }
+
+    #[test]
+    fn webhook_updates_forward_only_deduplicated_held_and_pruned() {
+        use herald_plugin_api::UpdateKind::{Delivered, Sent};
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let m = msg(None, "RSVP?");
+        s.commit(0, &[Op::Accept(m.clone())]).unwrap();
+        s.commit(
+            0,
+            &[Op::Claim {
+                limit: 1,
+                lease_ms: 10,
+            }],
+        )
+        .unwrap();
+        // The webhook outruns the send: held.
+        let r = s.commit(1, &[update("SM1", Delivered, "ev1")]).unwrap();
+        assert_eq!(r.results, vec![OpResult::Held]);
+        assert_eq!(s.get(&m.id).unwrap().unwrap().state, State::Sending);
+        // Completion applies it right after `sent`.
+        let r = s.commit(2, &[sent(m.id, "SM1")]).unwrap();
+        let kinds: Vec<EventKind> = r.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventKind::Sent, EventKind::Delivered]);
+        // A redelivered webhook and a late `sent` change nothing.
+        let r = s
+            .commit(
+                3,
+                &[update("SM1", Delivered, "ev1"), update("SM1", Sent, "ev2")],
+            )
+            .unwrap();
+        assert_eq!(r.results, vec![OpResult::Ignored, OpResult::Ignored]);
+        assert!(r.events.is_empty());
+        assert_eq!(s.get(&m.id).unwrap().unwrap().state, State::Delivered);
+        assert_eq!(s.counts().get(State::Delivered), 1);
+
+        // A reply is tagged like the latest message to its sender.
+        let reply = herald_plugin_api::InboundMessage {
+            channel: herald_plugin_api::Channel::Sms,
+            from: "+14155550100".into(),
+            to: "+15005550006".into(),
+            body: "YES".into(),
+            provider_message_id: Some("SM9".into()),
+            opt_out: None,
+        };
+        let inbound = Op::Inbound {
+            provider: "tw".into(),
+            inbound: reply,
+        };
+        let r = s.commit(4, &[inbound.clone(), inbound]).unwrap();
+        assert_eq!(r.results, vec![OpResult::Done, OpResult::Ignored]);
+        assert_eq!(
+            r.events[0].message_id.as_deref(),
+            Some(id_string(&m.id).as_str())
+        );
+        assert_eq!(r.events[0].tags, ["rsvp"]);
+
+        // An update for an id nobody knows is held; retention drops it and the dedupe keys.
+        s.commit(5, &[update("SM-unknown", Delivered, "ev3")])
+            .unwrap();
+        assert_eq!(s.held.len(), 1);
+        assert!(s.seen.len() >= 4);
+        s.commit(
+            100,
+            &[Op::Prune {
+                before: 50,
+                limit: 100,
+            }],
+        )
+        .unwrap();
+        assert_eq!(s.held.len(), 0, "old held update pruned");
+        assert_eq!(s.seen.len(), 0, "old dedupe keys pruned");
+        assert_eq!(s.seen_at.len(), 0);
+        assert!(s.get(&m.id).unwrap().is_none(), "finished message pruned");
+        assert_eq!(s.latest.len(), 0, "its reply index entry too");
     }
 
     #[test]
