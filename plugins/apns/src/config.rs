@@ -6,8 +6,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use herald_plugin_api::{ConfigError, ConfigKey, ProviderConfig, Secret};
+use herald_plugin_kit::http_url::{UrlKey, UrlKind};
 use jsonwebtoken::EncodingKey;
 use serde::Deserialize;
+
+/// The `base_url` override, as its errors name it.
+const BASE_URL: UrlKey<'static> = UrlKey {
+    key: "base_url",
+    example: "https://api.push.apple.com",
+    credentials_hint: "the provider token is sent as a header",
+};
 
 /// The `[[providers]]` keys this plugin reads, as written by the operator.
 #[derive(Debug, Default, Deserialize)]
@@ -97,7 +105,7 @@ pub struct Config {
     pub environment: Environment,
     /// Without a trailing slash.
     pub base_url: String,
-    /// The host of `base_url`.
+    /// The host of `base_url`, as `allowed_hosts` reports it.
     pub host: String,
     /// Something the operator should know that does not stop the load.
     pub warnings: Vec<String>,
@@ -210,8 +218,12 @@ impl Config {
             }
         };
         let default_url = format!("https://{}", environment.host());
-        let (base_url, host) =
-            parse_url("base_url", raw.base_url.as_deref().unwrap_or(&default_url)).map_err(err)?;
+        let base_url = BASE_URL
+            .parse(
+                raw.base_url.as_deref().unwrap_or(&default_url),
+                UrlKind::Base,
+            )
+            .map_err(err)?;
 
         let config = Config {
             key,
@@ -219,8 +231,8 @@ impl Config {
             team_id,
             topic,
             environment,
-            base_url,
-            host,
+            base_url: base_url.url,
+            host: base_url.host,
             warnings,
         };
         // Sign once now: a key that parses but is not P-256 fails here, not at the first send.
@@ -252,48 +264,6 @@ fn key_id_of_file_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let id = name.strip_prefix("AuthKey_")?.strip_suffix(".p8")?;
     (id.len() == 10).then(|| id.to_string())
-}
-
-/// Checks an `http(s)` URL and returns it without a trailing slash, with its host
-/// (lower case, without the port).
-pub fn parse_url(key: &str, url: &str) -> Result<(String, String), String> {
-    let bad = |why: &str| format!("{key} = {url:?} {why}");
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| bad("must start with https:// (or http:// for a local test server)"))?;
-    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("must be a plain URL without query, fragment or spaces"));
-    }
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err(bad("must not contain credentials"));
-    }
-    // `host`, `host:port`, `[v6]` or `[v6]:port`.
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((addr, "")) => (format!("[{addr}]"), None),
-            Some((addr, rest)) => (
-                format!("[{addr}]"),
-                Some(rest.strip_prefix(':').unwrap_or("x")),
-            ),
-            None => return Err(bad("has an unterminated IPv6 address")),
-        },
-        None => match authority.split_once(':') {
-            Some((host, port)) => (host.to_string(), Some(port)),
-            None => (authority.to_string(), None),
-        },
-    };
-    if host.is_empty() || host == "[]" {
-        return Err(bad("has no host"));
-    }
-    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(bad("has an invalid port"));
-    }
-    Ok((
-        url.trim_end_matches('/').to_string(),
-        host.to_ascii_lowercase(),
-    ))
 }
 
 #[cfg(test)]
@@ -446,7 +416,16 @@ mod tests {
             ),
             (
                 with(base_settings(), "base_url", json!("api.push.apple.com")),
-                "base_url = \"api.push.apple.com\" must start with https://",
+                "base_url = \"api.push.apple.com\" is not an absolute URL; expected e.g. \
+                 https://api.push.apple.com",
+            ),
+            (
+                with(
+                    base_settings(),
+                    "base_url",
+                    json!("ftp://api.push.apple.com"),
+                ),
+                "base_url = \"ftp://api.push.apple.com\" must start with https:// or http://",
             ),
             (
                 with(base_settings(), "certificate", json!("x")),
@@ -474,16 +453,19 @@ mod tests {
 
     #[test]
     fn urls_and_hosts() {
+        let url = |base_url: &str| {
+            load(with(base_settings(), "base_url", json!(base_url))).map(|c| (c.base_url, c.host))
+        };
         assert_eq!(
-            parse_url("base_url", "https://APNS.example.com:8443/").unwrap(),
+            url("https://APNS.example.com:8443/").unwrap(),
             (
-                "https://APNS.example.com:8443".into(),
+                "https://apns.example.com:8443".into(),
                 "apns.example.com".into()
             )
         );
         assert_eq!(
-            parse_url("base_url", "http://[::1]:2197").unwrap().1,
-            "[::1]"
+            url("http://[::1]:2197").unwrap(),
+            ("http://[::1]:2197".into(), "::1".into())
         );
         for bad in [
             "ftp://x",
@@ -493,7 +475,8 @@ mod tests {
             "https://x?y",
             "http://[::1",
         ] {
-            assert!(parse_url("base_url", bad).is_err(), "{bad}");
+            let e = url(bad).unwrap_err();
+            assert!(e.starts_with("provider \"apns\": base_url"), "{bad}: {e}");
         }
     }
 }

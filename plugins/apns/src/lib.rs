@@ -25,6 +25,7 @@ use herald_plugin_api::{
     API_VERSION, Channel, ConfigError, Content, Delivery, Host, Logger, Manifest, Outcome,
     Provider, ProviderConfig, Step, TransportResponse,
 };
+use herald_plugin_kit::outcome::wrong_channel;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -89,10 +90,7 @@ impl Provider for Apns {
     fn begin(&self, delivery: &Delivery) -> Step {
         let message = &delivery.message;
         let Content::Push(push) = &message.content else {
-            return Step::done(Outcome::provider_failure(format!(
-                "apns delivers push notifications only, not {} (check [routes])",
-                message.channel()
-            )));
+            return Step::done(wrong_channel("apns", "push notifications", message));
         };
         let prepared = match request::prepare(&self.config, message, push, delivery.now) {
             Ok(prepared) => prepared,
@@ -116,17 +114,12 @@ impl Provider for Apns {
                 "apns: the host handed back an exchange state this plugin did not write",
             ));
         };
-        let response = match response {
-            TransportResponse::Http(response) => response,
-            TransportResponse::Error(e) => return Step::done(outcome::transport(&e)),
-            TransportResponse::Smtp(_) => {
-                return Step::done(Outcome::provider_failure(
-                    "apns: the host answered an HTTP request with an SMTP reply",
-                ));
-            }
+        let response = match outcome::SEND.http(&response) {
+            Ok(response) => response,
+            Err(outcome) => return Step::done(outcome),
         };
         let verdict = outcome::classify(
-            &response,
+            response,
             self.config.environment,
             sent.apns_id.as_deref(),
             delivery.now,

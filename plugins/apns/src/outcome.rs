@@ -3,7 +3,9 @@
 //! needs a new provider token, `Retry-After` in both forms, and transport errors.
 
 use herald_plugin_api::http::retry_after_ms;
-use herald_plugin_api::{HttpResponse, Outcome, TransportError, TransportErrorKind, UnixMillis};
+use herald_plugin_api::{HttpResponse, Outcome, UnixMillis};
+use herald_plugin_kit::outcome::Exchange;
+use herald_plugin_kit::text::{REASON_CHARS, clip};
 use serde::Deserialize;
 
 use crate::config::Environment;
@@ -23,16 +25,6 @@ struct ErrorBody {
     /// Unix ms at which APNs last knew the token was invalid (410 only).
     #[serde(default)]
     timestamp: Option<u64>,
-}
-
-/// Shortens provider text for a reason string.
-pub fn clip(text: &str) -> String {
-    const MAX: usize = 200;
-    let text = text.trim();
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_string(),
-    }
 }
 
 fn rejected(reason: String, suppress: bool) -> Verdict {
@@ -75,7 +67,11 @@ pub fn classify(
         });
     }
     let body: ErrorBody = serde_json::from_str(&response.body).unwrap_or_default();
-    let reason_code = body.reason.as_deref().map(clip).unwrap_or_default();
+    let reason_code = body
+        .reason
+        .as_deref()
+        .map(|r| clip(r, REASON_CHARS))
+        .unwrap_or_default();
     let label = if reason_code.is_empty() {
         format!("APNs HTTP {status}")
     } else {
@@ -131,22 +127,16 @@ pub fn classify(
     }
 }
 
-/// A request the host could not complete (including an HTTP/2 GOAWAY or stream reset
-/// before any answer, which the host reports as an I/O error).
-pub fn transport(error: &TransportError) -> Outcome {
-    let reason = format!("APNs: {:?}: {}", error.kind, clip(&error.message));
-    match error.kind {
-        TransportErrorKind::Timeout
-        | TransportErrorKind::Connect
-        | TransportErrorKind::Tls
-        | TransportErrorKind::Io => Outcome::retry(reason),
-        TransportErrorKind::Refused => Outcome::provider_failure(reason),
-    }
-}
+/// The push request, as failure reasons name it. A transport error (including an HTTP/2
+/// GOAWAY or stream reset before any answer, which the host reports as an I/O error) is a
+/// retry; a request the host refused, a provider failure.
+pub const SEND: Exchange<'static> = Exchange::new("APNs send");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_plugin_api::TransportErrorKind;
+    use herald_plugin_kit::testing::{RETRYABLE_KINDS, transport_error};
 
     const NOW: UnixMillis = 1_445_412_470_000; // 10 s before Wed, 21 Oct 2015 07:28:00 GMT
 
@@ -414,24 +404,22 @@ mod tests {
 
     #[test]
     fn transport_errors() {
-        for kind in [
-            TransportErrorKind::Timeout,
-            TransportErrorKind::Connect,
-            TransportErrorKind::Tls,
-            TransportErrorKind::Io,
-        ] {
-            let o = transport(&TransportError {
-                kind,
-                message: "GOAWAY".into(),
-            });
-            assert!(matches!(o, Outcome::Retry { breaker: true, .. }), "{o:?}");
+        for kind in RETRYABLE_KINDS {
+            assert_eq!(
+                SEND.http(&transport_error(kind, "GOAWAY")),
+                Err(Outcome::retry(format!(
+                    "APNs send failed ({kind:?}): GOAWAY"
+                )))
+            );
         }
         assert_eq!(
-            transport(&TransportError {
-                kind: TransportErrorKind::Refused,
-                message: "host not allowed".into()
-            }),
-            Outcome::provider_failure("APNs: Refused: host not allowed")
+            SEND.http(&transport_error(
+                TransportErrorKind::Refused,
+                "host not allowed"
+            )),
+            Err(Outcome::provider_failure(
+                "APNs send refused by the host: host not allowed"
+            ))
         );
     }
 }

@@ -4,13 +4,16 @@
 //! full request, and how answers and transport errors end a delivery.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use expect_test::expect;
 use herald_plugin_api::{
-    Channel, Content, Delivery, Host, HttpRequest, HttpResponse, Logger, Message, Outcome,
-    Provider, ProviderConfig, PushContent, SmsContent, Step, TransportError, TransportErrorKind,
-    TransportResponse, UnixMillis,
+    Channel, Content, Delivery, HttpRequest, HttpResponse, Message, Outcome, Provider,
+    ProviderConfig, PushContent, SmsContent, Step, TransportErrorKind, TransportResponse,
+    UnixMillis,
+};
+use herald_plugin_kit::testing::{
+    LogLines, recording_host, required_keys, secret_keys, smtp_reply, transport_error,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -42,14 +45,7 @@ pub fn base_settings() -> Value {
 }
 
 pub fn provider_config(settings: Value) -> ProviderConfig {
-    let Value::Object(settings) = settings else {
-        panic!("settings must be an object")
-    };
-    ProviderConfig {
-        name: "apns".into(),
-        settings,
-        webhook_url: None,
-    }
+    herald_plugin_kit::testing::provider_config("apns", settings, None)
 }
 
 pub fn test_config() -> Config {
@@ -78,14 +74,8 @@ fn delivery(now: UnixMillis) -> Delivery {
     }
 }
 
-fn provider_from(settings: Value) -> (Apns, Arc<Mutex<Vec<String>>>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let host = Host {
-        log: Logger::from_fn(move |level, line| {
-            sink.lock().unwrap().push(format!("{level:?} {line}"));
-        }),
-    };
+fn provider_from(settings: Value) -> (Apns, LogLines) {
+    let (host, lines) = recording_host();
     (Apns::new(provider_config(settings), host).unwrap(), lines)
 }
 
@@ -423,21 +413,20 @@ fn messages_apns_cannot_take_make_no_call_and_mint_nothing() {
 #[test]
 fn transport_errors_and_odd_replies() {
     let apns = provider();
-    let timeout = TransportResponse::Error(TransportError {
-        kind: TransportErrorKind::Timeout,
-        message: "no answer in 10s".into(),
-    });
+    let timeout = transport_error(TransportErrorKind::Timeout, "no answer in 10s");
     assert_eq!(
         deliver(&apns, T0, timeout).0,
-        Outcome::retry("APNs: Timeout: no answer in 10s")
+        Outcome::retry("APNs send failed (Timeout): no answer in 10s")
     );
-    let refused = TransportResponse::Error(TransportError {
-        kind: TransportErrorKind::Refused,
-        message: "host not allowed".into(),
-    });
+    let refused = transport_error(TransportErrorKind::Refused, "host not allowed");
     assert_eq!(
         deliver(&apns, T0, refused).0,
-        Outcome::provider_failure("APNs: Refused: host not allowed")
+        Outcome::provider_failure("APNs send refused by the host: host not allowed")
+    );
+    let smtp = smtp_reply(250, None, "");
+    assert_eq!(
+        deliver(&apns, T0, smtp).0,
+        Outcome::provider_failure("APNs send: got an SMTP reply to an HTTP request (host bug)")
     );
     let step = apns.resume(&delivery(T0), json!({"nope": true}), http(200, None));
     assert!(matches!(
@@ -455,20 +444,11 @@ fn manifest_declares_push_secrets_and_hosts() {
     assert_eq!(m.channels, [Channel::Push]);
     assert_eq!(m.api_version, herald_plugin_api::API_VERSION);
     assert!(!m.webhooks && !m.idempotent);
-    let secrets: Vec<&str> = m
-        .config
-        .iter()
-        .filter(|k| k.secret)
-        .map(|k| k.name.as_str())
-        .collect();
-    assert_eq!(secrets, ["key"]);
-    let required: Vec<&str> = m
-        .config
-        .iter()
-        .filter(|k| k.required)
-        .map(|k| k.name.as_str())
-        .collect();
-    assert_eq!(required, ["key_id", "team_id", "topic", "environment"]);
+    assert_eq!(secret_keys(&m), ["key"]);
+    assert_eq!(
+        required_keys(&m),
+        ["key_id", "team_id", "topic", "environment"]
+    );
     assert_eq!(
         m.allowed_hosts,
         ["api.push.apple.com", "api.sandbox.push.apple.com"]

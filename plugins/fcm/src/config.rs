@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use herald_plugin_api::{ConfigError, ConfigKey, ProviderConfig, Secret};
+use herald_plugin_kit::http_url::{UrlKey, UrlKind};
 use jsonwebtoken::EncodingKey;
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,6 +15,22 @@ use serde_json::Value;
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 /// Google's OAuth token endpoint, used when the credentials name none.
 pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
+/// The URLs of the config and of the credentials, as their errors name them.
+const BASE_URL: UrlKey<'static> = UrlKey {
+    key: "base_url",
+    example: DEFAULT_BASE_URL,
+    credentials_hint: "the OAuth access token is sent as a header",
+};
+const TOKEN_URL: UrlKey<'static> = UrlKey {
+    key: "token_url",
+    example: DEFAULT_TOKEN_URI,
+    credentials_hint: "the service account's signed assertion is the credential",
+};
+const TOKEN_URI: UrlKey<'static> = UrlKey {
+    key: "token_uri",
+    ..TOKEN_URL
+};
 
 /// The `[[providers]]` keys this plugin reads, as written by the operator.
 #[derive(Debug, Default, Deserialize)]
@@ -161,22 +178,28 @@ impl Config {
         let token_audience = account
             .token_uri
             .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_string());
-        parse_url("token_uri", &token_audience).map_err(|m| err(format!("{source}: {m}")))?;
-        let (token_url, token_host) = parse_url(
-            "token_url",
-            raw.token_url.as_deref().unwrap_or(&token_audience),
-        )
-        .map_err(err)?;
-        let (base_url, base_host) = parse_url(
-            "base_url",
-            raw.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
-        )
-        .map_err(err)?;
+        // The audience is checked but kept as written: Google compares it to its own.
+        TOKEN_URI
+            .parse(&token_audience, UrlKind::Base)
+            .map_err(|m| err(format!("{source}: {m}")))?;
+        let token_url = TOKEN_URL
+            .parse(
+                raw.token_url.as_deref().unwrap_or(&token_audience),
+                UrlKind::Base,
+            )
+            .map_err(err)?;
+        let base_url = BASE_URL
+            .parse(
+                raw.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
+                UrlKind::Base,
+            )
+            .map_err(err)?;
 
-        let mut hosts = vec![base_host];
-        if !hosts.contains(&token_host) {
-            hosts.push(token_host);
+        let mut hosts = vec![base_url.host];
+        if !hosts.contains(&token_url.host) {
+            hosts.push(token_url.host);
         }
+        let (base_url, token_url) = (base_url.url, token_url.url);
         let config = Config {
             send_url: format!("{base_url}/v1/projects/{project_id}/messages:send"),
             project_id,
@@ -259,48 +282,6 @@ fn validate_project_id(id: &str) -> Result<(), String> {
             "project_id {id:?} is not a Firebase project id (letters, digits and hyphens)"
         ))
     }
-}
-
-/// Checks an `http(s)` URL and returns it without a trailing slash, with its host
-/// (lower case, without the port).
-pub fn parse_url(key: &str, url: &str) -> Result<(String, String), String> {
-    let bad = |why: &str| format!("{key} = {url:?} {why}");
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| bad("must start with https:// (or http:// for a local test server)"))?;
-    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("must be a plain URL without query, fragment or spaces"));
-    }
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err(bad("must not contain credentials"));
-    }
-    // `host`, `host:port`, `[v6]` or `[v6]:port`.
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((addr, "")) => (format!("[{addr}]"), None),
-            Some((addr, rest)) => (
-                format!("[{addr}]"),
-                Some(rest.strip_prefix(':').unwrap_or("x")),
-            ),
-            None => return Err(bad("has an unterminated IPv6 address")),
-        },
-        None => match authority.split_once(':') {
-            Some((host, port)) => (host.to_string(), Some(port)),
-            None => (authority.to_string(), None),
-        },
-    };
-    if host.is_empty() || host == "[]" {
-        return Err(bad("has no host"));
-    }
-    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(bad("has an invalid port"));
-    }
-    Ok((
-        url.trim_end_matches('/').to_string(),
-        host.to_ascii_lowercase(),
-    ))
 }
 
 #[cfg(test)]
@@ -405,11 +386,13 @@ mod tests {
             ),
             (
                 json!({"credentials_file": fixture(SERVICE_ACCOUNT), "base_url": "fcm.googleapis.com"}),
-                "base_url = \"fcm.googleapis.com\" must start with https://",
+                "base_url = \"fcm.googleapis.com\" is not an absolute URL; expected e.g. \
+                 https://fcm.googleapis.com",
             ),
             (
                 json!({"credentials_file": fixture(SERVICE_ACCOUNT), "token_url": "http://:80/token"}),
-                "token_url = \"http://:80/token\" has no host",
+                "token_url = \"http://:80/token\" has no host; expected e.g. \
+                 https://oauth2.googleapis.com/token",
             ),
             (
                 json!({"credentials_file": fixture(SERVICE_ACCOUNT), "api_key": "x"}),
@@ -440,16 +423,20 @@ mod tests {
 
     #[test]
     fn urls_and_hosts() {
+        let urls = |base_url: &str| {
+            load(json!({"credentials_file": fixture(SERVICE_ACCOUNT), "base_url": base_url}))
+                .map(|c| (c.send_url, c.hosts))
+        };
         assert_eq!(
-            parse_url("base_url", "https://FCM.example.com:8443/x/").unwrap(),
+            urls("https://FCM.example.com:8443/x/").unwrap(),
             (
-                "https://FCM.example.com:8443/x".into(),
-                "fcm.example.com".into()
+                "https://fcm.example.com:8443/x/v1/projects/herald-test/messages:send".into(),
+                vec!["fcm.example.com".into(), "oauth2.googleapis.com".into()]
             )
         );
         assert_eq!(
-            parse_url("base_url", "http://[::1]:9000").unwrap().1,
-            "[::1]"
+            urls("http://[::1]:9000").unwrap().1,
+            ["::1", "oauth2.googleapis.com"]
         );
         for bad in [
             "ftp://x",
@@ -459,7 +446,8 @@ mod tests {
             "https://x.com?q=1",
             "https://[::1",
         ] {
-            assert!(parse_url("base_url", bad).is_err(), "{bad}");
+            let e = urls(bad).unwrap_err();
+            assert!(e.starts_with("provider \"fcm\": base_url"), "{bad}: {e}");
         }
     }
 }

@@ -21,6 +21,7 @@ use herald_plugin_api::{
     API_VERSION, Channel, ConfigError, Content, Delivery, Host, Logger, Manifest, Outcome,
     Provider, ProviderConfig, Step, TransportResponse,
 };
+use herald_plugin_kit::outcome::wrong_channel;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -111,22 +112,17 @@ impl Fcm {
                 "fcm: the host handed back an exchange state this plugin did not write",
             ));
         };
-        let what = match stage {
-            Stage::Token { .. } => "OAuth token exchange",
-            Stage::Send { .. } => "FCM send",
+        let exchange = match stage {
+            Stage::Token { .. } => outcome::TOKEN_EXCHANGE,
+            Stage::Send { .. } => outcome::SEND,
         };
-        let response = match response {
-            TransportResponse::Http(response) => response,
-            TransportResponse::Error(e) => return Step::done(outcome::transport(what, &e)),
-            TransportResponse::Smtp(_) => {
-                return Step::done(Outcome::provider_failure(format!(
-                    "{what}: the host answered an HTTP request with an SMTP reply"
-                )));
-            }
+        let response = match exchange.http(&response) {
+            Ok(response) => response,
+            Err(outcome) => return Step::done(outcome),
         };
         match stage {
             Stage::Token { refreshed } => {
-                let fetched = match token::read_exchange(&response, delivery.now) {
+                let fetched = match token::read_exchange(response, delivery.now) {
                     Ok(fetched) => fetched,
                     Err(outcome) => return Step::done(outcome),
                 };
@@ -143,7 +139,7 @@ impl Fcm {
             Stage::Send {
                 generation,
                 refreshed,
-            } => match outcome::classify(&response, delivery.attempt, delivery.now) {
+            } => match outcome::classify(response, delivery.attempt, delivery.now) {
                 Verdict::Done(outcome) => Step::done(outcome),
                 Verdict::Unauthorized(reason) => {
                     self.tokens.invalidate(generation);
@@ -174,10 +170,7 @@ impl Fcm {
     fn body(&self, delivery: &Delivery) -> Result<String, Outcome> {
         let message = &delivery.message;
         let Content::Push(push) = &message.content else {
-            return Err(Outcome::provider_failure(format!(
-                "fcm delivers push notifications only, not {} (check [routes])",
-                message.channel()
-            )));
+            return Err(wrong_channel("fcm", "push notifications", message));
         };
         request::send_body(message, push, delivery.now).map_err(Outcome::rejected)
     }

@@ -4,13 +4,20 @@
 //! errors.
 
 use herald_plugin_api::http::retry_after_ms;
-use herald_plugin_api::{HttpResponse, Outcome, TransportError, TransportErrorKind, UnixMillis};
+use herald_plugin_api::{HttpResponse, Outcome, UnixMillis};
+use herald_plugin_kit::outcome::Exchange;
+use herald_plugin_kit::text::{REASON_CHARS, clip};
 use serde::Deserialize;
 use serde_json::Value;
 
 /// The wait when FCM reports an exhausted quota without a `Retry-After`: the quota refills
 /// "the following minute".
 pub const QUOTA_WAIT_MS: u64 = 60_000;
+
+/// The two requests, as failure reasons name them. A transport error is a retry; a request
+/// the host refused, a provider failure.
+pub const SEND: Exchange<'static> = Exchange::new("FCM send");
+pub const TOKEN_EXCHANGE: Exchange<'static> = Exchange::new("OAuth token exchange");
 
 /// How an answer to `messages:send` ends the exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,16 +79,6 @@ impl ErrorStatus {
     }
 }
 
-/// Shortens provider text for a reason string.
-pub fn clip(text: &str) -> String {
-    const MAX: usize = 200;
-    let text = text.trim();
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_string(),
-    }
-}
-
 fn retry(after_ms: Option<u64>, reason: String, breaker: bool) -> Verdict {
     Verdict::Done(Outcome::Retry {
         after_ms,
@@ -125,7 +122,11 @@ pub fn classify(response: &HttpResponse, attempt: u32, now: UnixMillis) -> Verdi
         .and_then(|v| retry_after_ms(v, now));
     let fcm_code = error.fcm_code();
     let code = fcm_code.or(error.status.as_deref()).unwrap_or("error");
-    let message = error.message.as_deref().map(clip).unwrap_or_default();
+    let message = error
+        .message
+        .as_deref()
+        .map(|m| clip(m, REASON_CHARS))
+        .unwrap_or_default();
     let reason = if message.is_empty() {
         format!("FCM {code} (HTTP {status})")
     } else {
@@ -187,21 +188,11 @@ pub fn classify(response: &HttpResponse, attempt: u32, now: UnixMillis) -> Verdi
     }
 }
 
-/// A request the host could not complete.
-pub fn transport(what: &str, error: &TransportError) -> Outcome {
-    let reason = format!("{what}: {:?}: {}", error.kind, clip(&error.message));
-    match error.kind {
-        TransportErrorKind::Timeout
-        | TransportErrorKind::Connect
-        | TransportErrorKind::Tls
-        | TransportErrorKind::Io => Outcome::retry(reason),
-        TransportErrorKind::Refused => Outcome::provider_failure(reason),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_plugin_api::TransportErrorKind;
+    use herald_plugin_kit::testing::{RETRYABLE_KINDS, transport_error};
     use serde_json::json;
 
     const NOW: UnixMillis = 1_445_412_470_000; // 10 s before Wed, 21 Oct 2015 07:28:00 GMT
@@ -467,39 +458,36 @@ mod tests {
     }
 
     #[test]
-    fn transport_errors() {
-        for kind in [
-            TransportErrorKind::Timeout,
-            TransportErrorKind::Connect,
-            TransportErrorKind::Tls,
-            TransportErrorKind::Io,
-        ] {
-            let o = transport(
-                "FCM send",
-                &TransportError {
-                    kind,
-                    message: "x".into(),
-                },
-            );
-            assert!(matches!(o, Outcome::Retry { breaker: true, .. }), "{o:?}");
-        }
-        let o = transport(
-            "FCM send",
-            &TransportError {
-                kind: TransportErrorKind::Refused,
-                message: "host not allowed".into(),
-            },
-        );
+    fn long_messages_are_clipped() {
+        let response = fcm_error(500, Some("INTERNAL"), &format!(" {}\n", "é".repeat(300)));
         assert_eq!(
-            o,
-            Outcome::provider_failure("FCM send: Refused: host not allowed")
+            classify(&response, 1, NOW),
+            retry(
+                None,
+                format!("FCM INTERNAL (HTTP 500): {}…", "é".repeat(200)),
+                true
+            )
         );
     }
 
     #[test]
-    fn clip_is_char_safe() {
-        let long = "é".repeat(300);
-        assert_eq!(clip(&long).chars().count(), 203);
-        assert_eq!(clip(" short "), "short");
+    fn transport_errors() {
+        for (exchange, what) in [(SEND, "FCM send"), (TOKEN_EXCHANGE, "OAuth token exchange")] {
+            for kind in RETRYABLE_KINDS {
+                assert_eq!(
+                    exchange.http(&transport_error(kind, "x")),
+                    Err(Outcome::retry(format!("{what} failed ({kind:?}): x")))
+                );
+            }
+            assert_eq!(
+                exchange.http(&transport_error(
+                    TransportErrorKind::Refused,
+                    "host not allowed"
+                )),
+                Err(Outcome::provider_failure(format!(
+                    "{what} refused by the host: host not allowed"
+                )))
+            );
+        }
     }
 }

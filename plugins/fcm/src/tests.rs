@@ -6,9 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use expect_test::{Expect, expect};
 use herald_plugin_api::{
-    Content, Delivery, EmailContent, Host, HttpRequest, HttpResponse, Logger, Message, Outcome,
-    Provider, ProviderConfig, PushContent, PushPriority, Step, TransportError, TransportErrorKind,
-    TransportResponse, UnixMillis,
+    Content, Delivery, EmailContent, HttpRequest, HttpResponse, Message, Outcome, Provider,
+    ProviderConfig, PushContent, PushPriority, Step, TransportErrorKind, TransportResponse,
+    UnixMillis,
+};
+use herald_plugin_kit::testing::{
+    LogLines, quiet_host, recording_host, secret_keys, smtp_reply, transport_error,
 };
 use serde_json::{Value, json};
 
@@ -26,14 +29,7 @@ pub fn fixture(name: &str) -> String {
 }
 
 pub fn provider_config(settings: Value) -> ProviderConfig {
-    let Value::Object(settings) = settings else {
-        panic!("settings must be an object")
-    };
-    ProviderConfig {
-        name: "fcm".into(),
-        settings,
-        webhook_url: None,
-    }
+    herald_plugin_kit::testing::provider_config("fcm", settings, None)
 }
 
 pub fn test_config() -> Config {
@@ -69,14 +65,8 @@ fn delivery(now: UnixMillis) -> Delivery {
     }
 }
 
-fn provider_with_log() -> (Fcm, Arc<Mutex<Vec<String>>>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let host = Host {
-        log: Logger::from_fn(move |level, line| {
-            sink.lock().unwrap().push(format!("{level:?} {line}"));
-        }),
-    };
+fn provider_with_log() -> (Fcm, LogLines) {
+    let (host, lines) = recording_host();
     let fcm = Fcm::new(
         provider_config(json!({"credentials_file": fixture(SERVICE_ACCOUNT)})),
         host,
@@ -398,9 +388,7 @@ fn overrides_route_both_calls() {
             "token_url": "http://localhost:9101/token",
             "project_id": "proj-2",
         })),
-        Host {
-            log: Logger::discard(),
-        },
+        quiet_host(),
     )
     .unwrap();
     assert_eq!(fcm.allowed_hosts(), ["127.0.0.1", "localhost"]);
@@ -433,17 +421,11 @@ fn token_exchange_failures_end_the_delivery() {
         ),
         (http(503, ""), "retry"),
         (
-            TransportResponse::Error(TransportError {
-                kind: TransportErrorKind::Timeout,
-                message: "timed out".into(),
-            }),
+            transport_error(TransportErrorKind::Timeout, "timed out"),
             "retry",
         ),
         (
-            TransportResponse::Error(TransportError {
-                kind: TransportErrorKind::Refused,
-                message: "host not allowed".into(),
-            }),
+            transport_error(TransportErrorKind::Refused, "host not allowed"),
             "provider_failure",
         ),
     ];
@@ -467,15 +449,16 @@ fn token_exchange_failures_end_the_delivery() {
 #[test]
 fn send_transport_errors() {
     let fcm = provider();
-    let mut google = Google::new(|_| {
-        TransportResponse::Error(TransportError {
-            kind: TransportErrorKind::Connect,
-            message: "connection refused".into(),
-        })
-    });
+    let mut google =
+        Google::new(|_| transport_error(TransportErrorKind::Connect, "connection refused"));
     assert_eq!(
         send(&fcm, &mut google, T0),
-        Outcome::retry("FCM send: Connect: connection refused")
+        Outcome::retry("FCM send failed (Connect): connection refused")
+    );
+    let mut google = Google::new(|_| smtp_reply(250, None, ""));
+    assert_eq!(
+        send(&fcm, &mut google, T0),
+        Outcome::provider_failure("FCM send: got an SMTP reply to an HTTP request (host bug)")
     );
 }
 
@@ -528,13 +511,7 @@ fn manifest_declares_push_secrets_and_hosts() {
     assert_eq!(m.channels, [herald_plugin_api::Channel::Push]);
     assert_eq!(m.api_version, herald_plugin_api::API_VERSION);
     assert!(!m.webhooks && !m.idempotent);
-    let secrets: Vec<&str> = m
-        .config
-        .iter()
-        .filter(|k| k.secret)
-        .map(|k| k.name.as_str())
-        .collect();
-    assert_eq!(secrets, ["credentials_json"]);
+    assert_eq!(secret_keys(&m), ["credentials_json"]);
     assert_eq!(
         m.allowed_hosts,
         ["fcm.googleapis.com", "oauth2.googleapis.com"]

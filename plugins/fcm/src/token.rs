@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use herald_plugin_api::http::retry_after_ms;
 use herald_plugin_api::{HttpRequest, HttpResponse, Outcome, Secret, UnixMillis};
+use herald_plugin_kit::text::{REASON_CHARS, clip};
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
@@ -149,7 +150,7 @@ pub fn read_exchange(response: &HttpResponse, now: UnixMillis) -> Result<Fetched
     let detail = match (error.is_empty(), description.is_empty()) {
         (true, _) => String::new(),
         (false, true) => format!(" {error}"),
-        (false, false) => format!(" {error}: {}", crate::outcome::clip(&description)),
+        (false, false) => format!(" {error}: {}", clip(&description, REASON_CHARS)),
     };
     let retryable = matches!(status, 408 | 429 | 500..=599)
         || RETRYABLE_ERRORS.contains(&error.as_str())

@@ -221,21 +221,14 @@ mod tests {
 
     use super::*;
     use herald_plugin_api::{EmailContent, Message, PushContent, SmsContent};
+    use herald_plugin_kit::testing::{
+        done, provider_config, quiet_host, required_keys, secret_keys, smtp_reply,
+    };
     use std::collections::BTreeMap;
 
     fn provider(dir: &Path) -> Result<Outbox, ConfigError> {
-        let mut settings = serde_json::Map::new();
-        settings.insert("dir".into(), Value::String(dir.display().to_string()));
-        Outbox::new(
-            ProviderConfig {
-                name: "dev".into(),
-                settings,
-                webhook_url: None,
-            },
-            Host {
-                log: Logger::discard(),
-            },
-        )
+        let settings = serde_json::json!({"dir": dir.display().to_string()});
+        Outbox::new(provider_config("dev", settings, None), quiet_host())
     }
 
     fn delivery(id: &str, content: Content, attempt: u32) -> Delivery {
@@ -286,7 +279,8 @@ mod tests {
         assert!(!m.webhooks);
         assert!(m.allowed_hosts.is_empty());
         assert_eq!(m.config.len(), 1);
-        assert!(m.config[0].required && !m.config[0].secret);
+        assert_eq!(required_keys(&m), ["dir"]);
+        assert!(secret_keys(&m).is_empty());
     }
 
     #[test]
@@ -457,18 +451,9 @@ mod tests {
     #[test]
     fn config_keys_are_checked() {
         let new = |settings: Value| {
-            Outbox::new(
-                ProviderConfig {
-                    name: "dev".into(),
-                    settings: settings.as_object().unwrap().clone(),
-                    webhook_url: None,
-                },
-                Host {
-                    log: Logger::discard(),
-                },
-            )
-            .unwrap_err()
-            .message
+            Outbox::new(provider_config("dev", settings, None), quiet_host())
+                .unwrap_err()
+                .message
         };
         let err = new(serde_json::json!({}));
         assert!(err.contains("missing field `dir`"), "{err}");
@@ -558,17 +543,13 @@ mod tests {
         let step = outbox.resume(
             &delivery("01X", email("x"), 1),
             Value::Null,
-            TransportResponse::Smtp(herald_plugin_api::SmtpReply {
-                code: 250,
-                enhanced: None,
-                message: String::new(),
-            }),
+            smtp_reply(250, None, ""),
         );
-        assert!(matches!(
-            step,
-            Step::Done {
-                outcome: Outcome::ProviderFailure { .. }
-            }
-        ));
+        assert_eq!(
+            done(step),
+            Outcome::provider_failure(
+                "the outbox makes no requests, yet resume was called (host bug)"
+            )
+        );
     }
 }

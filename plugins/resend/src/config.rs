@@ -7,13 +7,21 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use herald_plugin_api::{ConfigError, ProviderConfig, Secret, validate_email_address};
+use herald_plugin_api::{ConfigError, ProviderConfig, Secret};
+use herald_plugin_kit::config::{check_api_key, check_sender};
+use herald_plugin_kit::http_url::{UrlKey, UrlKind};
 use serde::Deserialize;
 
 /// Resend's API, used unless `base_url` overrides it.
 pub(crate) const DEFAULT_BASE_URL: &str = "https://api.resend.com";
 /// The host of [`DEFAULT_BASE_URL`], the manifest's only allowed host.
 pub(crate) const DEFAULT_HOST: &str = "api.resend.com";
+/// The `base_url` override, as its errors name it.
+const BASE_URL: UrlKey<'static> = UrlKey {
+    key: "base_url",
+    example: DEFAULT_BASE_URL,
+    credentials_hint: "the API key is sent as a header",
+};
 
 /// The `[[providers]]` keys this plugin reads, as given (host-owned keys such as `name`,
 /// `plugin`, `rate_limit`, `breaker` and `timeout` are removed by the host).
@@ -76,20 +84,16 @@ impl Config {
                     .into(),
             )
         })?;
-        check_api_key(api_key.expose()).map_err(err)?;
+        check_api_key(api_key.expose(), "Resend", "re_").map_err(err)?;
 
         if let Some(from) = &raw.from {
-            validate_email_address("from", from).map_err(|e| {
-                err(format!(
-                    "`from` is not a valid sender ({e}); expected \"addr@domain\" or \"Name <addr@domain>\""
-                ))
-            })?;
+            check_sender(from).map_err(err)?;
         }
 
         let (base_url, host) = match &raw.base_url {
             Some(url) => {
-                let (base, host) = parse_base_url(url).map_err(err)?;
-                (base, Some(host))
+                let url = BASE_URL.parse(url, UrlKind::Base).map_err(err)?;
+                (url.url, Some(url.host))
             }
             None => (DEFAULT_BASE_URL.to_owned(), None),
         };
@@ -108,51 +112,6 @@ impl Config {
             webhook_key,
         })
     }
-}
-
-/// Checks the shape of a Resend API key without ever echoing it.
-fn check_api_key(key: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("`api_key` is empty (is the environment variable it references set?)".into());
-    }
-    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("`api_key` contains whitespace or control characters".into());
-    }
-    if !key.starts_with("re_") {
-        return Err(
-            "`api_key` does not look like a Resend API key (Resend keys start with `re_`)".into(),
-        );
-    }
-    Ok(())
-}
-
-/// Validates a `base_url` override: an `http(s)` URL with a host, no credentials, query or
-/// fragment. Returns the URL without a trailing `/`, and its host.
-pub(crate) fn parse_base_url(raw: &str) -> Result<(String, String), String> {
-    let url = url::Url::parse(raw.trim())
-        .map_err(|e| format!("`base_url` {raw:?} is not a valid URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "`base_url` {raw:?} must be an http:// or https:// URL"
-        ));
-    }
-    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-        return Err(format!("`base_url` {raw:?} has no host"));
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "`base_url` must not contain credentials (the API key is sent as a header)".into(),
-        );
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "`base_url` {raw:?} must not have a query or fragment"
-        ));
-    }
-    Ok((
-        url.as_str().trim_end_matches('/').to_owned(),
-        host.to_owned(),
-    ))
 }
 
 /// Decodes a Svix signing secret: `whsec_` followed by standard base64 (the prefix is
@@ -208,6 +167,17 @@ mod tests {
     }
 
     #[test]
+    fn base_url_host_is_bare_and_lower_case() {
+        let c = load(json!({"api_key": API_KEY, "base_url": "http://[::1]:8080"})).unwrap();
+        assert_eq!(c.base_url, "http://[::1]:8080");
+        assert_eq!(c.host.as_deref(), Some("::1"));
+        let c =
+            load(json!({"api_key": API_KEY, "base_url": "https://Proxy.Example.com/r/"})).unwrap();
+        assert_eq!(c.base_url, "https://proxy.example.com/r");
+        assert_eq!(c.host.as_deref(), Some("proxy.example.com"));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (json!({}), "missing `api_key`"),
@@ -220,19 +190,21 @@ mod tests {
             ),
             (
                 json!({"api_key": API_KEY, "base_url": "ftp://x.io"}),
-                "http:// or https://",
+                "base_url = \"ftp://x.io\" must start with https:// or http://; expected e.g. \
+                 https://api.resend.com",
             ),
             (
                 json!({"api_key": API_KEY, "base_url": "not a url"}),
-                "`base_url`",
+                "base_url = \"not a url\" contains spaces or control characters",
             ),
             (
                 json!({"api_key": API_KEY, "base_url": "https://u:p@x.io"}),
-                "credentials",
+                "base_url must not contain credentials (user:password@): the API key is sent \
+                 as a header",
             ),
             (
                 json!({"api_key": API_KEY, "base_url": "https://x.io/?a=b"}),
-                "query or fragment",
+                "base_url = \"https://x.io/?a=b\" must not have a query or fragment",
             ),
             (
                 json!({"api_key": API_KEY, "webhook_secret": "re_not_a_secret"}),

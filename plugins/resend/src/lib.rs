@@ -9,7 +9,10 @@
 //! - `outcome`: the response (or transport error) mapped to an `Outcome`, following the
 //!   error table of Resend's API (`name` first, then the status).
 //! - `webhook`: Svix signature verification and event → `UpdateKind` mapping.
-//! - `rfc3339`, `text`: small helpers (event timestamps; safe error reasons).
+//! - `rfc3339`: event timestamps.
+//!
+//! URL validation, reason text, transport-error outcomes and the webhook replay window come
+//! from `herald-plugin-kit`, shared with the other plugins.
 //!
 //! The plugin is sans-IO: it never opens a socket or reads the clock; the host performs the
 //! requests it describes and passes `now` in.
@@ -19,7 +22,6 @@ mod config;
 mod outcome;
 mod request;
 mod rfc3339;
-mod text;
 mod webhook;
 
 #[cfg(test)]
@@ -122,6 +124,7 @@ herald_plugin_api::export_plugin!(Resend);
 mod tests {
     use super::*;
     use crate::test_support::{API_KEY, WEBHOOK_SECRET, resend};
+    use herald_plugin_kit::testing::{required_keys, secret_keys};
     use serde_json::json;
 
     #[test]
@@ -131,20 +134,8 @@ mod tests {
         assert_eq!(m.api_version, API_VERSION);
         assert_eq!(m.channels, vec![Channel::Email]);
         assert!(m.webhooks && m.idempotent);
-        let secrets: Vec<&str> = m
-            .config
-            .iter()
-            .filter(|k| k.secret)
-            .map(|k| k.name.as_str())
-            .collect();
-        assert_eq!(secrets, ["api_key", "webhook_secret"]);
-        let required: Vec<&str> = m
-            .config
-            .iter()
-            .filter(|k| k.required)
-            .map(|k| k.name.as_str())
-            .collect();
-        assert_eq!(required, ["api_key"]);
+        assert_eq!(secret_keys(&m), ["api_key", "webhook_secret"]);
+        assert_eq!(required_keys(&m), ["api_key"]);
         assert_eq!(m.allowed_hosts, ["api.resend.com"]);
         assert_eq!(
             resend(json!({"api_key": API_KEY})).allowed_hosts(),

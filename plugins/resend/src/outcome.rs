@@ -23,13 +23,15 @@
 //! Reasons carry Resend's `name` and `message` (sanitized; never the key).
 
 use herald_plugin_api::http::retry_after_ms;
-use herald_plugin_api::{
-    HttpResponse, Logger, Outcome, TransportErrorKind, TransportResponse, UnixMillis,
-};
+use herald_plugin_api::{HttpResponse, Logger, Outcome, TransportResponse, UnixMillis};
+use herald_plugin_kit::outcome::Exchange;
+use herald_plugin_kit::text::sanitize;
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::text::sanitize;
+
+/// The most characters of Resend's text kept in a reason.
+const REASON_CHARS: usize = 300;
 
 /// Wait before retrying a 409 the provider says is transient, when it gives no hint.
 const CONFLICT_RETRY_MS: u64 = 5_000;
@@ -59,33 +61,12 @@ pub(crate) fn classify(
     now: UnixMillis,
     log: &Logger,
 ) -> Outcome {
-    match response {
-        TransportResponse::Http(r) => classify_http(config, r, now, log),
-        TransportResponse::Error(e) => {
-            let message = sanitize(&e.message, &config.api_key);
-            match e.kind {
-                TransportErrorKind::Refused => Outcome::provider_failure(format!(
-                    "resend: the host refused the request: {message}"
-                )),
-                kind => Outcome::retry(format!(
-                    "resend: {} error: {message} (safe to retry: the Idempotency-Key dedupes)",
-                    kind_name(kind)
-                )),
-            }
-        }
-        TransportResponse::Smtp(_) => {
-            Outcome::provider_failure("resend: got an SMTP reply to an HTTP request (host bug)")
-        }
-    }
-}
-
-fn kind_name(kind: TransportErrorKind) -> &'static str {
-    match kind {
-        TransportErrorKind::Timeout => "timeout",
-        TransportErrorKind::Connect => "connect",
-        TransportErrorKind::Tls => "TLS",
-        TransportErrorKind::Io => "I/O",
-        TransportErrorKind::Refused => "refused",
+    let exchange = Exchange::new("resend: POST /emails")
+        .retry_note("safe to retry: the Idempotency-Key dedupes")
+        .redacting(&config.api_key);
+    match exchange.http(response) {
+        Ok(r) => classify_http(config, r, now, log),
+        Err(outcome) => outcome,
     }
 }
 
@@ -158,9 +139,9 @@ fn reason(config: &Config, status: u16, name: &str, message: Option<&str>, raw: 
     let name = if name.is_empty() {
         String::new()
     } else {
-        format!(" {}", sanitize(name, &config.api_key))
+        format!(" {}", sanitize(name, &config.api_key, REASON_CHARS))
     };
-    let detail = sanitize(detail, &config.api_key);
+    let detail = sanitize(detail, &config.api_key, REASON_CHARS);
     if detail.is_empty() {
         format!("resend {status}{name}")
     } else {
@@ -181,57 +162,31 @@ fn delta_seconds_ms(value: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{API_KEY, http, resend};
-    use herald_plugin_api::{Provider, Step, TransportError};
+    use crate::test_support::{API_KEY, delivery, email_message, http_response, resend};
+    use herald_plugin_api::{Provider, TransportErrorKind};
+    use herald_plugin_kit::testing::{
+        ErrorClass as Class, RETRYABLE_KINDS, done, error_class as class, transport_error,
+    };
     use serde_json::json;
 
     fn outcome(response: TransportResponse) -> Outcome {
         let p = resend(json!({"api_key": API_KEY, "from": "rsvp@example.com"}));
-        let d = crate::test_support::delivery(crate::test_support::email_message());
-        match p.resume(&d, serde_json::Value::Null, response) {
-            Step::Done { outcome } => outcome,
-            other => panic!("expected a final outcome, got {other:?}"),
-        }
+        done(p.resume(
+            &delivery(email_message()),
+            serde_json::Value::Null,
+            response,
+        ))
     }
 
     fn error(status: u16, name: &str, headers: &[(&str, &str)]) -> Outcome {
         let body =
             json!({"statusCode": status, "name": name, "message": format!("msg for {name}")});
-        outcome(http(status, headers, &body.to_string()))
-    }
-
-    #[derive(Debug, PartialEq)]
-    enum Class {
-        Retry {
-            after_ms: Option<u64>,
-            breaker: bool,
-        },
-        ProviderFailure,
-        Rejected,
-    }
-
-    fn class(o: &Outcome) -> Class {
-        match o {
-            Outcome::Retry {
-                after_ms, breaker, ..
-            } => Class::Retry {
-                after_ms: *after_ms,
-                breaker: *breaker,
-            },
-            Outcome::ProviderFailure { .. } => Class::ProviderFailure,
-            Outcome::Rejected {
-                bounced, suppress, ..
-            } => {
-                assert!(!bounced && !suppress, "an API error is no bounce: {o:?}");
-                Class::Rejected
-            }
-            Outcome::Accepted { .. } => panic!("unexpected {o:?}"),
-        }
+        outcome(http_response(status, headers, &body.to_string()))
     }
 
     #[test]
     fn accepted_with_body_id() {
-        let o = outcome(http(
+        let o = outcome(http_response(
             200,
             &[("content-type", "application/json")],
             r#"{"id":"49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"}"#,
@@ -243,7 +198,7 @@ mod tests {
                 delivered: false
             }
         );
-        let o = outcome(http(200, &[], "not json"));
+        let o = outcome(http_response(200, &[], "not json"));
         assert_eq!(
             o,
             Outcome::Accepted {
@@ -302,7 +257,7 @@ mod tests {
 
     #[test]
     fn reason_has_name_and_message_never_the_key() {
-        let o = outcome(http(
+        let o = outcome(http_response(
             403,
             &[],
             &json!({"statusCode": 403, "name": "invalid_api_key",
@@ -315,7 +270,7 @@ mod tests {
         assert_eq!(reason, "resend 403 invalid_api_key: API key *** is invalid");
 
         // Cloudflare's edge answers without Resend's JSON.
-        let o = outcome(http(403, &[], "error code: 1010"));
+        let o = outcome(http_response(403, &[], "error code: 1010"));
         assert_eq!(o, Outcome::provider_failure("resend 403: error code: 1010"));
     }
 
@@ -425,29 +380,21 @@ mod tests {
 
     #[test]
     fn transport_errors() {
-        for kind in [
-            TransportErrorKind::Timeout,
-            TransportErrorKind::Connect,
-            TransportErrorKind::Tls,
-            TransportErrorKind::Io,
-        ] {
-            let o = outcome(TransportResponse::Error(TransportError {
-                kind,
-                message: "boom".into(),
-            }));
+        for kind in RETRYABLE_KINDS {
             assert_eq!(
-                class(&o),
-                Class::Retry {
-                    after_ms: None,
-                    breaker: true
-                },
-                "{kind:?}"
+                outcome(transport_error(kind, &format!("boom, key {API_KEY}"))),
+                Outcome::retry(format!(
+                    "resend: POST /emails failed ({kind:?}): boom, key *** (safe to retry: the \
+                     Idempotency-Key dedupes)"
+                )),
             );
         }
-        let o = outcome(TransportResponse::Error(TransportError {
-            kind: TransportErrorKind::Refused,
-            message: "host not allowed".into(),
-        }));
-        assert_eq!(class(&o), Class::ProviderFailure);
+        assert_eq!(
+            outcome(transport_error(
+                TransportErrorKind::Refused,
+                "host not allowed"
+            )),
+            Outcome::provider_failure("resend: POST /emails refused by the host: host not allowed")
+        );
     }
 }

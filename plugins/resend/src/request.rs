@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use herald_plugin_api::{Content, EmailContent, HttpRequest, Message, Outcome};
+use herald_plugin_kit::outcome::wrong_channel;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -61,10 +62,7 @@ struct Tag {
 /// message this instance cannot send at all).
 pub(crate) fn build(config: &Config, message: &Message) -> Result<HttpRequest, Outcome> {
     let Content::Email(email) = &message.content else {
-        return Err(Outcome::provider_failure(format!(
-            "resend delivers email only, not {} (check [routes])",
-            message.channel()
-        )));
+        return Err(wrong_channel("resend", "email", message));
     };
     let Some(from) = email.from.as_deref().or(config.from.as_deref()) else {
         return Err(Outcome::provider_failure(format!(
@@ -155,20 +153,16 @@ fn tag_token(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::test_support::{
-        API_KEY, attachment_message, email_message, full_message, render, resend,
+        API_KEY, attachment_message, delivery, email_message, full_message, render_json_request,
+        resend,
     };
     use expect_test::expect;
     use herald_plugin_api::{Provider, SmsContent, Step};
+    use herald_plugin_kit::testing::{done, http_call};
     use serde_json::json;
 
     fn request_for(provider: &crate::Resend, message: Message) -> HttpRequest {
-        match provider.begin(&crate::test_support::delivery(message)) {
-            Step::Call {
-                request: herald_plugin_api::Request::Http(r),
-                ..
-            } => r,
-            other => panic!("expected an HTTP call, got {other:?}"),
-        }
+        http_call(provider.begin(&delivery(message)))
     }
 
     #[test]
@@ -196,7 +190,7 @@ mod tests {
                 }
               ]
             }"#]]
-        .assert_eq(&render(&r));
+        .assert_eq(&render_json_request(&r));
     }
 
     #[test]
@@ -253,7 +247,7 @@ mod tests {
                 }
               ]
             }"#]]
-        .assert_eq(&render(&r));
+        .assert_eq(&render_json_request(&r));
         assert_eq!(p.allowed_hosts(), vec!["127.0.0.1".to_owned()]);
     }
 
@@ -303,7 +297,7 @@ mod tests {
     #[test]
     fn no_sender_is_a_provider_failure() {
         let p = resend(json!({"api_key": API_KEY}));
-        let step = p.begin(&crate::test_support::delivery(email_message()));
+        let step = p.begin(&delivery(email_message()));
         let Step::Done {
             outcome: Outcome::ProviderFailure { reason },
         } = step
@@ -332,15 +326,9 @@ mod tests {
             body: "YES".into(),
             media_urls: vec![],
         });
-        let step = p.begin(&crate::test_support::delivery(m));
-        assert!(
-            matches!(
-                step,
-                Step::Done {
-                    outcome: Outcome::ProviderFailure { .. }
-                }
-            ),
-            "{step:?}"
+        assert_eq!(
+            done(p.begin(&delivery(m))),
+            Outcome::provider_failure("resend delivers email only, not sms (check [routes])")
         );
     }
 }

@@ -30,6 +30,8 @@ use herald_plugin_api::{
     Channel, InboundMessage, Logger, StatusUpdate, UnixMillis, UpdateKind, WebhookError,
     WebhookOutput, WebhookRequest, WebhookResponse, email_address_part,
 };
+use herald_plugin_kit::text::join_detail;
+use herald_plugin_kit::webhook::check_timestamp;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::Value;
@@ -41,7 +43,7 @@ use crate::request::HERALD_ID_TAG;
 use crate::rfc3339;
 
 /// Svix's replay window, applied both ways (too old and too far in the future).
-pub(crate) const TOLERANCE_SECS: i64 = 5 * 60;
+pub(crate) const TOLERANCE_SECS: u64 = 5 * 60;
 
 /// Verifies and parses one Resend webhook delivery.
 pub(crate) fn handle(
@@ -86,22 +88,7 @@ pub(crate) fn verify(
     let timestamp = header("svix-timestamp", "webhook-timestamp")?;
     let signatures = header("svix-signature", "webhook-signature")?;
 
-    let ts: i64 = timestamp.parse().map_err(|_| {
-        WebhookError::Unauthorized(format!(
-            "svix-timestamp {timestamp:?} is not a Unix timestamp"
-        ))
-    })?;
-    let now_secs = i64::try_from(now / 1000).unwrap_or(i64::MAX);
-    if ts < now_secs.saturating_sub(TOLERANCE_SECS) {
-        return Err(WebhookError::Unauthorized(format!(
-            "svix-timestamp {ts} is more than {TOLERANCE_SECS} s old (replay?)"
-        )));
-    }
-    if ts > now_secs.saturating_add(TOLERANCE_SECS) {
-        return Err(WebhookError::Unauthorized(format!(
-            "svix-timestamp {ts} is more than {TOLERANCE_SECS} s in the future"
-        )));
-    }
+    check_timestamp("svix-timestamp", timestamp, now, TOLERANCE_SECS)?;
 
     let expected = mac(key, id, timestamp, request.body.as_bytes())?;
     let matched = signatures
@@ -271,20 +258,12 @@ fn herald_id(data: &Value) -> Option<String> {
     value.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
-fn join_detail<const N: usize>(parts: [Option<String>; N]) -> Option<String> {
-    let parts: Vec<String> = parts
-        .into_iter()
-        .flatten()
-        .filter(|s| !s.is_empty())
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(": "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::{API_KEY, WEBHOOK_SECRET, resend};
     use herald_plugin_api::Provider;
+    use herald_plugin_kit::testing::{unauthorized, webhook_request};
     use serde_json::json;
 
     // The Svix test vector (providers.md §1).
@@ -301,15 +280,11 @@ mod tests {
     }
 
     fn request(headers: &[(&str, &str)], body: &str) -> WebhookRequest {
-        WebhookRequest {
-            method: "POST".into(),
-            url: "https://hooks.example.com/webhooks/resend-main".into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            body: body.into(),
-        }
+        webhook_request(
+            "https://hooks.example.com/webhooks/resend-main",
+            headers,
+            body,
+        )
     }
 
     fn vector_request(sig: &str, body: &str) -> WebhookRequest {
@@ -321,13 +296,6 @@ mod tests {
             ],
             body,
         )
-    }
-
-    fn unauthorized(r: Result<impl std::fmt::Debug, WebhookError>) -> String {
-        match r {
-            Err(WebhookError::Unauthorized(m)) => m,
-            other => panic!("expected Unauthorized, got {other:?}"),
-        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use herald_plugin_api::{ConfigError, ProviderConfig, Secret, validate_email_address};
+use herald_plugin_api::{ConfigError, ProviderConfig, Secret};
+use herald_plugin_kit::config::{check_api_key, check_sender};
+use herald_plugin_kit::http_url::{UrlKey, UrlKind};
 use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::DecodePublicKey;
 use serde::Deserialize;
@@ -15,6 +17,12 @@ use serde::Deserialize;
 pub(crate) const DEFAULT_BASE_URL: &str = "https://api.sendgrid.com";
 /// The manifest's hosts: the global API and the EU one (selected with `base_url`).
 pub(crate) const DEFAULT_HOSTS: [&str; 2] = ["api.sendgrid.com", "api.eu.sendgrid.com"];
+/// The `base_url` override, as its errors name it.
+const BASE_URL: UrlKey<'static> = UrlKey {
+    key: "base_url",
+    example: DEFAULT_BASE_URL,
+    credentials_hint: "the API key is sent as a header",
+};
 /// SendGrid documents no replay window for its signed webhooks; ours is ±10 minutes: wide
 /// enough for clock skew and SendGrid's batching delay, narrow enough to make a captured
 /// request useless soon.
@@ -71,20 +79,16 @@ impl Config {
             err("missing `api_key`: set api_key = \"${SENDGRID_API_KEY}\" (a SendGrid API key, SG....)"
                 .into())
         })?;
-        check_api_key(api_key.expose()).map_err(err)?;
+        check_api_key(api_key.expose(), "SendGrid", "SG.").map_err(err)?;
 
         if let Some(from) = &raw.from {
-            validate_email_address("from", from).map_err(|e| {
-                err(format!(
-                    "`from` is not a valid sender ({e}); expected \"addr@domain\" or \"Name <addr@domain>\""
-                ))
-            })?;
+            check_sender(from).map_err(err)?;
         }
 
         let (base_url, host) = match &raw.base_url {
             Some(url) => {
-                let (base, host) = parse_base_url(url).map_err(err)?;
-                (base, Some(host))
+                let url = BASE_URL.parse(url, UrlKind::Base).map_err(err)?;
+                (url.url, Some(url.host))
             }
             None => (DEFAULT_BASE_URL.to_owned(), None),
         };
@@ -115,52 +119,6 @@ impl Config {
             sandbox: raw.sandbox,
         })
     }
-}
-
-/// Checks the shape of a SendGrid API key without ever echoing it.
-fn check_api_key(key: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("`api_key` is empty (is the environment variable it references set?)".into());
-    }
-    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("`api_key` contains whitespace or control characters".into());
-    }
-    if !key.starts_with("SG.") {
-        return Err(
-            "`api_key` does not look like a SendGrid API key (SendGrid keys start with `SG.`)"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
-/// Validates a `base_url` override: an `http(s)` URL with a host, no credentials, query or
-/// fragment. Returns the URL without a trailing `/`, and its host.
-pub(crate) fn parse_base_url(raw: &str) -> Result<(String, String), String> {
-    let url = url::Url::parse(raw.trim())
-        .map_err(|e| format!("`base_url` {raw:?} is not a valid URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "`base_url` {raw:?} must be an http:// or https:// URL"
-        ));
-    }
-    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-        return Err(format!("`base_url` {raw:?} has no host"));
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "`base_url` must not contain credentials (the API key is sent as a header)".into(),
-        );
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "`base_url` {raw:?} must not have a query or fragment"
-        ));
-    }
-    Ok((
-        url.as_str().trim_end_matches('/').to_owned(),
-        host.to_owned(),
-    ))
 }
 
 /// Decodes the verification key as SendGrid shows it: base64 of a DER SubjectPublicKeyInfo
@@ -243,12 +201,17 @@ mod tests {
             ),
             (
                 json!({"api_key": API_KEY, "base_url": "ftp://x.io"}),
-                "http:// or https://",
+                "base_url = \"ftp://x.io\" must start with https:// or http://; expected e.g. \
+                 https://api.sendgrid.com",
             ),
-            (json!({"api_key": API_KEY, "base_url": "::"}), "`base_url`"),
+            (
+                json!({"api_key": API_KEY, "base_url": "::"}),
+                "base_url = \"::\" is not an absolute URL; expected e.g. https://api.sendgrid.com",
+            ),
             (
                 json!({"api_key": API_KEY, "base_url": "https://u:p@x.io"}),
-                "credentials",
+                "base_url must not contain credentials (user:password@): the API key is sent \
+                 as a header",
             ),
             (
                 json!({"api_key": API_KEY, "webhook_public_key": "not base64!"}),

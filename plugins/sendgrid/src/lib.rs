@@ -10,7 +10,9 @@
 //! - `outcome`: the response (or transport error) mapped to an `Outcome`; the provider id
 //!   is the `X-Message-Id` response header.
 //! - `webhook`: Signed Event Webhook verification (ECDSA P-256) and event → `UpdateKind`.
-//! - `text`: provider text made safe for outcome reasons.
+//!
+//! URL validation, reason text, transport-error outcomes and the webhook replay window come
+//! from `herald-plugin-kit`, shared with the other plugins.
 //!
 //! The plugin is sans-IO: it never opens a socket or reads the clock; the host performs the
 //! requests it describes and passes `now` in. SendGrid has no idempotency key: a retry after
@@ -20,7 +22,6 @@
 mod config;
 mod outcome;
 mod request;
-mod text;
 mod webhook;
 
 #[cfg(test)]
@@ -132,6 +133,7 @@ herald_plugin_api::export_plugin!(SendGrid);
 mod tests {
     use super::*;
     use crate::test_support::{API_KEY, VECTOR_PUBLIC_KEY, sendgrid};
+    use herald_plugin_kit::testing::{required_keys, secret_keys};
     use serde_json::json;
 
     #[test]
@@ -142,21 +144,22 @@ mod tests {
         assert_eq!(m.channels, vec![Channel::Email]);
         assert!(m.webhooks);
         assert!(!m.idempotent, "SendGrid has no idempotency key");
-        let secrets: Vec<&str> = m
-            .config
-            .iter()
-            .filter(|k| k.secret)
-            .map(|k| k.name.as_str())
-            .collect();
-        assert_eq!(secrets, ["api_key"]);
-        let required: Vec<&str> = m
-            .config
-            .iter()
-            .filter(|k| k.required)
-            .map(|k| k.name.as_str())
-            .collect();
-        assert_eq!(required, ["api_key"]);
+        assert_eq!(secret_keys(&m), ["api_key"]);
+        assert_eq!(required_keys(&m), ["api_key"]);
         assert_eq!(m.allowed_hosts, ["api.sendgrid.com", "api.eu.sendgrid.com"]);
+    }
+
+    #[test]
+    fn allowed_hosts_follow_base_url() {
+        let p = sendgrid(json!({"api_key": API_KEY}));
+        assert_eq!(
+            p.allowed_hosts(),
+            ["api.sendgrid.com", "api.eu.sendgrid.com"]
+        );
+        let p = sendgrid(json!({"api_key": API_KEY, "base_url": "http://[::1]:9999/"}));
+        assert_eq!(p.allowed_hosts(), ["::1"]);
+        let p = sendgrid(json!({"api_key": API_KEY, "base_url": "https://Relay.Example.com"}));
+        assert_eq!(p.allowed_hosts(), ["relay.example.com"]);
     }
 
     #[test]

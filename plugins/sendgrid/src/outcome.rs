@@ -16,13 +16,15 @@
 //! `field: message` (sanitized; never the key).
 
 use herald_plugin_api::http::{retry_after_ms, until_epoch_secs_ms};
-use herald_plugin_api::{
-    HttpResponse, Logger, Outcome, TransportErrorKind, TransportResponse, UnixMillis,
-};
+use herald_plugin_api::{HttpResponse, Logger, Outcome, TransportResponse, UnixMillis};
+use herald_plugin_kit::outcome::Exchange;
+use herald_plugin_kit::text::sanitize;
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::text::sanitize;
+
+/// The most characters of SendGrid's text kept in a reason.
+const REASON_CHARS: usize = 300;
 
 #[derive(Debug, Default, Deserialize)]
 struct ErrorBody {
@@ -45,34 +47,15 @@ pub(crate) fn classify(
     now: UnixMillis,
     log: &Logger,
 ) -> Outcome {
-    match response {
-        TransportResponse::Http(r) => classify_http(config, r, now, log),
-        TransportResponse::Error(e) => {
-            let message = sanitize(&e.message, &config.api_key);
-            match e.kind {
-                TransportErrorKind::Refused => Outcome::provider_failure(format!(
-                    "sendgrid: the host refused the request: {message}"
-                )),
-                kind => Outcome::retry(format!(
-                    "sendgrid: {} error: {message} (SendGrid has no idempotency key: if the \
-                     request arrived, the retry may send a duplicate)",
-                    kind_name(kind)
-                )),
-            }
-        }
-        TransportResponse::Smtp(_) => {
-            Outcome::provider_failure("sendgrid: got an SMTP reply to an HTTP request (host bug)")
-        }
-    }
-}
-
-fn kind_name(kind: TransportErrorKind) -> &'static str {
-    match kind {
-        TransportErrorKind::Timeout => "timeout",
-        TransportErrorKind::Connect => "connect",
-        TransportErrorKind::Tls => "TLS",
-        TransportErrorKind::Io => "I/O",
-        TransportErrorKind::Refused => "refused",
+    let exchange = Exchange::new("sendgrid: POST /v3/mail/send")
+        .retry_note(
+            "SendGrid has no idempotency key: if the request arrived, the retry may send a \
+             duplicate",
+        )
+        .redacting(&config.api_key);
+    match exchange.http(response) {
+        Ok(r) => classify_http(config, r, now, log),
+        Err(outcome) => outcome,
     }
 }
 
@@ -134,9 +117,9 @@ fn reason(config: &Config, status: u16, raw: &str) -> String {
         })
         .collect();
     let detail = if listed.is_empty() {
-        sanitize(raw, &config.api_key)
+        sanitize(raw, &config.api_key, REASON_CHARS)
     } else {
-        sanitize(&listed.join("; "), &config.api_key)
+        sanitize(&listed.join("; "), &config.api_key, REASON_CHARS)
     };
     if detail.is_empty() {
         format!("sendgrid {status}")
@@ -148,57 +131,35 @@ fn reason(config: &Config, status: u16, raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{API_KEY, NOW, http, sendgrid};
-    use herald_plugin_api::{Provider, Step, TransportError};
+    use crate::test_support::{API_KEY, NOW, delivery, email_message, http_response, sendgrid};
+    use herald_plugin_api::{Provider, TransportErrorKind};
+    use herald_plugin_kit::testing::{
+        ErrorClass as Class, RETRYABLE_KINDS, done, error_class as class, transport_error,
+    };
     use serde_json::json;
 
     fn outcome(response: TransportResponse) -> Outcome {
         let p = sendgrid(json!({"api_key": API_KEY, "from": "rsvp@example.com"}));
-        let d = crate::test_support::delivery(crate::test_support::email_message());
-        match p.resume(&d, serde_json::Value::Null, response) {
-            Step::Done { outcome } => outcome,
-            other => panic!("expected a final outcome, got {other:?}"),
-        }
+        done(p.resume(
+            &delivery(email_message()),
+            serde_json::Value::Null,
+            response,
+        ))
     }
 
     fn error(status: u16, headers: &[(&str, &str)]) -> Outcome {
         let body =
             json!({"errors": [{"message": format!("msg {status}"), "field": null, "help": null}]});
-        outcome(http(status, headers, &body.to_string()))
-    }
-
-    #[derive(Debug, PartialEq)]
-    enum Class {
-        Retry {
-            after_ms: Option<u64>,
-            breaker: bool,
-        },
-        ProviderFailure,
-        Rejected,
-    }
-
-    fn class(o: &Outcome) -> Class {
-        match o {
-            Outcome::Retry {
-                after_ms, breaker, ..
-            } => Class::Retry {
-                after_ms: *after_ms,
-                breaker: *breaker,
-            },
-            Outcome::ProviderFailure { .. } => Class::ProviderFailure,
-            Outcome::Rejected {
-                bounced, suppress, ..
-            } => {
-                assert!(!bounced && !suppress, "an API error is no bounce: {o:?}");
-                Class::Rejected
-            }
-            Outcome::Accepted { .. } => panic!("unexpected {o:?}"),
-        }
+        outcome(http_response(status, headers, &body.to_string()))
     }
 
     #[test]
     fn accepted_with_x_message_id() {
-        let o = outcome(http(202, &[("X-Message-Id", "LRzXl_NHStOGhQ4kofSm_A")], ""));
+        let o = outcome(http_response(
+            202,
+            &[("X-Message-Id", "LRzXl_NHStOGhQ4kofSm_A")],
+            "",
+        ));
         assert_eq!(
             o,
             Outcome::Accepted {
@@ -206,7 +167,7 @@ mod tests {
                 delivered: false
             }
         );
-        let o = outcome(http(200, &[], ""));
+        let o = outcome(http_response(200, &[], ""));
         assert_eq!(
             o,
             Outcome::Accepted {
@@ -248,7 +209,7 @@ mod tests {
             {"message": "The from address does not match a verified Sender Identity.",
              "field": "from", "help": "http://..."},
             {"message": "Invalid type.", "field": "personalizations.0.to"}]});
-        let o = outcome(http(403, &[], &body.to_string()));
+        let o = outcome(http_response(403, &[], &body.to_string()));
         assert_eq!(
             o,
             Outcome::provider_failure(
@@ -256,13 +217,13 @@ mod tests {
                  Identity.; personalizations.0.to: Invalid type."
             )
         );
-        let o = outcome(http(
+        let o = outcome(http_response(
             401,
             &[],
             &json!({"errors": [{"message": format!("bad key {API_KEY}")}]}).to_string(),
         ));
         assert_eq!(o, Outcome::provider_failure("sendgrid 401: bad key ***"));
-        let o = outcome(http(502, &[], "<html>Bad Gateway</html>"));
+        let o = outcome(http_response(502, &[], "<html>Bad Gateway</html>"));
         assert!(
             matches!(&o, Outcome::Retry { reason, .. } if reason == "sendgrid 502: <html>Bad Gateway</html>"),
             "{o:?}"
@@ -314,33 +275,23 @@ mod tests {
 
     #[test]
     fn transport_errors() {
-        for kind in [
-            TransportErrorKind::Timeout,
-            TransportErrorKind::Connect,
-            TransportErrorKind::Tls,
-            TransportErrorKind::Io,
-        ] {
-            let o = outcome(TransportResponse::Error(TransportError {
-                kind,
-                message: "boom".into(),
-            }));
+        for kind in RETRYABLE_KINDS {
             assert_eq!(
-                class(&o),
-                Class::Retry {
-                    after_ms: None,
-                    breaker: true
-                },
-                "{kind:?}"
+                outcome(transport_error(kind, &format!("boom, key {API_KEY}"))),
+                Outcome::retry(format!(
+                    "sendgrid: POST /v3/mail/send failed ({kind:?}): boom, key *** (SendGrid has \
+                     no idempotency key: if the request arrived, the retry may send a duplicate)"
+                )),
             );
-            let Outcome::Retry { reason, .. } = o else {
-                unreachable!()
-            };
-            assert!(reason.contains("duplicate"), "{reason}");
         }
-        let o = outcome(TransportResponse::Error(TransportError {
-            kind: TransportErrorKind::Refused,
-            message: "host not allowed".into(),
-        }));
-        assert_eq!(class(&o), Class::ProviderFailure);
+        assert_eq!(
+            outcome(transport_error(
+                TransportErrorKind::Refused,
+                "host not allowed"
+            )),
+            Outcome::provider_failure(
+                "sendgrid: POST /v3/mail/send refused by the host: host not allowed"
+            )
+        );
     }
 }

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use herald_plugin_api::{Content, EmailContent, HttpRequest, Logger, Message, Outcome};
+use herald_plugin_kit::outcome::wrong_channel;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -94,10 +95,7 @@ pub(crate) fn build(
     log: &Logger,
 ) -> Result<HttpRequest, Outcome> {
     let Content::Email(email) = &message.content else {
-        return Err(Outcome::provider_failure(format!(
-            "sendgrid delivers email only, not {} (check [routes])",
-            message.channel()
-        )));
+        return Err(wrong_channel("sendgrid", "email", message));
     };
     let Some(from) = email.from.as_deref().or(config.from.as_deref()) else {
         return Err(Outcome::provider_failure(format!(
@@ -203,20 +201,16 @@ fn categories(tags: &[String], log: &Logger) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::test_support::{
-        API_KEY, attachment_message, email_message, full_message, render, sendgrid,
+        API_KEY, attachment_message, delivery, email_message, full_message, render_json_request,
+        sendgrid,
     };
     use expect_test::expect;
     use herald_plugin_api::{Provider, SmsContent, Step};
+    use herald_plugin_kit::testing::{done, http_call};
     use serde_json::json;
 
     fn request_for(provider: &crate::SendGrid, message: Message) -> HttpRequest {
-        match provider.begin(&crate::test_support::delivery(message)) {
-            Step::Call {
-                request: herald_plugin_api::Request::Http(r),
-                ..
-            } => r,
-            other => panic!("expected an HTTP call, got {other:?}"),
-        }
+        http_call(provider.begin(&delivery(message)))
     }
 
     #[test]
@@ -254,7 +248,7 @@ mod tests {
                 }
               ]
             }"#]]
-        .assert_eq(&render(&r));
+        .assert_eq(&render_json_request(&r));
     }
 
     #[test]
@@ -326,7 +320,7 @@ mod tests {
                 }
               }
             }"#]]
-        .assert_eq(&render(&r));
+        .assert_eq(&render_json_request(&r));
         assert_eq!(p.allowed_hosts(), vec!["127.0.0.1".to_owned()]);
     }
 
@@ -378,7 +372,7 @@ mod tests {
     #[test]
     fn no_sender_is_a_provider_failure() {
         let p = sendgrid(json!({"api_key": API_KEY}));
-        let step = p.begin(&crate::test_support::delivery(email_message()));
+        let step = p.begin(&delivery(email_message()));
         let Step::Done {
             outcome: Outcome::ProviderFailure { reason },
         } = step
@@ -397,15 +391,9 @@ mod tests {
             body: "YES".into(),
             media_urls: vec![],
         });
-        let step = p.begin(&crate::test_support::delivery(m));
-        assert!(
-            matches!(
-                step,
-                Step::Done {
-                    outcome: Outcome::ProviderFailure { .. }
-                }
-            ),
-            "{step:?}"
+        assert_eq!(
+            done(p.begin(&delivery(m))),
+            Outcome::provider_failure("sendgrid delivers email only, not sms (check [routes])")
         );
     }
 }

@@ -27,6 +27,8 @@ use herald_plugin_api::{
     Logger, StatusUpdate, UnixMillis, UpdateKind, WebhookError, WebhookOutput, WebhookRequest,
     WebhookResponse,
 };
+use herald_plugin_kit::text::join_detail;
+use herald_plugin_kit::webhook::check_timestamp;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use serde_json::{Map, Value};
@@ -84,23 +86,7 @@ pub(crate) fn verify(
     let signature = header(SIGNATURE_HEADER)?;
     let timestamp = header(TIMESTAMP_HEADER)?;
 
-    let ts: i64 = timestamp.trim().parse().map_err(|_| {
-        WebhookError::Unauthorized(format!(
-            "{TIMESTAMP_HEADER} {timestamp:?} is not a Unix timestamp"
-        ))
-    })?;
-    let tolerance = i64::try_from(tolerance_secs).unwrap_or(i64::MAX);
-    let now_secs = i64::try_from(now / 1000).unwrap_or(i64::MAX);
-    if ts < now_secs.saturating_sub(tolerance) {
-        return Err(WebhookError::Unauthorized(format!(
-            "{TIMESTAMP_HEADER} {ts} is more than {tolerance} s old (replay?)"
-        )));
-    }
-    if ts > now_secs.saturating_add(tolerance) {
-        return Err(WebhookError::Unauthorized(format!(
-            "{TIMESTAMP_HEADER} {ts} is more than {tolerance} s in the future"
-        )));
-    }
+    check_timestamp(TIMESTAMP_HEADER, timestamp, now, tolerance_secs)?;
 
     let der = STANDARD
         .decode(signature.trim())
@@ -215,20 +201,12 @@ fn map_event(event: &Map<String, Value>, log: &Logger) -> Option<StatusUpdate> {
     })
 }
 
-fn join_detail<const N: usize>(parts: [Option<String>; N]) -> Option<String> {
-    let parts: Vec<String> = parts
-        .into_iter()
-        .flatten()
-        .filter(|s| !s.is_empty())
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(": "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::{API_KEY, VECTOR_PUBLIC_KEY, sendgrid};
     use herald_plugin_api::Provider;
+    use herald_plugin_kit::testing::{unauthorized, webhook_request};
     use p256::ecdsa::SigningKey;
     use p256::ecdsa::signature::Signer;
     use p256::pkcs8::EncodePublicKey;
@@ -241,15 +219,11 @@ mod tests {
     const VECTOR_NOW: u64 = 1_600_112_502_000;
 
     fn request(headers: &[(&str, &str)], body: &str) -> WebhookRequest {
-        WebhookRequest {
-            method: "POST".into(),
-            url: "https://hooks.example.com/webhooks/sendgrid-main".into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            body: body.into(),
-        }
+        webhook_request(
+            "https://hooks.example.com/webhooks/sendgrid-main",
+            headers,
+            body,
+        )
     }
 
     fn vector_request(sig: &str, ts: &str, body: &str) -> WebhookRequest {
@@ -258,13 +232,6 @@ mod tests {
 
     fn vector_provider() -> crate::SendGrid {
         sendgrid(json!({"api_key": API_KEY, "webhook_public_key": VECTOR_PUBLIC_KEY}))
-    }
-
-    fn unauthorized(r: Result<impl std::fmt::Debug, WebhookError>) -> String {
-        match r {
-            Err(WebhookError::Unauthorized(m)) => m,
-            other => panic!("expected Unauthorized, got {other:?}"),
-        }
     }
 
     #[test]

@@ -59,13 +59,20 @@
 
 use herald_plugin_api::{
     Channel, ConfigError, ConfigKey, Content, Delivery, Host, Manifest, Outcome, Provider,
-    ProviderConfig, Request, Secret, SmtpReply, SmtpRequest, SmtpTls, Step, TransportErrorKind,
-    TransportResponse, email_address_part, validate_email_address,
+    ProviderConfig, Request, Secret, SmtpReply, SmtpRequest, SmtpTls, Step, TransportResponse,
+    email_address_part,
 };
+use herald_plugin_kit::config::{check_sender, request_timeout_ms};
+use herald_plugin_kit::http_url::is_loopback_host;
+use herald_plugin_kit::outcome::{Exchange, wrong_channel};
+use herald_plugin_kit::text::{REASON_CHARS, excerpt};
 use serde::Deserialize;
 use serde_json::Value;
 
 herald_plugin_api::export_plugin!(Smtp);
+
+/// The submission, as failure reasons name it.
+const SUBMISSION: Exchange<'static> = Exchange::new("SMTP submission");
 
 /// Message headers the transport writes itself or that would misrepresent the envelope.
 const RESERVED_HEADERS: [&str; 14] = [
@@ -227,11 +234,7 @@ impl Provider for Smtp {
             }
         };
 
-        validate_email_address("from", &raw.from).map_err(|e| {
-            err(format!(
-                "{e}; set from to the default sender, e.g. from = \"Herald <noreply@example.com>\""
-            ))
-        })?;
+        check_sender(&raw.from).map_err(err)?;
         let from = raw.from.trim().to_string();
         let message_id_domain = match raw.message_id_domain {
             Some(d) => {
@@ -255,21 +258,10 @@ impl Provider for Smtp {
                 })?,
         };
 
-        let timeout_ms = match raw.request_timeout.as_deref() {
-            None => None,
-            Some(s) => match herald_plugin_api::duration::parse_duration_ms(s).ok() {
-                Some(ms) if ms > 0 => Some(ms),
-                _ => {
-                    return Err(err(format!(
-                        "request_timeout must be a duration such as \"30s\", \"500ms\" or \
-                         \"2m\", got {s:?}"
-                    )));
-                }
-            },
-        };
+        let timeout_ms = request_timeout_ms(raw.request_timeout.as_deref()).map_err(err)?;
 
         if tls == SmtpTls::None {
-            if credentials.is_some() && !is_loopback(&server) {
+            if credentials.is_some() && !is_loopback_host(&server) {
                 return Err(err(format!(
                     "tls = \"none\" would send the password in clear text to {server}; use \
                      tls = \"starttls\" or \"implicit\""
@@ -308,10 +300,7 @@ impl Provider for Smtp {
     fn begin(&self, delivery: &Delivery) -> Step {
         let message = &delivery.message;
         let Content::Email(email) = &message.content else {
-            return Step::done(Outcome::provider_failure(format!(
-                "smtp sends email only, but the route gave it a {} message; fix [routes]",
-                message.channel()
-            )));
+            return Step::done(wrong_channel("smtp", "email", message));
         };
         let mut headers: Vec<(String, String)> = email
             .headers
@@ -341,26 +330,9 @@ impl Provider for Smtp {
     }
 
     fn resume(&self, delivery: &Delivery, _state: Value, response: TransportResponse) -> Step {
-        Step::done(match response {
-            TransportResponse::Smtp(reply) => {
-                outcome_for(&reply, &self.message_id(&delivery.message.id))
-            }
-            TransportResponse::Error(e) => match e.kind {
-                TransportErrorKind::Timeout
-                | TransportErrorKind::Connect
-                | TransportErrorKind::Tls
-                | TransportErrorKind::Io => Outcome::retry(format!(
-                    "SMTP submission failed ({:?}): {}",
-                    e.kind, e.message
-                )),
-                TransportErrorKind::Refused => Outcome::provider_failure(format!(
-                    "the host refused the SMTP submission: {}",
-                    e.message
-                )),
-            },
-            TransportResponse::Http(_) => {
-                Outcome::provider_failure("got an HTTP response to an SMTP submission (host bug)")
-            }
+        Step::done(match SUBMISSION.smtp(&response) {
+            Ok(reply) => outcome_for(reply, &self.message_id(&delivery.message.id)),
+            Err(outcome) => outcome,
         })
     }
 }
@@ -397,7 +369,7 @@ fn outcome_for(reply: &SmtpReply, message_id: &str) -> Outcome {
         "SMTP server answered {code}{}{}",
         if enhanced.is_empty() { "" } else { " " },
         enhanced
-    ) + &excerpt(&reply.message);
+    ) + &excerpt(&reply.message, REASON_CHARS);
     match code {
         200..=299 => Outcome::Accepted {
             provider_message_id: Some(message_id.to_string()),
@@ -456,23 +428,6 @@ fn enhanced_in_text(code: u16, text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `": <start of text>"`, at most 200 characters on one line, or nothing.
-fn excerpt(text: &str) -> String {
-    let text = text.trim();
-    if text.is_empty() {
-        return String::new();
-    }
-    let mut s: String = text
-        .chars()
-        .take(200)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().nth(200).is_some() {
-        s.push('…');
-    }
-    format!(": {s}")
-}
-
 /// A bare host name or IP address (an IPv6 address may come in brackets; they are
 /// removed).
 fn parse_host(raw: &str) -> Result<String, String> {
@@ -511,13 +466,6 @@ fn parse_host(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(host.to_ascii_lowercase())
-}
-
-fn is_loopback(host: &str) -> bool {
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host == "localhost" || host.ends_with(".localhost"),
-    }
 }
 
 fn is_domain(d: &str) -> bool {

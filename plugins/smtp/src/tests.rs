@@ -3,28 +3,20 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use expect_test::{Expect, expect};
-use herald_plugin_api::{
-    Attachment, EmailContent, HttpResponse, Logger, Message, SmsContent, TransportError,
+use herald_plugin_api::{Attachment, EmailContent, Message, SmsContent, TransportErrorKind};
+use herald_plugin_kit::testing::{
+    RETRYABLE_KINDS, done, http_response, provider_config, recording_host, required_keys,
+    secret_keys, smtp_reply, summary, transport_error,
 };
 use serde_json::json;
 
 use super::*;
 
 fn new_logged(settings: Value) -> (Result<Smtp, ConfigError>, Vec<String>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    let log = Logger::from_fn(move |level, m| sink.lock().unwrap().push(format!("{level:?}: {m}")));
-    let smtp = Smtp::new(
-        ProviderConfig {
-            name: "mail".into(),
-            settings: settings.as_object().unwrap().clone(),
-            webhook_url: None,
-        },
-        Host { log },
-    );
+    let (host, lines) = recording_host();
+    let smtp = Smtp::new(provider_config("mail", settings, None), host);
     let lines = lines.lock().unwrap().clone();
     (smtp, lines)
 }
@@ -216,7 +208,7 @@ fn tls_none_is_allowed_for_a_local_sink_with_a_warning() {
     assert_eq!((smtp.port, smtp.tls), (2525, SmtpTls::None));
     assert_eq!(log.len(), 1, "{log:?}");
     assert!(
-        log[0].starts_with("Warn: ") && log[0].contains("tls = \"none\""),
+        log[0].starts_with("Warn provider \"mail\": tls = \"none\""),
         "{log:?}"
     );
 
@@ -246,34 +238,11 @@ fn allowed_hosts_is_the_configured_host() {
 
 fn outcome_of(response: TransportResponse) -> Outcome {
     let smtp = new(base()).unwrap();
-    match smtp.resume(&delivery(), Value::Null, response) {
-        Step::Done { outcome } => outcome,
-        other => panic!("expected Done, got {other:?}"),
-    }
+    done(smtp.resume(&delivery(), Value::Null, response))
 }
 
 fn reply(code: u16, enhanced: Option<&str>, message: &str) -> Outcome {
-    outcome_of(TransportResponse::Smtp(SmtpReply {
-        code,
-        enhanced: enhanced.map(Into::into),
-        message: message.into(),
-    }))
-}
-
-fn summary(o: &Outcome) -> String {
-    match o {
-        Outcome::Accepted {
-            provider_message_id,
-            delivered,
-        } => format!("accepted id={provider_message_id:?} delivered={delivered}"),
-        Outcome::Retry {
-            breaker, after_ms, ..
-        } => format!("retry breaker={breaker} after={after_ms:?}"),
-        Outcome::ProviderFailure { .. } => "provider_failure".into(),
-        Outcome::Rejected {
-            bounced, suppress, ..
-        } => format!("rejected bounced={bounced} suppress={suppress}"),
-    }
+    outcome_of(smtp_reply(code, enhanced, message))
 }
 
 #[test]
@@ -392,32 +361,25 @@ fn enhanced_codes_in_text() {
 
 #[test]
 fn transport_errors() {
-    for kind in [
-        TransportErrorKind::Timeout,
-        TransportErrorKind::Connect,
-        TransportErrorKind::Io,
-        TransportErrorKind::Tls,
-    ] {
-        let o = outcome_of(TransportResponse::Error(TransportError {
-            kind,
-            message: "boom".into(),
-        }));
-        assert!(
-            matches!(&o, Outcome::Retry { breaker: true, reason, .. } if reason.contains("boom")),
-            "{kind:?}: {o:?}"
+    for kind in RETRYABLE_KINDS {
+        assert_eq!(
+            outcome_of(transport_error(kind, "boom")),
+            Outcome::retry(format!("SMTP submission failed ({kind:?}): boom"))
         );
     }
-    let o = outcome_of(TransportResponse::Error(TransportError {
-        kind: TransportErrorKind::Refused,
-        message: "host not allowed".into(),
-    }));
-    assert!(matches!(o, Outcome::ProviderFailure { .. }), "{o:?}");
-    let o = outcome_of(TransportResponse::Http(HttpResponse {
-        status: 200,
-        headers: vec![],
-        body: String::new(),
-    }));
-    assert!(matches!(o, Outcome::ProviderFailure { .. }), "{o:?}");
+    assert_eq!(
+        outcome_of(transport_error(
+            TransportErrorKind::Refused,
+            "host not allowed"
+        )),
+        Outcome::provider_failure("SMTP submission refused by the host: host not allowed")
+    );
+    assert_eq!(
+        outcome_of(http_response(200, &[], "")),
+        Outcome::provider_failure(
+            "SMTP submission: got an HTTP response to an SMTP request (host bug)"
+        )
+    );
 }
 
 #[test]
@@ -428,10 +390,9 @@ fn other_channels_fail_over() {
         body: "YES".into(),
         media_urls: vec![],
     });
-    let step = new(base()).unwrap().begin(&d);
-    assert!(
-        matches!(&step, Step::Done { outcome: Outcome::ProviderFailure { reason } } if reason.contains("sms")),
-        "{step:?}"
+    assert_eq!(
+        done(new(base()).unwrap().begin(&d)),
+        Outcome::provider_failure("smtp delivers email only, not sms (check [routes])")
     );
 }
 
@@ -459,20 +420,8 @@ fn manifest_states_the_contract() {
     assert_eq!(m.name, "smtp");
     assert_eq!(m.channels, [Channel::Email]);
     assert!(!m.idempotent && !m.webhooks);
-    let secrets: Vec<&str> = m
-        .config
-        .iter()
-        .filter(|k| k.secret)
-        .map(|k| k.name.as_str())
-        .collect();
-    assert_eq!(secrets, ["password"]);
-    let required: Vec<&str> = m
-        .config
-        .iter()
-        .filter(|k| k.required)
-        .map(|k| k.name.as_str())
-        .collect();
-    assert_eq!(required, ["host", "from"]);
+    assert_eq!(secret_keys(&m), ["password"]);
+    assert_eq!(required_keys(&m), ["host", "from"]);
 }
 
 #[test]
@@ -514,7 +463,9 @@ fn config_errors_name_the_key_and_the_fix() {
         ),
         (
             with(base(), json!({"from": "not-an-address"})),
-            "from: \"not-an-address\" is not an email address",
+            "provider \"mail\": `from` is not a valid sender (from: \"not-an-address\" is not \
+             an email address (expected local@domain)); expected \"addr@domain\" or \
+             \"Name <addr@domain>\"",
         ),
         (
             with(base(), json!({"message_id_domain": "bad domain"})),
@@ -522,7 +473,8 @@ fn config_errors_name_the_key_and_the_fix() {
         ),
         (
             with(base(), json!({"request_timeout": "30"})),
-            "request_timeout must be a duration such as \"30s\"",
+            "provider \"mail\": request_timeout must be a duration such as \"10s\", \"500ms\" \
+             or \"2m\", got \"30\"",
         ),
         (
             json!({"host": "h.example.com", "from": "a@example.com", "username": "u"}),

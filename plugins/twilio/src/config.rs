@@ -9,12 +9,20 @@
 use herald_plugin_api::{ConfigError, ConfigKey, ProviderConfig, Secret, validate_e164};
 use serde::Deserialize;
 
+use herald_plugin_kit::http_url::{HttpUrl, UrlKey, UrlKind};
+
 use crate::url::UrlParts;
 
 /// Where the Messages API lives unless `base_url` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 /// The host of [`DEFAULT_BASE_URL`].
 pub const DEFAULT_HOST: &str = "api.twilio.com";
+/// The `base_url` override, as its errors name it.
+const BASE_URL: UrlKey<'static> = UrlKey {
+    key: "base_url",
+    example: DEFAULT_BASE_URL,
+    credentials_hint: "use auth_token or api_key_secret",
+};
 /// Twilio's bounds for `ValidityPeriod`, in seconds.
 const VALIDITY_RANGE: std::ops::RangeInclusive<u64> = 1..=36_000;
 
@@ -102,15 +110,6 @@ pub enum Credentials {
     ApiKey { sid: String, secret: Secret },
 }
 
-/// The API base, split once at load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl {
-    /// Scheme, authority and any path prefix, without a trailing `/`.
-    pub prefix: String,
-    /// The host name (no port), as `allowed_hosts` reports it.
-    pub host: String,
-}
-
 /// The validated configuration of one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -118,7 +117,9 @@ pub struct Config {
     pub credentials: Credentials,
     pub from: Option<String>,
     pub messaging_service_sid: Option<String>,
-    pub base_url: BaseUrl,
+    /// The API base: scheme, authority and any path prefix (kept: proxies, mock servers),
+    /// without a trailing `/`; and its host, as `allowed_hosts` reports it.
+    pub base_url: HttpUrl,
     /// The `StatusCallback` URL to send (the instance's webhook URL), when enabled.
     pub status_callback: Option<String>,
     /// The Auth Token that verifies webhook signatures, when one is configured.
@@ -217,8 +218,11 @@ impl Config {
             _ => {}
         }
 
-        let base_url = parse_base_url(raw.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL))?;
-        if base_url.prefix.starts_with("http://") && !is_loopback(&base_url.host) {
+        let base_url = BASE_URL.parse(
+            raw.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
+            UrlKind::Base,
+        )?;
+        if !base_url.is_https() && !base_url.is_loopback() {
             warnings.push(format!(
                 "base_url uses plain http to {}: the Basic-auth credentials cross the network \
                  unencrypted",
@@ -353,36 +357,6 @@ fn check_sender(from: &str) -> Result<(), String> {
     }
 }
 
-fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
-    let bad = |why: &str| format!("base_url {s:?} {why} (expected e.g. https://api.twilio.com)");
-    let parts = UrlParts::parse(s).ok_or_else(|| bad("is not an absolute URL"))?;
-    let scheme = parts.scheme.to_ascii_lowercase();
-    if scheme != "https" && scheme != "http" {
-        return Err(bad("must start with https:// or http://"));
-    }
-    if !parts.userinfo.is_empty() {
-        return Err(bad(
-            "must not contain credentials: use auth_token or api_key_secret",
-        ));
-    }
-    if !parts.port_is_numeric() {
-        return Err(bad("has a port that is not a number"));
-    }
-    if parts.rest.contains(['?', '#']) {
-        return Err(bad("must not have a query or fragment"));
-    }
-    let port = parts.port.map(|p| format!(":{p}")).unwrap_or_default();
-    let path = parts.rest.trim_end_matches('/');
-    Ok(BaseUrl {
-        prefix: format!("{scheme}://{}{port}{path}", parts.host),
-        host: parts.host.to_ascii_lowercase(),
-    })
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host == "[::1]" || host.starts_with("127.")
-}
-
 /// Twilio refuses a `StatusCallback` whose host name has an underscore.
 fn check_callback_url(url: &str) -> Result<(), String> {
     let parts = UrlParts::parse(url).ok_or_else(|| {
@@ -410,14 +384,7 @@ pub(crate) mod tests {
     pub const WEBHOOK_URL: &str = "https://hooks.example.com/webhooks/sms";
 
     pub fn provider(settings: Value, webhook_url: Option<&str>) -> ProviderConfig {
-        let Value::Object(settings) = settings else {
-            panic!("settings must be an object")
-        };
-        ProviderConfig {
-            name: "sms".into(),
-            settings,
-            webhook_url: webhook_url.map(Into::into),
-        }
+        herald_plugin_kit::testing::provider_config("sms", settings, webhook_url)
     }
 
     fn load(settings: Value, webhook_url: Option<&str>) -> Result<Loaded, String> {
@@ -437,7 +404,7 @@ pub(crate) mod tests {
         .unwrap();
         let c = loaded.config;
         assert_eq!(c.credentials, Credentials::AuthToken(Secret::new(TOKEN)));
-        assert_eq!(c.base_url.prefix, "https://api.twilio.com");
+        assert_eq!(c.base_url.url, "https://api.twilio.com");
         assert_eq!(c.base_url.host, "api.twilio.com");
         assert_eq!(c.status_callback.as_deref(), Some(WEBHOOK_URL));
         assert_eq!(c.webhook_token, Some(Secret::new(TOKEN)));
@@ -559,15 +526,17 @@ pub(crate) mod tests {
             ),
             (
                 json!({"account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+14155550100", "base_url": "api.twilio.com"}),
-                "base_url \"api.twilio.com\" is not an absolute URL",
+                "base_url = \"api.twilio.com\" is not an absolute URL; expected e.g. \
+                 https://api.twilio.com",
             ),
             (
                 json!({"account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+14155550100", "base_url": "ftp://x.example"}),
-                "must start with https:// or http://",
+                "base_url = \"ftp://x.example\" must start with https:// or http://",
             ),
             (
                 json!({"account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+14155550100", "base_url": "https://u:p@x.example"}),
-                "must not contain credentials",
+                "base_url must not contain credentials (user:password@): use auth_token or \
+                 api_key_secret",
             ),
             (
                 json!({"account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+14155550100", "authtoken": "x"}),
@@ -604,13 +573,21 @@ pub(crate) mod tests {
             .map(|l| (l.config.base_url, l.warnings.len()))
         };
         let (b, warnings) = base("http://127.0.0.1:8099/").unwrap();
-        assert_eq!(b.prefix, "http://127.0.0.1:8099");
+        assert_eq!(b.url, "http://127.0.0.1:8099");
         assert_eq!(b.host, "127.0.0.1");
         assert_eq!(warnings, 0);
         let (b, warnings) = base("HTTP://Proxy.Internal:3128/twilio/").unwrap();
-        assert_eq!(b.prefix, "http://Proxy.Internal:3128/twilio");
+        assert_eq!(b.url, "http://proxy.internal:3128/twilio");
         assert_eq!(b.host, "proxy.internal");
         assert_eq!(warnings, 1, "plain http off loopback is worth a warning");
+        let (b, warnings) = base("http://[::1]:8099").unwrap();
+        assert_eq!(
+            (b.url.as_str(), b.host.as_str()),
+            ("http://[::1]:8099", "::1")
+        );
+        assert_eq!(warnings, 0);
+        // Not loopback, whatever its name starts with.
+        assert_eq!(base("http://127.example.com").unwrap().1, 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - [`outcome`]: Twilio's synchronous errors and transport failures → `Outcome`.
 //! - [`signature`]: `X-Twilio-Signature` verification (HMAC-SHA1, as twilio-python).
 //! - [`webhook`]: status callbacks → `StatusUpdate`, incoming SMS → `InboundMessage`.
-//! - [`url`]: the small URL splitting the other modules need.
+//! - [`url`]: the small, non-normalising URL splitting the signature check needs.
 //!
 //! Twilio has no idempotency key for sends, so a retry after a timeout may send twice.
 #![deny(unsafe_code)]
@@ -111,14 +111,10 @@ mod tests {
     use crate::config::tests::{ACCOUNT, TOKEN, WEBHOOK_URL, provider};
     use crate::request::tests::sms;
     use herald_plugin_api::{HttpResponse, Outcome, Request};
-    use std::sync::{Arc, Mutex};
+    use herald_plugin_kit::testing::{LogLines, recording_host};
 
-    fn instance(settings: Value, webhook_url: Option<&str>) -> (Twilio, Arc<Mutex<Vec<String>>>) {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let host = Host {
-            log: Logger::from_fn(move |_, line| sink.lock().unwrap().push(line.to_string())),
-        };
+    fn instance(settings: Value, webhook_url: Option<&str>) -> (Twilio, LogLines) {
+        let (host, lines) = recording_host();
         let t = Twilio::new(provider(settings, webhook_url), host).unwrap();
         (t, lines)
     }
@@ -145,9 +141,12 @@ mod tests {
             instance(base.clone(), None).0.allowed_hosts(),
             ["api.twilio.com"]
         );
-        let mut local = base;
+        let mut local = base.clone();
         local["base_url"] = json!("http://127.0.0.1:8099");
         assert_eq!(instance(local, None).0.allowed_hosts(), ["127.0.0.1"]);
+        let mut v6 = base;
+        v6["base_url"] = json!("http://[::1]:8099/twilio");
+        assert_eq!(instance(v6, None).0.allowed_hosts(), ["::1"]);
     }
 
     #[test]
@@ -193,6 +192,10 @@ mod tests {
         );
         let lines = lines.lock().unwrap().clone();
         assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("Warn twilio provider \"sms\": "),
+            "{lines:?}"
+        );
         assert!(lines[0].contains("webhook_auth_token"));
         assert!(!lines[0].contains("api-5ecret"));
         assert!(!format!("{t:?}").contains("api-5ecret"));

@@ -5,7 +5,9 @@
 //! Reasons carry Twilio's own message and code, never a credential.
 
 use herald_plugin_api::http::retry_after_ms;
-use herald_plugin_api::{HttpResponse, Outcome, TransportErrorKind, TransportResponse, UnixMillis};
+use herald_plugin_api::{HttpResponse, Outcome, TransportResponse, UnixMillis};
+use herald_plugin_kit::outcome::Exchange;
+use herald_plugin_kit::text::{REASON_CHARS, clip};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -67,26 +69,15 @@ impl ErrorBody {
     }
 }
 
+/// The create-message call, as failure reasons name it.
+const CREATE: Exchange<'static> = Exchange::new("twilio: create message")
+    .retry_note("a timeout after sending may duplicate the SMS: Twilio has no idempotency key");
+
 /// The outcome of the create call.
 pub fn classify(response: &TransportResponse, now: UnixMillis) -> Outcome {
-    match response {
-        TransportResponse::Http(r) => classify_http(r, now),
-        TransportResponse::Error(e) => match e.kind {
-            TransportErrorKind::Timeout
-            | TransportErrorKind::Connect
-            | TransportErrorKind::Io
-            | TransportErrorKind::Tls => Outcome::retry(format!(
-                "twilio: {:?} error: {} (a timeout after sending may duplicate the SMS: \
-                 Twilio has no idempotency key)",
-                e.kind, e.message
-            )),
-            TransportErrorKind::Refused => {
-                Outcome::provider_failure(format!("twilio: request refused: {}", e.message))
-            }
-        },
-        TransportResponse::Smtp(_) => {
-            Outcome::provider_failure("twilio: got an SMTP reply to an HTTP request")
-        }
+    match CREATE.http(response) {
+        Ok(r) => classify_http(r, now),
+        Err(outcome) => outcome,
     }
 }
 
@@ -154,44 +145,30 @@ fn classify_http(r: &HttpResponse, now: UnixMillis) -> Outcome {
     }
 }
 
-/// A short, single-line excerpt of a non-JSON body.
+/// A short, single-line excerpt of a non-JSON body (runs of white space folded).
 fn snippet(body: &str) -> String {
     let line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.is_empty() {
         return "(empty body)".into();
     }
-    let mut out: String = line.chars().take(200).collect();
-    if out.len() < line.len() {
-        out.push('…');
-    }
-    out
+    clip(&line, REASON_CHARS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_plugin_api::{SmtpReply, TransportError};
+    use herald_plugin_api::TransportErrorKind;
+    use herald_plugin_kit::testing::{RETRYABLE_KINDS, http_response, smtp_reply, transport_error};
     use serde_json::json;
 
     const NOW: UnixMillis = 1_445_412_470_000; // 10 s before Wed, 21 Oct 2015 07:28:00 GMT
-
-    fn http(status: u16, headers: &[(&str, &str)], body: &str) -> TransportResponse {
-        TransportResponse::Http(HttpResponse {
-            status,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: body.into(),
-        })
-    }
 
     fn twilio_error(status: u16, code: u32, message: &str) -> TransportResponse {
         let body = json!({
             "code": code, "message": message, "status": status,
             "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
         });
-        http(status, &[], &body.to_string())
+        http_response(status, &[], &body.to_string())
     }
 
     fn class(o: &Outcome) -> &'static str {
@@ -219,7 +196,7 @@ mod tests {
         let body = json!({"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued",
                           "error_code": null});
         assert_eq!(
-            classify(&http(201, &[], &body.to_string()), NOW),
+            classify(&http_response(201, &[], &body.to_string()), NOW),
             Outcome::Accepted {
                 provider_message_id: Some("SM0123456789abcdef0123456789abcdef".into()),
                 delivered: false,
@@ -227,12 +204,12 @@ mod tests {
         );
         let mms = json!({"sid": "MM0123456789abcdef0123456789abcdef", "status": "accepted"});
         assert!(matches!(
-            classify(&http(201, &[], &mms.to_string()), NOW),
+            classify(&http_response(201, &[], &mms.to_string()), NOW),
             Outcome::Accepted { provider_message_id: Some(id), .. } if id.starts_with("MM")
         ));
         // Taken but unreadable: accepted all the same (a retry would send the SMS twice).
         assert_eq!(
-            classify(&http(201, &[], "<html>"), NOW),
+            classify(&http_response(201, &[], "<html>"), NOW),
             Outcome::Accepted {
                 provider_message_id: None,
                 delivered: false
@@ -282,12 +259,12 @@ mod tests {
             (302, String::new(), "provider-failure"),
         ];
         for (status, body, expected) in rows {
-            let o = classify(&http(status, &[], &body), NOW);
+            let o = classify(&http_response(status, &[], &body), NOW);
             assert_eq!(class(&o), expected, "{status}: {o:?}");
         }
-        let o = classify(&http(502, &[], "<html>Bad\n  Gateway</html>"), NOW);
+        let o = classify(&http_response(502, &[], "<html>Bad\n  Gateway</html>"), NOW);
         assert_eq!(reason(&o), "twilio HTTP 502: <html>Bad Gateway</html>");
-        let o = classify(&http(503, &[], ""), NOW);
+        let o = classify(&http_response(503, &[], ""), NOW);
         assert_eq!(reason(&o), "twilio HTTP 503: (empty body)");
     }
 
@@ -316,7 +293,7 @@ mod tests {
             "status": 400, "code": 21211, "detail": "The 'To' number +1555 is not valid",
         });
         let o = classify(
-            &http(
+            &http_response(
                 400,
                 &[("content-type", "application/problem+json")],
                 &body.to_string(),
@@ -331,10 +308,10 @@ mod tests {
         );
         // A code given as a string still counts.
         let body = json!({"status": 400, "code": "21610", "title": "Unsubscribed recipient"});
-        let o = classify(&http(400, &[], &body.to_string()), NOW);
+        let o = classify(&http_response(400, &[], &body.to_string()), NOW);
         assert_eq!(class(&o), "rejected-suppress");
         let body = json!({"type": "about:blank", "title": "Bad Request", "status": 400});
-        let o = classify(&http(400, &[], &body.to_string()), NOW);
+        let o = classify(&http_response(400, &[], &body.to_string()), NOW);
         assert_eq!(reason(&o), "twilio HTTP 400: Bad Request");
     }
 
@@ -345,12 +322,15 @@ mod tests {
             other => panic!("not a retry: {other:?}"),
         };
         assert_eq!(
-            after(classify(&http(429, &[("retry-after", "7")], ""), NOW)),
+            after(classify(
+                &http_response(429, &[("retry-after", "7")], ""),
+                NOW
+            )),
             Some(7_000)
         );
         assert_eq!(
             after(classify(
-                &http(503, &[("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")], ""),
+                &http_response(503, &[("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")], ""),
                 NOW
             )),
             Some(10_000)
@@ -363,36 +343,37 @@ mod tests {
             None
         );
         assert_eq!(
-            after(classify(&http(500, &[("retry-after", "soon")], ""), NOW)),
+            after(classify(
+                &http_response(500, &[("retry-after", "soon")], ""),
+                NOW
+            )),
             None
         );
     }
 
     #[test]
     fn transport_errors() {
-        let err = |kind| {
-            TransportResponse::Error(TransportError {
-                kind,
-                message: "boom".into(),
-            })
-        };
-        for kind in [
-            TransportErrorKind::Timeout,
-            TransportErrorKind::Connect,
-            TransportErrorKind::Io,
-            TransportErrorKind::Tls,
-        ] {
-            assert_eq!(class(&classify(&err(kind), NOW)), "retry", "{kind:?}");
+        for kind in RETRYABLE_KINDS {
+            let o = classify(&transport_error(kind, "boom"), NOW);
+            assert_eq!(class(&o), "retry", "{kind:?}");
+            assert_eq!(
+                o,
+                Outcome::retry(format!(
+                    "twilio: create message failed ({kind:?}): boom (a timeout after sending \
+                     may duplicate the SMS: Twilio has no idempotency key)"
+                ))
+            );
         }
         assert_eq!(
-            class(&classify(&err(TransportErrorKind::Refused), NOW)),
-            "provider-failure"
+            classify(&transport_error(TransportErrorKind::Refused, "boom"), NOW),
+            Outcome::provider_failure("twilio: create message refused by the host: boom")
         );
-        let smtp = TransportResponse::Smtp(SmtpReply {
-            code: 250,
-            enhanced: None,
-            message: String::new(),
-        });
-        assert_eq!(class(&classify(&smtp, NOW)), "provider-failure");
+        let smtp = smtp_reply(250, None, "");
+        assert_eq!(
+            classify(&smtp, NOW),
+            Outcome::provider_failure(
+                "twilio: create message: got an SMTP reply to an HTTP request (host bug)"
+            )
+        );
     }
 }

@@ -9,6 +9,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use herald_plugin_api::{Content, HttpRequest, Message, Outcome, SmsContent};
+use herald_plugin_kit::outcome::wrong_channel;
 
 use crate::config::{Config, Credentials};
 
@@ -19,7 +20,7 @@ pub const MESSAGE_ID_PARAM: &str = "message_id";
 pub fn messages_url(config: &Config) -> String {
     format!(
         "{}/2010-04-01/Accounts/{}/Messages.json",
-        config.base_url.prefix, config.account_sid
+        config.base_url.url, config.account_sid
     )
 }
 
@@ -74,11 +75,7 @@ fn status_callback_url(webhook_url: &str, message_id: &str) -> String {
 /// carry it at all (a route sent it a message of another channel).
 pub fn build(config: &Config, message: &Message) -> Result<HttpRequest, Outcome> {
     let Content::Sms(sms) = &message.content else {
-        return Err(Outcome::provider_failure(format!(
-            "twilio sends sms only, but message {} is {}: check [routes]",
-            message.id,
-            message.channel()
-        )));
+        return Err(wrong_channel("twilio", "sms", message));
     };
     let mut form = form_urlencoded::Serializer::new(String::new());
     for (name, value) in form_fields(config, message, sms) {
@@ -254,10 +251,9 @@ pub(crate) mod tests {
         );
         let mut m = sms("01J", "a@example.com", "", &[]);
         m.content = Content::Email(EmailContent::default());
-        let outcome = build(&c, &m).unwrap_err();
-        assert!(
-            matches!(&outcome, Outcome::ProviderFailure { reason } if reason.contains("[routes]")),
-            "{outcome:?}"
+        assert_eq!(
+            build(&c, &m).unwrap_err(),
+            Outcome::provider_failure("twilio delivers sms only, not email (check [routes])")
         );
     }
 }

@@ -1,10 +1,12 @@
-//! Just enough URL handling for this plugin, without a URL crate: splitting an absolute
+//! Just enough URL handling for the webhook side of this plugin: splitting an absolute
 //! `http(s)` URL into scheme, authority (userinfo, host, port) and the rest, putting it
 //! back together with or without a port (the Twilio signature check tries both), and
 //! reading a query parameter.
 //!
-//! It does not normalise, resolve or percent-decode anything but query values: the
-//! signature is computed over the URL exactly as Twilio requested it.
+//! Deliberately not the `url` crate (which `base_url` goes through, in
+//! `herald_plugin_kit::http_url`): it does not normalise, resolve or percent-decode anything
+//! but query values, because the signature is computed over the URL exactly as Twilio
+//! requested it.
 
 /// An absolute URL, split without being normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,12 +61,6 @@ impl<'a> UrlParts<'a> {
             port,
             rest,
         })
-    }
-
-    /// Whether the port, if any, is all digits.
-    pub fn port_is_numeric(&self) -> bool {
-        self.port
-            .is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()))
     }
 
     /// The URL with `port` in place of the written one (`None`: no port).

@@ -112,8 +112,12 @@ use herald_plugin_api::http::retry_after_ms;
 use herald_plugin_api::{
     Channel, ConfigError, ConfigKey, Content, Delivery, EmailContent, Host, HttpRequest,
     HttpResponse, Manifest, Outcome, Provider, ProviderConfig, PushContent, Secret, SmsContent,
-    Step, TransportErrorKind, TransportResponse, UnixMillis,
+    Step, TransportResponse, UnixMillis,
 };
+use herald_plugin_kit::config::request_timeout_ms;
+use herald_plugin_kit::http_url::{UrlKey, UrlKind};
+use herald_plugin_kit::outcome::Exchange;
+use herald_plugin_kit::text::{REASON_CHARS, excerpt};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -123,6 +127,17 @@ herald_plugin_api::export_plugin!(Webhook);
 
 /// The signature header's name.
 pub const SIGNATURE_HEADER: &str = "x-herald-signature";
+
+/// The `url` key, as its errors name it.
+const URL: UrlKey<'static> = UrlKey {
+    key: "url",
+    example: "https://hooks.example.com/herald",
+    credentials_hint: "send them in a header instead, e.g. headers = { authorization = \
+                       \"${HOOK_AUTH}\" }",
+};
+
+/// The request to the configured URL, as failure reasons name it.
+const REQUEST: Exchange<'static> = Exchange::new("webhook request");
 
 /// Headers the plugin or the transport sets; `headers` may not name them.
 const RESERVED_HEADERS: [&str; 8] = [
@@ -222,28 +237,7 @@ impl Provider for Webhook {
         let name = &config.name;
         let err = |m: String| ConfigError::new(format!("provider {name:?}: {m}"));
 
-        let not_http = || {
-            err(format!(
-                "url must be an http or https URL, got {:?}",
-                raw.url
-            ))
-        };
-        let url = url::Url::parse(raw.url.trim()).map_err(|_| not_http())?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(not_http());
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            // Do not echo the URL: it holds a credential.
-            return Err(err(
-                "url must not contain credentials (user:password@); send them in a header \
-                 instead, e.g. headers = { authorization = \"${HOOK_AUTH}\" }"
-                    .into(),
-            ));
-        }
-        let url_host = match url.host_str() {
-            Some(h) if !h.is_empty() => h.to_string(),
-            _ => return Err(err(format!("url {:?} has no host", raw.url))),
-        };
+        let url = URL.parse(&raw.url, UrlKind::Endpoint).map_err(err)?;
 
         let secret = match raw.secret {
             Some(s) if s.expose().is_empty() => {
@@ -299,29 +293,19 @@ impl Provider for Webhook {
             )));
         }
 
-        let timeout_ms = match raw.request_timeout.as_deref() {
-            None => None,
-            Some(s) => match herald_plugin_api::duration::parse_duration_ms(s).ok() {
-                Some(ms) if ms > 0 => Some(ms),
-                _ => {
-                    return Err(err(format!(
-                        "request_timeout must be a duration such as \"10s\", \"500ms\" or \
-                         \"2m\", got {s:?}"
-                    )));
-                }
-            },
-        };
+        let timeout_ms = request_timeout_ms(raw.request_timeout.as_deref()).map_err(err)?;
 
-        if url.scheme() == "http" && !is_loopback(&url) {
+        if !url.is_https() && !url.is_loopback() {
             host.log.warn(format!(
-                "provider {name:?}: url uses plain http to {url_host}; message content \
-                 crosses the network unencrypted"
+                "provider {name:?}: url uses plain http to {}; message content crosses the \
+                 network unencrypted",
+                url.host
             ));
         }
 
         Ok(Webhook {
-            url: url.to_string(),
-            host: url_host,
+            url: url.url,
+            host: url.host,
             secret,
             headers,
             timeout_ms,
@@ -379,24 +363,9 @@ impl Provider for Webhook {
     }
 
     fn resume(&self, delivery: &Delivery, _state: Value, response: TransportResponse) -> Step {
-        Step::done(match response {
-            TransportResponse::Http(r) => outcome_for(&r, delivery.now),
-            TransportResponse::Error(e) => match e.kind {
-                TransportErrorKind::Timeout
-                | TransportErrorKind::Connect
-                | TransportErrorKind::Tls
-                | TransportErrorKind::Io => Outcome::retry(format!(
-                    "webhook request failed ({:?}): {}",
-                    e.kind, e.message
-                )),
-                TransportErrorKind::Refused => Outcome::provider_failure(format!(
-                    "the host refused to send the webhook request: {}",
-                    e.message
-                )),
-            },
-            TransportResponse::Smtp(_) => {
-                Outcome::provider_failure("got an SMTP reply to an HTTP request (host bug)")
-            }
+        Step::done(match REQUEST.http(&response) {
+            Ok(r) => outcome_for(r, delivery.now),
+            Err(outcome) => outcome,
         })
     }
 }
@@ -404,7 +373,12 @@ impl Provider for Webhook {
 /// Maps the receiver's HTTP answer to an outcome.
 fn outcome_for(r: &HttpResponse, now: UnixMillis) -> Outcome {
     let status = r.status;
-    let said = || format!("webhook endpoint answered {status}{}", excerpt(&r.body));
+    let said = || {
+        format!(
+            "webhook endpoint answered {status}{}",
+            excerpt(&r.body, REASON_CHARS)
+        )
+    };
     let after_ms = r.header("retry-after").and_then(|v| retry_after_ms(v, now));
     match status {
         200..=299 => Outcome::Accepted {
@@ -449,23 +423,6 @@ fn response_id(body: &str) -> Option<String> {
     }
 }
 
-/// `": <start of body>"`, at most 200 characters on one line, or nothing.
-fn excerpt(body: &str) -> String {
-    let body = body.trim();
-    if body.is_empty() {
-        return String::new();
-    }
-    let mut s: String = body
-        .chars()
-        .take(200)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if body.chars().nth(200).is_some() {
-        s.push('…');
-    }
-    format!(": {s}")
-}
-
 /// Lower-case hex HMAC-SHA256 of `"<t>.<body>"`.
 fn sign(secret: &Secret, t: u64, body: &str) -> Option<String> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).ok()?;
@@ -480,15 +437,6 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
 }
 
 #[cfg(test)]

@@ -5,25 +5,20 @@
 use std::collections::BTreeMap;
 
 use expect_test::{Expect, expect};
-use herald_plugin_api::{Attachment, Logger, Message, PushPriority, SmtpReply, TransportError};
+use herald_plugin_api::{Attachment, Message, PushPriority, TransportErrorKind};
 use serde_json::json;
 
 use super::*;
+use herald_plugin_kit::testing::{
+    RETRYABLE_KINDS, done, http_response, provider_config, quiet_host, smtp_reply, summary,
+    transport_error,
+};
 
 /// 2023-11-14T22:13:20.250Z
 const NOW: UnixMillis = 1_700_000_000_250;
 
 fn new(settings: Value) -> Result<Webhook, ConfigError> {
-    Webhook::new(
-        ProviderConfig {
-            name: "hooks".into(),
-            settings: settings.as_object().unwrap().clone(),
-            webhook_url: None,
-        },
-        Host {
-            log: Logger::discard(),
-        },
-    )
+    Webhook::new(provider_config("hooks", settings, None), quiet_host())
 }
 
 fn config_error(settings: Value) -> String {
@@ -202,18 +197,8 @@ fn signature_matches_a_python_vector() {
 
 fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Outcome {
     let hook = new(json!({"url": "https://h.example.com/"})).unwrap();
-    let response = TransportResponse::Http(HttpResponse {
-        status,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        body: body.into(),
-    });
-    match hook.resume(&email_delivery(), Value::Null, response) {
-        Step::Done { outcome } => outcome,
-        other => panic!("expected Done, got {other:?}"),
-    }
+    let response = http_response(status, headers, body);
+    done(hook.resume(&email_delivery(), Value::Null, response))
 }
 
 #[test]
@@ -236,23 +221,13 @@ fn success_answers() {
 
 #[test]
 fn failure_answers() {
-    let kind = |o: &Outcome| match o {
-        Outcome::Accepted { .. } => "accepted".to_string(),
-        Outcome::Retry {
-            breaker, after_ms, ..
-        } => format!("retry breaker={breaker} after={after_ms:?}"),
-        Outcome::ProviderFailure { .. } => "provider_failure".into(),
-        Outcome::Rejected {
-            bounced, suppress, ..
-        } => format!("rejected bounced={bounced} suppress={suppress}"),
-    };
     let mut table = String::new();
     for status in [
         301, 302, 400, 401, 403, 404, 408, 409, 410, 413, 422, 429, 500, 502, 503, 504,
     ] {
         table.push_str(&format!(
             "{status} {}\n",
-            kind(&answer(status, &[], "nope"))
+            summary(&answer(status, &[], "nope"))
         ));
     }
     expect![[r#"
@@ -328,42 +303,24 @@ fn retry_after_in_both_forms() {
 #[test]
 fn transport_errors() {
     let hook = new(json!({"url": "https://h.example.com/"})).unwrap();
-    let outcome = |kind| {
-        let e = TransportResponse::Error(TransportError {
-            kind,
-            message: "boom".into(),
-        });
-        match hook.resume(&email_delivery(), Value::Null, e) {
-            Step::Done { outcome } => outcome,
-            other => panic!("{other:?}"),
-        }
-    };
-    for kind in [
-        TransportErrorKind::Timeout,
-        TransportErrorKind::Connect,
-        TransportErrorKind::Io,
-        TransportErrorKind::Tls,
-    ] {
-        assert!(
-            matches!(outcome(kind), Outcome::Retry { breaker: true, after_ms: None, ref reason } if reason.contains("boom")),
-            "{kind:?}"
+    let outcome = |response| done(hook.resume(&email_delivery(), Value::Null, response));
+    for kind in RETRYABLE_KINDS {
+        assert_eq!(
+            outcome(transport_error(kind, "boom")),
+            Outcome::retry(format!("webhook request failed ({kind:?}): boom")),
         );
     }
-    assert!(matches!(
-        outcome(TransportErrorKind::Refused),
-        Outcome::ProviderFailure { .. }
-    ));
-    let smtp = TransportResponse::Smtp(SmtpReply {
-        code: 250,
-        enhanced: None,
-        message: String::new(),
-    });
-    assert!(matches!(
-        hook.resume(&email_delivery(), Value::Null, smtp),
-        Step::Done {
-            outcome: Outcome::ProviderFailure { .. }
-        }
-    ));
+    assert_eq!(
+        outcome(transport_error(TransportErrorKind::Refused, "boom")),
+        Outcome::provider_failure("webhook request refused by the host: boom")
+    );
+    let smtp = smtp_reply(250, None, "");
+    assert_eq!(
+        outcome(smtp),
+        Outcome::provider_failure(
+            "webhook request: got an SMTP reply to an HTTP request (host bug)"
+        )
+    );
 }
 
 #[test]
@@ -371,7 +328,7 @@ fn allowed_hosts_is_the_url_host() {
     let hosts = |url: &str| new(json!({ "url": url })).unwrap().allowed_hosts();
     assert_eq!(hosts("http://127.0.0.1:9000/notify"), ["127.0.0.1"]);
     assert_eq!(hosts("https://Hooks.Example.com/x"), ["hooks.example.com"]);
-    assert_eq!(hosts("http://[::1]:8080/"), ["[::1]"]);
+    assert_eq!(hosts("http://[::1]:8080/"), ["::1"]);
     assert!(Webhook::manifest().allowed_hosts.is_empty());
 }
 
@@ -419,11 +376,18 @@ fn config_errors_name_the_key_and_the_fix() {
         (json!({}), "missing field `url`"),
         (
             json!({"url": "ftp://x"}),
-            "provider \"hooks\": url must be an http or https URL, got \"ftp://x\"",
+            "provider \"hooks\": url = \"ftp://x\" must start with https:// or http://; \
+             expected e.g. https://hooks.example.com/herald",
         ),
         (
             json!({"url": "not a url"}),
-            "url must be an http or https URL, got \"not a url\"",
+            "provider \"hooks\": url = \"not a url\" contains spaces or control characters; \
+             expected e.g. https://hooks.example.com/herald",
+        ),
+        (
+            json!({"url": "hooks.example.com/herald"}),
+            "provider \"hooks\": url = \"hooks.example.com/herald\" is not an absolute URL; \
+             expected e.g. https://hooks.example.com/herald",
         ),
         (
             json!({"url": "https://h.io/", "secrte": "x"}),
@@ -482,6 +446,10 @@ fn config_errors_name_the_key_and_the_fix() {
 #[test]
 fn credentials_in_the_url_are_refused_without_echoing_them() {
     let err = config_error(json!({"url": "https://user:hunter2@h.example.com/"}));
-    assert!(err.contains("url must not contain credentials"), "{err}");
+    assert_eq!(
+        err,
+        "provider \"hooks\": url must not contain credentials (user:password@): send them in \
+         a header instead, e.g. headers = { authorization = \"${HOOK_AUTH}\" }"
+    );
     assert!(!err.contains("hunter2"), "{err}");
 }
