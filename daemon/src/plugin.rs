@@ -185,6 +185,17 @@ impl Loader {
     }
 }
 
+/// Plugins often start a config error with `provider "<name>": ` (or `provider "<name>"
+/// (<plugin>): `); the loader names the provider itself, so drop it rather than say it twice.
+fn without_provider_prefix<'a>(message: &'a str, provider: &str, plugin: &str) -> &'a str {
+    let named = format!("provider {provider:?}");
+    let Some(rest) = message.strip_prefix(&named) else {
+        return message;
+    };
+    let rest = rest.strip_prefix(&format!(" ({plugin})")).unwrap_or(rest);
+    rest.strip_prefix(": ").unwrap_or(message)
+}
+
 /// What the plugin's log callback needs: which provider instance is talking.
 struct LogContext {
     provider: String,
@@ -280,7 +291,7 @@ impl Instance {
             Err(e) => Err(PluginError::Config {
                 provider: config.name.clone(),
                 plugin: lib.name.clone(),
-                message: e.message,
+                message: without_provider_prefix(&e.message, &config.name, &lib.name).to_string(),
             }),
         }
     }
@@ -324,5 +335,30 @@ impl Drop for Instance {
     fn drop(&mut self) {
         // SAFETY: created by this library's `create`, destroyed exactly once.
         unsafe { (self.lib.vtable.destroy)(self.ptr) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_provider_prefix;
+
+    #[test]
+    fn provider_is_named_once() {
+        assert_eq!(
+            without_provider_prefix("provider \"hook\": url bad", "hook", "webhook"),
+            "url bad"
+        );
+        assert_eq!(
+            without_provider_prefix("provider \"r\" (resend): key bad", "r", "resend"),
+            "key bad"
+        );
+        assert_eq!(
+            without_provider_prefix("url bad", "hook", "webhook"),
+            "url bad"
+        );
+        assert_eq!(
+            without_provider_prefix("provider \"other\": x", "hook", "webhook"),
+            "provider \"other\": x"
+        );
     }
 }
