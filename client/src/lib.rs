@@ -30,7 +30,7 @@ pub mod protocol;
 use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -79,11 +79,26 @@ struct Inner {
     out: mpsc::UnboundedSender<Vec<u8>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
+    /// Set by the reader when the connection ended: later requests fail at once instead of
+    /// waiting for an answer that cannot come.
+    closed: AtomicBool,
 }
 
 impl Inner {
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a pending answer, unless the connection is already gone.
+    fn register(&self, id: u64, pending: Pending) -> Result<(), ClientError> {
+        let mut map = self.pending();
+        // Checked under the lock the reader clears the map with, so a request is either
+        // refused here or its entry is dropped by that clear.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
+        map.insert(id, pending);
+        Ok(())
     }
 
     fn send_frame(&self, id: u64, request: Request) -> Result<(), ClientError> {
@@ -157,6 +172,7 @@ impl Client {
             out: tx,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
         });
 
         // Writer: coalesce whatever is queued into one write.
@@ -223,7 +239,9 @@ impl Client {
                 }
             }
             if let Some(inner) = reader_inner.upgrade() {
-                inner.pending().clear();
+                let mut pending = inner.pending();
+                inner.closed.store(true, Ordering::Release);
+                pending.clear();
             }
         });
 
@@ -241,7 +259,7 @@ impl Client {
     async fn call(&self, request: Request) -> Result<Response, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.inner.pending().insert(id, Pending::Once(tx));
+        self.inner.register(id, Pending::Once(tx))?;
         if let Err(e) = self.inner.send_frame(id, request) {
             self.inner.pending().remove(&id);
             return Err(e);
@@ -322,7 +340,7 @@ impl Client {
     ) -> Result<Subscription, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(1024);
-        self.inner.pending().insert(id, Pending::Stream(tx));
+        self.inner.register(id, Pending::Stream(tx))?;
         if let Err(e) = self
             .inner
             .send_frame(id, Request::Subscribe { filter, from_seq })
@@ -408,5 +426,44 @@ impl Drop for Subscription {
                 subscription: self.id,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A daemon stand-in that answers the hello, then hangs up.
+    async fn hang_up_after_hello(listener: tokio::net::UnixListener) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut hello).await.unwrap();
+        let welcome = Welcome {
+            herald: PROTOCOL_VERSION,
+            server: "test".into(),
+            max_frame: protocol::DEFAULT_MAX_FRAME,
+        };
+        protocol::write_frame(&mut s, Codec::Postcard, &welcome)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_after_the_connection_closed_fail_instead_of_hanging() {
+        let path = std::env::temp_dir().join(format!("herald-client-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(hang_up_after_hello(listener));
+        let client = Client::connect(&path).await.unwrap();
+        server.await.unwrap();
+        // However the calls race the reader noticing the hang-up, none may hang.
+        for _ in 0..3 {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), client.stats()).await;
+            assert!(matches!(r, Ok(Err(ClientError::Closed))), "{r:?}");
+        }
+        let _ = std::fs::remove_file(&path);
     }
 }

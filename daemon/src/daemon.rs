@@ -115,7 +115,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         committer: committer.clone(),
         last_text: Mutex::new(None),
     });
-    let _watcher = reloader.watch();
+    let watcher = reloader.watch();
 
     let server = tokio::spawn(ipc::serve(listener, Arc::clone(&shared), shutdown.clone()));
     let webhook_server = webhook_listener.map(|l| {
@@ -203,7 +203,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let _ = w.await;
     }
     let _ = dispatcher.await;
+    drop(watcher);
     reloads.abort();
+    let _ = reloads.await;
     let _ = pruner.await;
     drop(shared);
     drop(reloader);

@@ -198,7 +198,9 @@ impl Reloader {
         if let Ok(text) = std::fs::read_to_string(&path) {
             *self.last_text.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
         }
-        let this = Arc::clone(self);
+        // Weak: the watcher must not keep the reloader (and its committer) alive, or the
+        // commit thread would wait for it at shutdown.
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 // Let a burst of events (truncate, write, rename) settle.
@@ -206,6 +208,7 @@ impl Reloader {
                     .await
                     .is_ok_and(|r| r.is_some())
                 {}
+                let Some(this) = weak.upgrade() else { return };
                 if this.changed_on_disk(&path) {
                     tracing::info!(file = %path.display(), "config file changed: reloading");
                     let _ = this.reload().await;

@@ -218,6 +218,11 @@ async fn sigterm_finishes_in_flight_work_and_keeps_everything() {
         "graceful exit status:\n{}",
         daemon.log()
     );
+    assert!(
+        !daemon.log().contains("still busy"),
+        "the commit thread should finish by itself:\n{}",
+        daemon.log()
+    );
     assert!(!daemon.socket.exists(), "socket removed on shutdown");
     daemon.spawn();
     daemon.wait_ready().await;
