@@ -1,10 +1,16 @@
 //! Group commit: the single writer of the store.
 //!
 //! Every mutation (accept, claim, complete, cancel, ...) is a job on one channel. A
-//! dedicated thread takes whatever jobs are waiting — one or thousands — applies them as
-//! one store transaction, flushes once, and only then answers each job and publishes the
-//! new events. So the batch size follows the load (no timer), an acknowledgement always
-//! means "on disk", and subscribers never see an event that a crash could take back.
+//! dedicated writer thread takes whatever jobs are waiting — one or thousands — and applies
+//! them as one store transaction; so the batch size follows the load (no timer). A second
+//! thread flushes: while it makes batch N durable, the writer already applies batch N+1.
+//!
+//! Answers that promise durability — an accept, a cancel, a requeue, a webhook update, a
+//! recorded reload — are sent only after the flush that covers them, and events are
+//! published only once durable, so a subscriber never sees an event a crash could take
+//! back. The dispatcher's own bookkeeping (claim, complete, prune) is answered as soon as
+//! it is committed: if the process dies before the flush, the message is simply still
+//! queued (or leased, and re-queued) on restart — at-least-once delivery, as documented.
 //!
 //! Owns: ordering of writes, the durable-seq watermark, event fan-out. Must not: validate
 //! input (ipc/accept) or decide outcomes (dispatch).
@@ -21,6 +27,9 @@ use crate::store::{Op, OpResult, Store};
 /// Largest number of jobs in one transaction.
 const MAX_BATCH: usize = 8192;
 
+/// Committed batches waiting for the flusher; past this the writer waits (backpressure).
+const FLUSH_QUEUE: usize = 8;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CommitError {
     #[error("storage failure: {0}")]
@@ -29,9 +38,22 @@ pub enum CommitError {
     Closed,
 }
 
+type Reply = oneshot::Sender<Result<OpResult, CommitError>>;
+
 struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<OpResult, CommitError>>,
+    reply: Reply,
+}
+
+/// Whether the caller may only be answered once the op is on disk.
+fn needs_durable_ack(op: &Op) -> bool {
+    !matches!(op, Op::Claim { .. } | Op::Complete(_) | Op::Prune { .. })
+}
+
+/// A committed batch on its way to the disk.
+struct Committed {
+    events: Vec<Event>,
+    replies: Vec<(Reply, OpResult)>,
 }
 
 /// Handle to the writer. Cheap to clone.
@@ -53,8 +75,8 @@ impl std::fmt::Debug for Committer {
 }
 
 impl Committer {
-    /// Starts the writer thread. It stops when every `Committer` clone is dropped, after a
-    /// final flush.
+    /// Starts the writer and flusher threads. They stop when every `Committer` clone is
+    /// dropped, after a final flush; the handle joins both.
     pub fn start(store: Arc<dyn Store>) -> std::io::Result<(Committer, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(65_536);
         let (durable_tx, durable) = watch::channel(store.last_seq());
@@ -66,13 +88,21 @@ impl Committer {
             events: events.clone(),
             wake: Arc::clone(&wake),
         };
+        let (to_flush, flush_rx) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
+        let flush_store = Arc::clone(&store);
+        let flusher = std::thread::Builder::new()
+            .name("herald-flush".into())
+            .spawn(move || flusher(flush_store, flush_rx, durable_tx, events))?;
         let handle = std::thread::Builder::new()
             .name("herald-commit".into())
-            .spawn(move || writer(store, rx, durable_tx, events, wake))?;
+            .spawn(move || {
+                writer(store, rx, to_flush, wake);
+                let _ = flusher.join();
+            })?;
         Ok((committer, handle))
     }
 
-    /// Applies `op` durably and returns its result.
+    /// Applies `op` and returns its result (after it is durable, for ops that promise it).
     pub async fn submit(&self, op: Op) -> Result<OpResult, CommitError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -118,8 +148,7 @@ impl Committer {
 fn writer(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Job>,
-    durable: watch::Sender<u64>,
-    events: broadcast::Sender<Arc<[Event]>>,
+    to_flush: std::sync::mpsc::SyncSender<Committed>,
     wake: Arc<Notify>,
 ) {
     let mut ops = Vec::new();
@@ -136,29 +165,77 @@ fn writer(
                 Err(_) => break,
             }
         }
-        let now = clock::now_ms();
-        let result = store
-            .commit(now, &ops)
-            .and_then(|committed| store.flush().map(|()| committed));
+        let durable: Vec<bool> = ops.iter().map(needs_durable_ack).collect();
+        let result = store.commit(clock::now_ms(), &ops);
         ops.clear();
         match result {
             Ok(committed) => {
-                if let Some(last) = committed.events.last() {
-                    durable.send_replace(last.seq);
-                    let _ = events.send(committed.events.into());
-                }
+                // Claimable right away; an accept is only acknowledged after the flush.
                 if committed.scheduled {
                     wake.notify_one();
                 }
-                for (reply, result) in replies.drain(..).zip(committed.results) {
-                    let _ = reply.send(Ok(result));
+                let mut deferred = Vec::new();
+                for ((reply, result), durable) in
+                    replies.drain(..).zip(committed.results).zip(durable)
+                {
+                    if durable {
+                        deferred.push((reply, result));
+                    } else {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                let batch = Committed {
+                    events: committed.events,
+                    replies: deferred,
+                };
+                if to_flush.send(batch).is_err() {
+                    tracing::error!("the flush thread is gone; stopping the writer");
+                    return;
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "commit failed; the batch was not acknowledged");
+                tracing::error!(error = %e, "commit failed; the batch was not applied");
                 let err = CommitError::Store(e.to_string());
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn flusher(
+    store: Arc<dyn Store>,
+    rx: std::sync::mpsc::Receiver<Committed>,
+    durable: watch::Sender<u64>,
+    events: broadcast::Sender<Arc<[Event]>>,
+) {
+    let mut pending = Vec::new();
+    while let Ok(first) = rx.recv() {
+        pending.push(first);
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+        }
+        // One flush covers every batch committed before it started.
+        match store.flush() {
+            Ok(()) => {
+                for batch in pending.drain(..) {
+                    if let Some(last) = batch.events.last() {
+                        durable.send_replace(last.seq);
+                        let _ = events.send(batch.events.into());
+                    }
+                    for (reply, result) in batch.replies {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "flush failed; the batch was not acknowledged");
+                let err = CommitError::Store(e.to_string());
+                for batch in pending.drain(..) {
+                    for (reply, _) in batch.replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
                 }
             }
         }

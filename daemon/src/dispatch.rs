@@ -195,6 +195,7 @@ impl Dispatcher {
                 due_at: None,
                 suppress,
                 attempt_used: true,
+                index_provider_id: p.manifest.webhooks,
             };
             match outcome {
                 Outcome::Accepted {
@@ -310,6 +311,7 @@ impl Dispatcher {
                     due_at,
                     suppress: false,
                     attempt_used: used,
+                    index_provider_id: false,
                 }
             }
         };
@@ -339,11 +341,16 @@ impl Dispatcher {
     }
 }
 
-/// A plugin call on the blocking pool.
+/// A plugin call: inline for plugins whose manifest says their calls never block (pure
+/// computation, microseconds — a thread handoff would cost more than the call), on the
+/// blocking pool for the others.
 async fn on_plugin<T: Send + 'static>(
     p: &Arc<Provider>,
     f: impl FnOnce(&Provider) -> Result<T, CallError> + Send + 'static,
 ) -> Result<T, CallError> {
+    if !p.manifest.blocking {
+        return f(p);
+    }
     let p = Arc::clone(p);
     tokio::task::spawn_blocking(move || f(&p))
         .await

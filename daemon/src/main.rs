@@ -8,6 +8,13 @@ use herald_daemon::config::Config;
 use herald_daemon::daemon;
 use herald_daemon::plugin::Loader;
 
+/// sled allocates on every insert; jemalloc is much cheaper than glibc malloc for that
+/// pattern and returns memory when idle (measured against glibc and mimalloc in
+/// BENCHMARKS.md). Plugins keep their own allocator: every buffer crosses the ABI as a
+/// copy and is freed by the side that made it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "heraldd", version, about = "The Herald delivery daemon.")]
 struct Args {

@@ -177,6 +177,7 @@ mod tests {
             ],
             webhooks: true,
             idempotent: true,
+            blocking: false,
             allowed_hosts: vec![],
         };
         let mut spec = ProviderSpec {

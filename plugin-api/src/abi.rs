@@ -510,6 +510,7 @@ mod tests {
                 config: vec![],
                 webhooks: false,
                 idempotent: false,
+                blocking: false,
                 allowed_hosts: vec!["example.com".into()],
             }
         }

@@ -72,6 +72,11 @@ pub struct Manifest {
     /// Hosts the plugin talks to by default (before any `base_url` override).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Whether `begin`/`resume` may block (file I/O, waiting on a lock held across calls).
+    /// Plugins that only compute (microseconds) say `false`, and the host calls them on its
+    /// async workers instead of handing each call to a blocking thread. Absent means `true`.
+    #[serde(default = "yes")]
+    pub blocking: bool,
 }
 
 /// The configuration of one provider instance, as the host hands it to [`Provider::new`].

@@ -35,13 +35,13 @@ pub trait Txn {
     fn finished(&self, at: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
     fn is_suppressed(&self, channel: Channel, to: &str) -> Result<bool, Self::Error>;
     fn suppress(&self, channel: Channel, to: &str, reason: &str) -> Result<(), Self::Error>;
-    fn append_event(&self, event: &Event) -> Result<(), Self::Error>;
     /// Retention removals.
     fn remove_record(&self, id: &MsgId) -> Result<(), Self::Error>;
     fn idem_remove(&self, key: &str) -> Result<(), Self::Error>;
     fn provider_id_remove(&self, provider: &str, pid: &str) -> Result<(), Self::Error>;
     fn unfinished(&self, at: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
-    fn remove_event(&self, seq: u64) -> Result<(), Self::Error>;
+    /// Removes the block of events whose first `seq` is `first`.
+    fn remove_event_block(&self, first: u64) -> Result<(), Self::Error>;
     /// Webhooks: provider id → message id.
     fn provider_id_get(&self, provider: &str, pid: &str) -> Result<Option<MsgId>, Self::Error>;
     /// Updates held for a key (`held_key_*`), with their arrival times.
@@ -87,8 +87,16 @@ pub struct PreRead {
     pub leased: Vec<MsgId>,
     /// Finished messages older than the retention cut-off (for `Prune`).
     pub finished: Vec<(UnixMillis, MsgId)>,
-    /// Event seqs older than the retention cut-off (for `Prune`).
+    /// Event blocks (by first seq) wholly older than the retention cut-off (for `Prune`).
     pub old_events: Vec<u64>,
+    /// How many events those blocks hold.
+    pub old_event_count: u64,
+    /// Whether any update is held (or may be held by this batch); when not, completions
+    /// skip the lookups.
+    pub held_possible: bool,
+    /// Whether the suppression list may hold anyone this batch; when not, accepts skip
+    /// the lookup.
+    pub suppression_possible: bool,
     /// Webhook de-duplication keys older than the cut-off: (at, provider\0key).
     pub old_seen: Vec<(UnixMillis, Vec<u8>)>,
     /// Held-update keys with anything older than the cut-off.
@@ -116,10 +124,10 @@ impl Cursor {
         }
     }
 
-    fn emit<T: Txn>(&mut self, txn: &T, mut event: Event) -> Result<(), T::Error> {
+    /// Assigns the next `seq`. The backend writes `events` to its log with the batch.
+    fn emit<T: Txn>(&mut self, _txn: &T, mut event: Event) -> Result<(), T::Error> {
         self.seq += 1;
         event.seq = self.seq;
-        txn.append_event(&event)?;
         self.events.push(event);
         Ok(())
     }
@@ -176,9 +184,9 @@ pub fn apply<T: Txn>(
     pre: &mut PreRead,
 ) -> Result<OpResult, T::Error> {
     match op {
-        Op::Accept(m) => accept(txn, now, m, cur),
+        Op::Accept(m) => accept(txn, now, m, cur, pre.suppression_possible),
         Op::Claim { limit, lease_ms } => claim(txn, now, *limit, *lease_ms, cur, pre),
-        Op::Complete(c) => complete(txn, now, c, cur),
+        Op::Complete(c) => complete(txn, now, c, cur, pre.held_possible),
         Op::Cancel(id) => cancel(txn, now, id, cur),
         Op::Requeue(id) => requeue(txn, now, id, cur),
         Op::Recover => recover(txn, now, cur, pre),
@@ -214,6 +222,7 @@ fn accept<T: Txn>(
     now: UnixMillis,
     m: &NewMessage,
     cur: &mut Cursor,
+    suppression_possible: bool,
 ) -> Result<OpResult, T::Error> {
     if let Some(key) = &m.idempotency_key {
         if let Some((existing, expires)) = txn.idem_get(key)?
@@ -249,7 +258,7 @@ fn accept<T: Txn>(
     };
     cur.counts.moved(None, State::Queued);
     cur.emit(txn, message_event(now, &m.id, &r, EventKind::Queued))?;
-    if txn.is_suppressed(r.channel(), &r.to)? {
+    if suppression_possible && txn.is_suppressed(r.channel(), &r.to)? {
         transition(txn, cur, now, &m.id, &mut r, State::Suppressed)?;
         r.last_error = Some("the recipient is on the suppression list".into());
         cur.emit(
@@ -324,6 +333,7 @@ fn complete<T: Txn>(
     now: UnixMillis,
     c: &Completion,
     cur: &mut Cursor,
+    held_possible: bool,
 ) -> Result<OpResult, T::Error> {
     let Some(mut r) = txn.get_record(&c.id)? else {
         return Ok(OpResult::NotFound);
@@ -341,7 +351,10 @@ fn complete<T: Txn>(
     }
     if let (Some(p), Some(pid)) = (&c.provider, &c.provider_message_id) {
         r.provider_message_id = Some(pid.clone());
-        txn.provider_id_put(p, pid, &c.id)?;
+        // Only webhooks look messages up by provider id.
+        if c.index_provider_id {
+            txn.provider_id_put(p, pid, &c.id)?;
+        }
     }
     match c.state {
         State::Sent | State::Delivered => {
@@ -358,7 +371,10 @@ fn complete<T: Txn>(
                 transition(txn, cur, now, &c.id, &mut r, State::Delivered)?;
                 cur.emit(txn, message_event(now, &c.id, &r, EventKind::Delivered))?;
             }
-            txn.latest_put(r.channel(), &r.to, &c.id)?;
+            // Replies come by SMS and email; push has none.
+            if r.channel() != Channel::Push {
+                txn.latest_put(r.channel(), &r.to, &c.id)?;
+            }
         }
         State::Deferred => {
             let due = c.due_at.unwrap_or(now);
@@ -399,12 +415,19 @@ fn complete<T: Txn>(
         }
     }
     // Webhooks that arrived while the message was being sent apply now.
-    let mut held = txn.held_get(&held_key_message(&c.id))?;
-    txn.held_remove(&held_key_message(&c.id))?;
-    if let (Some(p), Some(pid)) = (&c.provider, &c.provider_message_id) {
-        let key = held_key_provider(p, pid);
-        held.extend(txn.held_get(&key)?);
-        txn.held_remove(&key)?;
+    let mut held = Vec::new();
+    if held_possible {
+        let mut keys = vec![held_key_message(&c.id)];
+        if let (Some(p), Some(pid)) = (&c.provider, &c.provider_message_id) {
+            keys.push(held_key_provider(p, pid));
+        }
+        for key in keys {
+            let found = txn.held_get(&key)?;
+            if !found.is_empty() {
+                txn.held_remove(&key)?;
+                held.extend(found);
+            }
+        }
     }
     held.sort_by_key(|(at, _)| *at);
     let provider = c.provider.clone().unwrap_or_default();
@@ -695,8 +718,8 @@ fn prune<T: Txn>(txn: &T, cur: &mut Cursor, pre: &mut PreRead) -> Result<OpResul
         messages += 1;
     }
     let old = std::mem::take(&mut pre.old_events);
-    for seq in &old {
-        txn.remove_event(*seq)?;
+    for first in &old {
+        txn.remove_event_block(*first)?;
     }
     for (at, key) in std::mem::take(&mut pre.old_seen) {
         txn.unsee(at, &key)?;
@@ -712,6 +735,6 @@ fn prune<T: Txn>(txn: &T, cur: &mut Cursor, pre: &mut PreRead) -> Result<OpResul
     }
     Ok(OpResult::Pruned {
         messages,
-        events: old.len() as u64,
+        events: pre.old_event_count,
     })
 }

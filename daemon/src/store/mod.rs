@@ -116,6 +116,8 @@ pub struct Completion {
     /// False when no provider was actually called (every breaker open): the attempt is
     /// given back so an outage cannot exhaust `max_attempts`.
     pub attempt_used: bool,
+    /// Index the provider's id so its webhooks find the message (providers with webhooks).
+    pub index_provider_id: bool,
 }
 
 /// A mutation, applied by [`Store::commit`] in a batch.

@@ -4,7 +4,7 @@
 //! `records` id → record · `schedule` due ++ id → () · `leases` id → until ·
 //! `idem` key → id ++ expires · `pids` provider 0 pid → id · `dead` id → () ·
 //! `finished` at ++ id → () · `suppression` channel ++ recipient → reason ·
-//! `events` seq → event · `held` key → webhook updates waiting for their message ·
+//! `events` first seq → a block of up to 64 consecutive events · `held` key → webhook updates waiting for their message ·
 //! `latest` channel ++ recipient → id (for tagging replies) · `seen` provider 0 key → at
 //! and `seen_at` at ++ provider 0 key (webhook de-duplication) · `meta` "seq"/"counts".
 //!
@@ -30,6 +30,10 @@ use super::lifecycle::{self, Cursor, PreRead, Txn};
 use super::{Committed, Counts, MsgId, Op, Record, Store, StoreError};
 
 const FORMAT_VERSION: u8 = 1;
+
+/// Events per block in the `events` tree. A batch writes its events as a few blocks rather
+/// than one key each: sled's cost is per insert, and a batch emits thousands of events.
+const EVENTS_PER_BLOCK: usize = 64;
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
@@ -72,6 +76,14 @@ fn split24(k: &[u8]) -> Option<(u64, MsgId)> {
     let t = u64::from_be_bytes(k[..8].try_into().ok()?);
     let id: MsgId = k[8..].try_into().ok()?;
     Some((t, id))
+}
+
+/// The seq in an `events` key.
+fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(
+        key.try_into()
+            .map_err(|_| StoreError::Corrupt("event key".into()))?,
+    ))
 }
 
 fn pid_key(provider: &str, pid: &str) -> Vec<u8> {
@@ -190,13 +202,11 @@ impl SledStore {
             ),
             None => 0,
         };
-        if let Some((k, _)) = store.events.last().map_err(io)? {
-            let last = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("event key".into()))?,
-            );
-            seq = seq.max(last);
+        if let Some((_, v)) = store.events.last().map_err(io)? {
+            let block: Vec<Event> = dec(&v, "event block")?;
+            if let Some(last) = block.last() {
+                seq = seq.max(last.seq);
+            }
         }
         let counts = match store.meta.get("counts").map_err(io)? {
             Some(v) => dec(&v, "meta counts")?,
@@ -213,7 +223,17 @@ impl SledStore {
 
     /// Range scans the transaction cannot do itself.
     fn pre_read(&self, now: UnixMillis, ops: &[Op]) -> Result<PreRead, StoreError> {
-        let mut pre = PreRead::default();
+        // Lookups that are almost always misses are skipped when the tree is empty and
+        // nothing in this batch can fill it.
+        let mut pre = PreRead {
+            held_possible: !self.held.is_empty()
+                || ops.iter().any(|o| matches!(o, Op::Status { .. })),
+            suppression_possible: !self.suppression.is_empty()
+                || ops
+                    .iter()
+                    .any(|o| matches!(o, Op::Complete(_) | Op::Status { .. } | Op::Inbound { .. })),
+            ..PreRead::default()
+        };
         let claim: usize = ops
             .iter()
             .map(|o| match o {
@@ -251,12 +271,14 @@ impl SledStore {
                     }
                 }
                 for kv in self.events.iter().take(*limit) {
-                    let (_, v) = kv.map_err(io)?;
-                    let e: Event = dec(&v, "event")?;
-                    if e.at >= *before {
+                    let (k, v) = kv.map_err(io)?;
+                    let block: Vec<Event> = dec(&v, "event block")?;
+                    // Whole blocks only: the newest event of the block decides.
+                    if block.last().is_none_or(|e| e.at >= *before) {
                         break;
                     }
-                    pre.old_events.push(e.seq);
+                    pre.old_events.push(seq_of(&k)?);
+                    pre.old_event_count += block.len() as u64;
                 }
                 for kv in self.seen_at.range(..be8(*before).to_vec()).take(*limit) {
                     let (k, _) = kv.map_err(io)?;
@@ -435,12 +457,6 @@ impl Txn for SledTxn<'_> {
             .map_err(unab)?;
         Ok(())
     }
-    fn append_event(&self, event: &Event) -> Result<(), TxError> {
-        self.events()
-            .insert(&be8(event.seq)[..], enc(event))
-            .map_err(unab)?;
-        Ok(())
-    }
     fn remove_record(&self, id: &MsgId) -> Result<(), TxError> {
         self.records().remove(&id[..]).map_err(unab)?;
         Ok(())
@@ -459,8 +475,8 @@ impl Txn for SledTxn<'_> {
             .map_err(unab)?;
         Ok(())
     }
-    fn remove_event(&self, seq: u64) -> Result<(), TxError> {
-        self.events().remove(&be8(seq)[..]).map_err(unab)?;
+    fn remove_event_block(&self, first: u64) -> Result<(), TxError> {
+        self.events().remove(&be8(first)[..]).map_err(unab)?;
         Ok(())
     }
     fn provider_id_get(&self, provider: &str, pid: &str) -> Result<Option<MsgId>, TxError> {
@@ -558,15 +574,23 @@ impl Store for SledStore {
                 leased: pre.leased.clone(),
                 finished: pre.finished.clone(),
                 old_events: pre.old_events.clone(),
+                old_event_count: pre.old_event_count,
                 old_seen: pre.old_seen.clone(),
                 old_held: pre.old_held.clone(),
                 prune_before: pre.prune_before,
+                held_possible: pre.held_possible,
+                suppression_possible: pre.suppression_possible,
             };
             let txn = SledTxn { t };
             let mut cur = Cursor::new(seq, counts);
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
                 results.push(lifecycle::apply(&txn, now, op, &mut cur, &mut pre)?);
+            }
+            for block in cur.events.chunks(EVENTS_PER_BLOCK) {
+                txn.events()
+                    .insert(&be8(block[0].seq)[..], enc(&block))
+                    .map_err(unab)?;
             }
             let meta = txn.meta();
             if cur.seq != seq {
@@ -602,23 +626,29 @@ impl Store for SledStore {
     }
 
     fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        // Start at the block holding `from` (the last block whose first seq ≤ from).
+        let start = match self.events.range(..=be8(from).to_vec()).next_back() {
+            Some(kv) => kv.map_err(io)?.0.to_vec(),
+            None => be8(from).to_vec(),
+        };
         let mut out = Vec::new();
-        for kv in self.events.range(be8(from).to_vec()..).take(limit) {
+        for kv in self.events.range(start..) {
             let (_, v) = kv.map_err(io)?;
-            out.push(dec(&v, "event")?);
+            let block: Vec<Event> = dec(&v, "event block")?;
+            out.extend(block.into_iter().filter(|e| e.seq >= from));
+            if out.len() >= limit {
+                out.truncate(limit);
+                break;
+            }
         }
         Ok(out)
     }
 
     fn first_seq(&self) -> Result<u64, StoreError> {
-        Ok(match self.events.first().map_err(io)? {
-            Some((k, _)) => u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("event key".into()))?,
-            ),
-            None => 0,
-        })
+        match self.events.first().map_err(io)? {
+            Some((k, _)) => seq_of(&k),
+            None => Ok(0),
+        }
     }
 
     fn last_seq(&self) -> u64 {
@@ -721,6 +751,7 @@ mod tests {
                 due_at: None,
                 suppress: false,
                 attempt_used: true,
+                index_provider_id: true,
             })],
         )
         .unwrap();
@@ -895,6 +926,7 @@ mod tests {
             due_at: None,
             suppress: false,
             attempt_used: true,
+            index_provider_id: true,
         })
     }
 
@@ -987,6 +1019,45 @@ mod tests {
         assert_eq!(s.seen_at.len(), 0);
         assert!(s.get(&m.id).unwrap().is_none(), "finished message pruned");
         assert_eq!(s.latest.len(), 0, "its reply index entry too");
+    }
+
+    #[test]
+    fn event_blocks_read_from_any_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let ops: Vec<Op> = (0..150)
+            .map(|i| Op::Accept(msg(None, &format!("m{i}"))))
+            .collect();
+        s.commit(1, &ops).unwrap();
+        let ops: Vec<Op> = (0..50)
+            .map(|i| Op::Accept(msg(None, &format!("n{i}"))))
+            .collect();
+        s.commit(2, &ops).unwrap();
+        assert_eq!(s.events.len(), 3 + 1, "150 events in 3 blocks, 50 in 1");
+        let seqs = |from, limit| -> Vec<u64> {
+            s.events_from(from, limit)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(seqs(0, 1000), (1..=200).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(70, 10),
+            (70..80).collect::<Vec<_>>(),
+            "mid-block start"
+        );
+        assert_eq!(
+            seqs(140, 20),
+            (140..160).collect::<Vec<_>>(),
+            "across batches"
+        );
+        assert_eq!(seqs(200, 10), vec![200]);
+        assert!(seqs(201, 10).is_empty());
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.last_seq(), 200, "recovered from the last block");
+        assert_eq!(s.first_seq().unwrap(), 1);
     }
 
     #[test]

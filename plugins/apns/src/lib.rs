@@ -64,6 +64,7 @@ impl Provider for Apns {
             config: config::keys(),
             webhooks: false,
             idempotent: false,
+            blocking: false,
             allowed_hosts: vec![
                 "api.push.apple.com".into(),
                 "api.sandbox.push.apple.com".into(),

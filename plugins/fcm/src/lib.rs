@@ -66,6 +66,8 @@ impl Provider for Fcm {
             config: config::keys(),
             webhooks: false,
             idempotent: false,
+            // Waits (bounded) for another delivery's token fetch.
+            blocking: true,
             allowed_hosts: vec!["fcm.googleapis.com".into(), "oauth2.googleapis.com".into()],
         }
     }

@@ -84,6 +84,8 @@ impl Provider for Outbox {
             )],
             webhooks: false,
             idempotent: true,
+            // Writes and fsyncs files.
+            blocking: true,
             allowed_hosts: Vec::new(),
         }
     }

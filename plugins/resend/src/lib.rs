@@ -75,6 +75,7 @@ impl Provider for Resend {
             ],
             webhooks: true,
             idempotent: true,
+            blocking: false,
             allowed_hosts: vec![config::DEFAULT_HOST.into()],
         }
     }

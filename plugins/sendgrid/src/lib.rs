@@ -84,6 +84,7 @@ impl Provider for SendGrid {
             ],
             webhooks: true,
             idempotent: false,
+            blocking: false,
             allowed_hosts: config::DEFAULT_HOSTS.iter().map(|h| (*h).into()).collect(),
         }
     }

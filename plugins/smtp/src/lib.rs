@@ -169,6 +169,7 @@ impl Provider for Smtp {
             ],
             webhooks: false,
             idempotent: false,
+            blocking: false,
             allowed_hosts: Vec::new(),
         }
     }

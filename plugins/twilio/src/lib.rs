@@ -55,6 +55,7 @@ impl Provider for Twilio {
             config: config::keys(),
             webhooks: true,
             idempotent: false,
+            blocking: false,
             allowed_hosts: vec![config::DEFAULT_HOST.into()],
         }
     }

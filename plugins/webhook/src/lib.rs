@@ -228,6 +228,7 @@ impl Provider for Webhook {
             ],
             webhooks: false,
             idempotent: false,
+            blocking: false,
             allowed_hosts: Vec::new(),
         }
     }

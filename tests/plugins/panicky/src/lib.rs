@@ -31,6 +31,7 @@ impl Provider for Panicky {
             config: vec![],
             webhooks: false,
             idempotent: true,
+            blocking: false,
             allowed_hosts: vec![],
         }
     }
