@@ -870,6 +870,7 @@ impl Report {
 
     /// The whole `BENCHMARKS.md`.
     pub fn markdown(&self, json: &str) -> String {
+        const ANALYSIS: &str = include_str!("../ANALYSIS.md");
         let p = &self.params;
         let m = &self.machine;
         let busy = if m.other_busy_processes.is_empty() {
@@ -916,6 +917,9 @@ correctness and never timings).
 ## Derived
 
 {derived}
+## Where the time goes
+
+{analysis}
 ## Correctness problems seen
 
 {problems}
@@ -1040,6 +1044,7 @@ scenario is unchanged.
             table = self.table(),
             problems = self.problems_md(),
             derived = self.derived_md(),
+            analysis = ANALYSIS,
             warnings = if self.daemon_warnings.is_empty() {
                 "none\n".to_string()
             } else {
