@@ -159,16 +159,7 @@ impl WebhookServer {
                 format!("http://{host}{path}{query}")
             }
         };
-        let headers: Vec<(String, String)> = req
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = crate::transport::header_pairs(req.headers());
         let body = match Limited::new(req.into_body(), cfg.max_body).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {

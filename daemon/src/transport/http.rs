@@ -79,16 +79,7 @@ impl HttpTransport {
             Err(e) => return error(e),
         };
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = super::header_pairs(resp.headers());
         let mut body = Vec::new();
         let mut resp = resp;
         loop {

@@ -28,6 +28,20 @@ fn refused(message: String) -> TransportResponse {
     })
 }
 
+/// Header names (lower case) and values as plugins see them; a non-UTF-8 value is
+/// decoded lossily.
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Whether `host` is one of `allowed` (case-insensitive; IPv6 with or without brackets).
 pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let bare = |h: &str| {
