@@ -2,7 +2,10 @@
 //! off for `cooldown`; then one trial call decides whether it closes again.
 //!
 //! Owns only the breaker state machine, with `now` passed in. Does not decide what counts
-//! as a failure (dispatch maps outcomes to `success` / `failure` / `neutral`).
+//! as a failure (dispatch maps outcomes to `success` / `failure` / `neutral`) and does not
+//! store anything: a call that opens or closes the breaker returns a [`Transition`], which
+//! dispatch persists with the delivery's outcome, and [`Breaker::restored`] brings it back
+//! after a restart, so a provider that was down is not hammered again by a fresh start.
 
 use std::sync::Mutex;
 
@@ -32,6 +35,17 @@ struct Inner {
     consecutive: u32,
     opened_at: Option<UnixMillis>,
     trial_in_flight: bool,
+    /// Counts transitions, so writes from concurrent deliveries can be ordered.
+    generation: u64,
+}
+
+/// The breaker opened (again) or closed: what is worth persisting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// Increases with every transition of this breaker (and across restarts).
+    pub generation: u64,
+    /// When it opened; `None` once it closed.
+    pub opened_at: Option<UnixMillis>,
 }
 
 #[derive(Debug)]
@@ -40,15 +54,52 @@ pub struct Breaker {
     inner: Mutex<Inner>,
 }
 
+impl Inner {
+    fn transition(&mut self) -> Transition {
+        self.generation += 1;
+        Transition {
+            generation: self.generation,
+            opened_at: self.opened_at,
+        }
+    }
+}
+
 impl Breaker {
     pub fn new(cfg: BreakerConfig) -> Breaker {
+        Breaker::restored(
+            cfg,
+            Transition {
+                generation: 0,
+                opened_at: None,
+            },
+        )
+    }
+
+    /// A breaker in the state of its last transition (from storage, or from the breaker a
+    /// reload replaces). An open breaker comes back open, with its cooldown running from
+    /// when it opened.
+    pub fn restored(cfg: BreakerConfig, last: Transition) -> Breaker {
         Breaker {
             cfg,
             inner: Mutex::new(Inner {
                 consecutive: 0,
-                opened_at: None,
+                opened_at: last.opened_at,
                 trial_in_flight: false,
+                generation: last.generation,
             }),
+        }
+    }
+
+    pub fn config(&self) -> BreakerConfig {
+        self.cfg
+    }
+
+    /// The current state as of the last transition.
+    pub fn snapshot(&self) -> Transition {
+        let i = self.lock();
+        Transition {
+            generation: i.generation,
+            opened_at: i.opened_at,
         }
     }
 
@@ -84,25 +135,32 @@ impl Breaker {
         self.lock().opened_at.map(|at| at + self.cfg.cooldown_ms)
     }
 
-    pub fn success(&self) {
+    /// A call that shows the provider healthy. Returns the transition if it closed the
+    /// breaker.
+    pub fn success(&self) -> Option<Transition> {
         let mut i = self.lock();
         i.consecutive = 0;
-        i.opened_at = None;
         i.trial_in_flight = false;
+        i.opened_at.take()?;
+        Some(i.transition())
     }
 
-    pub fn failure(&self, now: UnixMillis) {
+    /// A call that counts against the provider. Returns the transition if the breaker
+    /// opened, or stayed open with a new cooldown.
+    pub fn failure(&self, now: UnixMillis) -> Option<Transition> {
         let mut i = self.lock();
         if i.trial_in_flight || i.opened_at.is_some() {
             // The trial failed (or a call admitted before opening came back): stay open.
             i.opened_at = Some(now);
             i.trial_in_flight = false;
-            return;
+            return Some(i.transition());
         }
         i.consecutive += 1;
-        if i.consecutive >= self.cfg.failures {
-            i.opened_at = Some(now);
+        if i.consecutive < self.cfg.failures {
+            return None;
         }
+        i.opened_at = Some(now);
+        Some(i.transition())
     }
 
     /// A call that says nothing about health (429): a trial ends without a verdict.
@@ -138,6 +196,45 @@ mod tests {
         b.success();
         assert_eq!(b.state(2021), BreakerState::Closed);
         assert!(b.admit(2021));
+    }
+
+    #[test]
+    fn only_opening_and_closing_are_transitions_and_restore_brings_them_back() {
+        let cfg = BreakerConfig {
+            failures: 2,
+            cooldown_ms: 1000,
+        };
+        let b = Breaker::new(cfg);
+        assert_eq!(b.success(), None, "closed stays closed");
+        assert_eq!(b.failure(0), None, "below the threshold");
+        let opened = b.failure(5).expect("opened");
+        assert_eq!(
+            opened,
+            Transition {
+                generation: 1,
+                opened_at: Some(5)
+            }
+        );
+        assert!(b.admit(1005));
+        let again = b.failure(1006).expect("a failed trial re-opens");
+        assert_eq!(again.opened_at, Some(1006));
+        assert!(again.generation > opened.generation);
+
+        let r = Breaker::restored(cfg, b.snapshot());
+        assert_eq!(
+            r.state(1500),
+            BreakerState::Open,
+            "cooldown from when it opened"
+        );
+        assert_eq!(r.retry_at(), Some(2006));
+        assert!(r.admit(2006));
+        let closed = r.success().expect("closed");
+        assert_eq!(closed.opened_at, None);
+        assert!(
+            closed.generation > again.generation,
+            "generations keep rising"
+        );
+        assert_eq!(r.state(2007), BreakerState::Closed);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! SIGHUP reloads). Stop: stop accepting, answer in-flight requests, let deliveries in
 //! flight finish (bounded by `daemon.shutdown_grace`), flush, remove the socket.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -25,7 +26,7 @@ use crate::live::Live;
 use crate::plugin::Loader;
 use crate::providers::Routing;
 use crate::reload::Reloader;
-use crate::store::{Op, OpResult, SledStore, Store};
+use crate::store::{BreakerRecord, Op, OpResult, SledStore, Store};
 use crate::transport::Transports;
 use crate::webhooks::WebhookServer;
 
@@ -40,9 +41,14 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Loads plugins and instances for `config` (also what `--check` runs).
-pub fn build_routing(config: &Config, loader: &mut Loader) -> Result<Routing> {
-    Routing::build(config, loader, None, clock::now_ms())
+/// Loads plugins and instances for `config` (also what `--check` runs, with no `stored`
+/// breaker states).
+pub fn build_routing(
+    config: &Config,
+    loader: &mut Loader,
+    stored: &BTreeMap<String, BreakerRecord>,
+) -> Result<Routing> {
+    Routing::build(config, loader, None, stored, clock::now_ms())
         .map_err(|e| anyhow!("{}: {e}", config.source_name))
 }
 
@@ -85,7 +91,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
 
     let mut loader = Loader::new(&d.plugin_dir);
-    let routing = build_routing(&config, &mut loader)?;
+    let stored = store
+        .breakers()
+        .context("cannot read the stored breaker states")?;
+    for (provider, b) in &stored {
+        if let Some(opened_at) = b.opened_at {
+            tracing::info!(%provider, opened_at, "circuit breaker was open when the daemon stopped");
+        }
+    }
+    let routing = build_routing(&config, &mut loader, &stored)?;
     let live = Arc::new(RwLock::new(Arc::new(Live { config, routing })));
     let transports = Arc::new(Transports::new().map_err(|e| anyhow!(e))?);
 
@@ -113,6 +127,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         live: Arc::clone(&live),
         loader: Mutex::new(loader),
         committer: committer.clone(),
+        store: Arc::clone(&store),
         last_text: Mutex::new(None),
     });
     let watcher = reloader.watch();

@@ -18,12 +18,13 @@ use herald_plugin_api::{Delivery, Message, Outcome, State, Step};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::breaker::Transition;
 use crate::clock;
 use crate::commit::Committer;
 use crate::live::Live;
 use crate::providers::{Counters, Provider};
 use crate::retry;
-use crate::store::{Claimed, Completion, Op, OpResult, Store, id_string};
+use crate::store::{BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string};
 use crate::transport::Transports;
 
 /// How long a lease lasts. Leases matter only across a restart (every lease is then
@@ -170,6 +171,7 @@ impl Dispatcher {
         let mut retry_hint: Option<(Option<u64>, String, String)> = None;
         let mut called = false;
         let mut done: Option<Completion> = None;
+        let mut breakers: Vec<(String, BreakerRecord)> = Vec::new();
         for p in &route {
             let now = clock::now_ms();
             if !p.breaker.admit(now) {
@@ -196,13 +198,14 @@ impl Dispatcher {
                 suppress,
                 attempt_used: true,
                 index_provider_id: p.manifest.webhooks,
+                breakers: Vec::new(),
             };
             match outcome {
                 Outcome::Accepted {
                     provider_message_id,
                     delivered,
                 } => {
-                    p.breaker.success();
+                    breaker_moved(p, p.breaker.success(), &mut breakers);
                     Counters::bump(&p.counters.accepted);
                     let state = if delivered {
                         State::Delivered
@@ -217,7 +220,7 @@ impl Dispatcher {
                     bounced,
                     suppress,
                 } => {
-                    p.breaker.success();
+                    breaker_moved(p, p.breaker.success(), &mut breakers);
                     Counters::bump(&p.counters.rejected);
                     let state = if bounced {
                         State::Bounced
@@ -238,7 +241,7 @@ impl Dispatcher {
                     breaker,
                 } => {
                     if breaker {
-                        p.breaker.failure(now);
+                        breaker_moved(p, p.breaker.failure(now), &mut breakers);
                     } else {
                         p.breaker.neutral();
                     }
@@ -247,7 +250,7 @@ impl Dispatcher {
                     break;
                 }
                 Outcome::ProviderFailure { reason } => {
-                    p.breaker.failure(now);
+                    breaker_moved(p, p.breaker.failure(now), &mut breakers);
                     Counters::bump(&p.counters.failures);
                     tracing::warn!(provider = %p.name, message_id = %delivery.message.id, %reason, "provider failure; trying the next provider of the route");
                     notes.push(format!("{}: {reason}", p.name));
@@ -312,10 +315,15 @@ impl Dispatcher {
                     suppress: false,
                     attempt_used: used,
                     index_provider_id: false,
+                    breakers: Vec::new(),
                 }
             }
         };
-        self.complete(completion).await;
+        self.complete(Completion {
+            breakers,
+            ..completion
+        })
+        .await;
     }
 
     /// Commits a completion, retrying a storage failure a few times: until it is committed
@@ -339,6 +347,29 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Logs a breaker that opened or closed and keeps it for the completion, which stores it.
+fn breaker_moved(p: &Provider, moved: Option<Transition>, into: &mut Vec<(String, BreakerRecord)>) {
+    let Some(t) = moved else { return };
+    match t.opened_at {
+        Some(_) => tracing::warn!(
+            provider = %p.name,
+            cooldown_ms = p.breaker.config().cooldown_ms,
+            "circuit breaker open: the route's next provider takes over until a trial call succeeds"
+        ),
+        None => {
+            tracing::info!(provider = %p.name, "circuit breaker closed: the provider is healthy again")
+        }
+    }
+    into.push((
+        p.name.clone(),
+        BreakerRecord {
+            plugin: p.plugin.clone(),
+            generation: t.generation,
+            opened_at: t.opened_at,
+        },
+    ));
 }
 
 /// A plugin call: inline for plugins whose manifest says their calls never block (pure

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     };
     if args.check {
         let mut loader = Loader::new(&config.daemon.plugin_dir);
-        return match daemon::build_routing(&config, &mut loader) {
+        return match daemon::build_routing(&config, &mut loader, &Default::default()) {
             Ok(routing) => {
                 eprintln!("heraldd: {} is valid", config.source_name);
                 for p in routing.providers.values() {

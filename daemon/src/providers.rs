@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_plugin_api::{Channel, Manifest, ProviderConfig};
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, Transition};
 use crate::config::{Config, ProviderSpec};
 use crate::plugin::{Instance, Loader};
 use crate::ratelimit::RateLimiter;
+use crate::store::BreakerRecord;
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -82,13 +83,39 @@ fn check_keys(spec: &ProviderSpec, manifest: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
+/// The breaker of `spec`: the running one if the provider stays the same (with the new
+/// thresholds if they changed), else its stored state if it was stored for this plugin,
+/// else a closed one.
+fn breaker_for(
+    spec: &ProviderSpec,
+    old: Option<&Arc<Provider>>,
+    stored: &BTreeMap<String, BreakerRecord>,
+) -> Arc<Breaker> {
+    match old {
+        Some(p) if p.breaker.config() == spec.breaker => Arc::clone(&p.breaker),
+        Some(p) => Arc::new(Breaker::restored(spec.breaker, p.breaker.snapshot())),
+        None => match stored.get(&spec.name) {
+            Some(r) if r.plugin == spec.plugin => Arc::new(Breaker::restored(
+                spec.breaker,
+                Transition {
+                    generation: r.generation,
+                    opened_at: r.opened_at,
+                },
+            )),
+            _ => Arc::new(Breaker::new(spec.breaker)),
+        },
+    }
+}
+
 impl Routing {
     /// Loads every provider of `config`. Breakers and counters of same-named providers in
-    /// `previous` carry over, so a reload does not forget that a provider is down.
+    /// `previous` carry over, so a reload does not forget that a provider is down; other
+    /// breakers start from their `stored` state (the one before a restart).
     pub fn build(
         config: &Config,
         loader: &mut Loader,
         previous: Option<&Routing>,
+        stored: &BTreeMap<String, BreakerRecord>,
         now: u64,
     ) -> Result<Routing, String> {
         let mut providers = BTreeMap::new();
@@ -124,9 +151,7 @@ impl Routing {
                 manifest: lib.manifest.clone(),
                 instance,
                 allowed_hosts,
-                breaker: old
-                    .map(|p| Arc::clone(&p.breaker))
-                    .unwrap_or_else(|| Arc::new(Breaker::new(spec.breaker))),
+                breaker: breaker_for(spec, old, stored),
                 rate: spec.rate_limit.map(|r| RateLimiter::new(r, now)),
                 timeout_ms: spec.timeout_ms,
                 counters: old.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),

@@ -20,13 +20,15 @@ use crate::config::Config;
 use crate::live::Live;
 use crate::plugin::Loader;
 use crate::providers::Routing;
-use crate::store::Op;
+use crate::store::{Op, Store};
 
 pub struct Reloader {
     pub path: Option<PathBuf>,
     pub live: Arc<RwLock<Arc<Live>>>,
     pub loader: Mutex<Loader>,
     pub committer: Committer,
+    /// Read for the stored breaker state of providers the reload adds back.
+    pub store: Arc<dyn Store>,
     /// The file content last tried (accepted or rejected), so a watcher event that did not
     /// change it does not reload again.
     pub last_text: Mutex<Option<String>>,
@@ -99,9 +101,19 @@ impl Reloader {
         {
             kept.push("webhooks.listen");
         }
+        let stored = self
+            .store
+            .breakers()
+            .map_err(|e| format!("cannot read the stored breaker states: {e}"))?;
         let routing = {
             let mut loader = self.loader.lock().unwrap_or_else(|p| p.into_inner());
-            Routing::build(&config, &mut loader, Some(&old.routing), clock::now_ms())?
+            Routing::build(
+                &config,
+                &mut loader,
+                Some(&old.routing),
+                &stored,
+                clock::now_ms(),
+            )?
         };
         let n = routing.providers.len();
         let summary = format!(

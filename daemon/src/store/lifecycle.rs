@@ -12,7 +12,8 @@ use herald_plugin_api::{
 };
 
 use super::{
-    Claimed, Completion, Counts, MsgId, NewMessage, Op, OpResult, Record, StoreError, id_string,
+    BreakerRecord, Claimed, Completion, Counts, MsgId, NewMessage, Op, OpResult, Record,
+    StoreError, id_string,
 };
 
 /// Primitive operations a backend offers inside one transaction.
@@ -60,6 +61,8 @@ pub trait Txn {
     /// Records a provider event key; returns true if it was already recorded.
     fn seen(&self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, Self::Error>;
     fn unsee(&self, at: UnixMillis, provider_key: &[u8]) -> Result<(), Self::Error>;
+    fn breaker_get(&self, provider: &str) -> Result<Option<BreakerRecord>, Self::Error>;
+    fn breaker_put(&self, provider: &str, record: &BreakerRecord) -> Result<(), Self::Error>;
 }
 
 /// Held-update key for a message id.
@@ -335,6 +338,14 @@ fn complete<T: Txn>(
     cur: &mut Cursor,
     held_possible: bool,
 ) -> Result<OpResult, T::Error> {
+    for (provider, record) in &c.breakers {
+        let newer = txn.breaker_get(provider)?.is_none_or(|stored| {
+            stored.plugin != record.plugin || stored.generation < record.generation
+        });
+        if newer {
+            txn.breaker_put(provider, record)?;
+        }
+    }
     let Some(mut r) = txn.get_record(&c.id)? else {
         return Ok(OpResult::NotFound);
     };

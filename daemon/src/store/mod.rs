@@ -1,6 +1,6 @@
 //! Durable storage behind a queue-shaped [`Store`] trait: messages, the schedule index,
-//! leases, idempotency keys, provider-id index, dead letters, suppression list and the
-//! event log.
+//! leases, idempotency keys, provider-id index, dead letters, suppression list, breaker
+//! state and the event log.
 //!
 //! Every mutation is an [`Op`]; [`Store::commit`] applies a whole batch of ops in one
 //! transaction and appends their events with consecutive `seq` numbers. Durability comes
@@ -118,6 +118,21 @@ pub struct Completion {
     pub attempt_used: bool,
     /// Index the provider's id so its webhooks find the message (providers with webhooks).
     pub index_provider_id: bool,
+    /// Breakers this delivery opened or closed, by provider name. Stored with the outcome
+    /// (even a stale one), so what was true when the outcome was recorded survives a crash.
+    pub breakers: Vec<(String, BreakerRecord)>,
+}
+
+/// The stored state of a provider's circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerRecord {
+    /// The provider's plugin: a same-named provider on another plugin starts closed.
+    pub plugin: String,
+    /// Orders the writes of concurrent deliveries: a record replaces the stored one only
+    /// when its generation is higher.
+    pub generation: u64,
+    /// When the breaker (last) opened; `None` while closed.
+    pub opened_at: Option<UnixMillis>,
 }
 
 /// A mutation, applied by [`Store::commit`] in a batch.
@@ -257,4 +272,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Dead-lettered messages, oldest first.
     fn dead(&self, limit: usize) -> Result<Vec<(MsgId, Record)>, StoreError>;
+
+    /// The stored breaker state of every provider that ever opened or closed one.
+    fn breakers(&self) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError>;
 }

@@ -185,6 +185,86 @@ async fn provider_failure_falls_back_to_the_next_provider() {
     assert_eq!(fallback.count(), 1);
 }
 
+/// Two failures open `primary`'s breaker; from then on `backup` takes the traffic without
+/// `primary` being called, and that holds across a SIGKILL: the breaker is stored with the
+/// outcome that opened it, so a restart does not hammer a provider that is down.
+#[tokio::test]
+async fn an_open_breaker_survives_a_kill_and_keeps_traffic_on_the_backup() {
+    let primary = MockProvider::start().await;
+    let backup = MockProvider::start().await;
+    primary.set_default(herald_tests::mock::Reply::new(
+        401,
+        r#"{"error":"bad key"}"#,
+    ));
+    let config = |cooldown: &str| {
+        Daemon::builder().config(&format!(
+            "[[providers]]\nname = \"primary\"\nplugin = \"webhook\"\nurl = \"{}/a\"\n\
+             breaker = {{ failures = 2, cooldown = \"{cooldown}\" }}\n\n\
+             [[providers]]\nname = \"backup\"\nplugin = \"webhook\"\nurl = \"{}/b\"\n\n\
+             [routes]\nemail = [\"primary\", \"backup\"]\n",
+            primary.url(),
+            backup.url()
+        ))
+    };
+    let mut daemon = config("1h").start().await;
+    async fn breaker_of(daemon: &Daemon, name: &str) -> String {
+        let stats = daemon.client().await.stats().await.unwrap();
+        stats
+            .providers
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.breaker.clone())
+            .unwrap_or_else(|| panic!("no provider {name} in {stats:?}"))
+    }
+    let client = daemon.client().await;
+    for to in ["a@example.org", "b@example.org", "c@example.org"] {
+        let ack = client.send(email(to, "breaker")).await.unwrap();
+        let events = events_until(&client, &ack.id, &["sent"], Duration::from_secs(30)).await;
+        assert_eq!(events.last().unwrap().provider.as_deref(), Some("backup"));
+    }
+    assert_eq!(
+        primary.count(),
+        2,
+        "the third message skipped the open breaker"
+    );
+    assert_eq!(breaker_of(&daemon, "primary").await, "open");
+
+    daemon.kill();
+    daemon.spawn();
+    daemon.wait_ready().await;
+    assert_eq!(
+        breaker_of(&daemon, "primary").await,
+        "open",
+        "restored after the kill:\n{}",
+        daemon.log()
+    );
+    let client = daemon.client().await;
+    let ack = client
+        .send(email("d@example.org", "after restart"))
+        .await
+        .unwrap();
+    let events = events_until(&client, &ack.id, &["sent"], Duration::from_secs(30)).await;
+    assert_eq!(events.last().unwrap().provider.as_deref(), Some("backup"));
+    assert_eq!(
+        primary.count(),
+        2,
+        "primary is not called again after the restart"
+    );
+    assert_eq!(backup.count(), 4);
+
+    // A reload with a shorter cooldown applies it to the breaker that is open: the next
+    // message is primary's one trial call, which fails over to the backup again.
+    daemon.write_config(&config("1ms"));
+    client.reload().await.unwrap();
+    let ack = client
+        .send(email("e@example.org", "after reload"))
+        .await
+        .unwrap();
+    let events = events_until(&client, &ack.id, &["sent"], Duration::from_secs(30)).await;
+    assert_eq!(events.last().unwrap().provider.as_deref(), Some("backup"));
+    assert_eq!(primary.count(), 3, "one trial call after the new cooldown");
+}
+
 /// The annotated production example must stay valid: every key it shows is one its plugin
 /// accepts. Secrets come from the environment, as in production (fixture keys here).
 #[test]
