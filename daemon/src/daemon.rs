@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -22,7 +22,7 @@ use crate::commit::Committer;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::ipc::{self, ReloadRequest, Shared};
-use crate::live::Live;
+use crate::live::{Live, LiveCell};
 use crate::plugin::Loader;
 use crate::providers::Routing;
 use crate::reload::Reloader;
@@ -52,23 +52,10 @@ pub fn build_routing(
         .map_err(|e| anyhow!("{}: {e}", config.source_name))
 }
 
-fn live_config_webhooks(live: &RwLock<Arc<Live>>) -> Option<std::net::SocketAddr> {
-    let live = match live.read() {
-        Ok(l) => Arc::clone(&l),
-        Err(p) => Arc::clone(&p.into_inner()),
-    };
-    live.config.webhooks.as_ref().map(|w| w.listen)
-}
-
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let d = config.daemon.clone();
     // Refuse early, with a clear message, if another daemon serves this socket.
-    if d.socket.exists() && std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
-        return Err(anyhow!(
-            "another heraldd is already serving {}; stop it, or give this one another daemon.socket",
-            d.socket.display()
-        ));
-    }
+    ipc::refuse_if_served(&d.socket).map_err(|e| anyhow!(e))?;
     create_private_dir(&d.data_dir)?;
     let db_dir = d.data_dir.join("db");
     let cache = d.cache_capacity;
@@ -100,11 +87,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         }
     }
     let routing = build_routing(&config, &mut loader, &stored)?;
-    let live = Arc::new(RwLock::new(Arc::new(Live { config, routing })));
+    let webhooks_listen = config.webhooks.as_ref().map(|w| w.listen);
+    let live = Arc::new(LiveCell::new(Live { config, routing }));
     let transports = Arc::new(Transports::new().map_err(|e| anyhow!(e))?);
 
     let webhook_listener =
-        match &live_config_webhooks(&live) {
+        match &webhooks_listen {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen for webhooks on {addr} (webhooks.listen)")
             })?),
@@ -174,10 +162,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                     _ = tokio::time::sleep(PRUNE_EVERY) => {}
                     _ = shutdown.changed() => return,
                 }
-                let retention = match live.read() {
-                    Ok(l) => l.config.daemon.retention_ms,
-                    Err(p) => p.into_inner().config.daemon.retention_ms,
-                };
+                let retention = live.current().config.daemon.retention_ms;
                 let before = clock::now_ms().saturating_sub(retention);
                 match committer
                     .submit(Op::Prune {

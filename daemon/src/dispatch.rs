@@ -10,7 +10,7 @@
 //! Owns: concurrency bound, outcome → state mapping, breaker bookkeeping. Must not: touch
 //! storage except through the committer, or do I/O other than through `transport`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_plugin_api::abi::{CallError, CallErrorKind, ResumeInput};
@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::breaker::Transition;
 use crate::clock;
 use crate::commit::Committer;
-use crate::live::Live;
+use crate::live::LiveCell;
 use crate::providers::{Counters, Provider};
 use crate::retry;
 use crate::store::{BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string};
@@ -40,7 +40,7 @@ const MAX_STEPS: usize = 8;
 pub struct Dispatcher {
     pub committer: Committer,
     pub store: Arc<dyn Store>,
-    pub live: Arc<RwLock<Arc<Live>>>,
+    pub live: Arc<LiveCell>,
     pub transports: Arc<Transports>,
     pub concurrency: usize,
     pub shutdown_grace: Duration,
@@ -143,10 +143,7 @@ impl Dispatcher {
     }
 
     async fn deliver(self: Arc<Self>, c: Claimed, _slot: OwnedSemaphorePermit) {
-        let live = match self.live.read() {
-            Ok(l) => Arc::clone(&l),
-            Err(p) => Arc::clone(&p.into_inner()),
-        };
+        let live = self.live.current();
         let Claimed { id, record } = c;
         let channel = record.channel();
         let attempt = record.attempt;

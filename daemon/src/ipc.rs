@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use herald_client::protocol::{
     self, Accepted, BatchItem, ClientFrame, Codec, ErrorBody, ErrorCode, Hello, MessageView,
@@ -30,7 +30,7 @@ use crate::accept;
 use crate::clock;
 use crate::commit::{CommitError, Committer};
 use crate::events;
-use crate::live::Live;
+use crate::live::{Live, LiveCell};
 use crate::store::{MsgId, Op, OpResult, Record, Store, id_string, parse_id};
 
 /// Requests one connection may have in flight; the reader waits beyond that.
@@ -45,7 +45,7 @@ pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 pub struct Shared {
     pub committer: Committer,
     pub store: Arc<dyn Store>,
-    pub live: Arc<RwLock<Arc<Live>>>,
+    pub live: Arc<LiveCell>,
     pub max_frame: u32,
     pub started_at: u64,
     pub connections: AtomicU64,
@@ -60,25 +60,23 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-impl Shared {
-    fn live(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(l) => Arc::clone(&l),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+/// Fails if a live daemon answers on `path` (start-up checks this before it opens the store,
+/// so the error names the socket rather than a locked data dir).
+pub fn refuse_if_served(path: &Path) -> Result<(), String> {
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "another heraldd is already serving {}; stop it, or give this one another daemon.socket",
+            path.display()
+        ));
     }
+    Ok(())
 }
 
 /// Creates the socket file. A socket a live daemon answers on is left alone (and start-up
 /// fails); a stale one from a crash is replaced.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
+    refuse_if_served(path)?;
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another heraldd is already serving {}; stop it, or give this one another daemon.socket",
-                path.display()
-            ));
-        }
         std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
         tracing::info!(socket = %path.display(), "replaced a stale socket file");
@@ -402,7 +400,7 @@ fn accepted(result: Result<OpResult, CommitError>) -> Result<Accepted, ErrorBody
 }
 
 async fn send_one(shared: &Shared, m: SendMessage) -> Result<Accepted, ErrorBody> {
-    let live = shared.live();
+    let live = shared.live.current();
     if let Some(e) = busy(shared, &live, 1) {
         return Err(e);
     }
@@ -420,7 +418,7 @@ async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchIt
             ),
         ));
     }
-    let live = shared.live();
+    let live = shared.live.current();
     if let Some(e) = busy(shared, &live, ms.len() as u64) {
         return Err(e);
     }
@@ -447,7 +445,7 @@ async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchIt
 }
 
 fn stats(shared: &Shared) -> Stats {
-    let live = shared.live();
+    let live = shared.live.current();
     let counts = shared.store.counts();
     let now = clock::now_ms();
     Stats {

@@ -9,7 +9,7 @@
 //! short debounce, and only if the content really changed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_plugin_api::EventKind;
@@ -17,14 +17,14 @@ use herald_plugin_api::EventKind;
 use crate::clock;
 use crate::commit::Committer;
 use crate::config::Config;
-use crate::live::Live;
+use crate::live::{Live, LiveCell};
 use crate::plugin::Loader;
 use crate::providers::Routing;
 use crate::store::{Op, Store};
 
 pub struct Reloader {
     pub path: Option<PathBuf>,
-    pub live: Arc<RwLock<Arc<Live>>>,
+    pub live: Arc<LiveCell>,
     pub loader: Mutex<Loader>,
     pub committer: Committer,
     /// Read for the stored breaker state of providers the reload adds back.
@@ -46,13 +46,6 @@ impl std::fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    fn current(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(l) => Arc::clone(&l),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
-    }
-
     fn attempt(&self) -> Result<String, String> {
         let path = self.path.as_ref().ok_or_else(|| {
             "heraldd runs on the embedded default config; start it with --config FILE to reload"
@@ -65,7 +58,7 @@ impl Reloader {
             std::env::var(k).ok()
         })
         .map_err(|e| e.to_string())?;
-        let old = self.current();
+        let old = self.live.current();
         // Restart-only settings keep their running values.
         let mut kept = Vec::new();
         if config.daemon != old.config.daemon {
@@ -132,11 +125,7 @@ impl Reloader {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
-        let new = Arc::new(Live { config, routing });
-        match self.live.write() {
-            Ok(mut g) => *g = new,
-            Err(p) => *p.into_inner() = new,
-        }
+        self.live.replace(Live { config, routing });
         Ok(if kept.is_empty() {
             summary
         } else {

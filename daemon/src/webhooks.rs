@@ -11,7 +11,7 @@
 //! interpret payloads (the plugin does) or change state except through the committer.
 
 use std::convert::Infallible;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_plugin_api::WebhookRequest;
@@ -27,12 +27,12 @@ use tokio::task::JoinSet;
 
 use crate::clock;
 use crate::commit::Committer;
-use crate::live::Live;
+use crate::live::LiveCell;
 use crate::store::{Op, OpResult};
 
 pub struct WebhookServer {
     pub committer: Committer,
-    pub live: Arc<RwLock<Arc<Live>>>,
+    pub live: Arc<LiveCell>,
 }
 
 impl std::fmt::Debug for WebhookServer {
@@ -52,13 +52,6 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 }
 
 impl WebhookServer {
-    fn live(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(l) => Arc::clone(&l),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
-    }
-
     pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut conns = JoinSet::new();
@@ -101,7 +94,7 @@ impl WebhookServer {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let live = self.live();
+        let live = self.live.current();
         let Some(cfg) = live.config.webhooks.clone() else {
             return text(StatusCode::NOT_FOUND, "webhooks are not configured");
         };
