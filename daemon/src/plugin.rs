@@ -266,11 +266,13 @@ impl Instance {
             ctx: std::ptr::from_ref::<LogContext>(&log).cast::<c_void>(),
             log: host_log,
         });
-        let input = serde_json::to_vec(config).map_err(|e| PluginError::Config {
+        let refused = |message: String| PluginError::Config {
             provider: config.name.clone(),
             plugin: lib.name.clone(),
-            message: format!("cannot encode config: {e}"),
-        })?;
+            message,
+        };
+        let input = serde_json::to_vec(config)
+            .map_err(|e| refused(format!("cannot encode config: {e}")))?;
         let mut ptr: *mut c_void = std::ptr::null_mut();
         // SAFETY: input, callbacks and ptr are live for the call; the callbacks live as long
         // as the instance (both owned by the returned `Instance`).
@@ -283,16 +285,10 @@ impl Instance {
                 _callbacks: callbacks,
                 _log: log,
             }),
-            Ok(()) => Err(PluginError::Config {
-                provider: config.name.clone(),
-                plugin: lib.name.clone(),
-                message: "the plugin returned no instance".into(),
-            }),
-            Err(e) => Err(PluginError::Config {
-                provider: config.name.clone(),
-                plugin: lib.name.clone(),
-                message: without_provider_prefix(&e.message, &config.name, &lib.name).to_string(),
-            }),
+            Ok(()) => Err(refused("the plugin returned no instance".into())),
+            Err(e) => Err(refused(
+                without_provider_prefix(&e.message, &config.name, &lib.name).to_string(),
+            )),
         }
     }
 

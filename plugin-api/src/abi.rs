@@ -18,7 +18,7 @@ use std::any::Any;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -265,9 +265,13 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 fn panicked(payload: &(dyn Any + Send)) -> CallError {
+    // The hook's text names the source location too; without the hook, the payload.
+    let message = LAST_PANIC
+        .with(|p| p.take())
+        .unwrap_or_else(|| panic_message(payload));
     CallError {
         kind: CallErrorKind::Panic,
-        message: format!("plugin panicked: {}", panic_message(payload)),
+        message: format!("plugin panicked: {message}"),
     }
 }
 
@@ -289,17 +293,25 @@ unsafe fn input<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     }
 }
 
-/// Routes this plugin's panic messages to the first instance's host logger instead of the
-/// plugin's own stderr (its copy of std would print there otherwise).
-fn install_panic_hook(log: &Logger) {
-    static PANIC_LOG: OnceLock<Logger> = OnceLock::new();
-    if PANIC_LOG.set(log.clone()).is_ok() && !cfg!(test) {
-        std::panic::set_hook(Box::new(|info| {
-            if let Some(log) = PANIC_LOG.get() {
-                log.error(format!("plugin panic: {info}"));
-            }
-        }));
+thread_local! {
+    /// The last panic on this thread, as the hook saw it (message and location).
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps a panic's text for the [`CallError`] every entry point turns it into, instead of
+/// letting this plugin's copy of std print it to stderr. The host logs that error with the
+/// provider it belongs to. (The hook is process-wide, so it must not hold any instance's
+/// logger: instances come and go with reloads.)
+fn install_panic_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    if cfg!(test) {
+        return;
     }
+    INSTALLED.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+        }));
+    });
 }
 
 fn logger_from(host: &HostCallbacks) -> Logger {
@@ -351,7 +363,7 @@ unsafe extern "C" fn create_glue<P: Provider>(
             });
         }
         let log = logger_from(callbacks);
-        install_panic_hook(&log);
+        install_panic_hook();
         let config: ProviderConfig = decode(bytes)?;
         let host = Host { log };
         let provider = P::new(config.clone(), host.clone()).map_err(|e| CallError {

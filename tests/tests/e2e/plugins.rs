@@ -156,6 +156,38 @@ async fn a_panicking_plugin_yields_retries_not_a_crash() {
         daemon.log().contains("plugin panic"),
         "the panic is routed to the daemon log"
     );
+    // The plugin's panic hook adds where it panicked.
+    assert!(
+        events[2]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("panicky/src/lib.rs"),
+        "{:?}",
+        events[2]
+    );
+
+    // A reload replaces (and frees) the instance that was created first; a panic in the
+    // new one is still contained and reported.
+    client.reload().await.unwrap();
+    let again = client
+        .send(email("c@example.org", "PANIC again"))
+        .await
+        .unwrap();
+    let events = events_until(&client, &again.id, &["dead"], Duration::from_secs(30)).await;
+    assert!(
+        events[2]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("deliberate test panic"),
+        "{:?}",
+        events[2]
+    );
+    client
+        .send(email("d@example.org", "still fine"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
