@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use herald_plugin_api::{HttpRequest, Message, PushContent, PushPriority, Secret, UnixMillis};
+use herald_plugin_kit::text::non_empty;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::apns_id::uuid_of_ulid;
@@ -64,10 +65,6 @@ pub struct Prepared {
     pub request: HttpRequest,
     /// The `apns-id` sent, if the message id converted to a UUID.
     pub apns_id: Option<String>,
-}
-
-fn non_empty(s: &Option<String>) -> Option<&str> {
-    s.as_deref().filter(|s| !s.is_empty())
 }
 
 /// APNs device tokens are hex strings (32 bytes today; Apple warns the length may grow).

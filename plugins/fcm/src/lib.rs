@@ -157,10 +157,13 @@ impl Fcm {
                              new one",
                         );
                         // Another delivery may already have fetched (or be fetching) one.
-                        match (self.tokens.get_or_claim(delivery.now), self.body(delivery)) {
-                            (_, Err(outcome)) => Step::done(outcome),
-                            (Some(token), Ok(body)) => self.send(body, &token, true),
-                            (None, Ok(_)) => self.fetch_token(delivery, true),
+                        // The body first: a claim must only be taken by a fetch that runs.
+                        match self.body(delivery) {
+                            Err(outcome) => Step::done(outcome),
+                            Ok(body) => match self.tokens.get_or_claim(delivery.now) {
+                                Some(token) => self.send(body, &token, true),
+                                None => self.fetch_token(delivery, true),
+                            },
                         }
                     }
                 }
@@ -177,10 +180,15 @@ impl Fcm {
         request::send_body(message, push, delivery.now).map_err(Outcome::rejected)
     }
 
+    /// Runs the token fetch this delivery claimed; if it cannot even start, gives the
+    /// claim back so waiting deliveries do not sit out the stale-claim timeout.
     fn fetch_token(&self, delivery: &Delivery, refreshed: bool) -> Step {
         match token::exchange_request(&self.config, delivery.now) {
             Ok(request) => Step::http(request, Stage::Token { refreshed }.to_value()),
-            Err(reason) => Step::done(Outcome::provider_failure(reason)),
+            Err(reason) => {
+                self.tokens.release();
+                Step::done(Outcome::provider_failure(reason))
+            }
         }
     }
 

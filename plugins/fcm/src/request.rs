@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use herald_plugin_api::{HttpRequest, Message, PushContent, PushPriority, Secret, UnixMillis};
+use herald_plugin_kit::text::non_empty;
 use serde::Serialize;
 
 /// The data key carrying Herald's message id to the app.
@@ -84,10 +85,6 @@ fn reserved_data_key(key: &str) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-fn non_empty(s: &Option<String>) -> Option<&str> {
-    s.as_deref().filter(|s| !s.is_empty())
 }
 
 /// Builds the `messages:send` body, or says why FCM would refuse the message.

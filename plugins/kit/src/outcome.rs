@@ -8,7 +8,9 @@
 //! - an answer of the wrong kind (an SMTP reply to an HTTP request, or the reverse), which
 //!   only a host bug produces ([`Exchange::http`], [`Exchange::smtp`]);
 //! - a message of a channel the plugin does not carry ([`wrong_channel`]): the routes are
-//!   misconfigured, so the next provider of the route should take it.
+//!   misconfigured, so the next provider of the route should take it;
+//! - an HTTP error status the provider's own error codes said nothing more about
+//!   ([`by_status`]).
 
 use herald_plugin_api::{
     HttpResponse, Message, Outcome, Secret, SmtpReply, TransportError, TransportErrorKind,
@@ -110,6 +112,33 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// The outcome an HTTP error status means when nothing more specific is known:
+///
+/// | status | outcome |
+/// | --- | --- |
+/// | 429 | `Retry` after `after_ms`, not counted by the breaker |
+/// | 408, 5xx | `Retry` after `after_ms`, counted by the breaker |
+/// | 401, 403, 404, 405 | `ProviderFailure`: credentials, account or `base_url`, not the message |
+/// | other 4xx | `Rejected`: the message itself |
+/// | anything else | `ProviderFailure` |
+pub fn by_status(status: u16, reason: String, after_ms: Option<u64>) -> Outcome {
+    match status {
+        429 => Outcome::Retry {
+            after_ms,
+            reason,
+            breaker: false,
+        },
+        401 | 403 | 404 | 405 => Outcome::provider_failure(reason),
+        408 | 500..=599 => Outcome::Retry {
+            after_ms,
+            reason,
+            breaker: true,
+        },
+        400..=499 => Outcome::rejected(reason),
+        _ => Outcome::provider_failure(reason),
+    }
+}
+
 /// The outcome for a message of a channel `plugin` does not carry (`carries`: "email",
 /// "sms", "push notifications"): a `ProviderFailure`, so the route's next provider takes it.
 pub fn wrong_channel(plugin: &str, carries: &str, message: &Message) -> Outcome {
@@ -123,6 +152,26 @@ pub fn wrong_channel(plugin: &str, carries: &str, message: &Message) -> Outcome 
 mod tests {
     use super::*;
     use herald_plugin_api::{Content, SmsContent};
+
+    #[test]
+    fn status_classes() {
+        let of = |status| by_status(status, "r".into(), Some(5));
+        let retry = |breaker| Outcome::Retry {
+            after_ms: Some(5),
+            reason: "r".into(),
+            breaker,
+        };
+        assert_eq!(of(429), retry(false));
+        for s in [408, 500, 503, 599] {
+            assert_eq!(of(s), retry(true), "{s}");
+        }
+        for s in [401, 403, 404, 405, 302, 600] {
+            assert_eq!(of(s), Outcome::provider_failure("r"), "{s}");
+        }
+        for s in [400, 409, 413, 422] {
+            assert_eq!(of(s), Outcome::rejected("r"), "{s}");
+        }
+    }
 
     const RETRYABLE: [TransportErrorKind; 4] = [
         TransportErrorKind::Timeout,

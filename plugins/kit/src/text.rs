@@ -1,12 +1,18 @@
 //! Provider and transport text made fit for an outcome reason or a log line: on one line
 //! (control characters flattened to spaces), bounded (an HTML error page from a proxy must
 //! not become a 100 KB reason; an ellipsis marks a cut), and with the API key redacted
-//! should a provider or proxy ever echo it. Also the joining of optional detail parts.
+//! should a provider or proxy ever echo it. Also the joining of optional detail parts, and
+//! what counts as an empty optional field.
 
 use herald_plugin_api::Secret;
 
 /// The most characters of provider text a reason keeps unless a plugin says otherwise.
 pub const REASON_CHARS: usize = 200;
+
+/// The text of an optional field, unless it is missing or empty.
+pub fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
 
 /// `text` trimmed, control characters replaced by spaces, and at most `max_chars`
 /// characters (`…` appended when cut).

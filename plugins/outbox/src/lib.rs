@@ -121,10 +121,6 @@ impl Provider for Outbox {
         })
     }
 
-    fn allowed_hosts(&self) -> Vec<String> {
-        Vec::new()
-    }
-
     fn begin(&self, delivery: &Delivery) -> Step {
         let id = &delivery.message.id;
         if !is_plain_file_stem(id) {

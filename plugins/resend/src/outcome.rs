@@ -24,7 +24,7 @@
 
 use herald_plugin_api::http::retry_after_ms;
 use herald_plugin_api::{HttpResponse, Logger, Outcome, TransportResponse, UnixMillis};
-use herald_plugin_kit::outcome::Exchange;
+use herald_plugin_kit::outcome::{Exchange, by_status};
 use herald_plugin_kit::text::sanitize;
 use serde::Deserialize;
 
@@ -118,14 +118,7 @@ fn classify_http(config: &Config, r: &HttpResponse, now: UnixMillis, log: &Logge
             reason,
             breaker: false,
         },
-        (401 | 403 | 404 | 405, _) => Outcome::provider_failure(reason),
-        (408 | 500..=599, _) => Outcome::Retry {
-            after_ms: retry_after,
-            reason,
-            breaker: true,
-        },
-        (400..=499, _) => Outcome::rejected(reason),
-        _ => Outcome::provider_failure(reason),
+        _ => by_status(status, reason, retry_after),
     }
 }
 

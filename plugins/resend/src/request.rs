@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use herald_plugin_api::{Content, EmailContent, HttpRequest, Message, Outcome};
 use herald_plugin_kit::outcome::wrong_channel;
+use herald_plugin_kit::text::non_empty;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -95,10 +96,6 @@ pub(crate) fn build(config: &Config, message: &Message) -> Result<HttpRequest, O
         .header("user-agent", USER_AGENT);
     request.body = body;
     Ok(request)
-}
-
-fn non_empty(s: &Option<String>) -> Option<&str> {
-    s.as_deref().filter(|s| !s.is_empty())
 }
 
 fn attachments(email: &EmailContent) -> Vec<Attachment<'_>> {

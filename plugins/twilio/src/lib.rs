@@ -30,7 +30,7 @@ use herald_plugin_api::{
     Channel, ConfigError, Delivery, Host, Logger, Manifest, Provider, ProviderConfig, Step,
     TransportResponse, UnixMillis, WebhookError, WebhookOutput, WebhookRequest,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::config::Config;
 
@@ -79,7 +79,7 @@ impl Provider for Twilio {
 
     fn begin(&self, delivery: &Delivery) -> Step {
         match request::build(&self.config, &delivery.message) {
-            Ok(r) => Step::http(r, json!({"call": "create_message"})),
+            Ok(r) => Step::http(r, Value::Null),
             Err(outcome) => Step::done(outcome),
         }
     }
@@ -109,6 +109,7 @@ herald_plugin_api::export_plugin!(Twilio);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use crate::config::tests::{ACCOUNT, TOKEN, WEBHOOK_URL, provider};
     use crate::request::tests::sms;
     use herald_plugin_api::{HttpResponse, Outcome, Request};
