@@ -150,21 +150,24 @@ impl Client {
         )
         .await?;
         let mut buf = Vec::new();
-        protocol::read_frame(&mut rd, u32::MAX, &mut buf).await?;
-        let welcome: Welcome = match protocol::decode(codec, &buf) {
-            Ok(w) => w,
-            Err(e) => {
-                // A refused hello is answered with an error frame.
-                if let Ok(ServerFrame {
-                    response: Response::Error(err),
-                    ..
-                }) = protocol::decode::<ServerFrame>(codec, &buf)
-                {
-                    return Err(ClientError::Server(err));
-                }
-                return Err(e.into());
-            }
-        };
+        protocol::read_frame(&mut rd, protocol::DEFAULT_MAX_FRAME, &mut buf).await?;
+        // A refused hello is answered with a JSON error frame, whatever codec was asked
+        // for. (Tried first: JSON bytes can pass for a postcard welcome. A postcard welcome
+        // never parses as JSON, and a JSON welcome has no `response`.)
+        if let Ok(ServerFrame {
+            response: Response::Error(err),
+            ..
+        }) = protocol::decode::<ServerFrame>(Codec::Json, &buf)
+        {
+            return Err(ClientError::Server(err));
+        }
+        let welcome: Welcome = protocol::decode(codec, &buf)?;
+        if welcome.herald != PROTOCOL_VERSION {
+            return Err(ClientError::Unexpected(format!(
+                "the daemon ({}) speaks protocol {}, this client {PROTOCOL_VERSION}",
+                welcome.server, welcome.herald
+            )));
+        }
 
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let inner = Arc::new(Inner {
@@ -432,6 +435,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::ErrorCode;
     use tokio::io::AsyncReadExt;
 
     /// A daemon stand-in that answers the hello, then hangs up.
@@ -449,6 +453,47 @@ mod tests {
         protocol::write_frame(&mut s, Codec::Postcard, &welcome)
             .await
             .unwrap();
+    }
+
+    /// A daemon stand-in that refuses the hello the way heraldd does: a JSON error frame.
+    async fn refuse_hello(listener: tokio::net::UnixListener) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut hello).await.unwrap();
+        let refusal = ServerFrame {
+            id: 0,
+            response: Response::Error(ErrorBody::new(
+                ErrorCode::UnsupportedProtocol,
+                "this heraldd speaks protocol 2, the client asked for 1",
+            )),
+        };
+        protocol::write_frame(&mut s, Codec::Json, &refusal)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_hello_is_the_daemons_error_with_either_codec() {
+        for codec in [Codec::Postcard, Codec::Json] {
+            let path = std::env::temp_dir().join(format!(
+                "herald-client-refused-{}-{codec:?}.sock",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path).unwrap();
+            let server = tokio::spawn(refuse_hello(listener));
+            let r = Client::connect_with(&path, codec).await;
+            server.await.unwrap();
+            match r {
+                Err(ClientError::Server(e)) => {
+                    assert_eq!(e.code, ErrorCode::UnsupportedProtocol, "{codec:?}");
+                }
+                other => panic!("{codec:?}: {other:?}"),
+            }
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     #[tokio::test]
