@@ -390,3 +390,30 @@ pub async fn events_until(
 pub fn kinds(events: &[Event]) -> Vec<&'static str> {
     events.iter().map(|e| e.kind.as_str()).collect()
 }
+
+/// Asserts that nothing is queued, deferred or being sent. After a message reached its final
+/// state this proves no retry or late delivery can follow, without waiting to see one.
+pub async fn assert_idle(client: &Client) {
+    let stats = client.stats().await.expect("stats");
+    assert_eq!(
+        stats.active, 0,
+        "messages still queued, deferred or in flight: {:?}",
+        stats.states
+    );
+}
+
+/// Wall-clock Unix milliseconds (as the daemon stamps events).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

@@ -109,11 +109,11 @@ herald_plugin_api::export_plugin!(Twilio);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use crate::config::tests::{ACCOUNT, TOKEN, WEBHOOK_URL, provider};
     use crate::request::tests::sms;
     use herald_plugin_api::{HttpResponse, Outcome, Request};
     use herald_plugin_kit::testing::{LogLines, recording_host};
+    use serde_json::json;
 
     fn instance(settings: Value, webhook_url: Option<&str>) -> (Twilio, LogLines) {
         let (host, lines) = recording_host();

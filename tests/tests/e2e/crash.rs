@@ -197,7 +197,9 @@ async fn killed_during_startup_it_starts_again_with_its_data() {
         .unwrap();
 }
 
-#[tokio::test]
+// Multi-threaded: `terminate` blocks this thread while it waits for the exit, and the mock
+// provider must go on answering the deliveries in flight meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_and_keeps_everything() {
     let mock = MockProvider::start().await;
     let mut daemon = Daemon::builder().webhook_provider(&mock).start().await;
@@ -241,4 +243,22 @@ async fn sigterm_finishes_in_flight_work_and_keeps_everything() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // In-flight deliveries were finished, not left leased for the restart to re-queue, and
+    // nothing went out twice.
+    let events = assert_log_without_gaps(&client).await;
+    let requeued: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("daemon stopped while"))
+        })
+        .collect();
+    assert!(requeued.is_empty(), "re-queued after SIGTERM: {requeued:?}");
+    let mut seen = HashSet::new();
+    for r in mock.requests() {
+        let id = r.json()["id"].as_str().unwrap_or_default().to_string();
+        assert!(seen.insert(id.clone()), "{id} delivered twice");
+    }
+    assert_eq!(seen.len(), ids.len());
 }

@@ -7,7 +7,7 @@ use herald_client::ClientError;
 use herald_client::protocol::ErrorCode;
 use herald_plugin_api::State;
 use herald_tests::mock::{MockProvider, Reply};
-use herald_tests::{Daemon, email, events_until, kinds, sms};
+use herald_tests::{Daemon, assert_idle, email, events_until, kinds, now_ms, sms};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -129,7 +129,7 @@ async fn a_400_fails_without_retry() {
     let ack = client.send(email("di@example.org", "nope")).await.unwrap();
     let events = events_until(&client, &ack.id, &["failed"], T).await;
     assert_eq!(kinds(&events), ["queued", "sending", "failed"]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_idle(&client).await;
     assert_eq!(mock.count(), 1, "a permanent failure is not retried");
     assert_eq!(client.get(&ack.id).await.unwrap().state, State::Failed);
 }
@@ -191,7 +191,7 @@ async fn idempotency_key_makes_one_message() {
         r => panic!("expected idempotency_conflict, got {r:?}"),
     }
     events_until(&client, &first.id, &["sent"], T).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_idle(&client).await;
     assert_eq!(mock.count(), 1);
 }
 
@@ -200,18 +200,19 @@ async fn send_at_is_not_delivered_early() {
     let mock = MockProvider::start().await;
     let daemon = Daemon::builder().webhook_provider(&mock).start().await;
     let client = daemon.client().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let send_at = now_ms() + 2_000;
     let mut m = email("hi@example.org", "later");
-    m.send_at = Some(now + 2_000);
+    m.send_at = Some(send_at);
     let ack = client.send(m).await.unwrap();
-    assert_eq!(client.get(&ack.id).await.unwrap().due_at, Some(now + 2_000));
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert_eq!(mock.count(), 0, "not before send_at");
+    assert_eq!(client.get(&ack.id).await.unwrap().due_at, Some(send_at));
     let events = events_until(&client, &ack.id, &["sent"], T).await;
-    assert!(events.last().unwrap().at >= now + 2_000);
+    assert_eq!(kinds(&events), ["queued", "sending", "sent"]);
+    // The delivery was leased (and its request made) no earlier than send_at.
+    assert!(
+        events[1].at >= send_at,
+        "sending at {} < {send_at}",
+        events[1].at
+    );
     assert_eq!(mock.count(), 1);
 }
 
@@ -220,17 +221,14 @@ async fn cancel_of_a_queued_message_means_never_delivered() {
     let mock = MockProvider::start().await;
     let daemon = Daemon::builder().webhook_provider(&mock).start().await;
     let client = daemon.client().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
     let mut m = email("jo@example.org", "cancel me");
-    m.send_at = Some(now + 1_000);
+    m.send_at = Some(now_ms() + 3_600_000);
     let ack = client.send(m).await.unwrap();
     client.cancel(&ack.id).await.unwrap();
     let events = events_until(&client, &ack.id, &["cancelled"], T).await;
     assert_eq!(kinds(&events), ["queued", "cancelled"]);
-    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    // Nothing is left scheduled that could still deliver it.
+    assert_idle(&client).await;
     assert_eq!(mock.count(), 0);
     assert_eq!(client.get(&ack.id).await.unwrap().state, State::Cancelled);
 

@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use herald_client::Client;
 use herald_client::protocol::SendMessage;
 use herald_plugin_api::{Content, Event, PushContent, PushPriority, State};
 use herald_tests::mock::{MockProvider, Recorded, Reply};
-use herald_tests::{Daemon, email, events_until, kinds, sms};
+use herald_tests::{Daemon, assert_idle, email, events_until, free_port, kinds, now_ms, sms};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -58,13 +58,6 @@ const APNS_TOPIC: &str = "com.example.rsvp";
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// Standard base64 with padding (RFC 4648 §4), for the expected Basic credentials.
 fn b64(input: &[u8]) -> String {
@@ -214,12 +207,6 @@ async fn deliver(client: &Client, m: SendMessage) -> (String, Vec<Event>) {
 
 fn detail(e: &Event) -> &str {
     e.detail.as_deref().unwrap_or("")
-}
-
-/// A short pause before checking that nothing more reached a mock (a terminal outcome is
-/// final, so this only gives a wrongly scheduled retry the chance to show up).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 /// The milliseconds between the first and the second `sending` event: the second attempt
@@ -496,7 +483,7 @@ async fn resend_validation_error_fails_without_retry() {
         "{failed:?}"
     );
     assert_eq!(client.get(&id).await.unwrap().state, State::Failed);
-    settle().await;
+    assert_idle(&client).await;
     assert_eq!(mock.count(), 1, "a permanent error is not retried");
 }
 
@@ -603,7 +590,7 @@ async fn sendgrid_bad_request_fails_with_the_listed_errors() {
         events.last()
     );
     assert_eq!(client.get(&id).await.unwrap().state, State::Failed);
-    settle().await;
+    assert_idle(&client).await;
     assert_eq!(mock.count(), 1, "a permanent error is not retried");
 }
 
@@ -843,7 +830,7 @@ async fn twilio_invalid_number_fails_and_opt_out_also_suppresses() {
         "{:?}",
         events.last()
     );
-    settle().await;
+    assert_idle(&client).await;
     assert_eq!(mock.count(), 2, "permanent errors are not retried");
 
     let (_, events) = deliver(&client, sms("+15005550004", "again")).await;
@@ -860,10 +847,7 @@ async fn twilio_status_callback_points_at_the_public_webhook_url() {
     let mock = MockProvider::start().await;
     let sid = "SM0000000000000000000000000000cb01";
     mock.push(Reply::new(201, twilio_message(sid, "+15550003333", "hi")));
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let daemon = Daemon::builder()
         .config(&twilio_provider("sms", &mock))
         .config(&format!(
@@ -1058,7 +1042,7 @@ async fn fcm_unregistered_fails_and_suppresses_the_token() {
         events.last()
     );
     assert_eq!(client.get(&id).await.unwrap().state, State::Failed);
-    settle().await;
+    assert_idle(&client).await;
     assert_eq!(api.count(), 1, "a permanent error is not retried");
 
     let (_, events) = deliver(&client, push(FCM_TOKEN, "RSVP", "still gone")).await;
@@ -1352,7 +1336,7 @@ async fn apns_unregistered_and_bad_device_token_fail_without_retry() {
         "{:?}",
         events.last()
     );
-    settle().await;
+    assert_idle(&client).await;
     assert_eq!(mock.count(), 2, "permanent errors are not retried");
 
     // Both tokens are dead: later pushes to them never reach APNs.

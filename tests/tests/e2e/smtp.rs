@@ -10,12 +10,9 @@ use std::time::Duration;
 use herald_client::protocol::SendMessage;
 use herald_plugin_api::{Attachment, Content, EmailContent, Event, State};
 use herald_tests::smtp::{Received, SmtpServer};
-use herald_tests::{Daemon, email, events_until, kinds};
+use herald_tests::{Daemon, assert_idle, email, events_until, free_port, kinds};
 
 const T: Duration = Duration::from_secs(60);
-
-/// How long to look for something that must not happen (a retry, a late message).
-const QUIET: Duration = Duration::from_millis(700);
 
 /// `[[providers]]` `mail`: smtp, without TLS, to the sink, plus `extra` lines.
 fn smtp_provider(sink: &SmtpServer, extra: &str) -> String {
@@ -350,7 +347,7 @@ async fn a_550_user_unknown_bounces_without_a_retry() {
     assert_eq!(bounced.provider.as_deref(), Some("mail"));
     assert_eq!(bounced.provider_message_id, None);
 
-    tokio::time::sleep(QUIET).await;
+    assert_idle(&client).await;
     assert_eq!(client.get(&ack.id).await.unwrap().state, State::Bounced);
     assert!(sink.messages().is_empty(), "{:#?}", sink.messages());
     let rcpts = sink.rcpt_attempts();
@@ -405,7 +402,7 @@ async fn a_451_is_deferred_and_retried_until_dead() {
         .collect();
     assert_eq!(attempts, [Some(1), Some(2), Some(3)]);
 
-    tokio::time::sleep(QUIET).await;
+    assert_idle(&client).await;
     assert_eq!(client.get(&ack.id).await.unwrap().state, State::Dead);
     assert!(sink.messages().is_empty());
     let rcpts = sink.rcpt_attempts();
@@ -508,7 +505,7 @@ async fn a_wrong_password_is_a_provider_failure_retried_until_dead() {
         );
     }
 
-    tokio::time::sleep(QUIET).await;
+    assert_idle(&client).await;
     assert!(sink.messages().is_empty());
     assert!(sink.rcpt_attempts().is_empty(), "no RCPT without a login");
     let auths = sink.auth_attempts();
@@ -592,11 +589,7 @@ async fn a_server_that_requires_auth_refuses_an_anonymous_sender_as_a_provider_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_retried_not_failed_over() {
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let outbox = tempfile::tempdir().unwrap();
     let config = format!(
         "[[providers]]\nname = \"mail\"\nplugin = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\n\

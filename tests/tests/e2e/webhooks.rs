@@ -9,21 +9,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use herald_client::protocol::Filter;
 use herald_plugin_api::{EventKind, State};
 use herald_tests::mock::{MockProvider, Reply};
-use herald_tests::{Daemon, email, events_until, sms};
+use herald_tests::{Daemon, email, events_until, free_port, now_ms, sms};
 use hmac::{Hmac, Mac};
 
 const T: Duration = Duration::from_secs(30);
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "test-auth-token-0123456789";
 const PUBLIC: &str = "https://hooks.example.com";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// X-Twilio-Signature: base64 HMAC-SHA1(token, url + sorted name+value pairs).
 fn twilio_signature(url: &str, params: &[(&str, &str)]) -> String {
@@ -374,11 +366,7 @@ async fn a_resend_webhook_that_outruns_the_send_is_held_then_applied() {
     mock.wait_for(1, T).await;
 
     let body = r#"{"type":"email.delivered","created_at":"2026-11-24T20:00:00.000Z","data":{"email_id":"4ef9a417-02e9-4d39-ad75-9611e0fcc33c","from":"Events <events@example.com>","to":["ann@example.org"],"subject":"You're invited"}}"#;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string();
+    let now = (now_ms() / 1000).to_string();
     let sign = |id: &str, ts: &str| {
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
         mac.update(format!("{id}.{ts}.{body}").as_bytes());
