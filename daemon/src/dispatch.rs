@@ -3,7 +3,8 @@
 //!
 //! For one message: try the route's providers in order, skipping those whose breaker is
 //! open and waiting for rate-limit tokens; run the plugin's sans-IO exchange (plugin calls
-//! on the blocking pool, requests through `transport`); then
+//! inline when the manifest says `blocking: false`, else on the blocking pool; requests
+//! through `transport`); then
 //! `Accepted` → sent/delivered, `Rejected` → failed/bounced (no fallback),
 //! `ProviderFailure` → next provider, `Retry` → deferred with backoff (or dead/expired).
 //!

@@ -10,10 +10,15 @@ use herald_tests::{Daemon, email, events_until, heraldd_path, kinds};
 
 /// Runs `heraldd --check` on `config` (with the test plugin dir) and returns (ok, stderr).
 fn check(config: &str) -> (bool, String) {
+    check_with_daemon("", config)
+}
+
+/// `check` with extra lines in the `[daemon]` table.
+fn check_with_daemon(daemon: &str, config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.toml");
     let text = format!(
-        "[daemon]\ndata_dir = \"{d}/data\"\nplugin_dir = \"{p}\"\n\n{config}",
+        "[daemon]\ndata_dir = \"{d}/data\"\nplugin_dir = \"{p}\"\n{daemon}\n\n{config}",
         d = dir.path().display(),
         p = herald_tests::ensure_built().display()
     );
@@ -78,13 +83,21 @@ fn config_errors_name_the_problem() {
             "colour",
         ),
         ("[routes]\nemail = [\"x\"]\n", "no [[providers]] entry"),
-        ("[daemon]\nsocket_mode = \"rwx\"\n", "duplicate key"),
     ];
     for (config, needle) in cases {
         let (ok, err) = check(config);
         assert!(!ok, "{config} should be refused");
         assert!(err.contains(needle), "{config:?}\n→ {err}");
     }
+    let (ok, err) = check_with_daemon(
+        "socket_mode = \"rwx\"",
+        "[[providers]]\nname = \"dev\"\nplugin = \"outbox\"\ndir = \"/tmp/herald-check\"\n[routes]\nemail = [\"dev\"]\n",
+    );
+    assert!(!ok, "a socket_mode that is not octal is refused");
+    assert!(
+        err.contains("daemon.socket_mode") && err.contains("octal"),
+        "{err}"
+    );
     let (ok, out) = check(
         "[[providers]]\nname = \"dev\"\nplugin = \"outbox\"\ndir = \"/tmp/herald-check\"\n[routes]\nemail = [\"dev\"]\n",
     );
