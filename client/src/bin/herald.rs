@@ -62,7 +62,8 @@ enum Command {
 enum DeadCommand {
     /// List dead-lettered messages.
     List {
-        #[arg(long, default_value_t = 100)]
+        /// At most this many (the daemon lists up to 10,000, and as many as fit a frame).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
     /// Queue dead-lettered messages again.
@@ -163,7 +164,7 @@ struct WatchArgs {
     #[arg(long, value_enum)]
     channel: Option<ChannelArg>,
     /// Exit after this many events.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 }
 
@@ -205,8 +206,12 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
             bail!("{flag} does not apply to --channel {ch}")
         }
     };
+    let no_push_options =
+        a.badge.is_none() && a.sound.is_none() && a.collapse_id.is_none() && a.priority.is_none();
+    const PUSH_OPTIONS: &str = "--badge/--sound/--collapse-id/--priority";
     let content = match a.channel {
         ChannelArg::Email => {
+            misplaced(no_push_options, PUSH_OPTIONS, "email")?;
             misplaced(a.body.is_none(), "--body", "email (use --text)")?;
             misplaced(
                 a.title.is_none() && a.data.is_empty(),
@@ -260,6 +265,8 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
                 "--attach",
                 "sms (use --media-url)",
             )?;
+            misplaced(no_push_options, PUSH_OPTIONS, "sms")?;
+            misplaced(a.reply_to.is_none(), "--reply-to", "sms")?;
             let body = a.body.unwrap_or_default();
             if body.is_empty() && a.media_urls.is_empty() {
                 bail!("--channel sms needs --body (or --media-url)");
@@ -277,6 +284,12 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
                 "push (use --title/--body)",
             )?;
             misplaced(a.from.is_none(), "--from", "push")?;
+            misplaced(a.reply_to.is_none(), "--reply-to", "push")?;
+            misplaced(
+                a.attachments.is_empty() && a.media_urls.is_empty(),
+                "--attach/--media-url",
+                "push",
+            )?;
             if a.title.is_none() && a.body.is_none() && a.data.is_empty() {
                 bail!("--channel push needs --title, --body or --data");
             }
@@ -540,12 +553,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if as_json {
-                let code = match e.downcast_ref::<ClientError>() {
-                    Some(ClientError::Server(body)) => body.code.as_str(),
-                    Some(ClientError::Connect { .. }) => "connect",
-                    _ => "error",
+                let (code, field) = match e.downcast_ref::<ClientError>() {
+                    Some(ClientError::Server(body)) => (body.code.as_str(), body.field.clone()),
+                    Some(ClientError::Connect { .. }) => ("connect", None),
+                    _ => ("error", None),
                 };
-                eprintln!("{}", json!({"error": code, "message": format!("{e:#}")}));
+                eprintln!(
+                    "{}",
+                    json!({"error": code, "field": field, "message": format!("{e:#}")})
+                );
             } else {
                 eprintln!("herald: {e:#}");
             }
@@ -558,26 +574,52 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_of_another_channel_are_refused() {
-        let cli = Cli::try_parse_from([
-            "herald",
-            "send",
-            "--channel",
-            "sms",
-            "--to",
-            "+14155550100",
-            "--subject",
-            "x",
-            "--body",
-            "y",
-        ])
-        .unwrap();
+    fn build(args: &[&str]) -> Result<SendMessage> {
+        let cli = Cli::try_parse_from([&["herald", "send"], args].concat()).unwrap();
         let Command::Send(a) = cli.command else {
             panic!()
         };
-        let err = build_message(*a).unwrap_err().to_string();
-        assert!(err.contains("--subject"), "{err}");
+        build_message(*a)
+    }
+
+    #[test]
+    fn flags_of_another_channel_are_refused() {
+        let email = [
+            "--channel",
+            "email",
+            "--to",
+            "a@example.org",
+            "--subject",
+            "s",
+            "--text",
+            "t",
+        ];
+        let sms = ["--channel", "sms", "--to", "+14155550100", "--body", "b"];
+        let push = ["--channel", "push", "--to", "tok", "--title", "t"];
+        for (base, extra, flag) in [
+            (&sms[..], &["--subject", "x"][..], "--subject"),
+            (&email[..], &["--badge", "3"][..], "--badge"),
+            (&email[..], &["--priority", "high"][..], "--priority"),
+            (&sms[..], &["--sound", "ding"][..], "--sound"),
+            (&sms[..], &["--reply-to", "r@example.org"][..], "--reply-to"),
+            (
+                &push[..],
+                &["--reply-to", "r@example.org"][..],
+                "--reply-to",
+            ),
+            (
+                &push[..],
+                &["--media-url", "https://example.org/a.png"][..],
+                "--media-url",
+            ),
+        ] {
+            assert!(build(base).is_ok(), "{base:?}");
+            let err = build(&[base, extra].concat()).unwrap_err().to_string();
+            assert!(
+                err.contains(flag) && err.contains("does not apply"),
+                "{extra:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -175,6 +175,25 @@ async fn bad_arguments_and_server_errors_exit_non_zero_with_a_clear_message() {
     assert!(!out.status.success());
     let err: Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["error"], "not_found");
+    // A field error names the field in JSON too.
+    let out = daemon
+        .cli()
+        .args([
+            "send",
+            "--json",
+            "--channel",
+            "sms",
+            "--to",
+            "+1415",
+            "--body",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"], "invalid_field", "{err}");
+    assert_eq!(err["field"], "to", "{err}");
 
     let out = std::process::Command::new(herald_tests::herald_path())
         .args(["--socket", "/nonexistent/herald.sock", "stats"])
