@@ -295,6 +295,35 @@ fn validate_device_token(s: &str) -> Result<(), InvalidField> {
     Ok(())
 }
 
+/// Email headers a message may not set in `headers`: the message's own fields, the MIME
+/// structure and the envelope are written by the plugins, and Herald's own `X-Herald-*`
+/// headers identify the message. (Refused at accept, so every provider treats a message
+/// alike instead of one dropping the header and another refusing the request.)
+pub const RESERVED_EMAIL_HEADERS: [&str; 15] = [
+    "from",
+    "sender",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "return-path",
+    "x-herald-id",
+    "x-herald-tags",
+];
+
+/// Whether `name` is one of [`RESERVED_EMAIL_HEADERS`] (case-insensitive).
+pub fn is_reserved_email_header(name: &str) -> bool {
+    RESERVED_EMAIL_HEADERS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+}
+
 /// Structural checks of content that do not depend on configuration (sizes are the
 /// daemon's business).
 pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
@@ -323,6 +352,15 @@ pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
                     return Err(invalid(
                         "headers",
                         format!("header {name:?} is not a valid single-line header"),
+                    ));
+                }
+                if is_reserved_email_header(name) {
+                    return Err(invalid(
+                        "headers",
+                        format!(
+                            "header {name:?} is written by Herald; set the message's from, \
+                             reply_to or subject instead, or leave it out"
+                        ),
                     ));
                 }
             }
@@ -693,6 +731,21 @@ mod tests {
             validate_content(&Content::Email(e)).unwrap_err().field,
             "attachments"
         );
+        let with_header = |name: &str| {
+            let mut e = EmailContent {
+                subject: "Hi".into(),
+                text: Some("x".into()),
+                ..Default::default()
+            };
+            e.headers.insert(name.into(), "v".into());
+            validate_content(&Content::Email(e))
+        };
+        assert!(with_header("List-Unsubscribe").is_ok());
+        for reserved in ["Subject", "from", "X-Herald-Id", "Content-Type"] {
+            let err = with_header(reserved).unwrap_err();
+            assert_eq!(err.field, "headers");
+            assert!(err.reason.contains("written by Herald"), "{}", err.reason);
+        }
     }
 
     #[test]

@@ -10,27 +10,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use herald_plugin_api::{Attachment, EmailContent, Message, UnixMillis};
+use herald_plugin_api::{Attachment, EmailContent, Message, UnixMillis, is_reserved_email_header};
 
 /// Sender shown when the message names none (the outbox has no configured sender).
 const DEFAULT_FROM: &str = "Herald outbox <outbox@herald.invalid>";
-
-/// Headers this renderer writes itself; same-named custom headers are left out.
-const RESERVED: [&str; 13] = [
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "reply-to",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "content-type",
-    "content-transfer-encoding",
-    "x-herald-id",
-    "x-herald-tags",
-];
 
 /// One MIME entity: its headers and its already-encoded body (ending in CRLF).
 struct Part {
@@ -76,7 +59,8 @@ pub(crate) fn render(message: &Message, email: &EmailContent) -> String {
         );
     }
     for (name, value) in &email.headers {
-        if is_header_name(name) && !RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        // Accept refuses reserved names; a message stored by an older daemon may have them.
+        if is_header_name(name) && !is_reserved_email_header(name) {
             header(&mut out, name, &unstructured(value));
         }
     }

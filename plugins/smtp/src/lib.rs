@@ -60,7 +60,7 @@
 use herald_plugin_api::{
     Channel, ConfigError, ConfigKey, Content, Delivery, Host, Manifest, Outcome, Provider,
     ProviderConfig, Request, Secret, SmtpReply, SmtpRequest, SmtpTls, Step, TransportResponse,
-    email_address_part,
+    email_address_part, is_reserved_email_header,
 };
 use herald_plugin_kit::config::{check_sender, request_timeout_ms};
 use herald_plugin_kit::http_url::is_loopback_host;
@@ -73,24 +73,6 @@ herald_plugin_api::export_plugin!(Smtp);
 
 /// The submission, as failure reasons name it.
 const SUBMISSION: Exchange<'static> = Exchange::new("SMTP submission");
-
-/// Message headers the transport writes itself or that would misrepresent the envelope.
-const RESERVED_HEADERS: [&str; 14] = [
-    "from",
-    "sender",
-    "to",
-    "cc",
-    "bcc",
-    "reply-to",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "content-type",
-    "content-transfer-encoding",
-    "return-path",
-    "x-herald-id",
-];
 
 /// The `[[providers]]` keys this plugin reads, as written by the operator. `port` is read
 /// wide so an out-of-range value gets an error naming the key.
@@ -306,7 +288,8 @@ impl Provider for Smtp {
         let mut headers: Vec<(String, String)> = email
             .headers
             .iter()
-            .filter(|(n, _)| !RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(n)))
+            // Accept refuses reserved names; a message stored by an older daemon may have them.
+            .filter(|(n, _)| !is_reserved_email_header(n))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         headers.push(("X-Herald-Id".into(), message.id.clone()));

@@ -96,11 +96,19 @@ async fn text_and_html_arrive_as_multipart_alternative_with_the_right_headers() 
         e.text = Some(text.into());
         e.html = Some(html.into());
         e.reply_to = Some("Planner <planner@example.com>".into());
-        e.headers = BTreeMap::from([
-            ("X-Campaign".to_string(), "spring-invites".to_string()),
-            // Reserved: the plugin drops it, so it can neither add a recipient nor leak.
-            ("Bcc".to_string(), "spy@example.net".to_string()),
-        ]);
+        e.headers = BTreeMap::from([("X-Campaign".to_string(), "spring-invites".to_string())]);
+    }
+    // A reserved header (one that could add a recipient) is refused at accept, naming it.
+    let mut spy = m.clone();
+    email_content(&mut spy)
+        .headers
+        .insert("Bcc".into(), "spy@example.net".into());
+    match client.send(spy).await {
+        Err(herald_client::ClientError::Server(e)) => {
+            assert_eq!(e.field.as_deref(), Some("headers"), "{e}");
+            assert!(e.message.contains("Bcc"), "{e}");
+        }
+        r => panic!("a Bcc header should be refused, got {r:?}"),
     }
     let ack = client.send(m).await.unwrap();
 
