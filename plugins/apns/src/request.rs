@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use herald_plugin_api::{HttpRequest, Message, PushContent, PushPriority, Secret, UnixMillis};
+use herald_plugin_api::{HttpRequest, Message, PushContent, Secret, UnixMillis};
+use herald_plugin_kit::apns;
 use herald_plugin_kit::text::non_empty;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -111,9 +112,7 @@ pub fn prepare(
 
     let (title, body) = (non_empty(&push.title), non_empty(&push.body));
     let sound = non_empty(&push.sound);
-    // Anything the user sees or hears is an `alert` push; data alone is a `background`
-    // push, which APNs requires at priority 5 with `content-available`.
-    let visible = title.is_some() || body.is_some() || push.badge.is_some() || sound.is_some();
+    let visible = apns::is_visible(push);
     let aps = Aps {
         alert: (title.is_some() || body.is_some()).then_some(Alert { title, body }),
         badge: push.badge,
@@ -133,29 +132,15 @@ pub fn prepare(
         ));
     }
 
-    let (push_type, priority) = if visible {
-        let priority = match push.priority {
-            Some(PushPriority::Normal) => "5",
-            Some(PushPriority::High) | None => "10",
-        };
-        ("alert", priority)
-    } else {
-        ("background", "5")
-    };
     let mut request = HttpRequest::new(
         "POST",
         format!("{}/3/device/{}", config.base_url, message.to),
     )
     .header("apns-topic", config.topic.clone())
-    .header("apns-push-type", push_type)
-    .header("apns-priority", priority);
-    if let Some(ttl) = push.ttl_secs {
-        // 0: deliver now or drop; otherwise an absolute unix time.
-        let expiration = if ttl == 0 {
-            0
-        } else {
-            now / 1000 + u64::from(ttl)
-        };
+    .header("apns-push-type", apns::push_type(push))
+    // APNs' own default for an alert push is 10.
+    .header("apns-priority", apns::priority(push).unwrap_or("10"));
+    if let Some(expiration) = apns::expiration(push, now) {
         request = request.header("apns-expiration", expiration.to_string());
     }
     if let Some(collapse) = non_empty(&push.collapse_id) {
@@ -185,6 +170,7 @@ mod tests {
     use super::*;
     use crate::tests::{push_message, test_config};
     use expect_test::{Expect, expect};
+    use herald_plugin_api::PushPriority;
 
     const NOW: UnixMillis = 1_700_000_000_500;
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use herald_plugin_api::{HttpRequest, Message, PushContent, PushPriority, Secret, UnixMillis};
+use herald_plugin_kit::apns;
 use herald_plugin_kit::text::non_empty;
 use serde::Serialize;
 
@@ -117,36 +118,26 @@ pub fn send_body(message: &Message, push: &PushContent, now: UnixMillis) -> Resu
     let android = (android.priority.is_some() || android.ttl.is_some() || collapse.is_some())
         .then_some(android);
 
-    // iOS through FCM: the same priority, collapse and expiry, as APNs headers. A data-only
-    // message must be a background push with priority 5 and `content-available`.
+    // iOS through FCM: the same push type, priority, collapse and expiry as the apns
+    // plugin sends, as APNs headers (a badge or a sound alone is an alert push there).
     let mut headers = BTreeMap::new();
-    let priority = if visible {
-        push.priority.map(|p| match p {
-            PushPriority::High => "10",
-            PushPriority::Normal => "5",
-        })
-    } else {
-        headers.insert("apns-push-type", "background".to_string());
-        Some("5")
-    };
-    if let Some(priority) = priority {
+    let apns_visible = apns::is_visible(push);
+    if !apns_visible {
+        headers.insert("apns-push-type", apns::push_type(push).to_string());
+    }
+    if let Some(priority) = apns::priority(push) {
         headers.insert("apns-priority", priority.to_string());
     }
     if let Some(id) = collapse {
         headers.insert("apns-collapse-id", id.to_string());
     }
-    if let Some(ttl) = push.ttl_secs {
-        let expiration = if ttl == 0 {
-            0
-        } else {
-            now / 1000 + u64::from(ttl)
-        };
+    if let Some(expiration) = apns::expiration(push, now) {
         headers.insert("apns-expiration", expiration.to_string());
     }
     let aps = Aps {
         badge: push.badge,
         sound: non_empty(&push.sound),
-        content_available: (!visible).then_some(1),
+        content_available: (!apns_visible).then_some(1),
     };
     let has_aps = aps.badge.is_some() || aps.sound.is_some() || aps.content_available.is_some();
     let apns = (!headers.is_empty() || has_aps).then(|| Apns {
@@ -230,6 +221,17 @@ mod tests {
         })
         .unwrap();
         expect![[r#"{"message":{"token":"fcm-token-abc:APA91b","data":{"herald_id":"01HZY3J5T8G2W9Q4M7V6X1C0BD","sync":"1"},"android":{"priority":"NORMAL","ttl":"0s"},"apns":{"headers":{"apns-expiration":"0","apns-priority":"5","apns-push-type":"background"},"payload":{"aps":{"content-available":1}}}}}"#]]
+        .assert_eq(&body);
+    }
+
+    #[test]
+    fn a_badge_alone_is_an_alert_push_on_ios_as_with_the_apns_plugin() {
+        let body = body_of(PushContent {
+            badge: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        expect![[r#"{"message":{"token":"fcm-token-abc:APA91b","data":{"herald_id":"01HZY3J5T8G2W9Q4M7V6X1C0BD"},"apns":{"headers":{},"payload":{"aps":{"badge":2}}}}}"#]]
         .assert_eq(&body);
     }
 

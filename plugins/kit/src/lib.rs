@@ -14,12 +14,15 @@
 //! - [`config`]: small config checks several plugins make (an API key's shape, a
 //!   `request_timeout`).
 //! - [`webhook`]: the replay window of a signed webhook's timestamp.
+//! - [`apns`]: how APNs must treat a push (alert or background, priority, expiration), for
+//!   the apns plugin and for FCM's iOS delivery alike.
 //! - `testing` (feature `testing`): fixtures for the plugins' unit tests.
 //! - `spec` (feature `spec`, implies `testing`): request bodies checked against an OpenAPI
 //!   document's request schema.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod apns;
 pub mod config;
 pub mod http_url;
 pub mod outcome;
