@@ -393,12 +393,14 @@ pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
                 return Err(invalid("body", "an SMS body is at most 1600 characters"));
             }
             if let Some(from) = &s.from
-                && validate_e164("from", from).is_err()
-                && !is_alphanumeric_sender(from)
+                && !is_sms_sender(from)
             {
                 return Err(invalid(
                     "from",
-                    format!("{from:?} is neither an E.164 number nor an alphanumeric sender id"),
+                    format!(
+                        "{from:?} is neither an E.164 number, a short code nor an alphanumeric \
+                         sender id"
+                    ),
                 ));
             }
             if s.media_urls.len() > 10 {
@@ -426,10 +428,14 @@ pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
     Ok(())
 }
 
-fn is_alphanumeric_sender(s: &str) -> bool {
-    (1..=11).contains(&s.len())
+/// An SMS sender: an E.164 number, a short code (3-8 digits) or an alphanumeric sender id
+/// (1-11 letters, digits or spaces, at least one letter).
+pub fn is_sms_sender(s: &str) -> bool {
+    let short_code = (3..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let alphanumeric = (1..=11).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
-        && s.bytes().any(|b| b.is_ascii_alphabetic())
+        && s.bytes().any(|b| b.is_ascii_alphabetic());
+    validate_e164("from", s).is_ok() || short_code || alphanumeric
 }
 
 fn is_base64(s: &str) -> bool {
@@ -740,6 +746,17 @@ mod tests {
             e.headers.insert(name.into(), "v".into());
             validate_content(&Content::Email(e))
         };
+        let sms_from = |from: &str| {
+            validate_content(&Content::Sms(SmsContent {
+                from: Some(from.into()),
+                body: "hi".into(),
+                ..Default::default()
+            }))
+        };
+        for ok in ["+14155550100", "12345", "Wedding42"] {
+            assert!(sms_from(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(sms_from("12").unwrap_err().field, "from");
         assert!(with_header("List-Unsubscribe").is_ok());
         for reserved in ["Subject", "from", "X-Herald-Id", "Content-Type"] {
             let err = with_header(reserved).unwrap_err();

@@ -6,7 +6,7 @@
 //! warnings the instance logs once. Error messages name the key and the fix, and never
 //! echo a value that might be a secret.
 
-use herald_plugin_api::{ConfigError, ConfigKey, ProviderConfig, Secret, validate_e164};
+use herald_plugin_api::{ConfigError, ConfigKey, ProviderConfig, Secret, is_sms_sender};
 use serde::Deserialize;
 
 use herald_plugin_kit::http_url::{HttpUrl, UrlKey, UrlKind};
@@ -336,18 +336,8 @@ fn check_secret(key: &str, value: &Secret) -> Result<(), String> {
     }
 }
 
-/// E.164, a short code (3-8 digits) or an alphanumeric sender id (1-11 letters, digits or
-/// spaces, at least one letter).
-pub fn is_sender(s: &str) -> bool {
-    let short_code = (3..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
-    let alphanumeric = (1..=11).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
-        && s.bytes().any(|b| b.is_ascii_alphabetic());
-    validate_e164("from", s).is_ok() || short_code || alphanumeric
-}
-
 fn check_sender(from: &str) -> Result<(), String> {
-    if is_sender(from) {
+    if is_sms_sender(from) {
         Ok(())
     } else {
         Err(format!(
@@ -560,10 +550,10 @@ pub(crate) mod tests {
     #[test]
     fn senders_and_base_url_overrides() {
         for ok in ["+14155550100", "12345", "Herald", "Wedding 24"] {
-            assert!(is_sender(ok), "{ok}");
+            assert!(is_sms_sender(ok), "{ok}");
         }
         for bad in ["", "+1415", "123456789", "Herald & Co", "TwelveLetters"] {
-            assert!(!is_sender(bad), "{bad}");
+            assert!(!is_sms_sender(bad), "{bad}");
         }
         let base = |url: &str| {
             load(
