@@ -203,21 +203,7 @@ pub async fn closed_loop(
             });
         }
     }
-    let mut run = Run {
-        ids: Vec::with_capacity(n as usize),
-        latencies_us: Vec::with_capacity(n as usize),
-        started,
-        finished: started,
-        failures: Failures::default(),
-    };
-    while let Some(r) = tasks.join_next().await {
-        let (ids, lat, failures, last) = r.context("a sender task failed")?;
-        run.ids.extend(ids);
-        run.latencies_us.extend(lat);
-        run.failures.merge(failures);
-        run.finished = run.finished.max(last);
-    }
-    Ok(run)
+    collect(tasks, started, n).await
 }
 
 /// `n` messages in `send_batch` requests of `batch`, with `in_flight` batches outstanding on
@@ -287,6 +273,15 @@ pub async fn fill_batches(
             });
         }
     }
+    collect(tasks, started, n).await
+}
+
+/// What one sender task hands back: acknowledged ids, latencies (µs), failures, and when
+/// its last answer came.
+type SenderResult = (Vec<String>, Vec<u64>, Failures, Instant);
+
+/// Joins the sender tasks of a run started at `started` (of about `n` messages).
+async fn collect(mut tasks: JoinSet<SenderResult>, started: Instant, n: u64) -> Result<Run> {
     let mut run = Run {
         ids: Vec::with_capacity(n as usize),
         latencies_us: Vec::new(),
