@@ -438,13 +438,19 @@ mod tests {
     use protocol::ErrorCode;
     use tokio::io::AsyncReadExt;
 
-    /// A daemon stand-in that answers the hello, then hangs up.
-    async fn hang_up_after_hello(listener: tokio::net::UnixListener) {
+    /// Accepts one connection and reads its hello frame.
+    async fn accept_hello(listener: tokio::net::UnixListener) -> tokio::net::UnixStream {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut len = [0u8; 4];
         s.read_exact(&mut len).await.unwrap();
         let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
         s.read_exact(&mut hello).await.unwrap();
+        s
+    }
+
+    /// A daemon stand-in that answers the hello, then hangs up.
+    async fn hang_up_after_hello(listener: tokio::net::UnixListener) {
+        let mut s = accept_hello(listener).await;
         let welcome = Welcome {
             herald: PROTOCOL_VERSION,
             server: "test".into(),
@@ -457,11 +463,7 @@ mod tests {
 
     /// A daemon stand-in that refuses the hello the way heraldd does: a JSON error frame.
     async fn refuse_hello(listener: tokio::net::UnixListener) {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await.unwrap();
-        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut hello).await.unwrap();
+        let mut s = accept_hello(listener).await;
         let refusal = ServerFrame {
             id: 0,
             response: Response::Error(ErrorBody::new(

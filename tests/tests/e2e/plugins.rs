@@ -145,20 +145,17 @@ async fn a_panicking_plugin_yields_retries_not_a_crash() {
         .send(email("a@example.org", "PANIC now"))
         .await
         .unwrap();
+    // The first attempt's `deferred` event says why.
+    let deferred_detail = |events: &[herald_plugin_api::Event], needle: &str| {
+        let detail = events[2].detail.as_deref().unwrap_or_default();
+        assert!(detail.contains(needle), "{needle:?} not in {:?}", events[2]);
+    };
     let events = events_until(&client, &bad.id, &["dead"], Duration::from_secs(30)).await;
     assert_eq!(
         kinds(&events),
         ["queued", "sending", "deferred", "sending", "dead"]
     );
-    assert!(
-        events[2]
-            .detail
-            .as_deref()
-            .unwrap()
-            .contains("deliberate test panic"),
-        "{:?}",
-        events[2]
-    );
+    deferred_detail(&events, "deliberate test panic");
     // The daemon and the (re-created) plugin instance carry on.
     let good = client
         .send(email("b@example.org", "all fine"))
@@ -170,15 +167,7 @@ async fn a_panicking_plugin_yields_retries_not_a_crash() {
         "the panic is routed to the daemon log"
     );
     // The plugin's panic hook adds where it panicked.
-    assert!(
-        events[2]
-            .detail
-            .as_deref()
-            .unwrap()
-            .contains("panicky/src/lib.rs"),
-        "{:?}",
-        events[2]
-    );
+    deferred_detail(&events, "panicky/src/lib.rs");
 
     // A reload replaces (and frees) the instance that was created first; a panic in the
     // new one is still contained and reported.
@@ -188,15 +177,7 @@ async fn a_panicking_plugin_yields_retries_not_a_crash() {
         .await
         .unwrap();
     let events = events_until(&client, &again.id, &["dead"], Duration::from_secs(30)).await;
-    assert!(
-        events[2]
-            .detail
-            .as_deref()
-            .unwrap()
-            .contains("deliberate test panic"),
-        "{:?}",
-        events[2]
-    );
+    deferred_detail(&events, "deliberate test panic");
     client
         .send(email("d@example.org", "still fine"))
         .await
