@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use herald_client::protocol::{BatchItem, SendMessage};
 use herald_client::{Client, ClientError};
 use herald_plugin_api::{Content, EmailContent};
+use herald_protocol::{BatchItem, SendMessage};
 use tokio::task::JoinSet;
 
 /// Errors kept verbatim for the report.
@@ -374,7 +374,7 @@ mod tests {
     fn the_message_is_about_300_bytes() {
         let m = message(1234);
         // The encoded size on the wire (postcard), as daemon.max_message counts it.
-        let size = herald_client::protocol::encode(herald_client::protocol::Codec::Postcard, &m)
+        let size = herald_protocol::encode(herald_protocol::Codec::Postcard, &m)
             .unwrap()
             .len();
         assert!((250..=350).contains(&size), "{size} bytes");

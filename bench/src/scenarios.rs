@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use herald_client::Client;
-use herald_client::protocol::Filter;
 use herald_plugin_api::{EventKind, State};
+use herald_protocol::Filter;
 use serde::Serialize;
 
 use crate::daemon::{Binaries, Daemon, DaemonSettings, Disk, Memory};

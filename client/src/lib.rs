@@ -1,5 +1,5 @@
-//! `herald-client`: the async Rust client for `heraldd`'s Unix socket, and the protocol
-//! types ([`protocol`]) the daemon shares.
+//! `herald-client`: the async Rust client for `heraldd`'s Unix socket. The wire types come
+//! from `herald-protocol`, re-exported here as [`protocol`].
 //!
 //! One [`Client`] is one connection. Requests are pipelined: every call sends a frame with a
 //! fresh id and awaits the response with that id, so many tasks may share a client
@@ -25,7 +25,8 @@
 //! ```
 #![deny(unsafe_code)]
 
-pub mod protocol;
+pub use herald_protocol as protocol;
+pub use herald_protocol::DEFAULT_SOCKET;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,11 +44,6 @@ use protocol::{
     Accepted, BatchItem, ClientFrame, Codec, ErrorBody, Filter, Hello, MessageView,
     PROTOCOL_VERSION, ProtocolError, Request, Response, SendMessage, ServerFrame, Stats, Welcome,
 };
-
-/// The socket path of the embedded default config (`etc/herald.toml`), relative to the
-/// directory the daemon was started in. The CLI falls back to it after `--socket` and
-/// `HERALD_SOCKET`.
-pub const DEFAULT_SOCKET: &str = "var/herald/herald.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -1,8 +1,8 @@
 //! The accept path's validation: a `SendMessage` from a client becomes a [`NewMessage`]
 //! or an error naming the field and the fix. Runs before anything touches storage.
 
-use herald_client::protocol::{ErrorBody, ErrorCode, SendMessage};
 use herald_plugin_api::{UnixMillis, validate_content, validate_recipient};
+use herald_protocol::{ErrorBody, ErrorCode, SendMessage};
 
 use crate::live::Live;
 use crate::store::{NewMessage, new_id};

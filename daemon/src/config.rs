@@ -399,7 +399,7 @@ impl RawConfig {
         let max_frame = size(
             d.max_frame,
             "max_frame",
-            u64::from(herald_client::protocol::DEFAULT_MAX_FRAME),
+            u64::from(herald_protocol::DEFAULT_MAX_FRAME),
         )?;
         if !(1024..=64 << 20).contains(&max_frame) {
             return Err(format!(
@@ -663,7 +663,7 @@ mod tests {
         let c = Config::parse(EMBEDDED_DEFAULT, "embedded", &no_env).unwrap();
         assert_eq!(
             c.daemon.socket,
-            PathBuf::from(herald_client::DEFAULT_SOCKET)
+            PathBuf::from(herald_protocol::DEFAULT_SOCKET)
         );
         for ch in Channel::ALL {
             assert!(c.routes.contains_key(&ch), "{ch} routed");

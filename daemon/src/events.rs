@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use herald_client::protocol::{Filter, Response, ServerFrame};
 use herald_plugin_api::Event;
+use herald_protocol::{Filter, Response, ServerFrame};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 

@@ -15,12 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herald_client::protocol::{
-    self, Accepted, BatchItem, ClientFrame, Codec, ErrorBody, ErrorCode, Hello, MessageView,
-    PROTOCOL_VERSION, ProtocolError, ProviderStats, Request, Response, SendMessage, ServerFrame,
-    Stats, Welcome,
-};
 use herald_plugin_api::State;
+use herald_protocol::{
+    self as protocol, Accepted, BatchItem, ClientFrame, Codec, ErrorBody, ErrorCode, Hello,
+    MessageView, PROTOCOL_VERSION, ProtocolError, ProviderStats, Request, Response, SendMessage,
+    ServerFrame, Stats, Welcome,
+};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};

@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use herald_client::Client;
-use herald_client::protocol::{Filter, SendMessage};
 use herald_plugin_api::{Content, EmailContent, Event, SmsContent};
+use herald_protocol::{Filter, SendMessage};
 use tempfile::TempDir;
 
 use crate::mock::MockProvider;

@@ -12,12 +12,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use herald_client::protocol::{Filter, MessageView, SendMessage, Stats};
 use herald_client::{Client, ClientError, DEFAULT_SOCKET};
 use herald_plugin_api::{
     Attachment, Channel, Content, EmailContent, Event, EventKind, PushContent, PushPriority,
     SmsContent,
 };
+use herald_protocol::{Filter, MessageView, SendMessage, Stats};
 use serde_json::json;
 
 #[derive(Parser, Debug)]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_client::Client;
-use herald_client::protocol::Filter;
+use herald_protocol::Filter;
 use herald_tests::mock::MockProvider;
 use herald_tests::{Daemon, email};
 

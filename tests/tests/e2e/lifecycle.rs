@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use herald_client::ClientError;
-use herald_client::protocol::ErrorCode;
 use herald_plugin_api::State;
+use herald_protocol::ErrorCode;
 use herald_tests::mock::{MockProvider, Reply};
 use herald_tests::{Daemon, assert_idle, email, events_until, kinds, now_ms, sms};
 
@@ -319,7 +319,7 @@ async fn send_batch_answers_each_message_in_order() {
         ])
         .await
         .unwrap();
-    use herald_client::protocol::BatchItem;
+    use herald_protocol::BatchItem;
     assert!(matches!(&items[0], BatchItem::Accepted(_)));
     assert!(matches!(&items[1], BatchItem::Error(e) if e.field.as_deref() == Some("to")));
     assert!(matches!(&items[2], BatchItem::Accepted(_)));

@@ -10,10 +10,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use herald_client::protocol::{
+use herald_plugin_api::EventKind;
+use herald_protocol::{
     BatchItem, ClientFrame, ErrorCode, Hello, Request, Response, ServerFrame, Welcome,
 };
-use herald_plugin_api::EventKind;
 use herald_tests::Daemon;
 use herald_tests::mock::MockProvider;
 use serde_json::Value;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use herald_client::Client;
-use herald_client::protocol::SendMessage;
 use herald_plugin_api::{Content, Event, PushContent, PushPriority, State};
+use herald_protocol::SendMessage;
 use herald_tests::mock::{MockProvider, Recorded, Reply};
 use herald_tests::{Daemon, assert_idle, email, events_until, free_port, kinds, now_ms, sms};
 use serde_json::{Value, json};
@@ -1020,7 +1020,7 @@ async fn fcm_one_token_for_many_sends_and_a_new_one_after_a_401() {
         .await
         .unwrap();
     for item in batch {
-        let herald_client::protocol::BatchItem::Accepted(ack) = item else {
+        let herald_protocol::BatchItem::Accepted(ack) = item else {
             panic!("{item:?}")
         };
         let events = events_until(&client, &ack.id, END, T).await;
@@ -1122,7 +1122,7 @@ async fn fcm_a_burst_from_cold_shares_one_token_exchange() {
         .await
         .unwrap();
     for item in batch {
-        let herald_client::protocol::BatchItem::Accepted(ack) = item else {
+        let herald_protocol::BatchItem::Accepted(ack) = item else {
             panic!("{item:?}")
         };
         let events = events_until(&client, &ack.id, END, T).await;
@@ -1310,7 +1310,7 @@ async fn apns_one_jwt_for_many_sends() {
         .await
         .unwrap();
     for item in batch {
-        let herald_client::protocol::BatchItem::Accepted(ack) = item else {
+        let herald_protocol::BatchItem::Accepted(ack) = item else {
             panic!("{item:?}")
         };
         let events = events_until(&client, &ack.id, END, T).await;

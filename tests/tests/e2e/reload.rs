@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use herald_client::ClientError;
-use herald_client::protocol::Filter;
 use herald_plugin_api::EventKind;
+use herald_protocol::Filter;
 use herald_tests::mock::MockProvider;
 use herald_tests::{Daemon, email, events_until};
 
@@ -37,7 +37,7 @@ async fn reload_swaps_a_good_config_and_refuses_a_bad_one() {
     .unwrap();
     match client.reload().await {
         Err(ClientError::Server(e)) => {
-            assert_eq!(e.code, herald_client::protocol::ErrorCode::ConfigRejected);
+            assert_eq!(e.code, herald_protocol::ErrorCode::ConfigRejected);
             assert!(e.message.contains("ftp"), "{e}");
         }
         r => panic!("expected a refusal, got {r:?}"),

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use herald_client::protocol::SendMessage;
 use herald_plugin_api::{Attachment, Content, EmailContent, Event, State};
+use herald_protocol::SendMessage;
 use herald_tests::smtp::{Received, SmtpServer};
 use herald_tests::{Daemon, assert_idle, email, events_until, free_port, kinds};
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use herald_client::protocol::Filter;
 use herald_plugin_api::{EventKind, State};
+use herald_protocol::Filter;
 use herald_tests::mock::{MockProvider, Reply};
 use herald_tests::{Daemon, email, events_until, free_port, now_ms, sms};
 use hmac::{Hmac, Mac};

@@ -1,6 +1,10 @@
-//! The Herald socket protocol: frame layout, the hello handshake, requests, responses and
-//! the codecs. Shared by the daemon (server side) and the client; `docs/protocol.md` is the
-//! prose version of this file and must follow it.
+//! `herald-protocol`: the Herald socket protocol — frame layout, the hello handshake,
+//! requests, responses, errors, events and the codecs. The one definition the daemon (server
+//! side), the Rust client, the CLI and the generated TypeScript types share;
+//! `docs/protocol.md` is the prose version of this crate and must follow it.
+//!
+//! Owns: the wire contract. Must not: know about sockets beyond reading and writing frames,
+//! storage, or the daemon's policies.
 //!
 //! A frame is a 4-byte big-endian length, then that many body bytes. The first client frame
 //! is always JSON [`Hello`]; the server answers with a [`Welcome`] in the chosen codec and
@@ -12,15 +16,27 @@
 //! `skip_serializing_if` here, and variants are only ever appended (golden-byte tests guard
 //! the encoding).
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
-use herald_plugin_api::{Channel, Content, Event, EventKind, State, UnixMillis};
+/// The domain types the frames carry. They are defined in `herald-plugin-api` (plugins see
+/// the same messages and events) and are part of this protocol all the same.
+pub use herald_plugin_api::{
+    Attachment, Channel, Content, EmailContent, Event, EventKind, PushContent, PushPriority,
+    SmsContent, State, UnixMillis,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version in `Hello.herald`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The socket path of the embedded default config (`etc/herald.toml`), relative to the
+/// directory the daemon was started in. Clients fall back to it after an explicit path and
+/// `HERALD_SOCKET`.
+pub const DEFAULT_SOCKET: &str = "var/herald/herald.sock";
 
 /// The default bound on a frame body (`daemon.max_frame`).
 pub const DEFAULT_MAX_FRAME: u32 = 1024 * 1024;
