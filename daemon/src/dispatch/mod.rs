@@ -145,7 +145,7 @@ impl Dispatcher {
 
     async fn deliver(self: Arc<Self>, c: Claimed, _slot: OwnedSemaphorePermit) {
         let live = self.live.current();
-        let Claimed { id, record } = c;
+        let Claimed { id, fence, record } = c;
         let channel = record.channel();
         let attempt = record.attempt;
         let delivery = Arc::new(Delivery {
@@ -188,6 +188,7 @@ impl Dispatcher {
                               suppress: bool| Completion {
                 id,
                 attempt,
+                fence,
                 state,
                 provider: Some(p.name.clone()),
                 provider_message_id: pid,
@@ -305,6 +306,7 @@ impl Dispatcher {
                 Completion {
                     id,
                     attempt,
+                    fence,
                     state,
                     provider,
                     provider_message_id: None,
