@@ -32,9 +32,10 @@
 use std::collections::BTreeMap;
 
 use herald_plugin_api::{State, UnixMillis};
+use herald_protocol::{StoreCheck, StoreProblem, StoreProblemKind};
 
 use super::lifecycle::{Cursor, Txn, requeue_sending};
-use super::{Counts, MsgId, Record, StoreError};
+use super::{Counts, MsgId, Record, StoreError, id_string};
 
 /// At most this many findings are repaired by one check (one transaction); a report with
 /// [`CheckReport::unrepaired`] > 0 asks for another pass.
@@ -75,6 +76,19 @@ impl Problem {
         Problem::StaleDeadLetter,
         Problem::CountsWrong,
     ];
+
+    pub fn wire(self) -> StoreProblemKind {
+        match self {
+            Problem::SendingWithoutLease => StoreProblemKind::SendingWithoutLease,
+            Problem::NotScheduled => StoreProblemKind::NotScheduled,
+            Problem::NotInDeadLetters => StoreProblemKind::NotInDeadLetters,
+            Problem::NotFinished => StoreProblemKind::NotFinished,
+            Problem::StaleSchedule => StoreProblemKind::StaleSchedule,
+            Problem::StaleLease => StoreProblemKind::StaleLease,
+            Problem::StaleDeadLetter => StoreProblemKind::StaleDeadLetter,
+            Problem::CountsWrong => StoreProblemKind::CountsWrong,
+        }
+    }
 
     /// What the problem is, and what a repair does about it.
     pub fn describe(self) -> &'static str {
@@ -321,6 +335,29 @@ impl CheckReport {
     /// those past [`MAX_REPAIRS`] (another pass repairs them).
     pub fn unrepaired(&self) -> u64 {
         self.found() - self.repaired()
+    }
+
+    /// The report as `check_store` answers it.
+    pub fn wire(&self, took_ms: u64) -> StoreCheck {
+        let counts = |c: &Counts| State::ALL.iter().map(|s| (*s, c.get(*s))).collect();
+        StoreCheck {
+            messages: self.messages,
+            problems: self
+                .problems
+                .iter()
+                .map(|p| StoreProblem {
+                    kind: p.problem.wire(),
+                    found: p.found,
+                    repaired: p.repaired,
+                    detail: p.problem.describe().to_string(),
+                    examples: p.examples.iter().map(id_string).collect(),
+                })
+                .collect(),
+            repair: self.repair,
+            counts_stored: counts(&self.counts_stored),
+            counts_actual: counts(&self.counts_actual),
+            took_ms,
+        }
     }
 }
 
