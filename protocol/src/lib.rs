@@ -680,6 +680,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn check_store_shapes() {
+        // Appended variants: the earlier encodings above are unchanged.
+        let f = ClientFrame {
+            id: 1,
+            request: Request::CheckStore { dry_run: true },
+        };
+        expect!["010a01"].assert_eq(&hex(&encode(Codec::Postcard, &f).unwrap()));
+        let f: ClientFrame =
+            decode(Codec::Json, br#"{"id":1,"request":{"check_store":{}}}"#).unwrap();
+        assert_eq!(f.request, Request::CheckStore { dry_run: false });
+        let report = StoreCheck {
+            messages: 2,
+            problems: vec![StoreProblem {
+                kind: StoreProblemKind::SendingWithoutLease,
+                found: 1,
+                repaired: 1,
+                detail: "re-queued".into(),
+                examples: vec!["01J".into()],
+            }],
+            repair: true,
+            counts_stored: vec![(State::Sending, 0)],
+            counts_actual: vec![(State::Sending, 1)],
+            took_ms: 3,
+        };
+        let frame = ServerFrame {
+            id: 1,
+            response: Response::StoreChecked(report.clone()),
+        };
+        expect!["010c02010001010972652d717565756564010330314a0101010001010103"]
+            .assert_eq(&hex(&encode(Codec::Postcard, &frame).unwrap()));
+        expect![[r#"{"id":1,"response":{"store_checked":{"messages":2,"problems":[{"kind":"sending_without_lease","found":1,"repaired":1,"detail":"re-queued","examples":["01J"]}],"repair":true,"counts_stored":[["sending",0]],"counts_actual":[["sending",1]],"took_ms":3}}}"#]].assert_eq(&String::from_utf8(encode(Codec::Json, &frame).unwrap()).unwrap());
+        expect![[r#"
+            store check: 2 messages checked in 3 ms; 1 problems found, 1 repaired
+              sending_without_lease: 1 found, 1 repaired: re-queued
+                e.g. 01J
+        "#]]
+        .assert_eq(&report.to_string());
+        assert_eq!(report.unrepaired(), 0);
+    }
+
     #[tokio::test]
     async fn frames_round_trip_and_bound() {
         let mut out = Vec::new();
