@@ -9,6 +9,8 @@
 //! Owns: when the check runs, and its logging. Must not: decide what is consistent (that
 //! is `store::check`).
 
+use std::path::PathBuf;
+
 use herald_protocol::StoreCheck;
 
 use crate::clock;
@@ -78,23 +80,38 @@ pub fn offline(store: &dyn Store) -> Result<StoreCheck, StoreError> {
     Ok(first)
 }
 
+/// Why `heraldd --check-store` could not check a store.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// A daemon answers on the config's socket.
+    #[error("{0}")]
+    InUse(String),
+    #[error("there is no store in {dir} (daemon.data_dir = {data_dir}): nothing to check")]
+    NoStore { dir: PathBuf, data_dir: PathBuf },
+    #[error("cannot open the store in {dir}: {source}")]
+    Open { dir: PathBuf, source: StoreError },
+    #[error("checking the store in {dir} failed: {source}")]
+    Check { dir: PathBuf, source: StoreError },
+}
+
 /// `heraldd --check-store`: opens the store of a stopped daemon, checks and repairs it.
 /// Refuses when a daemon serves the config's socket or holds the store, and when there is
 /// no store (it never creates one).
-pub fn check_stopped(config: &Config) -> Result<StoreCheck, String> {
+pub fn check_stopped(config: &Config) -> Result<StoreCheck, OfflineError> {
     let d = &config.daemon;
-    ipc::refuse_if_served(&d.socket)?;
+    ipc::refuse_if_served(&d.socket).map_err(OfflineError::InUse)?;
     let dir = daemon::store_dir(d);
     if !SledStore::exists(&dir) {
-        return Err(format!(
-            "there is no store in {} (daemon.data_dir = {}): nothing to check",
-            dir.display(),
-            d.data_dir.display()
-        ));
+        return Err(OfflineError::NoStore {
+            dir,
+            data_dir: d.data_dir.clone(),
+        });
     }
-    let store = SledStore::open(&dir, d.cache_capacity)
-        .map_err(|e| format!("cannot open the store in {}: {e}", dir.display()))?;
-    offline(&store).map_err(|e| format!("checking the store in {} failed: {e}", dir.display()))
+    let store = match SledStore::open(&dir, d.cache_capacity) {
+        Ok(s) => s,
+        Err(source) => return Err(OfflineError::Open { dir, source }),
+    };
+    offline(&store).map_err(|source| OfflineError::Check { dir, source })
 }
 
 /// Adds what a later pass repaired to the first pass's report; false when it repaired
