@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use protocol::{
     Accepted, BatchItem, ClientFrame, Codec, ErrorBody, Filter, Hello, MessageView,
-    PROTOCOL_VERSION, ProtocolError, Request, Response, SendMessage, ServerFrame, Stats, Welcome,
+    PROTOCOL_VERSION, ProtocolError, Request, Response, SendMessage, ServerFrame, Stats,
+    StoreCheck, Welcome,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +327,15 @@ impl Client {
     pub async fn dead_requeue(&self, ids: Vec<String>) -> Result<u32, ClientError> {
         match self.call(Request::DeadRequeue { ids }).await? {
             Response::Requeued { count } => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Checks the store against its indexes and counts and repairs what is wrong (only
+    /// reports, with `dry_run`).
+    pub async fn check_store(&self, dry_run: bool) -> Result<StoreCheck, ClientError> {
+        match self.call(Request::CheckStore { dry_run }).await? {
+            Response::StoreChecked(report) => Ok(report),
             other => Err(unexpected(other)),
         }
     }

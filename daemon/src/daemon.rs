@@ -1,7 +1,8 @@
 //! Start-up, the running daemon's tasks, and graceful shutdown.
 //!
 //! Start: check the socket is not live, create the data dir (0700), open the store,
-//! start the committer, re-queue leases left by a crash, load plugins, bind the socket.
+//! start the committer, check and repair the store (`store_check`), re-queue leases left
+//! by a crash, load plugins, bind the socket.
 //! Run: socket server, dispatcher, retention sweeper, signals (SIGTERM/SIGINT stop,
 //! SIGHUP reloads). Stop: stop accepting, answer in-flight requests, let deliveries in
 //! flight finish (bounded by `daemon.shutdown_grace`), flush, remove the socket.
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock;
 use crate::commit::Committer;
-use crate::config::Config;
+use crate::config::{Config, DaemonConfig};
 use crate::dispatch::Dispatcher;
 use crate::ipc::{self, ReloadRequest, Shared};
 use crate::live::{Live, LiveCell};
@@ -27,6 +28,7 @@ use crate::plugin::Loader;
 use crate::providers::Routing;
 use crate::reload::Reloader;
 use crate::store::{BreakerRecord, Op, OpResult, SledStore, Store};
+use crate::store_check;
 use crate::transport::Transports;
 use crate::webhooks::WebhookServer;
 
@@ -52,12 +54,17 @@ pub fn build_routing(
         .map_err(|e| anyhow!("{}: {e}", config.source_name))
 }
 
+/// Where the store lives in `daemon.data_dir`.
+pub fn store_dir(d: &DaemonConfig) -> PathBuf {
+    d.data_dir.join("db")
+}
+
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let d = config.daemon.clone();
     // Refuse early, with a clear message, if another daemon serves this socket.
     ipc::refuse_if_served(&d.socket).map_err(|e| anyhow!(e))?;
     create_private_dir(&d.data_dir)?;
-    let db_dir = d.data_dir.join("db");
+    let db_dir = store_dir(&d);
     let cache = d.cache_capacity;
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || SledStore::open(&db_dir, cache))
@@ -66,6 +73,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     );
     let (committer, writer) =
         Committer::start(Arc::clone(&store)).context("cannot start the commit thread")?;
+    // Whatever the engine promised, no acknowledged message may be left where neither
+    // dispatch nor recovery looks (a record `sending` without a lease, say).
+    store_check::at_start(&committer)
+        .await
+        .map_err(|e| anyhow!("checking the store failed: {e}"))?;
     match committer.submit(Op::Recover).await {
         Ok(OpResult::Recovered(n)) if n > 0 => {
             tracing::warn!(

@@ -32,6 +32,7 @@ use crate::commit::{CommitError, Committer};
 use crate::events;
 use crate::live::{Live, LiveCell};
 use crate::store::{MsgId, Op, OpResult, Record, Store, id_string, parse_id};
+use crate::store_check;
 
 /// Requests one connection may have in flight; the reader waits beyond that.
 const MAX_IN_FLIGHT: usize = 4096;
@@ -563,6 +564,10 @@ async fn handle(shared: &Shared, request: Request) -> Response {
                 }
                 .await
             }
+            Request::CheckStore { dry_run } => store_check::online(&shared.committer, !dry_run)
+                .await
+                .map(Response::StoreChecked)
+                .map_err(commit_error),
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => Err(ErrorBody::new(
                 ErrorCode::Internal,
                 "subscriptions are handled by the connection",

@@ -18,5 +18,6 @@ pub mod ratelimit;
 pub mod reload;
 pub mod retry;
 pub mod store;
+pub mod store_check;
 pub mod transport;
 pub mod webhooks;

@@ -1,4 +1,5 @@
-//! `heraldd`: parse flags, set up logging, load the config, run (or `--check`).
+//! `heraldd`: parse flags, set up logging, load the config, run (or `--check`, or
+//! `--check-store`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use clap::Parser;
 use herald_daemon::config::Config;
 use herald_daemon::daemon;
 use herald_daemon::plugin::Loader;
+use herald_daemon::store_check;
 
 /// sled allocates on every insert; jemalloc is much cheaper than glibc malloc for that
 /// pattern and returns memory when idle (measured against glibc and mimalloc in
@@ -22,8 +24,13 @@ struct Args {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Validate the config and every provider's plugin and settings, then exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check_store")]
     check: bool,
+    /// Check the store of a stopped daemon against its indexes and counts, repair what is
+    /// wrong, print the report, then exit: 0 when consistent or repaired, 1 otherwise.
+    /// Refuses while a daemon uses the data_dir.
+    #[arg(long)]
+    check_store: bool,
     /// Log format on stderr.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -57,6 +64,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check_store {
+        return match store_check::check_stopped(&config) {
+            Ok(report) => {
+                #[allow(clippy::print_stdout)]
+                {
+                    print!("{report}");
+                }
+                if report.unrepaired() == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("heraldd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.check {
         let mut loader = Loader::new(&config.daemon.plugin_dir);
         return match daemon::build_routing(&config, &mut loader, &Default::default()) {

@@ -138,6 +138,13 @@ pub enum Request {
     DeadRequeue {
         ids: Vec<String>,
     },
+    /// Checks every stored message against the index entries its state requires and the
+    /// per-state counts against a recount, and repairs what is wrong (only reports, with
+    /// `dry_run`). Serialised with every other write.
+    CheckStore {
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +307,148 @@ pub struct Stats {
     pub providers: Vec<ProviderStats>,
 }
 
+/// A kind of inconsistency `check_store` looks for. Append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreProblemKind {
+    /// A `sending` message without a lease: never re-queued. Repair: re-queued.
+    SendingWithoutLease,
+    /// A `queued` or `deferred` message missing from the schedule: never dispatched.
+    /// Repair: rescheduled at its due time.
+    NotScheduled,
+    /// A `dead` message missing from the dead letters. Repair: listed again.
+    NotInDeadLetters,
+    /// A finished message missing from the retention index. Repair: indexed.
+    NotFinished,
+    /// A schedule entry for a message that is gone or not waiting then. Repair: dropped.
+    StaleSchedule,
+    /// A lease for a message that is gone or not being sent. Repair: dropped.
+    StaleLease,
+    /// A dead-letter entry for a message that is gone or not dead. Repair: dropped.
+    StaleDeadLetter,
+    /// The stored per-state counts disagree with the messages. Repair: recounted.
+    CountsWrong,
+}
+
+impl StoreProblemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreProblemKind::SendingWithoutLease => "sending_without_lease",
+            StoreProblemKind::NotScheduled => "not_scheduled",
+            StoreProblemKind::NotInDeadLetters => "not_in_dead_letters",
+            StoreProblemKind::NotFinished => "not_finished",
+            StoreProblemKind::StaleSchedule => "stale_schedule",
+            StoreProblemKind::StaleLease => "stale_lease",
+            StoreProblemKind::StaleDeadLetter => "stale_dead_letter",
+            StoreProblemKind::CountsWrong => "counts_wrong",
+        }
+    }
+}
+
+/// One kind of inconsistency found by `check_store`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreProblem {
+    pub kind: StoreProblemKind,
+    /// How many were found (for `counts_wrong`: how many states disagreed).
+    pub found: u64,
+    /// How many were repaired (fewer than found for a dry run, or past the per-pass bound:
+    /// run the check again).
+    pub repaired: u64,
+    /// What it means and what the repair does, in words.
+    pub detail: String,
+    /// Some of the messages concerned (at most 10).
+    #[serde(default)]
+    pub examples: Vec<String>,
+}
+
+/// What `check_store` found and repaired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreCheck {
+    /// Messages examined.
+    pub messages: u64,
+    /// Empty when the store is consistent.
+    pub problems: Vec<StoreProblem>,
+    /// False for a dry run.
+    pub repair: bool,
+    /// Per-state counts as stored before the check, and as the messages say, in the order
+    /// of [`State::ALL`].
+    pub counts_stored: Vec<(State, u64)>,
+    pub counts_actual: Vec<(State, u64)>,
+    /// How long the check took, milliseconds.
+    pub took_ms: u64,
+}
+
+impl StoreCheck {
+    pub fn consistent(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// Problems found and not repaired.
+    pub fn unrepaired(&self) -> u64 {
+        self.problems
+            .iter()
+            .map(|p| p.found.saturating_sub(p.repaired))
+            .sum()
+    }
+}
+
+impl fmt::Display for StoreCheck {
+    /// The human report `herald admin check-store` and `heraldd --check-store` print.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.consistent() {
+            return writeln!(
+                f,
+                "store consistent: {} messages checked in {} ms",
+                self.messages, self.took_ms
+            );
+        }
+        let found: u64 = self.problems.iter().map(|p| p.found).sum();
+        let repaired: u64 = self.problems.iter().map(|p| p.repaired).sum();
+        writeln!(
+            f,
+            "store check: {} messages checked in {} ms; {found} problems found, {repaired} repaired{}",
+            self.messages,
+            self.took_ms,
+            if self.repair { "" } else { " (dry run)" }
+        )?;
+        for p in &self.problems {
+            writeln!(
+                f,
+                "  {}: {} found, {} repaired: {}",
+                p.kind.as_str(),
+                p.found,
+                p.repaired,
+                p.detail
+            )?;
+            if !p.examples.is_empty() {
+                writeln!(f, "    e.g. {}", p.examples.join(" "))?;
+            }
+            if p.kind == StoreProblemKind::CountsWrong {
+                for ((state, stored), (_, actual)) in
+                    self.counts_stored.iter().zip(&self.counts_actual)
+                {
+                    if stored != actual {
+                        writeln!(f, "    {state}: stored {stored}, actual {actual}")?;
+                    }
+                }
+            }
+        }
+        if self.unrepaired() > 0 {
+            writeln!(
+                f,
+                "{} problems are not repaired{}",
+                self.unrepaired(),
+                if self.repair {
+                    ": run the check again"
+                } else {
+                    ": run it without --dry-run to repair them"
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// A server frame body. Variant order is wire format: append only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -327,6 +476,8 @@ pub enum Response {
         count: u32,
     },
     Error(ErrorBody),
+    /// The answer to `check_store`.
+    StoreChecked(StoreCheck),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -527,6 +678,47 @@ mod tests {
                 from_seq: Some(0)
             }
         );
+    }
+
+    #[test]
+    fn check_store_shapes() {
+        // Appended variants: the earlier encodings above are unchanged.
+        let f = ClientFrame {
+            id: 1,
+            request: Request::CheckStore { dry_run: true },
+        };
+        expect!["010a01"].assert_eq(&hex(&encode(Codec::Postcard, &f).unwrap()));
+        let f: ClientFrame =
+            decode(Codec::Json, br#"{"id":1,"request":{"check_store":{}}}"#).unwrap();
+        assert_eq!(f.request, Request::CheckStore { dry_run: false });
+        let report = StoreCheck {
+            messages: 2,
+            problems: vec![StoreProblem {
+                kind: StoreProblemKind::SendingWithoutLease,
+                found: 1,
+                repaired: 1,
+                detail: "re-queued".into(),
+                examples: vec!["01J".into()],
+            }],
+            repair: true,
+            counts_stored: vec![(State::Sending, 0)],
+            counts_actual: vec![(State::Sending, 1)],
+            took_ms: 3,
+        };
+        let frame = ServerFrame {
+            id: 1,
+            response: Response::StoreChecked(report.clone()),
+        };
+        expect!["010c02010001010972652d717565756564010330314a0101010001010103"]
+            .assert_eq(&hex(&encode(Codec::Postcard, &frame).unwrap()));
+        expect![[r#"{"id":1,"response":{"store_checked":{"messages":2,"problems":[{"kind":"sending_without_lease","found":1,"repaired":1,"detail":"re-queued","examples":["01J"]}],"repair":true,"counts_stored":[["sending",0]],"counts_actual":[["sending",1]],"took_ms":3}}}"#]].assert_eq(&String::from_utf8(encode(Codec::Json, &frame).unwrap()).unwrap());
+        expect![[r#"
+            store check: 2 messages checked in 3 ms; 1 problems found, 1 repaired
+              sending_without_lease: 1 found, 1 repaired: re-queued
+                e.g. 01J
+        "#]]
+        .assert_eq(&report.to_string());
+        assert_eq!(report.unrepaired(), 0);
     }
 
     #[tokio::test]

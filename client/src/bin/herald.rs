@@ -56,6 +56,23 @@ enum Command {
         #[command(subcommand)]
         command: DeadCommand,
     },
+    /// Operator commands.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Check every stored message against the index entries its state requires and the
+    /// per-state counts against a recount, and repair what is wrong. Exits 1 when problems
+    /// are left unrepaired.
+    CheckStore {
+        /// Only report; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -532,6 +549,19 @@ async fn query(client: Client, command: Command, as_json: bool) -> Result<()> {
                 }
             }
         },
+        Command::Admin {
+            command: AdminCommand::CheckStore { dry_run },
+        } => {
+            let report = client.check_store(dry_run).await?;
+            if as_json {
+                print_json(&report)?;
+            } else {
+                print!("{report}");
+            }
+            if report.unrepaired() > 0 {
+                bail!("{} store problems are not repaired", report.unrepaired());
+            }
+        }
     }
     Ok(())
 }

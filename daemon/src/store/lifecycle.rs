@@ -1,111 +1,211 @@
-//! The message state machine, independent of the storage engine: what each [`Op`] reads
-//! and writes, which states it moves between, and which events it emits.
+//! The message state machine for key-value engines: what each [`Op`] reads and writes,
+//! which states it moves between, and which events it emits — written once, against the
+//! domain-level transaction [`Txn`], so that every key-value engine (memory, sled) behaves
+//! the same and the conformance suite (`store::conformance`) tests it once.
 //!
-//! A backend implements the primitive [`Txn`] operations inside its transaction and calls
-//! [`apply`] for each op of a batch. Sequence numbers and per-state counts are threaded
-//! through a [`Cursor`] so the backend can persist them in the same transaction.
-
-use std::collections::VecDeque;
+//! An engine opens its transaction, calls [`apply_batch`], and the transaction's
+//! [`Txn::finish`] persists the batch's events, `seq` and per-state counts with it. `Txn`
+//! speaks the domain — messages, "due messages at `now`", leases, idempotency entries,
+//! held webhook updates, suppression, … — never trees or keys. How an engine serves a
+//! range read inside its transaction is its own business: sled's transactions cannot
+//! scan, so `sled_store` reads the ranges a batch will ask for before it opens the
+//! transaction (the single writer guarantees nothing changes in between).
+//!
+//! Owns: state transitions, idempotency, held webhooks, suppression, forward-only status,
+//! reply tagging, event `seq` and per-state counts through a batch. Must not: know an
+//! engine's layout or keys, or read the clock (`now` is passed in).
 
 use herald_plugin_api::{
     Channel, Event, EventKind, InboundMessage, State, StatusUpdate, UnixMillis, UpdateKind,
 };
 
+use super::check::{self, Audit};
 use super::{
     BreakerRecord, Claimed, Completion, Counts, MsgId, NewMessage, Op, OpResult, Record,
     StoreError, id_string,
 };
 
-/// Primitive operations a backend offers inside one transaction.
+/// Whose held webhook updates: a message's (the update arrived while it was being sent),
+/// or a provider message id's (the update outran the completion that records the id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldFor<'a> {
+    Message(&'a MsgId),
+    ProviderId { provider: &'a str, pid: &'a str },
+}
+
+/// An owned [`HeldFor`], as a retention scan returns it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HeldKey {
+    Message(MsgId),
+    ProviderId { provider: String, pid: String },
+}
+
+impl HeldKey {
+    pub fn as_held_for(&self) -> HeldFor<'_> {
+        match self {
+            HeldKey::Message(id) => HeldFor::Message(id),
+            HeldKey::ProviderId { provider, pid } => HeldFor::ProviderId { provider, pid },
+        }
+    }
+}
+
+/// A recorded webhook de-duplication key: `key` is the provider's event id (`e:…`) or
+/// inbound message id (`i:…`), recorded at `at`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeenKey {
+    pub at: UnixMillis,
+    pub provider: String,
+    pub key: String,
+}
+
+/// Updates held for one key, with their arrival times.
+pub type HeldUpdates = Vec<(UnixMillis, StatusUpdate)>;
+
+/// One transaction of a key-value engine, in domain terms. Every method reads or writes
+/// inside the transaction: a write is seen by later reads of the same transaction, and
+/// nothing is visible to others until the engine commits.
+///
+/// Recipients (suppression list, latest message per recipient) compare ASCII
+/// case-insensitively; the engine normalises them.
 pub trait Txn {
     type Error: From<StoreError>;
 
-    fn get_record(&self, id: &MsgId) -> Result<Option<Record>, Self::Error>;
-    fn put_record(&self, id: &MsgId, record: &Record) -> Result<(), Self::Error>;
-    fn schedule(&self, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
-    fn unschedule(&self, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
-    fn lease(&self, id: &MsgId, until: UnixMillis) -> Result<(), Self::Error>;
-    fn unlease(&self, id: &MsgId) -> Result<(), Self::Error>;
-    /// The message id and expiry stored for an idempotency key.
-    fn idem_get(&self, key: &str) -> Result<Option<(MsgId, UnixMillis)>, Self::Error>;
-    fn idem_put(&self, key: &str, id: &MsgId, expires: UnixMillis) -> Result<(), Self::Error>;
-    fn provider_id_put(&self, provider: &str, pid: &str, id: &MsgId) -> Result<(), Self::Error>;
-    fn dead_put(&self, id: &MsgId) -> Result<(), Self::Error>;
-    fn dead_remove(&self, id: &MsgId) -> Result<(), Self::Error>;
-    /// Index of finished messages by finish time, for retention.
-    fn finished(&self, at: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
-    fn is_suppressed(&self, channel: Channel, to: &str) -> Result<bool, Self::Error>;
-    fn suppress(&self, channel: Channel, to: &str, reason: &str) -> Result<(), Self::Error>;
-    /// Retention removals.
-    fn remove_record(&self, id: &MsgId) -> Result<(), Self::Error>;
-    fn idem_remove(&self, key: &str) -> Result<(), Self::Error>;
-    fn provider_id_remove(&self, provider: &str, pid: &str) -> Result<(), Self::Error>;
-    fn unfinished(&self, at: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
-    /// Removes the block of events whose first `seq` is `first`.
-    fn remove_event_block(&self, first: u64) -> Result<(), Self::Error>;
-    /// Webhooks: provider id → message id.
-    fn provider_id_get(&self, provider: &str, pid: &str) -> Result<Option<MsgId>, Self::Error>;
-    /// Updates held for a key (`held_key_*`), with their arrival times.
-    fn held_get(&self, key: &[u8]) -> Result<Vec<(UnixMillis, StatusUpdate)>, Self::Error>;
-    fn held_put(
-        &self,
-        key: &[u8],
+    // Messages.
+    fn message(&mut self, id: &MsgId) -> Result<Option<Record>, Self::Error>;
+    fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), Self::Error>;
+    fn remove_message(&mut self, id: &MsgId) -> Result<(), Self::Error>;
+
+    // The schedule: which waiting message is due when.
+    fn schedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
+    fn unschedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
+    /// Schedule entries due at `now` or earlier, oldest first, at most `limit`, leaving
+    /// out those taken earlier in this transaction. An entry may be stale (its message
+    /// was cancelled or rescheduled): the caller checks the record.
+    fn due(
+        &mut self,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(UnixMillis, MsgId)>, Self::Error>;
+
+    // Leases of messages being sent.
+    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<(), Self::Error>;
+    fn unlease(&mut self, id: &MsgId) -> Result<(), Self::Error>;
+    fn is_leased(&mut self, id: &MsgId) -> Result<bool, Self::Error>;
+    /// Every leased message (start-up recovery).
+    fn leased(&mut self) -> Result<Vec<MsgId>, Self::Error>;
+
+    // Idempotency keys: the message a key names, and until when.
+    fn idempotency(&mut self, key: &str) -> Result<Option<(MsgId, UnixMillis)>, Self::Error>;
+    fn put_idempotency(
+        &mut self,
+        key: &str,
+        id: &MsgId,
+        expires: UnixMillis,
+    ) -> Result<(), Self::Error>;
+    fn remove_idempotency(&mut self, key: &str) -> Result<(), Self::Error>;
+
+    // The provider-id index (webhooks find their message by the provider's id).
+    fn by_provider_id(&mut self, provider: &str, pid: &str) -> Result<Option<MsgId>, Self::Error>;
+    fn put_provider_id(&mut self, provider: &str, pid: &str, id: &MsgId)
+    -> Result<(), Self::Error>;
+    fn remove_provider_id(&mut self, provider: &str, pid: &str) -> Result<(), Self::Error>;
+
+    // Dead letters.
+    fn put_dead(&mut self, id: &MsgId) -> Result<(), Self::Error>;
+    fn remove_dead(&mut self, id: &MsgId) -> Result<(), Self::Error>;
+
+    // Finished messages by the time they finished (retention).
+    fn put_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
+    fn remove_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
+    /// Messages that finished before `before`, oldest first, at most `limit`.
+    fn finished_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(UnixMillis, MsgId)>, Self::Error>;
+
+    // The suppression list.
+    fn is_suppressed(&mut self, channel: Channel, to: &str) -> Result<bool, Self::Error>;
+    fn suppress(&mut self, channel: Channel, to: &str, reason: &str) -> Result<(), Self::Error>;
+    fn unsuppress(&mut self, channel: Channel, to: &str) -> Result<(), Self::Error>;
+
+    // The latest message sent to each recipient (replies are tagged like it).
+    fn latest(&mut self, channel: Channel, to: &str) -> Result<Option<MsgId>, Self::Error>;
+    fn put_latest(&mut self, channel: Channel, to: &str, id: &MsgId) -> Result<(), Self::Error>;
+    fn remove_latest(&mut self, channel: Channel, to: &str) -> Result<(), Self::Error>;
+
+    // Webhook updates held until their message can take them.
+    fn held(&mut self, key: HeldFor<'_>) -> Result<HeldUpdates, Self::Error>;
+    /// Replaces what is held for `key`; an empty list removes it.
+    fn set_held(
+        &mut self,
+        key: HeldFor<'_>,
         updates: &[(UnixMillis, StatusUpdate)],
     ) -> Result<(), Self::Error>;
-    fn held_remove(&self, key: &[u8]) -> Result<(), Self::Error>;
-    /// The latest message sent to a recipient (for tagging replies).
-    fn latest_get(&self, channel: Channel, to: &str) -> Result<Option<MsgId>, Self::Error>;
-    fn latest_put(&self, channel: Channel, to: &str, id: &MsgId) -> Result<(), Self::Error>;
-    fn latest_remove(&self, channel: Channel, to: &str) -> Result<(), Self::Error>;
-    fn unsuppress(&self, channel: Channel, to: &str) -> Result<(), Self::Error>;
-    /// Records a provider event key; returns true if it was already recorded.
-    fn seen(&self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, Self::Error>;
-    fn unsee(&self, at: UnixMillis, provider_key: &[u8]) -> Result<(), Self::Error>;
-    fn breaker_get(&self, provider: &str) -> Result<Option<BreakerRecord>, Self::Error>;
-    fn breaker_put(&self, provider: &str, record: &BreakerRecord) -> Result<(), Self::Error>;
+    /// Keys holding anything that arrived before `before`, at most `limit`.
+    fn held_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<HeldKey>, Self::Error>;
+
+    // Webhook de-duplication.
+    /// Records `key` for `provider` at `now`; true when it was already recorded.
+    fn seen(&mut self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, Self::Error>;
+    /// Keys recorded before `before`, oldest first, at most `limit`.
+    fn seen_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<SeenKey>, Self::Error>;
+    fn unsee(&mut self, key: &SeenKey) -> Result<(), Self::Error>;
+
+    // Circuit breakers.
+    fn breaker(&mut self, provider: &str) -> Result<Option<BreakerRecord>, Self::Error>;
+    fn put_breaker(&mut self, provider: &str, record: &BreakerRecord) -> Result<(), Self::Error>;
+
+    // The event log.
+    /// Drops events older than `before` (an engine storing events in blocks keeps a
+    /// block until all of it is older), at most `limit` blocks; returns how many events.
+    fn prune_events(&mut self, before: UnixMillis, limit: usize) -> Result<u64, Self::Error>;
+
+    /// What the store check found: every message against the index entries its state
+    /// requires, and a recount. `counts` are the per-state counts as this transaction
+    /// stands; the engine may audit the store as it was at the start of the batch instead,
+    /// as long as [`Audit::stored`] and [`Audit::recount`] describe the same moment.
+    fn audit(&mut self, counts: &Counts) -> Result<Audit, Self::Error>;
+
+    /// Ends the batch: appends `events` to the log and stores `seq` and `counts`.
+    fn finish(&mut self, events: &[Event], seq: u64, counts: &Counts) -> Result<(), Self::Error>;
 }
 
-/// Held-update key for a message id.
-pub fn held_key_message(id: &MsgId) -> Vec<u8> {
-    let mut k = vec![b'm'];
-    k.extend_from_slice(id);
-    k
+/// What a batch produced: one result per op, the events appended, and whether the
+/// schedule gained entries.
+#[derive(Debug)]
+pub struct Batch {
+    pub results: Vec<OpResult>,
+    pub cursor: Cursor,
 }
 
-/// Held-update key for a provider's message id.
-pub fn held_key_provider(provider: &str, pid: &str) -> Vec<u8> {
-    let mut k = vec![b'p'];
-    k.extend_from_slice(provider.as_bytes());
-    k.push(0);
-    k.extend_from_slice(pid.as_bytes());
-    k
-}
-
-/// Reads a backend does before its transaction (range scans), consumed by the ops.
-#[derive(Debug, Default)]
-pub struct PreRead {
-    /// Due schedule entries, oldest first.
-    pub due: VecDeque<(UnixMillis, MsgId)>,
-    /// Leased message ids (for `Recover`).
-    pub leased: Vec<MsgId>,
-    /// Finished messages older than the retention cut-off (for `Prune`).
-    pub finished: Vec<(UnixMillis, MsgId)>,
-    /// Event blocks (by first seq) wholly older than the retention cut-off (for `Prune`).
-    pub old_events: Vec<u64>,
-    /// How many events those blocks hold.
-    pub old_event_count: u64,
-    /// Whether any update is held (or may be held by this batch); when not, completions
-    /// skip the lookups.
-    pub held_possible: bool,
-    /// Whether the suppression list may hold anyone this batch; when not, accepts skip
-    /// the lookup.
-    pub suppression_possible: bool,
-    /// Webhook de-duplication keys older than the cut-off: (at, provider\0key).
-    pub old_seen: Vec<(UnixMillis, Vec<u8>)>,
-    /// Held-update keys with anything older than the cut-off.
-    pub old_held: Vec<Vec<u8>>,
-    /// The retention cut-off of a `Prune` in this batch.
-    pub prune_before: UnixMillis,
+/// Applies `ops` in order inside `txn`, starting from the stored `seq` and `counts`, and
+/// finishes the transaction. The engine commits it (or, on an error, rolls it back).
+pub fn apply_batch<T: Txn>(
+    txn: &mut T,
+    now: UnixMillis,
+    ops: &[Op],
+    seq: u64,
+    counts: Counts,
+) -> Result<Batch, T::Error> {
+    let mut cur = Cursor::new(seq, counts);
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(apply(txn, now, op, &mut cur)?);
+    }
+    txn.finish(&cur.events, cur.seq, &cur.counts)?;
+    Ok(Batch {
+        results,
+        cursor: cur,
+    })
 }
 
 /// Running totals through a batch.
@@ -127,16 +227,15 @@ impl Cursor {
         }
     }
 
-    /// Assigns the next `seq`. The backend writes `events` to its log with the batch.
-    fn emit<T: Txn>(&mut self, _txn: &T, mut event: Event) -> Result<(), T::Error> {
+    /// Assigns the next `seq`; the engine writes the events with the batch.
+    pub(super) fn emit(&mut self, mut event: Event) {
         self.seq += 1;
         event.seq = self.seq;
         self.events.push(event);
-        Ok(())
     }
 }
 
-fn message_event(now: UnixMillis, id: &MsgId, r: &Record, kind: EventKind) -> Event {
+pub(super) fn message_event(now: UnixMillis, id: &MsgId, r: &Record, kind: EventKind) -> Event {
     Event {
         seq: 0,
         at: now,
@@ -154,14 +253,14 @@ fn message_event(now: UnixMillis, id: &MsgId, r: &Record, kind: EventKind) -> Ev
     }
 }
 
-fn with_detail(mut e: Event, detail: Option<String>) -> Event {
+pub(super) fn with_detail(mut e: Event, detail: Option<String>) -> Event {
     e.detail = detail;
     e
 }
 
 /// Moves `r` to `to`, keeping counts, and records when it finished.
-fn transition<T: Txn>(
-    txn: &T,
+pub(super) fn transition<T: Txn>(
+    txn: &mut T,
     cur: &mut Cursor,
     now: UnixMillis,
     id: &MsgId,
@@ -173,65 +272,85 @@ fn transition<T: Txn>(
     r.state = to;
     r.updated_at = now;
     if to.is_terminal() && !was_terminal {
-        txn.finished(now, id)?;
+        txn.put_finished(now, id)?;
     }
     Ok(())
 }
 
+/// Puts a message that was being sent back in the queue, due now, with a `queued` event
+/// saying why (start-up recovery, the store check).
+pub(super) fn requeue_sending<T: Txn>(
+    txn: &mut T,
+    now: UnixMillis,
+    id: &MsgId,
+    r: &mut Record,
+    cur: &mut Cursor,
+    why: &str,
+) -> Result<(), T::Error> {
+    transition(txn, cur, now, id, r, State::Queued)?;
+    r.lease_until = None;
+    r.due_at = now;
+    txn.schedule(now, id)?;
+    cur.scheduled = true;
+    cur.emit(with_detail(
+        message_event(now, id, r, EventKind::Queued),
+        Some(why.to_string()),
+    ));
+    txn.put_message(id, r)
+}
+
 /// Applies one op.
 pub fn apply<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     op: &Op,
     cur: &mut Cursor,
-    pre: &mut PreRead,
 ) -> Result<OpResult, T::Error> {
     match op {
-        Op::Accept(m) => accept(txn, now, m, cur, pre.suppression_possible),
-        Op::Claim { limit, lease_ms } => claim(txn, now, *limit, *lease_ms, cur, pre),
-        Op::Complete(c) => complete(txn, now, c, cur, pre.held_possible),
+        Op::Accept(m) => accept(txn, now, m, cur),
+        Op::Claim { limit, lease_ms } => claim(txn, now, *limit, *lease_ms, cur),
+        Op::Complete(c) => complete(txn, now, c, cur),
         Op::Cancel(id) => cancel(txn, now, id, cur),
         Op::Requeue(id) => requeue(txn, now, id, cur),
-        Op::Recover => recover(txn, now, cur, pre),
-        Op::Prune { .. } => prune(txn, cur, pre),
+        Op::Recover => recover(txn, now, cur),
+        Op::Prune { before, limit } => prune(txn, *before, *limit, cur),
         Op::Status { provider, update } => status(txn, now, provider, update, cur),
         Op::Inbound { provider, inbound } => inbound_reply(txn, now, provider, inbound, cur),
         Op::Note { kind, detail } => {
-            cur.emit(
-                txn,
-                Event {
-                    seq: 0,
-                    at: now,
-                    message_id: None,
-                    kind: *kind,
-                    channel: None,
-                    provider: None,
-                    provider_message_id: None,
-                    attempt: None,
-                    detail: Some(detail.clone()),
-                    tags: vec![],
-                    from: None,
-                    to: None,
-                    body: None,
-                },
-            )?;
+            cur.emit(Event {
+                seq: 0,
+                at: now,
+                message_id: None,
+                kind: *kind,
+                channel: None,
+                provider: None,
+                provider_message_id: None,
+                attempt: None,
+                detail: Some(detail.clone()),
+                tags: vec![],
+                from: None,
+                to: None,
+                body: None,
+            });
             Ok(OpResult::Done)
+        }
+        Op::Check { repair } => {
+            check::check(txn, now, *repair, cur).map(|r| OpResult::Checked(Box::new(r)))
         }
     }
 }
 
 fn accept<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     m: &NewMessage,
     cur: &mut Cursor,
-    suppression_possible: bool,
 ) -> Result<OpResult, T::Error> {
     if let Some(key) = &m.idempotency_key {
-        if let Some((existing, expires)) = txn.idem_get(key)?
+        if let Some((existing, expires)) = txn.idempotency(key)?
             && expires > now
         {
-            return Ok(match txn.get_record(&existing)? {
+            return Ok(match txn.message(&existing)? {
                 Some(r) if !r.same_message(m) => OpResult::IdempotencyConflict { existing },
                 _ => OpResult::Accepted {
                     id: existing,
@@ -239,7 +358,7 @@ fn accept<T: Txn>(
                 },
             });
         }
-        txn.idem_put(key, &m.id, now + m.idempotency_window_ms)?;
+        txn.put_idempotency(key, &m.id, now + m.idempotency_window_ms)?;
     }
     let due = m.send_at.map_or(now, |s| s.max(now));
     let mut r = Record {
@@ -260,22 +379,19 @@ fn accept<T: Txn>(
         last_error: None,
     };
     cur.counts.moved(None, State::Queued);
-    cur.emit(txn, message_event(now, &m.id, &r, EventKind::Queued))?;
-    if suppression_possible && txn.is_suppressed(r.channel(), &r.to)? {
+    cur.emit(message_event(now, &m.id, &r, EventKind::Queued));
+    if txn.is_suppressed(r.channel(), &r.to)? {
         transition(txn, cur, now, &m.id, &mut r, State::Suppressed)?;
         r.last_error = Some("the recipient is on the suppression list".into());
-        cur.emit(
-            txn,
-            with_detail(
-                message_event(now, &m.id, &r, EventKind::Suppressed),
-                r.last_error.clone(),
-            ),
-        )?;
+        cur.emit(with_detail(
+            message_event(now, &m.id, &r, EventKind::Suppressed),
+            r.last_error.clone(),
+        ));
     } else {
         txn.schedule(due, &m.id)?;
         cur.scheduled = true;
     }
-    txn.put_record(&m.id, &r)?;
+    txn.put_message(&m.id, &r)?;
     Ok(OpResult::Accepted {
         id: m.id,
         duplicate: false,
@@ -283,20 +399,17 @@ fn accept<T: Txn>(
 }
 
 fn claim<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     limit: usize,
     lease_ms: u64,
     cur: &mut Cursor,
-    pre: &mut PreRead,
 ) -> Result<OpResult, T::Error> {
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let Some((due, id)) = pre.due.pop_front() else {
-            break;
-        };
+    let due = txn.due(now, limit)?;
+    let mut out = Vec::with_capacity(due.len());
+    for (due, id) in due {
         txn.unschedule(due, &id)?;
-        let Some(mut r) = txn.get_record(&id)? else {
+        let Some(mut r) = txn.message(&id)? else {
             continue;
         };
         // A stale index entry (cancelled, or rescheduled at another time) is just dropped.
@@ -306,14 +419,11 @@ fn claim<T: Txn>(
         if now >= r.expires_at {
             transition(txn, cur, now, &id, &mut r, State::Expired)?;
             r.last_error = Some("not delivered before retry.ttl ran out".into());
-            cur.emit(
-                txn,
-                with_detail(
-                    message_event(now, &id, &r, EventKind::Expired),
-                    r.last_error.clone(),
-                ),
-            )?;
-            txn.put_record(&id, &r)?;
+            cur.emit(with_detail(
+                message_event(now, &id, &r, EventKind::Expired),
+                r.last_error.clone(),
+            ));
+            txn.put_message(&id, &r)?;
             continue;
         }
         transition(txn, cur, now, &id, &mut r, State::Sending)?;
@@ -321,35 +431,41 @@ fn claim<T: Txn>(
         let until = now + lease_ms;
         r.lease_until = Some(until);
         txn.lease(&id, until)?;
-        txn.put_record(&id, &r)?;
+        txn.put_message(&id, &r)?;
         let mut e = message_event(now, &id, &r, EventKind::Sending);
         e.provider = None;
         e.provider_message_id = None;
-        cur.emit(txn, e)?;
-        out.push(Claimed { id, record: r });
+        cur.emit(e);
+        // The lease expiry is the fencing token: every claim of a message writes a new one
+        // (a message is claimed again only after it left `sending`, at a later `now`).
+        out.push(Claimed {
+            id,
+            fence: until,
+            record: r,
+        });
     }
     Ok(OpResult::Claimed(out))
 }
 
 fn complete<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     c: &Completion,
     cur: &mut Cursor,
-    held_possible: bool,
 ) -> Result<OpResult, T::Error> {
     for (provider, record) in &c.breakers {
-        let newer = txn.breaker_get(provider)?.is_none_or(|stored| {
+        let newer = txn.breaker(provider)?.is_none_or(|stored| {
             stored.plugin != record.plugin || stored.generation < record.generation
         });
         if newer {
-            txn.breaker_put(provider, record)?;
+            txn.put_breaker(provider, record)?;
         }
     }
-    let Some(mut r) = txn.get_record(&c.id)? else {
+    let Some(mut r) = txn.message(&c.id)? else {
         return Ok(OpResult::NotFound);
     };
-    if r.state != State::Sending || r.attempt != c.attempt {
+    // A completion of another claim (an older attempt, a lease lost to recovery) is stale.
+    if r.state != State::Sending || r.attempt != c.attempt || r.lease_until != Some(c.fence) {
         return Ok(OpResult::WrongState(r.state));
     }
     txn.unlease(&c.id)?;
@@ -364,27 +480,24 @@ fn complete<T: Txn>(
         r.provider_message_id = Some(pid.clone());
         // Only webhooks look messages up by provider id.
         if c.index_provider_id {
-            txn.provider_id_put(p, pid, &c.id)?;
+            txn.put_provider_id(p, pid, &c.id)?;
         }
     }
     match c.state {
         State::Sent | State::Delivered => {
             r.last_error = None;
             transition(txn, cur, now, &c.id, &mut r, State::Sent)?;
-            cur.emit(
-                txn,
-                with_detail(
-                    message_event(now, &c.id, &r, EventKind::Sent),
-                    c.detail.clone(),
-                ),
-            )?;
+            cur.emit(with_detail(
+                message_event(now, &c.id, &r, EventKind::Sent),
+                c.detail.clone(),
+            ));
             if c.state == State::Delivered {
                 transition(txn, cur, now, &c.id, &mut r, State::Delivered)?;
-                cur.emit(txn, message_event(now, &c.id, &r, EventKind::Delivered))?;
+                cur.emit(message_event(now, &c.id, &r, EventKind::Delivered));
             }
             // Replies come by SMS and email; push has none.
             if r.channel() != Channel::Push {
-                txn.latest_put(r.channel(), &r.to, &c.id)?;
+                txn.put_latest(r.channel(), &r.to, &c.id)?;
             }
         }
         State::Deferred => {
@@ -399,24 +512,21 @@ fn complete<T: Txn>(
                 c.detail.clone(),
             );
             e.provider = c.provider.clone();
-            cur.emit(txn, e)?;
+            cur.emit(e);
         }
         s @ (State::Failed | State::Bounced | State::Dead | State::Expired) => {
             r.last_error = c.detail.clone();
             transition(txn, cur, now, &c.id, &mut r, s)?;
             if s == State::Dead {
-                txn.dead_put(&c.id)?;
+                txn.put_dead(&c.id)?;
             }
             if c.suppress {
                 txn.suppress(r.channel(), &r.to, c.detail.as_deref().unwrap_or(""))?;
             }
-            cur.emit(
-                txn,
-                with_detail(
-                    message_event(now, &c.id, &r, EventKind::from(s)),
-                    c.detail.clone(),
-                ),
-            )?;
+            cur.emit(with_detail(
+                message_event(now, &c.id, &r, EventKind::from(s)),
+                c.detail.clone(),
+            ));
         }
         other => {
             return Err(StoreError::Corrupt(format!(
@@ -425,28 +535,27 @@ fn complete<T: Txn>(
             .into());
         }
     }
-    // Webhooks that arrived while the message was being sent apply now.
-    let mut held = Vec::new();
-    if held_possible {
-        let mut keys = vec![held_key_message(&c.id)];
-        if let (Some(p), Some(pid)) = (&c.provider, &c.provider_message_id) {
-            keys.push(held_key_provider(p, pid));
-        }
-        for key in keys {
-            let found = txn.held_get(&key)?;
-            if !found.is_empty() {
-                txn.held_remove(&key)?;
-                held.extend(found);
-            }
-        }
+    // Webhooks that arrived while the message was being sent, or before its provider id
+    // was known, apply now.
+    let mut held = take_held(txn, HeldFor::Message(&c.id))?;
+    if let (Some(provider), Some(pid)) = (&c.provider, &c.provider_message_id) {
+        held.extend(take_held(txn, HeldFor::ProviderId { provider, pid })?);
     }
     held.sort_by_key(|(at, _)| *at);
-    let provider = c.provider.clone().unwrap_or_default();
+    let provider = c.provider.as_deref().unwrap_or_default();
     for (_, update) in held {
-        apply_update(txn, now, &c.id, &mut r, &provider, &update, cur)?;
+        apply_update(txn, now, &c.id, &mut r, provider, &update, cur)?;
     }
-    txn.put_record(&c.id, &r)?;
+    txn.put_message(&c.id, &r)?;
     Ok(OpResult::Done)
+}
+
+fn take_held<T: Txn>(txn: &mut T, key: HeldFor<'_>) -> Result<HeldUpdates, T::Error> {
+    let held = txn.held(key)?;
+    if !held.is_empty() {
+        txn.set_held(key, &[])?;
+    }
+    Ok(held)
 }
 
 fn update_state(kind: UpdateKind) -> Option<State> {
@@ -462,7 +571,7 @@ fn update_state(kind: UpdateKind) -> Option<State> {
 
 /// Applies a provider status update to a record that is not being sent. Forward only.
 fn apply_update<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     id: &MsgId,
     r: &mut Record,
@@ -479,12 +588,12 @@ fn apply_update<T: Txn>(
     event.detail = u.detail.clone();
     let changed = match (u.kind, update_state(u.kind)) {
         (UpdateKind::Opened, _) => {
-            cur.emit(txn, event)?;
+            cur.emit(event);
             true
         }
         (UpdateKind::Clicked, _) => {
             event.kind = EventKind::Clicked;
-            cur.emit(txn, event)?;
+            cur.emit(event);
             true
         }
         (_, Some(state)) if state.rank() > r.state.rank() => {
@@ -496,7 +605,7 @@ fn apply_update<T: Txn>(
                     .or_else(|| Some(format!("{provider} reported {state}")));
             }
             event.kind = EventKind::from(state);
-            cur.emit(txn, event)?;
+            cur.emit(event);
             true
         }
         // Provider-side deferrals, and anything that would move the state backwards.
@@ -513,19 +622,19 @@ fn apply_update<T: Txn>(
 }
 
 fn hold<T: Txn>(
-    txn: &T,
-    key: &[u8],
+    txn: &mut T,
+    key: HeldFor<'_>,
     now: UnixMillis,
     u: &StatusUpdate,
 ) -> Result<OpResult, T::Error> {
-    let mut held = txn.held_get(key)?;
+    let mut held = txn.held(key)?;
     held.push((now, u.clone()));
-    txn.held_put(key, &held)?;
+    txn.set_held(key, &held)?;
     Ok(OpResult::Held)
 }
 
 fn status<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     provider: &str,
     u: &StatusUpdate,
@@ -538,26 +647,26 @@ fn status<T: Txn>(
     }
     let by_herald_id = u.message_id.as_deref().and_then(super::parse_id);
     let by_provider_id = match &u.provider_message_id {
-        Some(pid) => txn.provider_id_get(provider, pid)?,
+        Some(pid) => txn.by_provider_id(provider, pid)?,
         None => None,
     };
     let found = match by_herald_id.or(by_provider_id) {
-        Some(id) => txn.get_record(&id)?.map(|r| (id, r)),
+        Some(id) => txn.message(&id)?.map(|r| (id, r)),
         None => None,
     };
     let Some((id, mut r)) = found else {
         // Not known yet (the webhook outran our own bookkeeping): hold it.
         return match (&u.provider_message_id, by_herald_id) {
-            (Some(pid), _) => hold(txn, &held_key_provider(provider, pid), now, u),
-            (None, Some(id)) => hold(txn, &held_key_message(&id), now, u),
+            (Some(pid), _) => hold(txn, HeldFor::ProviderId { provider, pid }, now, u),
+            (None, Some(id)) => hold(txn, HeldFor::Message(&id), now, u),
             (None, None) => Ok(OpResult::Ignored),
         };
     };
     if r.state == State::Sending {
-        return hold(txn, &held_key_message(&id), now, u);
+        return hold(txn, HeldFor::Message(&id), now, u);
     }
     let changed = apply_update(txn, now, &id, &mut r, provider, u, cur)?;
-    txn.put_record(&id, &r)?;
+    txn.put_message(&id, &r)?;
     Ok(if changed {
         OpResult::Done
     } else {
@@ -566,7 +675,7 @@ fn status<T: Txn>(
 }
 
 fn inbound_reply<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     provider: &str,
     m: &InboundMessage,
@@ -577,8 +686,8 @@ fn inbound_reply<T: Txn>(
     {
         return Ok(OpResult::Ignored);
     }
-    let latest = match txn.latest_get(m.channel, &m.from)? {
-        Some(id) => txn.get_record(&id)?.map(|r| (id, r)),
+    let latest = match txn.latest(m.channel, &m.from)? {
+        Some(id) => txn.message(&id)?.map(|r| (id, r)),
         None => None,
     };
     let detail = match m.opt_out {
@@ -592,42 +701,39 @@ fn inbound_reply<T: Txn>(
         }
         None => None,
     };
-    cur.emit(
-        txn,
-        Event {
-            seq: 0,
-            at: now,
-            message_id: latest.as_ref().map(|(id, _)| id_string(id)),
-            kind: EventKind::Inbound,
-            channel: Some(m.channel),
-            provider: Some(provider.to_string()),
-            provider_message_id: m.provider_message_id.clone(),
-            attempt: None,
-            detail,
-            tags: latest.map(|(_, r)| r.tags).unwrap_or_default(),
-            from: Some(m.from.clone()),
-            to: Some(m.to.clone()),
-            body: Some(m.body.clone()),
-        },
-    )?;
+    cur.emit(Event {
+        seq: 0,
+        at: now,
+        message_id: latest.as_ref().map(|(id, _)| id_string(id)),
+        kind: EventKind::Inbound,
+        channel: Some(m.channel),
+        provider: Some(provider.to_string()),
+        provider_message_id: m.provider_message_id.clone(),
+        attempt: None,
+        detail,
+        tags: latest.map(|(_, r)| r.tags).unwrap_or_default(),
+        from: Some(m.from.clone()),
+        to: Some(m.to.clone()),
+        body: Some(m.body.clone()),
+    });
     Ok(OpResult::Done)
 }
 
 fn cancel<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     id: &MsgId,
     cur: &mut Cursor,
 ) -> Result<OpResult, T::Error> {
-    let Some(mut r) = txn.get_record(id)? else {
+    let Some(mut r) = txn.message(id)? else {
         return Ok(OpResult::NotFound);
     };
     match r.state {
         State::Queued | State::Deferred => {
             txn.unschedule(r.due_at, id)?;
             transition(txn, cur, now, id, &mut r, State::Cancelled)?;
-            cur.emit(txn, message_event(now, id, &r, EventKind::Cancelled))?;
-            txn.put_record(id, &r)?;
+            cur.emit(message_event(now, id, &r, EventKind::Cancelled));
+            txn.put_message(id, &r)?;
             Ok(OpResult::Done)
         }
         State::Cancelled => Ok(OpResult::Done),
@@ -636,18 +742,18 @@ fn cancel<T: Txn>(
 }
 
 fn requeue<T: Txn>(
-    txn: &T,
+    txn: &mut T,
     now: UnixMillis,
     id: &MsgId,
     cur: &mut Cursor,
 ) -> Result<OpResult, T::Error> {
-    let Some(mut r) = txn.get_record(id)? else {
+    let Some(mut r) = txn.message(id)? else {
         return Ok(OpResult::NotFound);
     };
     if r.state != State::Dead {
         return Ok(OpResult::WrongState(r.state));
     }
-    txn.dead_remove(id)?;
+    txn.remove_dead(id)?;
     transition(txn, cur, now, id, &mut r, State::Queued)?;
     r.attempt = 0;
     r.due_at = now;
@@ -655,97 +761,81 @@ fn requeue<T: Txn>(
     r.expires_at = now.saturating_add(r.expires_at.saturating_sub(r.created_at));
     txn.schedule(now, id)?;
     cur.scheduled = true;
-    cur.emit(
-        txn,
-        with_detail(
-            message_event(now, id, &r, EventKind::Queued),
-            Some("requeued from the dead letters".into()),
-        ),
-    )?;
-    txn.put_record(id, &r)?;
+    cur.emit(with_detail(
+        message_event(now, id, &r, EventKind::Queued),
+        Some("requeued from the dead letters".into()),
+    ));
+    txn.put_message(id, &r)?;
     Ok(OpResult::Done)
 }
 
-fn recover<T: Txn>(
-    txn: &T,
-    now: UnixMillis,
-    cur: &mut Cursor,
-    pre: &mut PreRead,
-) -> Result<OpResult, T::Error> {
+fn recover<T: Txn>(txn: &mut T, now: UnixMillis, cur: &mut Cursor) -> Result<OpResult, T::Error> {
     let mut n = 0;
-    for id in std::mem::take(&mut pre.leased) {
+    for id in txn.leased()? {
         txn.unlease(&id)?;
-        let Some(mut r) = txn.get_record(&id)? else {
+        let Some(mut r) = txn.message(&id)? else {
             continue;
         };
         if r.state != State::Sending {
             continue;
         }
-        transition(txn, cur, now, &id, &mut r, State::Queued)?;
-        r.lease_until = None;
-        r.due_at = now;
-        txn.schedule(now, &id)?;
-        cur.scheduled = true;
-        cur.emit(
+        requeue_sending(
             txn,
-            with_detail(
-                message_event(now, &id, &r, EventKind::Queued),
-                Some("re-queued: the daemon stopped while this message was being sent".into()),
-            ),
+            now,
+            &id,
+            &mut r,
+            cur,
+            "re-queued: the daemon stopped while this message was being sent",
         )?;
-        txn.put_record(&id, &r)?;
         n += 1;
     }
     Ok(OpResult::Recovered(n))
 }
 
-fn prune<T: Txn>(txn: &T, cur: &mut Cursor, pre: &mut PreRead) -> Result<OpResult, T::Error> {
+fn prune<T: Txn>(
+    txn: &mut T,
+    before: UnixMillis,
+    limit: usize,
+    cur: &mut Cursor,
+) -> Result<OpResult, T::Error> {
     let mut messages = 0;
-    for (at, id) in std::mem::take(&mut pre.finished) {
-        txn.unfinished(at, &id)?;
-        let Some(r) = txn.get_record(&id)? else {
+    for (at, id) in txn.finished_before(before, limit)? {
+        txn.remove_finished(at, &id)?;
+        let Some(r) = txn.message(&id)? else {
             continue;
         };
+        // A message requeued from the dead letters left its old entry behind.
         if !r.state.is_terminal() {
             continue;
         }
         if let Some(key) = &r.idempotency_key
-            && txn.idem_get(key)?.is_some_and(|(owner, _)| owner == id)
+            && txn.idempotency(key)?.is_some_and(|(owner, _)| owner == id)
         {
-            txn.idem_remove(key)?;
+            txn.remove_idempotency(key)?;
         }
         if let (Some(p), Some(pid)) = (&r.provider, &r.provider_message_id) {
-            txn.provider_id_remove(p, pid)?;
+            txn.remove_provider_id(p, pid)?;
         }
         if r.state == State::Dead {
-            txn.dead_remove(&id)?;
+            txn.remove_dead(&id)?;
         }
-        if txn.latest_get(r.channel(), &r.to)? == Some(id) {
-            txn.latest_remove(r.channel(), &r.to)?;
+        if txn.latest(r.channel(), &r.to)? == Some(id) {
+            txn.remove_latest(r.channel(), &r.to)?;
         }
-        txn.remove_record(&id)?;
+        txn.remove_message(&id)?;
         let i = Counts::index(r.state);
         cur.counts.0[i] = cur.counts.0[i].saturating_sub(1);
         messages += 1;
     }
-    let old = std::mem::take(&mut pre.old_events);
-    for first in &old {
-        txn.remove_event_block(*first)?;
+    let events = txn.prune_events(before, limit)?;
+    for key in txn.seen_before(before, limit)? {
+        txn.unsee(&key)?;
     }
-    for (at, key) in std::mem::take(&mut pre.old_seen) {
-        txn.unsee(at, &key)?;
+    for key in txn.held_before(before, limit)? {
+        let key = key.as_held_for();
+        let mut held = txn.held(key)?;
+        held.retain(|(at, _)| *at >= before);
+        txn.set_held(key, &held)?;
     }
-    for key in std::mem::take(&mut pre.old_held) {
-        let mut held = txn.held_get(&key)?;
-        held.retain(|(at, _)| *at >= pre.prune_before);
-        if held.is_empty() {
-            txn.held_remove(&key)?;
-        } else {
-            txn.held_put(&key, &held)?;
-        }
-    }
-    Ok(OpResult::Pruned {
-        messages,
-        events: pre.old_event_count,
-    })
+    Ok(OpResult::Pruned { messages, events })
 }

@@ -1,16 +1,64 @@
-//! Durable storage behind a queue-shaped [`Store`] trait: messages, the schedule index,
-//! leases, idempotency keys, provider-id index, dead letters, suppression list, breaker
-//! state and the event log.
+//! Durable storage behind a queue-shaped [`Store`] trait: messages, the schedule, leases,
+//! idempotency keys, the provider-id index, dead letters, the suppression list, breaker
+//! state and the event log — in domain terms; one engine knows its own layout.
 //!
-//! Every mutation is an [`Op`]; [`Store::commit`] applies a whole batch of ops in one
-//! transaction and appends their events with consecutive `seq` numbers. Durability comes
-//! from [`Store::flush`], which the group committer (`commit`) calls before anything is
-//! acknowledged or published. The state machine itself (which op moves which state and
-//! emits which events) lives in [`lifecycle`] so another backend can reuse it.
+//! Every mutation is an [`Op`]; [`Store::commit`] applies a whole batch of ops atomically
+//! and appends their events with consecutive `seq` numbers. The batch is the engine
+//! boundary: the group committer (`commit`) hands over whatever waits, and an engine
+//! serves the batch as it can best (sled: one transaction; a server engine: a few
+//! multi-row statements). Durability comes from [`Store::flush`], which the committer
+//! calls before anything is acknowledged or published. Reads are in domain terms too
+//! (`get`, `events_from`, `first_seq`, `last_seq`, `next_due`, `counts`, `dead`,
+//! `breakers`).
 //!
-//! Only `store::sled_store` knows sled exists.
+//! # Engines
+//!
+//! - [`memory::MemoryStore`]: everything in maps; the reference implementation and the
+//!   engine of fast unit tests.
+//! - [`sled_store::SledStore`]: the embedded default. **Only `sled_store` knows sled
+//!   exists.**
+//!
+//! Both are key-value engines: they implement the domain-level transaction
+//! [`lifecycle::Txn`] and let [`lifecycle::apply_batch`] run the state machine, so they
+//! behave alike by construction; [`check`] holds a store against Herald's invariant
+//! (every acknowledged message is delivered or reaches a terminal state) and repairs it.
+//! The conformance suite (`conformance`, tests only) runs the same cases against every
+//! engine.
+//!
+//! # Design note: a PostgreSQL engine (several daemons, one queue)
+//!
+//! A SQL engine implements [`Store`] itself rather than [`lifecycle::Txn`], because a
+//! primitive per round trip would make every batch slow:
+//!
+//! - **Directly, in a few statements per batch:** `Accept` (one multi-row insert into a
+//!   write-once `messages` table and a narrow `queue` table; idempotency keys in their own
+//!   uniquely keyed table, `ON CONFLICT` deciding duplicate vs conflict), `Claim` (`UPDATE
+//!   queue … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING …`, setting a
+//!   lease expiry and a new **fencing token** per claim), `Complete` (one batched update
+//!   applied only where the token still matches: a late completion from a daemon that lost
+//!   its lease changes nothing), `Recover` (every daemon, periodically: return *expired*
+//!   leases to the queue — a key-value engine serves one daemon and returns every lease at
+//!   start), the reads, and `Check` (queries: the queue row *is* the schedule entry and the
+//!   lease, so most damage cannot exist; the counts are recounted).
+//! - **Through `lifecycle`**, with a `Txn` whose methods are statements: the rare ops
+//!   (`Status`, `Inbound`, `Cancel`, `Requeue`, `Prune`, `Note`), so the state machine
+//!   for held webhooks, forward-only updates, suppression and reply tagging stays one.
+//!   [`Claimed::fence`] / [`Completion::fence`] already carry the token: key-value engines
+//!   use the lease expiry, which every claim rewrites.
+//! - **Events:** `seq` must be global and gap-free across daemons, and a subscriber's cursor
+//!   must never skip a transaction that commits late: allocate a batch's seqs from one
+//!   counter row locked in the committing transaction, so seq order is commit order (or
+//!   read only below the oldest running transaction). Subscribers must get events from the
+//!   store (`events_from`, woken by LISTEN/NOTIFY, polling as the fallback), not only from
+//!   the local committer's broadcast, which sees this daemon's commits alone; `last_seq`
+//!   reads the store.
+//! - `flush` is a no-op there (a commit with `synchronous_commit` on is durable).
 
+pub mod check;
+#[cfg(test)]
+mod conformance;
 pub mod lifecycle;
+pub mod memory;
 pub mod sled_store;
 
 use herald_plugin_api::{
@@ -18,6 +66,8 @@ use herald_plugin_api::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use check::CheckReport;
+pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
 /// A message id: a ULID's 16 bytes (time-ordered, so storage keys cluster by age).
@@ -43,6 +93,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage is in use by another process: {0}")]
     Locked(String),
+    #[error("internal storage error: {0}")]
+    Internal(String),
 }
 
 /// A stored message and its delivery state.
@@ -104,6 +156,9 @@ pub struct Completion {
     pub id: MsgId,
     /// The attempt this completes; a stale completion (another attempt) is ignored.
     pub attempt: u32,
+    /// The claim's fencing token ([`Claimed::fence`]): a completion of an older claim of
+    /// the same message changes nothing.
+    pub fence: u64,
     /// One of sent, delivered, deferred, failed, bounced, dead, expired.
     pub state: State,
     pub provider: Option<String>,
@@ -173,12 +228,19 @@ pub enum Op {
         provider: String,
         inbound: InboundMessage,
     },
+    /// Checks every message against the index entries its state requires and the counts
+    /// against a recount; with `repair`, fixes what it found (see [`check`]).
+    Check {
+        repair: bool,
+    },
 }
 
 /// A leased message handed to the dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub id: MsgId,
+    /// Changes on every claim of the message; the completion hands it back.
+    pub fence: u64,
     pub record: Record,
 }
 
@@ -205,6 +267,7 @@ pub enum OpResult {
     Held,
     /// A duplicate or backward webhook update: nothing changed.
     Ignored,
+    Checked(Box<CheckReport>),
 }
 
 /// Counts of messages per state (index = position in [`State::ALL`]).
@@ -246,7 +309,8 @@ pub struct Committed {
 }
 
 /// Queue-shaped storage. Implementations must apply a `commit` batch atomically and make
-/// it durable on `flush`; reads may run concurrently with a commit.
+/// it durable on `flush`; reads may run concurrently with a commit. One writer (the
+/// committer) calls `commit`.
 pub trait Store: Send + Sync + 'static {
     /// Applies `ops` in order, in one transaction. Not durable until [`Store::flush`].
     fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError>;
@@ -275,4 +339,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// The stored breaker state of every provider that ever opened or closed one.
     fn breakers(&self) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError>;
+}
+
+/// Damage a test does to a stopped (or idle) store's indexes on purpose, the way an
+/// interrupted multi-tree write leaves them, to prove the check repairs it.
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// Drops a message's lease (a `sending` record left without one).
+    DropLease(MsgId),
+    /// Drops every schedule entry of a message.
+    DropSchedule(MsgId),
+    /// Drops a message's dead-letter entry.
+    DropDeadLetter(MsgId),
+    /// Drops every finished entry of a message.
+    DropFinished(MsgId),
+    /// Adds a schedule entry (stale unless it matches the message).
+    AddSchedule(UnixMillis, MsgId),
+    /// Adds a lease (stale unless the message is being sent).
+    AddLease(MsgId, UnixMillis),
+    /// Adds a dead-letter entry.
+    AddDeadLetter(MsgId),
+    /// Overwrites the stored per-state counts.
+    SetCounts(Counts),
 }

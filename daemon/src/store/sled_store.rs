@@ -1,18 +1,25 @@
-//! The embedded sled backend. The only module that knows sled exists.
+//! The embedded sled engine. The only module that knows sled exists.
 //!
 //! Trees (keys are big-endian so byte order is time/seq order):
 //! `records` id → record · `schedule` due ++ id → () · `leases` id → until ·
 //! `idem` key → id ++ expires · `pids` provider 0 pid → id · `dead` id → () ·
 //! `finished` at ++ id → () · `suppression` channel ++ recipient → reason ·
-//! `events` first seq → a block of up to 64 consecutive events · `held` key → webhook updates waiting for their message ·
+//! `events` first seq → a block of up to 64 consecutive events · `held` `m` ++ id or
+//! `p` ++ provider 0 pid → webhook updates waiting for their message ·
 //! `latest` channel ++ recipient → id (for tagging replies) · `seen` provider 0 key → at
 //! and `seen_at` at ++ provider 0 key (webhook de-duplication) · `breakers` provider →
 //! breaker state · `meta` "seq"/"counts".
 //!
 //! Values are postcard with a leading format-version byte. A whole batch is one sled
 //! transaction over all trees (one transaction per message measured ~3,300 msg/s here; a
-//! batch amortises it). sled only fsyncs on its own every 500 ms, so durability is the
-//! explicit [`Store::flush`] the group committer calls; background flushing is off.
+//! batch amortises it), running the shared state machine through [`SledTxn`], this
+//! engine's [`Txn`]. sled's transactions cannot scan a range, so the range reads a batch
+//! will ask for (due messages for its claims, leases for a recovery, what retention
+//! drops, the audit of a check) are read ahead, before the transaction: the committer is
+//! the only writer, so nothing changes in between. A `Check` reads the whole store, so it
+//! runs in a transaction of its own. sled only fsyncs on its own every 500 ms, so
+//! durability is the explicit [`Store::flush`] the group committer calls; background
+//! flushing is off.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -27,7 +34,8 @@ use sled::transaction::{
 };
 use sled::{Transactional, Tree};
 
-use super::lifecycle::{self, Cursor, PreRead, Txn};
+use super::check::{self, Audit};
+use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
 use super::{BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError};
 
 const FORMAT_VERSION: u8 = 1;
@@ -40,7 +48,7 @@ fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];
     // postcard into a Vec cannot fail for our types (no maps with non-string keys etc.).
     out = postcard::to_extend(v, out).unwrap_or_else(|_| vec![FORMAT_VERSION]);
@@ -79,6 +87,11 @@ fn split24(k: &[u8]) -> Option<(u64, MsgId)> {
     Some((t, id))
 }
 
+fn id_of(k: &[u8], what: &str) -> Result<MsgId, StoreError> {
+    k.try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what}: a key that is not a message id")))
+}
+
 /// The seq in an `events` key.
 fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(
@@ -87,6 +100,7 @@ fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
     ))
 }
 
+/// `provider 0 rest`: the `pids` and `seen` key.
 fn pid_key(provider: &str, pid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(provider.len() + 1 + pid.len());
     k.extend_from_slice(provider.as_bytes());
@@ -95,10 +109,47 @@ fn pid_key(provider: &str, pid: &str) -> Vec<u8> {
     k
 }
 
-fn suppression_key(channel: Channel, to: &str) -> Vec<u8> {
-    let mut k = vec![channel as u8];
-    k.extend_from_slice(to.to_ascii_lowercase().as_bytes());
+/// `channel ++ lower-cased recipient`: the `suppression` and `latest` key.
+fn recipient_key(channel: Channel, to: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + to.len());
+    k.push(channel as u8);
+    k.extend(to.bytes().map(|b| b.to_ascii_lowercase()));
     k
+}
+
+fn held_key(key: HeldFor<'_>) -> Vec<u8> {
+    match key {
+        HeldFor::Message(id) => {
+            let mut k = Vec::with_capacity(17);
+            k.push(b'm');
+            k.extend_from_slice(id);
+            k
+        }
+        HeldFor::ProviderId { provider, pid } => {
+            let mut k = Vec::with_capacity(2 + provider.len() + pid.len());
+            k.push(b'p');
+            k.extend_from_slice(&pid_key(provider, pid));
+            k
+        }
+    }
+}
+
+fn parse_held_key(k: &[u8]) -> Option<HeldKey> {
+    match k.split_first()? {
+        (b'm', id) => Some(HeldKey::Message(id.try_into().ok()?)),
+        (b'p', rest) => {
+            let (provider, pid) = split_nul(rest)?;
+            Some(HeldKey::ProviderId { provider, pid })
+        }
+        _ => None,
+    }
+}
+
+fn split_nul(k: &[u8]) -> Option<(String, String)> {
+    let nul = k.iter().position(|b| *b == 0)?;
+    let a = std::str::from_utf8(&k[..nul]).ok()?;
+    let b = std::str::from_utf8(&k[nul + 1..]).ok()?;
+    Some((a.to_string(), b.to_string()))
 }
 
 /// Removes a snapshot that a kill during `sled::open` left half-written: sled would refuse
@@ -152,7 +203,38 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// What retention will drop, read ahead for one `Prune`.
+#[derive(Debug, Clone)]
+struct PruneAhead {
+    before: UnixMillis,
+    limit: usize,
+    finished: Option<Vec<(UnixMillis, MsgId)>>,
+    /// First seqs of the blocks wholly older than `before`, and how many events they hold.
+    event_blocks: Option<(Vec<u64>, u64)>,
+    seen: Option<Vec<SeenKey>>,
+    held: Option<Vec<HeldKey>>,
+}
+
+/// The range reads a batch's ops will ask for, read before its transaction.
+#[derive(Debug, Clone, Default)]
+struct ReadAhead {
+    /// Due schedule entries for every claim of the batch, oldest first.
+    due: Option<VecDeque<(UnixMillis, MsgId)>>,
+    leased: Option<Vec<MsgId>>,
+    prunes: Vec<PruneAhead>,
+    audit: Option<Audit>,
+    /// Whether the `held` / `suppression` trees hold anything: when not, the lookups of
+    /// the hot path (every completion, every accept) are skipped.
+    held_stored: bool,
+    suppression_stored: bool,
+}
+
 impl SledStore {
+    /// Whether `dir` holds a sled store.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("conf").is_file()
+    }
+
     /// Opens (or creates) the store in `dir`. `cache_capacity` bounds sled's page cache.
     pub fn open(dir: &Path, cache_capacity: u64) -> Result<SledStore, StoreError> {
         let removed = remove_partial_snapshots(dir).map_err(|e| StoreError::Io(e.to_string()))?;
@@ -224,18 +306,12 @@ impl SledStore {
         self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Range scans the transaction cannot do itself.
-    fn pre_read(&self, now: UnixMillis, ops: &[Op]) -> Result<PreRead, StoreError> {
-        // Lookups that are almost always misses are skipped when the tree is empty and
-        // nothing in this batch can fill it.
-        let mut pre = PreRead {
-            held_possible: !self.held.is_empty()
-                || ops.iter().any(|o| matches!(o, Op::Status { .. })),
-            suppression_possible: !self.suppression.is_empty()
-                || ops
-                    .iter()
-                    .any(|o| matches!(o, Op::Complete(_) | Op::Status { .. } | Op::Inbound { .. })),
-            ..PreRead::default()
+    /// Reads the ranges `ops` will ask for.
+    fn read_ahead(&self, now: UnixMillis, ops: &[Op]) -> Result<ReadAhead, StoreError> {
+        let mut ahead = ReadAhead {
+            held_stored: !self.held.is_empty(),
+            suppression_stored: !self.suppression.is_empty(),
+            ..ReadAhead::default()
         };
         let claim: usize = ops
             .iter()
@@ -246,7 +322,7 @@ impl SledStore {
             .sum();
         if claim > 0 {
             let mut due = VecDeque::with_capacity(claim);
-            for kv in self.schedule.range(..be8(now.saturating_add(1)).to_vec()) {
+            for kv in self.schedule.range(..be8(now.saturating_add(1))) {
                 let (k, _) = kv.map_err(io)?;
                 if let Some(entry) = split24(&k) {
                     due.push_back(entry);
@@ -255,321 +331,106 @@ impl SledStore {
                     break;
                 }
             }
-            pre.due = due;
+            ahead.due = Some(due);
         }
         if ops.iter().any(|o| matches!(o, Op::Recover)) {
+            let mut leased = Vec::new();
             for kv in self.leases.iter() {
                 let (k, _) = kv.map_err(io)?;
                 if let Ok(id) = <MsgId>::try_from(k.as_ref()) {
-                    pre.leased.push(id);
+                    leased.push(id);
                 }
             }
+            ahead.leased = Some(leased);
         }
         for op in ops {
-            if let Op::Prune { before, limit } = op {
-                for kv in self.finished.range(..be8(*before).to_vec()).take(*limit) {
-                    let (k, _) = kv.map_err(io)?;
-                    if let Some(entry) = split24(&k) {
-                        pre.finished.push(entry);
-                    }
+            match op {
+                Op::Prune { before, limit } => {
+                    ahead.prunes.push(self.prune_ahead(*before, *limit)?)
                 }
-                for kv in self.events.iter().take(*limit) {
-                    let (k, v) = kv.map_err(io)?;
-                    let block: Vec<Event> = dec(&v, "event block")?;
-                    // Whole blocks only: the newest event of the block decides.
-                    if block.last().is_none_or(|e| e.at >= *before) {
-                        break;
-                    }
-                    pre.old_events.push(seq_of(&k)?);
-                    pre.old_event_count += block.len() as u64;
-                }
-                for kv in self.seen_at.range(..be8(*before).to_vec()).take(*limit) {
-                    let (k, _) = kv.map_err(io)?;
-                    if k.len() > 8 {
-                        let at = u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
-                        pre.old_seen.push((at, k[8..].to_vec()));
-                    }
-                }
-                // Held updates are few (only webhooks that outran their message).
-                for kv in self.held.iter().take(*limit) {
-                    let (k, v) = kv.map_err(io)?;
-                    let held: Vec<(UnixMillis, StatusUpdate)> = dec(&v, "held updates")?;
-                    if held.iter().any(|(at, _)| at < before) {
-                        pre.old_held.push(k.to_vec());
-                    }
-                }
-                pre.prune_before = *before;
+                Op::Check { .. } => ahead.audit = Some(self.audit()?),
+                _ => {}
             }
         }
-        Ok(pre)
+        Ok(ahead)
     }
-}
 
-/// The transaction view: one `TransactionalTree` per tree, in declaration order.
-struct SledTxn<'a> {
-    t: &'a [TransactionalTree],
-}
-
-type TxError = ConflictableTransactionError<StoreError>;
-
-/// Lets the state machine abort a transaction with a store error.
-impl From<StoreError> for ConflictableTransactionError<StoreError> {
-    fn from(e: StoreError) -> Self {
-        ConflictableTransactionError::Abort(e)
-    }
-}
-
-impl SledTxn<'_> {
-    fn records(&self) -> &TransactionalTree {
-        &self.t[0]
-    }
-    fn schedule(&self) -> &TransactionalTree {
-        &self.t[1]
-    }
-    fn leases(&self) -> &TransactionalTree {
-        &self.t[2]
-    }
-    fn idem(&self) -> &TransactionalTree {
-        &self.t[3]
-    }
-    fn pids(&self) -> &TransactionalTree {
-        &self.t[4]
-    }
-    fn dead(&self) -> &TransactionalTree {
-        &self.t[5]
-    }
-    fn finished_tree(&self) -> &TransactionalTree {
-        &self.t[6]
-    }
-    fn suppression(&self) -> &TransactionalTree {
-        &self.t[7]
-    }
-    fn events(&self) -> &TransactionalTree {
-        &self.t[8]
-    }
-    fn held(&self) -> &TransactionalTree {
-        &self.t[9]
-    }
-    fn latest(&self) -> &TransactionalTree {
-        &self.t[10]
-    }
-    fn seen_tree(&self) -> &TransactionalTree {
-        &self.t[11]
-    }
-    fn seen_at(&self) -> &TransactionalTree {
-        &self.t[12]
-    }
-    fn meta(&self) -> &TransactionalTree {
-        &self.t[13]
-    }
-    fn breakers(&self) -> &TransactionalTree {
-        &self.t[14]
-    }
-}
-
-fn unab(e: UnabortableTransactionError) -> TxError {
-    e.into()
-}
-
-impl Txn for SledTxn<'_> {
-    type Error = TxError;
-
-    fn get_record(&self, id: &MsgId) -> Result<Option<Record>, TxError> {
-        match self.records().get(id).map_err(unab)? {
-            Some(v) => Ok(Some(dec(&v, "record").map_err(TxError::Abort)?)),
-            None => Ok(None),
+    fn prune_ahead(&self, before: UnixMillis, limit: usize) -> Result<PruneAhead, StoreError> {
+        let mut finished = Vec::new();
+        for kv in self.finished.range(..be8(before)).take(limit) {
+            let (k, _) = kv.map_err(io)?;
+            if let Some(entry) = split24(&k) {
+                finished.push(entry);
+            }
         }
-    }
-    fn put_record(&self, id: &MsgId, record: &Record) -> Result<(), TxError> {
-        self.records().insert(&id[..], enc(record)).map_err(unab)?;
-        Ok(())
-    }
-    fn schedule(&self, due: UnixMillis, id: &MsgId) -> Result<(), TxError> {
-        self.schedule()
-            .insert(&key24(due, id)[..], &[][..])
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn unschedule(&self, due: UnixMillis, id: &MsgId) -> Result<(), TxError> {
-        self.schedule().remove(&key24(due, id)[..]).map_err(unab)?;
-        Ok(())
-    }
-    fn lease(&self, id: &MsgId, until: UnixMillis) -> Result<(), TxError> {
-        self.leases()
-            .insert(&id[..], &be8(until)[..])
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn unlease(&self, id: &MsgId) -> Result<(), TxError> {
-        self.leases().remove(&id[..]).map_err(unab)?;
-        Ok(())
-    }
-    fn idem_get(&self, key: &str) -> Result<Option<(MsgId, UnixMillis)>, TxError> {
-        let Some(v) = self.idem().get(key.as_bytes()).map_err(unab)? else {
-            return Ok(None);
-        };
-        if v.len() != 24 {
-            return Err(TxError::Abort(StoreError::Corrupt(
-                "idempotency entry".into(),
-            )));
+        let mut blocks = Vec::new();
+        let mut events = 0;
+        for kv in self.events.iter().take(limit) {
+            let (k, v) = kv.map_err(io)?;
+            let block: Vec<Event> = dec(&v, "event block")?;
+            // Whole blocks only: the newest event of the block decides.
+            if block.last().is_none_or(|e| e.at >= before) {
+                break;
+            }
+            blocks.push(seq_of(&k)?);
+            events += block.len() as u64;
         }
-        let id: MsgId = v[..16]
-            .try_into()
-            .map_err(|_| TxError::Abort(StoreError::Corrupt("idempotency entry".into())))?;
-        let exp = u64::from_be_bytes(
-            v[16..]
-                .try_into()
-                .map_err(|_| TxError::Abort(StoreError::Corrupt("idempotency entry".into())))?,
-        );
-        Ok(Some((id, exp)))
-    }
-    fn idem_put(&self, key: &str, id: &MsgId, expires: UnixMillis) -> Result<(), TxError> {
-        let mut v = [0u8; 24];
-        v[..16].copy_from_slice(id);
-        v[16..].copy_from_slice(&be8(expires));
-        self.idem().insert(key.as_bytes(), &v[..]).map_err(unab)?;
-        Ok(())
-    }
-    fn provider_id_put(&self, provider: &str, pid: &str, id: &MsgId) -> Result<(), TxError> {
-        self.pids()
-            .insert(pid_key(provider, pid), &id[..])
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn dead_put(&self, id: &MsgId) -> Result<(), TxError> {
-        self.dead().insert(&id[..], &[][..]).map_err(unab)?;
-        Ok(())
-    }
-    fn dead_remove(&self, id: &MsgId) -> Result<(), TxError> {
-        self.dead().remove(&id[..]).map_err(unab)?;
-        Ok(())
-    }
-    fn finished(&self, at: UnixMillis, id: &MsgId) -> Result<(), TxError> {
-        self.finished_tree()
-            .insert(&key24(at, id)[..], &[][..])
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn is_suppressed(&self, channel: Channel, to: &str) -> Result<bool, TxError> {
-        Ok(self
-            .suppression()
-            .get(suppression_key(channel, to))
-            .map_err(unab)?
-            .is_some())
-    }
-    fn suppress(&self, channel: Channel, to: &str, reason: &str) -> Result<(), TxError> {
-        self.suppression()
-            .insert(suppression_key(channel, to), reason.as_bytes())
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn remove_record(&self, id: &MsgId) -> Result<(), TxError> {
-        self.records().remove(&id[..]).map_err(unab)?;
-        Ok(())
-    }
-    fn idem_remove(&self, key: &str) -> Result<(), TxError> {
-        self.idem().remove(key.as_bytes()).map_err(unab)?;
-        Ok(())
-    }
-    fn provider_id_remove(&self, provider: &str, pid: &str) -> Result<(), TxError> {
-        self.pids().remove(pid_key(provider, pid)).map_err(unab)?;
-        Ok(())
-    }
-    fn unfinished(&self, at: UnixMillis, id: &MsgId) -> Result<(), TxError> {
-        self.finished_tree()
-            .remove(&key24(at, id)[..])
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn remove_event_block(&self, first: u64) -> Result<(), TxError> {
-        self.events().remove(&be8(first)[..]).map_err(unab)?;
-        Ok(())
-    }
-    fn provider_id_get(&self, provider: &str, pid: &str) -> Result<Option<MsgId>, TxError> {
-        Ok(self
-            .pids()
-            .get(pid_key(provider, pid))
-            .map_err(unab)?
-            .and_then(|v| <MsgId>::try_from(v.as_ref()).ok()))
-    }
-    fn held_get(&self, key: &[u8]) -> Result<Vec<(UnixMillis, StatusUpdate)>, TxError> {
-        match self.held().get(key).map_err(unab)? {
-            Some(v) => dec(&v, "held updates").map_err(TxError::Abort),
-            None => Ok(Vec::new()),
+        let mut seen = Vec::new();
+        for kv in self.seen_at.range(..be8(before)).take(limit) {
+            let (k, _) = kv.map_err(io)?;
+            if k.len() <= 8 {
+                continue;
+            }
+            let at = u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
+            match split_nul(&k[8..]) {
+                Some((provider, key)) => seen.push(SeenKey { at, provider, key }),
+                None => tracing::warn!("skipping a webhook de-duplication key that is not UTF-8"),
+            }
         }
-    }
-    fn held_put(&self, key: &[u8], updates: &[(UnixMillis, StatusUpdate)]) -> Result<(), TxError> {
-        self.held().insert(key, enc(&updates)).map_err(unab)?;
-        Ok(())
-    }
-    fn held_remove(&self, key: &[u8]) -> Result<(), TxError> {
-        self.held().remove(key).map_err(unab)?;
-        Ok(())
-    }
-    fn latest_get(&self, channel: Channel, to: &str) -> Result<Option<MsgId>, TxError> {
-        Ok(self
-            .latest()
-            .get(suppression_key(channel, to))
-            .map_err(unab)?
-            .and_then(|v| <MsgId>::try_from(v.as_ref()).ok()))
-    }
-    fn latest_put(&self, channel: Channel, to: &str, id: &MsgId) -> Result<(), TxError> {
-        self.latest()
-            .insert(suppression_key(channel, to), &id[..])
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn latest_remove(&self, channel: Channel, to: &str) -> Result<(), TxError> {
-        self.latest()
-            .remove(suppression_key(channel, to))
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn unsuppress(&self, channel: Channel, to: &str) -> Result<(), TxError> {
-        self.suppression()
-            .remove(suppression_key(channel, to))
-            .map_err(unab)?;
-        Ok(())
-    }
-    fn seen(&self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, TxError> {
-        let k = pid_key(provider, key);
-        if self.seen_tree().get(&k).map_err(unab)?.is_some() {
-            return Ok(true);
+        // Held updates are few (only webhooks that outran their message).
+        let mut held = Vec::new();
+        for kv in self.held.iter().take(limit) {
+            let (k, v) = kv.map_err(io)?;
+            let updates: HeldUpdates = dec(&v, "held updates")?;
+            if updates.iter().any(|(at, _)| *at < before) {
+                match parse_held_key(&k) {
+                    Some(key) => held.push(key),
+                    None => tracing::warn!("skipping a held-update key of an unknown shape"),
+                }
+            }
         }
-        self.seen_tree()
-            .insert(&k[..], &be8(now)[..])
-            .map_err(unab)?;
-        let mut tk = be8(now).to_vec();
-        tk.extend_from_slice(&k);
-        self.seen_at().insert(tk, &[][..]).map_err(unab)?;
-        Ok(false)
-    }
-    fn unsee(&self, at: UnixMillis, provider_key: &[u8]) -> Result<(), TxError> {
-        self.seen_tree().remove(provider_key).map_err(unab)?;
-        let mut tk = be8(at).to_vec();
-        tk.extend_from_slice(provider_key);
-        self.seen_at().remove(tk).map_err(unab)?;
-        Ok(())
+        Ok(PruneAhead {
+            before,
+            limit,
+            finished: Some(finished),
+            event_blocks: Some((blocks, events)),
+            seen: Some(seen),
+            held: Some(held),
+        })
     }
 
-    fn breaker_get(&self, provider: &str) -> Result<Option<BreakerRecord>, TxError> {
-        match self.breakers().get(provider.as_bytes()).map_err(unab)? {
-            Some(v) => Ok(Some(dec(&v, "breaker")?)),
-            None => Ok(None),
-        }
+    /// Reads the whole store against its indexes (see [`check`]).
+    fn audit(&self) -> Result<Audit, StoreError> {
+        let stored = self.lock().1;
+        let keys = |tree: &Tree| tree.iter().keys().map(|k| k.map_err(io));
+        check::audit(
+            self.records.iter().map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                Ok((id_of(&k, "records")?, dec(&v, "record")?))
+            }),
+            keys(&self.schedule)
+                .map(|k| split24(&k?).ok_or_else(|| StoreError::Corrupt("a schedule key".into()))),
+            keys(&self.leases).map(|k| id_of(&k?, "leases")),
+            keys(&self.dead).map(|k| id_of(&k?, "dead")),
+            keys(&self.finished)
+                .map(|k| split24(&k?).ok_or_else(|| StoreError::Corrupt("a finished key".into()))),
+            stored,
+        )
     }
 
-    fn breaker_put(&self, provider: &str, record: &BreakerRecord) -> Result<(), TxError> {
-        self.breakers()
-            .insert(provider.as_bytes(), enc(record))
-            .map_err(unab)?;
-        Ok(())
-    }
-}
-
-impl Store for SledStore {
-    fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
-        let pre = self.pre_read(now, ops)?;
+    /// One transaction: `ops` through the state machine.
+    fn commit_one(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
+        let ahead = self.read_ahead(now, ops)?;
         let (seq, counts) = *self.lock();
         let trees: [&Tree; 15] = [
             &self.records,
@@ -589,50 +450,510 @@ impl Store for SledStore {
             &self.breakers,
         ];
         let result = trees[..].transaction(|t| {
-            // The closure may run again on a conflict: start from the pre-read each time.
-            let mut pre = PreRead {
-                due: pre.due.clone(),
-                leased: pre.leased.clone(),
-                finished: pre.finished.clone(),
-                old_events: pre.old_events.clone(),
-                old_event_count: pre.old_event_count,
-                old_seen: pre.old_seen.clone(),
-                old_held: pre.old_held.clone(),
-                prune_before: pre.prune_before,
-                held_possible: pre.held_possible,
-                suppression_possible: pre.suppression_possible,
-            };
-            let txn = SledTxn { t };
-            let mut cur = Cursor::new(seq, counts);
-            let mut results = Vec::with_capacity(ops.len());
-            for op in ops {
-                results.push(lifecycle::apply(&txn, now, op, &mut cur, &mut pre)?);
-            }
-            for block in cur.events.chunks(EVENTS_PER_BLOCK) {
-                txn.events()
-                    .insert(&be8(block[0].seq)[..], enc(&block))
-                    .map_err(unab)?;
-            }
-            let meta = txn.meta();
-            if cur.seq != seq {
-                meta.insert("seq", &be8(cur.seq)[..]).map_err(unab)?;
-            }
-            if cur.counts != counts {
-                meta.insert("counts", enc(&cur.counts)).map_err(unab)?;
-            }
-            Ok((results, cur))
+            // The closure may run again on a conflict: start from the read-ahead each time.
+            let mut txn = SledTxn::new(t, ahead.clone(), seq, counts)?;
+            lifecycle::apply_batch(&mut txn, now, ops, seq, counts)
         });
-        let (results, cur) = result.map_err(|e| match e {
+        let batch = result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => io(e),
         })?;
+        let cur = batch.cursor;
         *self.lock() = (cur.seq, cur.counts);
         self.last_seq.store(cur.seq, Ordering::Release);
         Ok(Committed {
-            results,
+            results: batch.results,
             events: cur.events,
             scheduled: cur.scheduled,
         })
+    }
+
+    /// Opens the store, waiting up to ten seconds for a lock still held by a store of this
+    /// process that was just dropped (sled's background writes release it a moment
+    /// later). For tests that close and reopen a store.
+    #[cfg(any(test, feature = "test-support"))]
+    #[allow(clippy::disallowed_methods)] // test support, never on a tokio worker
+    pub fn open_when_unlocked(dir: &Path, cache_capacity: u64) -> Result<SledStore, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir, cache_capacity) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits up to ten seconds until no store holds the lock on `dir` (see
+    /// [`SledStore::open_when_unlocked`]), so another process can open it.
+    #[cfg(any(test, feature = "test-support"))]
+    #[allow(clippy::disallowed_methods)] // test support, never on a tokio worker
+    pub fn wait_unlocked(dir: &Path) -> Result<(), StoreError> {
+        let file =
+            std::fs::File::open(dir.join("db")).map_err(|e| StoreError::Io(e.to_string()))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return file.unlock().map_err(|e| StoreError::Io(e.to_string())),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(StoreError::Locked(format!("{}: {e}", dir.display()))),
+            }
+        }
+    }
+
+    /// Damages the indexes on purpose, outside any transaction (as an interrupted write
+    /// would), and flushes.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn damage(&self, damage: &super::Damage) -> Result<(), StoreError> {
+        use super::Damage;
+        let drop_all = |tree: &Tree, id: &MsgId| -> Result<(), StoreError> {
+            let mut doomed = Vec::new();
+            for k in tree.iter().keys() {
+                let k = k.map_err(io)?;
+                if split24(&k).is_some_and(|(_, i)| i == *id) {
+                    doomed.push(k);
+                }
+            }
+            for k in doomed {
+                tree.remove(k).map_err(io)?;
+            }
+            Ok(())
+        };
+        match damage {
+            Damage::DropLease(id) => {
+                self.leases.remove(id).map_err(io)?;
+            }
+            Damage::DropSchedule(id) => drop_all(&self.schedule, id)?,
+            Damage::DropDeadLetter(id) => {
+                self.dead.remove(id).map_err(io)?;
+            }
+            Damage::DropFinished(id) => drop_all(&self.finished, id)?,
+            Damage::AddSchedule(due, id) => {
+                self.schedule.insert(key24(*due, id), &[][..]).map_err(io)?;
+            }
+            Damage::AddLease(id, until) => {
+                self.leases.insert(id, &be8(*until)[..]).map_err(io)?;
+            }
+            Damage::AddDeadLetter(id) => {
+                self.dead.insert(id, &[][..]).map_err(io)?;
+            }
+            Damage::SetCounts(counts) => {
+                self.meta.insert("counts", enc(counts)).map_err(io)?;
+                self.lock().1 = *counts;
+            }
+        }
+        self.flush()
+    }
+}
+
+/// This engine's [`Txn`]: the trees inside one sled transaction, and the read-ahead.
+struct SledTxn<'a> {
+    records: &'a TransactionalTree,
+    schedule: &'a TransactionalTree,
+    leases: &'a TransactionalTree,
+    idem: &'a TransactionalTree,
+    pids: &'a TransactionalTree,
+    dead: &'a TransactionalTree,
+    finished: &'a TransactionalTree,
+    suppression: &'a TransactionalTree,
+    events: &'a TransactionalTree,
+    held: &'a TransactionalTree,
+    latest: &'a TransactionalTree,
+    seen: &'a TransactionalTree,
+    seen_at: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    breakers: &'a TransactionalTree,
+    ahead: ReadAhead,
+    /// Whether anything may be held / suppressed: stored before, or written here.
+    held_possible: bool,
+    suppression_possible: bool,
+    /// The stored seq and counts: `finish` writes only what changed.
+    seq: u64,
+    counts: Counts,
+}
+
+type TxError = ConflictableTransactionError<StoreError>;
+
+/// Lets the state machine abort a transaction with a store error.
+impl From<StoreError> for ConflictableTransactionError<StoreError> {
+    fn from(e: StoreError) -> Self {
+        ConflictableTransactionError::Abort(e)
+    }
+}
+
+fn unab(e: UnabortableTransactionError) -> TxError {
+    e.into()
+}
+
+/// The state machine asked for a range this batch did not read ahead: a bug, not data.
+fn unprepared(what: &str) -> TxError {
+    TxError::Abort(StoreError::Internal(format!(
+        "{what} was not read ahead for this batch"
+    )))
+}
+
+impl<'a> SledTxn<'a> {
+    fn new(
+        t: &'a [TransactionalTree],
+        ahead: ReadAhead,
+        seq: u64,
+        counts: Counts,
+    ) -> Result<SledTxn<'a>, TxError> {
+        let [
+            records,
+            schedule,
+            leases,
+            idem,
+            pids,
+            dead,
+            finished,
+            suppression,
+            events,
+            held,
+            latest,
+            seen,
+            seen_at,
+            meta,
+            breakers,
+        ] = t
+        else {
+            return Err(TxError::Abort(StoreError::Internal(
+                "the transaction does not span every tree".into(),
+            )));
+        };
+        Ok(SledTxn {
+            records,
+            schedule,
+            leases,
+            idem,
+            pids,
+            dead,
+            finished,
+            suppression,
+            events,
+            held,
+            latest,
+            seen,
+            seen_at,
+            meta,
+            breakers,
+            held_possible: ahead.held_stored,
+            suppression_possible: ahead.suppression_stored,
+            ahead,
+            seq,
+            counts,
+        })
+    }
+
+    fn prune_ahead(&mut self, before: UnixMillis, limit: usize) -> Option<&mut PruneAhead> {
+        self.ahead
+            .prunes
+            .iter_mut()
+            .find(|p| p.before == before && p.limit == limit)
+    }
+}
+
+impl Txn for SledTxn<'_> {
+    type Error = TxError;
+
+    fn message(&mut self, id: &MsgId) -> Result<Option<Record>, TxError> {
+        match self.records.get(id).map_err(unab)? {
+            Some(v) => Ok(Some(dec(&v, "record")?)),
+            None => Ok(None),
+        }
+    }
+    fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), TxError> {
+        self.records.insert(&id[..], enc(record)).map_err(unab)?;
+        Ok(())
+    }
+    fn remove_message(&mut self, id: &MsgId) -> Result<(), TxError> {
+        self.records.remove(&id[..]).map_err(unab)?;
+        Ok(())
+    }
+
+    fn schedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), TxError> {
+        self.schedule
+            .insert(&key24(due, id)[..], &[][..])
+            .map_err(unab)?;
+        Ok(())
+    }
+    fn unschedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), TxError> {
+        self.schedule.remove(&key24(due, id)[..]).map_err(unab)?;
+        Ok(())
+    }
+    fn due(&mut self, _now: UnixMillis, limit: usize) -> Result<Vec<(UnixMillis, MsgId)>, TxError> {
+        let due = self.ahead.due.as_mut().ok_or_else(|| unprepared("due"))?;
+        let n = limit.min(due.len());
+        Ok(due.drain(..n).collect())
+    }
+
+    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<(), TxError> {
+        self.leases.insert(&id[..], &be8(until)[..]).map_err(unab)?;
+        Ok(())
+    }
+    fn unlease(&mut self, id: &MsgId) -> Result<(), TxError> {
+        self.leases.remove(&id[..]).map_err(unab)?;
+        Ok(())
+    }
+    fn is_leased(&mut self, id: &MsgId) -> Result<bool, TxError> {
+        Ok(self.leases.get(id).map_err(unab)?.is_some())
+    }
+    fn leased(&mut self) -> Result<Vec<MsgId>, TxError> {
+        let leased = self
+            .ahead
+            .leased
+            .as_mut()
+            .ok_or_else(|| unprepared("leased"))?;
+        Ok(std::mem::take(leased))
+    }
+
+    fn idempotency(&mut self, key: &str) -> Result<Option<(MsgId, UnixMillis)>, TxError> {
+        let Some(v) = self.idem.get(key.as_bytes()).map_err(unab)? else {
+            return Ok(None);
+        };
+        let corrupt = || TxError::Abort(StoreError::Corrupt("idempotency entry".into()));
+        if v.len() != 24 {
+            return Err(corrupt());
+        }
+        let id: MsgId = v[..16].try_into().map_err(|_| corrupt())?;
+        let exp = u64::from_be_bytes(v[16..].try_into().map_err(|_| corrupt())?);
+        Ok(Some((id, exp)))
+    }
+    fn put_idempotency(
+        &mut self,
+        key: &str,
+        id: &MsgId,
+        expires: UnixMillis,
+    ) -> Result<(), TxError> {
+        let mut v = [0u8; 24];
+        v[..16].copy_from_slice(id);
+        v[16..].copy_from_slice(&be8(expires));
+        self.idem.insert(key.as_bytes(), &v[..]).map_err(unab)?;
+        Ok(())
+    }
+    fn remove_idempotency(&mut self, key: &str) -> Result<(), TxError> {
+        self.idem.remove(key.as_bytes()).map_err(unab)?;
+        Ok(())
+    }
+
+    fn by_provider_id(&mut self, provider: &str, pid: &str) -> Result<Option<MsgId>, TxError> {
+        Ok(self
+            .pids
+            .get(pid_key(provider, pid))
+            .map_err(unab)?
+            .and_then(|v| <MsgId>::try_from(v.as_ref()).ok()))
+    }
+    fn put_provider_id(&mut self, provider: &str, pid: &str, id: &MsgId) -> Result<(), TxError> {
+        self.pids
+            .insert(pid_key(provider, pid), &id[..])
+            .map_err(unab)?;
+        Ok(())
+    }
+    fn remove_provider_id(&mut self, provider: &str, pid: &str) -> Result<(), TxError> {
+        self.pids.remove(pid_key(provider, pid)).map_err(unab)?;
+        Ok(())
+    }
+
+    fn put_dead(&mut self, id: &MsgId) -> Result<(), TxError> {
+        self.dead.insert(&id[..], &[][..]).map_err(unab)?;
+        Ok(())
+    }
+    fn remove_dead(&mut self, id: &MsgId) -> Result<(), TxError> {
+        self.dead.remove(&id[..]).map_err(unab)?;
+        Ok(())
+    }
+
+    fn put_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), TxError> {
+        self.finished
+            .insert(&key24(at, id)[..], &[][..])
+            .map_err(unab)?;
+        Ok(())
+    }
+    fn remove_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), TxError> {
+        self.finished.remove(&key24(at, id)[..]).map_err(unab)?;
+        Ok(())
+    }
+    fn finished_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(UnixMillis, MsgId)>, TxError> {
+        self.prune_ahead(before, limit)
+            .and_then(|p| p.finished.take())
+            .ok_or_else(|| unprepared("finished_before"))
+    }
+
+    fn is_suppressed(&mut self, channel: Channel, to: &str) -> Result<bool, TxError> {
+        if !self.suppression_possible {
+            return Ok(false);
+        }
+        Ok(self
+            .suppression
+            .get(recipient_key(channel, to))
+            .map_err(unab)?
+            .is_some())
+    }
+    fn suppress(&mut self, channel: Channel, to: &str, reason: &str) -> Result<(), TxError> {
+        self.suppression_possible = true;
+        self.suppression
+            .insert(recipient_key(channel, to), reason.as_bytes())
+            .map_err(unab)?;
+        Ok(())
+    }
+    fn unsuppress(&mut self, channel: Channel, to: &str) -> Result<(), TxError> {
+        self.suppression
+            .remove(recipient_key(channel, to))
+            .map_err(unab)?;
+        Ok(())
+    }
+
+    fn latest(&mut self, channel: Channel, to: &str) -> Result<Option<MsgId>, TxError> {
+        Ok(self
+            .latest
+            .get(recipient_key(channel, to))
+            .map_err(unab)?
+            .and_then(|v| <MsgId>::try_from(v.as_ref()).ok()))
+    }
+    fn put_latest(&mut self, channel: Channel, to: &str, id: &MsgId) -> Result<(), TxError> {
+        self.latest
+            .insert(recipient_key(channel, to), &id[..])
+            .map_err(unab)?;
+        Ok(())
+    }
+    fn remove_latest(&mut self, channel: Channel, to: &str) -> Result<(), TxError> {
+        self.latest
+            .remove(recipient_key(channel, to))
+            .map_err(unab)?;
+        Ok(())
+    }
+
+    fn held(&mut self, key: HeldFor<'_>) -> Result<HeldUpdates, TxError> {
+        if !self.held_possible {
+            return Ok(Vec::new());
+        }
+        match self.held.get(held_key(key)).map_err(unab)? {
+            Some(v) => Ok(dec(&v, "held updates")?),
+            None => Ok(Vec::new()),
+        }
+    }
+    fn set_held(
+        &mut self,
+        key: HeldFor<'_>,
+        updates: &[(UnixMillis, StatusUpdate)],
+    ) -> Result<(), TxError> {
+        if updates.is_empty() {
+            self.held.remove(held_key(key)).map_err(unab)?;
+        } else {
+            self.held_possible = true;
+            self.held
+                .insert(held_key(key), enc(updates))
+                .map_err(unab)?;
+        }
+        Ok(())
+    }
+    fn held_before(&mut self, before: UnixMillis, limit: usize) -> Result<Vec<HeldKey>, TxError> {
+        self.prune_ahead(before, limit)
+            .and_then(|p| p.held.take())
+            .ok_or_else(|| unprepared("held_before"))
+    }
+
+    fn seen(&mut self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, TxError> {
+        let k = pid_key(provider, key);
+        if self.seen.get(&k).map_err(unab)?.is_some() {
+            return Ok(true);
+        }
+        self.seen.insert(&k[..], &be8(now)[..]).map_err(unab)?;
+        let mut tk = be8(now).to_vec();
+        tk.extend_from_slice(&k);
+        self.seen_at.insert(tk, &[][..]).map_err(unab)?;
+        Ok(false)
+    }
+    fn seen_before(&mut self, before: UnixMillis, limit: usize) -> Result<Vec<SeenKey>, TxError> {
+        self.prune_ahead(before, limit)
+            .and_then(|p| p.seen.take())
+            .ok_or_else(|| unprepared("seen_before"))
+    }
+    fn unsee(&mut self, key: &SeenKey) -> Result<(), TxError> {
+        let k = pid_key(&key.provider, &key.key);
+        self.seen.remove(&k[..]).map_err(unab)?;
+        let mut tk = be8(key.at).to_vec();
+        tk.extend_from_slice(&k);
+        self.seen_at.remove(tk).map_err(unab)?;
+        Ok(())
+    }
+
+    fn breaker(&mut self, provider: &str) -> Result<Option<BreakerRecord>, TxError> {
+        match self.breakers.get(provider.as_bytes()).map_err(unab)? {
+            Some(v) => Ok(Some(dec(&v, "breaker")?)),
+            None => Ok(None),
+        }
+    }
+    fn put_breaker(&mut self, provider: &str, record: &BreakerRecord) -> Result<(), TxError> {
+        self.breakers
+            .insert(provider.as_bytes(), enc(record))
+            .map_err(unab)?;
+        Ok(())
+    }
+
+    fn prune_events(&mut self, before: UnixMillis, limit: usize) -> Result<u64, TxError> {
+        let (blocks, events) = self
+            .prune_ahead(before, limit)
+            .and_then(|p| p.event_blocks.take())
+            .ok_or_else(|| unprepared("prune_events"))?;
+        for first in blocks {
+            self.events.remove(&be8(first)[..]).map_err(unab)?;
+        }
+        Ok(events)
+    }
+
+    fn audit(&mut self, _counts: &Counts) -> Result<Audit, TxError> {
+        // Read before the transaction, which a `Check` has to itself: it describes the
+        // store as this transaction found it.
+        self.ahead.audit.take().ok_or_else(|| unprepared("audit"))
+    }
+
+    fn finish(&mut self, events: &[Event], seq: u64, counts: &Counts) -> Result<(), TxError> {
+        for block in events.chunks(EVENTS_PER_BLOCK) {
+            self.events
+                .insert(&be8(block[0].seq)[..], enc(block))
+                .map_err(unab)?;
+        }
+        if seq != self.seq {
+            self.meta.insert("seq", &be8(seq)[..]).map_err(unab)?;
+        }
+        if *counts != self.counts {
+            self.meta.insert("counts", enc(counts)).map_err(unab)?;
+        }
+        Ok(())
+    }
+}
+
+impl Store for SledStore {
+    fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
+        if !ops.iter().any(|o| matches!(o, Op::Check { .. })) {
+            return self.commit_one(now, ops);
+        }
+        // A check reads the whole store ahead of its transaction: give it one of its own,
+        // so it audits exactly the state it repairs. The other ops commit around it.
+        let mut out = Committed::default();
+        let mut rest = ops;
+        while !rest.is_empty() {
+            let n = match rest.iter().position(|o| matches!(o, Op::Check { .. })) {
+                Some(0) => 1,
+                Some(i) => i,
+                None => rest.len(),
+            };
+            let (part, tail) = rest.split_at(n);
+            let c = self.commit_one(now, part)?;
+            out.results.extend(c.results);
+            out.events.extend(c.events);
+            out.scheduled |= c.scheduled;
+            rest = tail;
+        }
+        Ok(out)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -648,7 +969,7 @@ impl Store for SledStore {
 
     fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         // Start at the block holding `from` (the last block whose first seq ≤ from).
-        let start = match self.events.range(..=be8(from).to_vec()).next_back() {
+        let start = match self.events.range(..=be8(from)).next_back() {
             Some(kv) => kv.map_err(io)?.0.to_vec(),
             None => be8(from).to_vec(),
         };
@@ -693,10 +1014,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for kv in self.dead.iter().take(limit) {
             let (k, _) = kv.map_err(io)?;
-            let id: MsgId = k
-                .as_ref()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("dead key".into()))?;
+            let id = id_of(&k, "dead")?;
             if let Some(r) = self.get(&id)? {
                 out.push((id, r));
             }
@@ -716,13 +1034,16 @@ impl Store for SledStore {
     }
 }
 
+/// sled-specific tests: the layout (event blocks, every tree emptied by retention) and the
+/// start-up repair of sled's own files. The state machine is tested once, for every
+/// engine, by `store::conformance`.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Completion, NewMessage, OpResult, id_string, new_id};
-    use herald_plugin_api::{Content, EventKind, SmsContent, State};
+    use crate::store::{Completion, Damage, NewMessage, OpResult, new_id};
+    use herald_plugin_api::{Content, InboundMessage, SmsContent, State, UpdateKind};
 
-    fn msg(key: Option<&str>, body: &str) -> NewMessage {
+    fn msg(body: &str) -> NewMessage {
         NewMessage {
             id: new_id(),
             to: "+14155550100".into(),
@@ -730,8 +1051,8 @@ mod tests {
                 body: body.into(),
                 ..Default::default()
             }),
-            tags: vec!["rsvp".into()],
-            idempotency_key: key.map(Into::into),
+            tags: vec![],
+            idempotency_key: Some(format!("k-{body}")),
             send_at: None,
             ttl_ms: 60_000,
             idempotency_window_ms: 1_000,
@@ -739,46 +1060,62 @@ mod tests {
     }
 
     fn open(dir: &Path) -> SledStore {
-        SledStore::open(dir, 1 << 20).unwrap()
+        SledStore::open_when_unlocked(dir, 1 << 20).unwrap()
     }
 
     #[test]
-    fn accept_claim_complete_with_events_and_counts() {
+    fn events_are_stored_in_blocks_of_64() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
-        let m = msg(None, "hi");
-        let c = s.commit(10, &[Op::Accept(m.clone())]).unwrap();
-        assert_eq!(
-            c.results,
-            vec![OpResult::Accepted {
-                id: m.id,
-                duplicate: false
-            }]
-        );
-        assert!(c.scheduled);
-        let c = s
+        let ops: Vec<Op> = (0..150)
+            .map(|i| Op::Accept(msg(&format!("m{i}"))))
+            .collect();
+        s.commit(1, &ops).unwrap();
+        let ops: Vec<Op> = (0..50).map(|i| Op::Accept(msg(&format!("n{i}")))).collect();
+        s.commit(2, &ops).unwrap();
+        assert_eq!(s.events.len(), 3 + 1, "150 events in 3 blocks, 50 in 1");
+        let firsts: Vec<u64> = s
+            .events
+            .iter()
+            .keys()
+            .map(|k| seq_of(&k.unwrap()).unwrap())
+            .collect();
+        assert_eq!(firsts, [1, 65, 129, 151]);
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.last_seq(), 200, "recovered from the last block");
+    }
+
+    #[test]
+    fn retention_empties_every_tree_it_owns() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let m = msg("a");
+        s.commit(0, &[Op::Accept(m.clone())]).unwrap();
+        let claimed = match s
             .commit(
-                10,
+                0,
                 &[Op::Claim {
-                    limit: 10,
-                    lease_ms: 1000,
+                    limit: 1,
+                    lease_ms: 10,
                 }],
             )
-            .unwrap();
-        let OpResult::Claimed(claimed) = &c.results[0] else {
-            panic!()
+            .unwrap()
+            .results
+            .remove(0)
+        {
+            OpResult::Claimed(mut c) => c.remove(0),
+            other => panic!("{other:?}"),
         };
-        assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].record.attempt, 1);
-        assert_eq!(s.counts().get(State::Sending), 1);
         s.commit(
-            11,
+            1,
             &[Op::Complete(Completion {
                 id: m.id,
                 attempt: 1,
-                state: State::Delivered,
-                provider: Some("dev".into()),
-                provider_message_id: Some("p1".into()),
+                fence: claimed.fence,
+                state: State::Sent,
+                provider: Some("tw".into()),
+                provider_message_id: Some("SM1".into()),
                 detail: None,
                 due_at: None,
                 suppress: false,
@@ -788,304 +1125,49 @@ mod tests {
             })],
         )
         .unwrap();
-        s.flush().unwrap();
-        let kinds: Vec<EventKind> = s
-            .events_from(0, 100)
-            .unwrap()
-            .iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                EventKind::Queued,
-                EventKind::Sending,
-                EventKind::Sent,
-                EventKind::Delivered
-            ]
-        );
-        let seqs: Vec<u64> = s
-            .events_from(0, 100)
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(seqs, [1, 2, 3, 4]);
-        assert_eq!(s.counts().get(State::Delivered), 1);
-        assert_eq!(s.counts().active(), 0);
-        drop(s);
-
-        // Everything survives a reopen, including seq and counts.
-        let s = open(dir.path());
-        assert_eq!(s.last_seq(), 4);
-        assert_eq!(s.counts().get(State::Delivered), 1);
-        assert_eq!(
-            s.get(&m.id)
-                .unwrap()
-                .unwrap()
-                .provider_message_id
-                .as_deref(),
-            Some("p1")
-        );
-    }
-
-    #[test]
-    fn idempotency_duplicate_conflict_and_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        let a = msg(Some("k"), "hi");
-        let b = msg(Some("k"), "hi");
-        let c = msg(Some("k"), "different");
-        let r = s
-            .commit(0, &[Op::Accept(a.clone()), Op::Accept(b), Op::Accept(c)])
-            .unwrap();
-        assert_eq!(
-            r.results,
-            vec![
-                OpResult::Accepted {
-                    id: a.id,
-                    duplicate: false
-                },
-                OpResult::Accepted {
-                    id: a.id,
-                    duplicate: true
-                },
-                OpResult::IdempotencyConflict { existing: a.id },
-            ]
-        );
-        // After the window the key is free again.
-        let d = msg(Some("k"), "later");
-        let r = s.commit(5_000, &[Op::Accept(d.clone())]).unwrap();
-        assert_eq!(
-            r.results,
-            vec![OpResult::Accepted {
-                id: d.id,
-                duplicate: false
-            }]
-        );
-    }
-
-    #[test]
-    fn scheduled_cancel_recover_and_retention() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        let mut later = msg(None, "later");
-        later.send_at = Some(1_000);
-        let now = msg(None, "now");
-        s.commit(0, &[Op::Accept(later.clone()), Op::Accept(now.clone())])
-            .unwrap();
-        assert_eq!(s.next_due().unwrap(), Some(0));
-        let r = s
-            .commit(
-                0,
-                &[Op::Claim {
-                    limit: 10,
-                    lease_ms: 100,
-                }],
-            )
-            .unwrap();
-        let OpResult::Claimed(c) = &r.results[0] else {
-            panic!()
-        };
-        assert_eq!(c.len(), 1, "the scheduled one is not due");
-        assert_eq!(s.next_due().unwrap(), Some(1_000));
-
-        // Restart with `now` leased: Recover puts it back.
-        drop(s);
-        let s = open(dir.path());
-        let r = s.commit(50, &[Op::Recover]).unwrap();
-        assert_eq!(r.results, vec![OpResult::Recovered(1)]);
-        assert_eq!(s.get(&now.id).unwrap().unwrap().state, State::Queued);
-
-        let r = s
-            .commit(60, &[Op::Cancel(later.id), Op::Cancel(later.id)])
-            .unwrap();
-        assert_eq!(r.results, vec![OpResult::Done, OpResult::Done]);
-        let r = s
-            .commit(
-                2_000,
-                &[Op::Claim {
-                    limit: 10,
-                    lease_ms: 100,
-                }],
-            )
-            .unwrap();
-        let OpResult::Claimed(c) = &r.results[0] else {
-            panic!()
-        };
-        assert_eq!(
-            c.iter().map(|c| c.id).collect::<Vec<_>>(),
-            vec![now.id],
-            "cancelled is never claimed"
-        );
-        let r = s.commit(2_000, &[Op::Cancel(now.id)]).unwrap();
-        assert_eq!(r.results, vec![OpResult::WrongState(State::Sending)]);
-
-        let before = s.counts().get(State::Cancelled);
-        assert_eq!(before, 1);
-        let r = s
-            .commit(
-                10_000,
-                &[Op::Prune {
-                    before: 5_000,
-                    limit: 100,
-                }],
-            )
-            .unwrap();
-        let OpResult::Pruned { messages, events } = r.results[0] else {
-            panic!()
-        };
-        assert_eq!(messages, 1);
-        let last = s.last_seq();
-        assert_eq!(events, last, "every event is older than the cut-off");
-        assert!(s.get(&later.id).unwrap().is_none());
-        assert!(
-            s.get(&now.id).unwrap().is_some(),
-            "a message in flight is kept"
-        );
-        assert_eq!(s.counts().get(State::Cancelled), 0);
-        assert_eq!(s.first_seq().unwrap(), 0, "log empty");
-        assert_eq!(s.last_seq(), last, "seq never goes back");
-    }
-
-    #[test]
-    fn breaker_states_are_stored_newest_generation_first_and_survive_a_reopen() {
-        use crate::store::BreakerRecord;
-        let dir = tempfile::tempdir().unwrap();
-        let rec = |plugin: &str, generation, opened_at| BreakerRecord {
-            plugin: plugin.into(),
-            generation,
-            opened_at,
-        };
-        let outcome = |breakers: Vec<(String, BreakerRecord)>| {
-            // For a message that is not there: the breakers are stored all the same.
-            Op::Complete(Completion {
-                breakers,
-                ..match sent(new_id(), "x") {
-                    Op::Complete(c) => c,
-                    _ => unreachable!(),
-                }
-            })
-        };
-        {
-            let s = open(dir.path());
-            assert!(s.breakers().unwrap().is_empty());
-            let r = s
-                .commit(
-                    5,
-                    &[
-                        outcome(vec![("tw".into(), rec("twilio", 2, Some(100)))]),
-                        // A concurrent delivery that saw an older transition lands later.
-                        outcome(vec![("tw".into(), rec("twilio", 1, None))]),
-                        outcome(vec![("mail".into(), rec("resend", 1, Some(50)))]),
-                    ],
-                )
-                .unwrap();
-            assert_eq!(r.results[0], OpResult::NotFound);
-            s.flush().unwrap();
-        }
-        let s = open(dir.path());
-        let stored = s.breakers().unwrap();
-        assert_eq!(stored["tw"], rec("twilio", 2, Some(100)));
-        assert_eq!(stored["mail"], rec("resend", 1, Some(50)));
-        // The same name on another plugin replaces it whatever its generation.
-        s.commit(6, &[outcome(vec![("tw".into(), rec("webhook", 1, None))])])
-            .unwrap();
-        assert_eq!(s.breakers().unwrap()["tw"], rec("webhook", 1, None));
-    }
-
-    fn sent(id: MsgId, pid: &str) -> Op {
-        Op::Complete(Completion {
-            id,
-            attempt: 1,
-            state: State::Sent,
-            provider: Some("tw".into()),
-            provider_message_id: Some(pid.into()),
-            detail: None,
-            due_at: None,
-            suppress: false,
-            attempt_used: true,
-            index_provider_id: true,
-            breakers: Vec::new(),
-        })
-    }
-
-    fn update(pid: &str, kind: herald_plugin_api::UpdateKind, event: &str) -> Op {
-        Op::Status {
+        let status = |pid: &str, event: &str| Op::Status {
             provider: "tw".into(),
-            update: herald_plugin_api::StatusUpdate {
+            update: StatusUpdate {
                 provider_message_id: Some(pid.into()),
                 message_id: None,
-                kind,
+                kind: UpdateKind::Delivered,
                 event_id: Some(event.into()),
                 at: None,
                 detail: None,
                 suppress: false,
             },
-        }
-    }
-
-    #[test]
-    fn webhook_updates_forward_only_deduplicated_held_and_pruned() {
-        use herald_plugin_api::UpdateKind::{Delivered, Sent};
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        let m = msg(None, "RSVP?");
-        s.commit(0, &[Op::Accept(m.clone())]).unwrap();
+        };
         s.commit(
-            0,
-            &[Op::Claim {
-                limit: 1,
-                lease_ms: 10,
-            }],
+            2,
+            &[
+                status("SM1", "ev1"),
+                status("SM-unknown", "ev2"),
+                Op::Inbound {
+                    provider: "tw".into(),
+                    inbound: InboundMessage {
+                        channel: Channel::Sms,
+                        from: "+14155550100".into(),
+                        to: "+15005550006".into(),
+                        body: "YES".into(),
+                        provider_message_id: Some("SM9".into()),
+                        opt_out: None,
+                    },
+                },
+            ],
         )
         .unwrap();
-        // The webhook outruns the send: held.
-        let r = s.commit(1, &[update("SM1", Delivered, "ev1")]).unwrap();
-        assert_eq!(r.results, vec![OpResult::Held]);
-        assert_eq!(s.get(&m.id).unwrap().unwrap().state, State::Sending);
-        // Completion applies it right after `sent`.
-        let r = s.commit(2, &[sent(m.id, "SM1")]).unwrap();
-        let kinds: Vec<EventKind> = r.events.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, [EventKind::Sent, EventKind::Delivered]);
-        // A redelivered webhook and a late `sent` change nothing.
-        let r = s
-            .commit(
-                3,
-                &[update("SM1", Delivered, "ev1"), update("SM1", Sent, "ev2")],
-            )
-            .unwrap();
-        assert_eq!(r.results, vec![OpResult::Ignored, OpResult::Ignored]);
-        assert!(r.events.is_empty());
-        assert_eq!(s.get(&m.id).unwrap().unwrap().state, State::Delivered);
-        assert_eq!(s.counts().get(State::Delivered), 1);
-
-        // A reply is tagged like the latest message to its sender.
-        let reply = herald_plugin_api::InboundMessage {
-            channel: herald_plugin_api::Channel::Sms,
-            from: "+14155550100".into(),
-            to: "+15005550006".into(),
-            body: "YES".into(),
-            provider_message_id: Some("SM9".into()),
-            opt_out: None,
-        };
-        let inbound = Op::Inbound {
-            provider: "tw".into(),
-            inbound: reply,
-        };
-        let r = s.commit(4, &[inbound.clone(), inbound]).unwrap();
-        assert_eq!(r.results, vec![OpResult::Done, OpResult::Ignored]);
-        assert_eq!(
-            r.events[0].message_id.as_deref(),
-            Some(id_string(&m.id).as_str())
-        );
-        assert_eq!(r.events[0].tags, ["rsvp"]);
-
-        // An update for an id nobody knows is held; retention drops it and the dedupe keys.
-        s.commit(5, &[update("SM-unknown", Delivered, "ev3")])
-            .unwrap();
-        assert_eq!(s.held.len(), 1);
-        assert!(s.seen.len() >= 4);
+        for tree in [
+            &s.records,
+            &s.idem,
+            &s.pids,
+            &s.finished,
+            &s.latest,
+            &s.held,
+        ] {
+            assert_eq!(tree.len(), 1);
+        }
+        assert_eq!(s.seen.len(), 3);
+        assert_eq!(s.seen_at.len(), 3);
         s.commit(
             100,
             &[Op::Prune {
@@ -1094,50 +1176,37 @@ mod tests {
             }],
         )
         .unwrap();
-        assert_eq!(s.held.len(), 0, "old held update pruned");
-        assert_eq!(s.seen.len(), 0, "old dedupe keys pruned");
-        assert_eq!(s.seen_at.len(), 0);
-        assert!(s.get(&m.id).unwrap().is_none(), "finished message pruned");
-        assert_eq!(s.latest.len(), 0, "its reply index entry too");
+        for (name, tree) in [
+            ("records", &s.records),
+            ("idem", &s.idem),
+            ("pids", &s.pids),
+            ("finished", &s.finished),
+            ("latest", &s.latest),
+            ("held", &s.held),
+            ("seen", &s.seen),
+            ("seen_at", &s.seen_at),
+            ("events", &s.events),
+            ("schedule", &s.schedule),
+            ("leases", &s.leases),
+        ] {
+            assert_eq!(tree.len(), 0, "{name} left behind");
+        }
     }
 
     #[test]
-    fn event_blocks_read_from_any_seq() {
+    fn damage_is_written_outside_a_transaction_and_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        let m = msg("x");
+        {
+            let s = open(dir.path());
+            s.commit(0, &[Op::Accept(m.clone())]).unwrap();
+            s.damage(&Damage::DropSchedule(m.id)).unwrap();
+            s.damage(&Damage::SetCounts(Counts::default())).unwrap();
+        }
         let s = open(dir.path());
-        let ops: Vec<Op> = (0..150)
-            .map(|i| Op::Accept(msg(None, &format!("m{i}"))))
-            .collect();
-        s.commit(1, &ops).unwrap();
-        let ops: Vec<Op> = (0..50)
-            .map(|i| Op::Accept(msg(None, &format!("n{i}"))))
-            .collect();
-        s.commit(2, &ops).unwrap();
-        assert_eq!(s.events.len(), 3 + 1, "150 events in 3 blocks, 50 in 1");
-        let seqs = |from, limit| -> Vec<u64> {
-            s.events_from(from, limit)
-                .unwrap()
-                .iter()
-                .map(|e| e.seq)
-                .collect()
-        };
-        assert_eq!(seqs(0, 1000), (1..=200).collect::<Vec<_>>());
-        assert_eq!(
-            seqs(70, 10),
-            (70..80).collect::<Vec<_>>(),
-            "mid-block start"
-        );
-        assert_eq!(
-            seqs(140, 20),
-            (140..160).collect::<Vec<_>>(),
-            "across batches"
-        );
-        assert_eq!(seqs(200, 10), vec![200]);
-        assert!(seqs(201, 10).is_empty());
-        drop(s);
-        let s = open(dir.path());
-        assert_eq!(s.last_seq(), 200, "recovered from the last block");
-        assert_eq!(s.first_seq().unwrap(), 1);
+        assert_eq!(s.schedule.len(), 0);
+        assert_eq!(s.counts(), Counts::default());
+        assert_eq!(s.get(&m.id).unwrap().unwrap().state, State::Queued);
     }
 
     #[test]
@@ -1145,7 +1214,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path());
-            s.commit(0, &[Op::Accept(msg(None, "x"))]).unwrap();
+            s.commit(0, &[Op::Accept(msg("x"))]).unwrap();
             s.flush().unwrap();
         }
         std::fs::write(
@@ -1156,5 +1225,27 @@ mod tests {
         let s = open(dir.path());
         assert_eq!(s.last_seq(), 1);
         assert!(!dir.path().join("snap.00000000000001F0.generating").exists());
+    }
+
+    #[test]
+    fn exists_only_where_a_store_was_made() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!SledStore::exists(&dir.path().join("db")));
+        drop(open(&dir.path().join("db")));
+        assert!(SledStore::exists(&dir.path().join("db")));
+    }
+
+    #[test]
+    fn a_held_store_is_locked_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.commit(0, &[Op::Accept(msg("x"))]).unwrap();
+        assert!(matches!(
+            SledStore::open(dir.path(), 1 << 20),
+            Err(StoreError::Locked(_))
+        ));
+        drop(s);
+        SledStore::wait_unlocked(dir.path()).unwrap();
+        assert_eq!(SledStore::open(dir.path(), 1 << 20).unwrap().last_seq(), 1);
     }
 }

@@ -11,4 +11,5 @@ mod protocol_doc;
 mod providers;
 mod reload;
 mod smtp;
+mod store_check;
 mod webhooks;

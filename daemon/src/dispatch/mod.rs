@@ -4,18 +4,22 @@
 //! For one message: try the route's providers in order, skipping those whose breaker is
 //! open and waiting for rate-limit tokens; run the plugin's sans-IO exchange (plugin calls
 //! inline when the manifest says `blocking: false`, else on the blocking pool; requests
-//! through `transport`); then
-//! `Accepted` → sent/delivered, `Rejected` → failed/bounced (no fallback),
-//! `ProviderFailure` → next provider, `Retry` → deferred with backoff (or dead/expired).
+//! through `transport`); then hand the run to [`verdict::decide`], the pure function that
+//! says what it means (`Accepted` → sent/delivered, `Rejected` → failed/bounced with no
+//! fallback, `ProviderFailure` → next provider, `Retry` → deferred with backoff, or
+//! dead/expired), and commit its completion.
 //!
-//! Owns: concurrency bound, outcome → state mapping, breaker bookkeeping. Must not: touch
-//! storage except through the committer, or do I/O other than through `transport`.
+//! Owns: concurrency bound, the I/O of a delivery, breaker bookkeeping. Must not: touch
+//! storage except through the committer, do I/O other than through `transport`, or decide
+//! outcomes outside `verdict`.
+
+pub mod verdict;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_plugin_api::abi::{CallError, CallErrorKind, ResumeInput};
-use herald_plugin_api::{Delivery, Message, Outcome, State, Step};
+use herald_plugin_api::{Delivery, Message, Outcome, Step};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -24,9 +28,9 @@ use crate::clock;
 use crate::commit::Committer;
 use crate::live::LiveCell;
 use crate::providers::{Counters, Provider};
-use crate::retry;
 use crate::store::{BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string};
 use crate::transport::Transports;
+use verdict::{Tried, TryResult};
 
 /// How long a lease lasts. Leases matter only across a restart (every lease is then
 /// expired at once), so this is informational for a single daemon.
@@ -143,9 +147,12 @@ impl Dispatcher {
         }
     }
 
+    /// Runs one claimed message through its route — the I/O, and the breaker and counter
+    /// bookkeeping as each provider answers — then lets [`verdict::decide`] say what the
+    /// run means and commits that.
     async fn deliver(self: Arc<Self>, c: Claimed, _slot: OwnedSemaphorePermit) {
         let live = self.live.current();
-        let Claimed { id, record } = c;
+        let Claimed { id, fence, record } = c;
         let channel = record.channel();
         let attempt = record.attempt;
         let delivery = Arc::new(Delivery {
@@ -165,161 +172,70 @@ impl Dispatcher {
             .get(&channel)
             .cloned()
             .unwrap_or_default();
-        let mut notes: Vec<String> = Vec::new();
-        let mut retry_hint: Option<(Option<u64>, String, String)> = None;
-        let mut called = false;
-        let mut done: Option<Completion> = None;
+        let mut run: Vec<Tried> = Vec::with_capacity(route.len());
         let mut breakers: Vec<(String, BreakerRecord)> = Vec::new();
         for p in &route {
             let now = clock::now_ms();
             if !p.breaker.admit(now) {
-                notes.push(format!("{}: circuit open", p.name));
+                run.push(Tried {
+                    provider: p.name.clone(),
+                    webhooks: p.manifest.webhooks,
+                    result: TryResult::BreakerOpen {
+                        retry_at: p.breaker.retry_at(),
+                    },
+                });
                 continue;
             }
             if let Some(rate) = &p.rate {
                 rate.acquire().await;
             }
-            called = true;
             let outcome = exchange(&self.transports, p, &delivery).await;
             let now = clock::now_ms();
-            let completion = |state: State,
-                              pid: Option<String>,
-                              detail: Option<String>,
-                              suppress: bool| Completion {
-                id,
-                attempt,
-                state,
-                provider: Some(p.name.clone()),
-                provider_message_id: pid,
-                detail,
-                due_at: None,
-                suppress,
-                attempt_used: true,
-                index_provider_id: p.manifest.webhooks,
-                breakers: Vec::new(),
-            };
-            match outcome {
-                Outcome::Accepted {
-                    provider_message_id,
-                    delivered,
-                } => {
+            match &outcome {
+                Outcome::Accepted { .. } => {
                     breaker_moved(p, p.breaker.success(), &mut breakers);
                     Counters::bump(&p.counters.accepted);
-                    let state = if delivered {
-                        State::Delivered
-                    } else {
-                        State::Sent
-                    };
-                    done = Some(completion(state, provider_message_id, None, false));
-                    break;
                 }
-                Outcome::Rejected {
-                    reason,
-                    bounced,
-                    suppress,
-                } => {
+                Outcome::Rejected { .. } => {
                     breaker_moved(p, p.breaker.success(), &mut breakers);
                     Counters::bump(&p.counters.rejected);
-                    let state = if bounced {
-                        State::Bounced
-                    } else {
-                        State::Failed
-                    };
-                    done = Some(completion(
-                        state,
-                        None,
-                        Some(format!("{}: {reason}", p.name)),
-                        suppress,
-                    ));
-                    break;
                 }
-                Outcome::Retry {
-                    after_ms,
-                    reason,
-                    breaker,
-                } => {
-                    if breaker {
+                Outcome::Retry { breaker, .. } => {
+                    if *breaker {
                         breaker_moved(p, p.breaker.failure(now), &mut breakers);
                     } else {
                         p.breaker.neutral();
                     }
                     Counters::bump(&p.counters.retries);
-                    retry_hint = Some((after_ms, format!("{}: {reason}", p.name), p.name.clone()));
-                    break;
                 }
                 Outcome::ProviderFailure { reason } => {
                     breaker_moved(p, p.breaker.failure(now), &mut breakers);
                     Counters::bump(&p.counters.failures);
                     tracing::warn!(provider = %p.name, message_id = %delivery.message.id, %reason, "provider failure; trying the next provider of the route");
-                    notes.push(format!("{}: {reason}", p.name));
                 }
+            }
+            let go_on = verdict::next_provider(&outcome);
+            run.push(Tried {
+                provider: p.name.clone(),
+                webhooks: p.manifest.webhooks,
+                result: TryResult::Called(outcome),
+            });
+            if !go_on {
+                break;
             }
         }
-        let completion = match done {
-            Some(c) => c,
-            None => {
-                let now = clock::now_ms();
-                let (hint, detail, provider) = match retry_hint {
-                    Some((hint, reason, provider)) => {
-                        notes.push(reason);
-                        (hint, notes.join("; "), Some(provider))
-                    }
-                    None if route.is_empty() => {
-                        (None, format!("no route for channel {channel}"), None)
-                    }
-                    None if !called => {
-                        // Every breaker is open: wait for the first to half-open, and give the
-                        // attempt back — an outage must not use up max_attempts.
-                        let reopen = route.iter().filter_map(|p| p.breaker.retry_at()).min();
-                        (
-                            reopen.map(|t| t.saturating_sub(now)),
-                            notes.join("; "),
-                            None,
-                        )
-                    }
-                    None => (None, notes.join("; "), None),
-                };
-                let used = called;
-                let effective_attempt = if used {
-                    attempt
-                } else {
-                    attempt.saturating_sub(1)
-                };
-                let (state, due_at) = if used {
-                    retry::after_failure(
-                        &live.config.retry,
-                        effective_attempt,
-                        now,
-                        record.expires_at,
-                        hint,
-                        &mut rand::thread_rng(),
-                    )
-                } else {
-                    let due = now.saturating_add(hint.unwrap_or(1000).max(100));
-                    if due >= record.expires_at {
-                        (State::Expired, None)
-                    } else {
-                        (State::Deferred, Some(due))
-                    }
-                };
-                Completion {
-                    id,
-                    attempt,
-                    state,
-                    provider,
-                    provider_message_id: None,
-                    detail: Some(detail),
-                    due_at,
-                    suppress: false,
-                    attempt_used: used,
-                    index_provider_id: false,
-                    breakers: Vec::new(),
-                }
-            }
-        };
+        let verdict = verdict::decide(
+            channel,
+            &run,
+            &live.config.retry,
+            attempt,
+            clock::now_ms(),
+            record.expires_at,
+            &mut rand::thread_rng(),
+        );
         self.complete(Completion {
             breakers,
-            ..completion
+            ..verdict.completion(id, attempt, fence)
         })
         .await;
     }

@@ -1,0 +1,635 @@
+//! The delivery decision, as a pure function: what one run through a channel's route means
+//! for the message.
+//!
+//! Input: what happened at each provider tried, in route order (skipped because its
+//! breaker was open, or called, with the plugin's outcome), the retry policy, the attempt,
+//! `now`, the message's expiry, and the RNG for the backoff jitter. Output: a [`Verdict`],
+//! which becomes the [`Completion`] the committer stores.
+//!
+//! The rules: `Accepted` → sent (or delivered); `Rejected` → failed or bounced, no
+//! fallback (another provider will not fix a bad address); `Retry` → the same provider
+//! later, with backoff (dead after `max_attempts`, expired past the TTL);
+//! `ProviderFailure` → the next provider of the route, and when every provider failed the
+//! message is retried the same way. When no provider was called at all (every breaker
+//! open, or no route) the attempt is given back — an outage must not use up
+//! `max_attempts` — and the message waits for the first breaker to half-open.
+//!
+//! Owns: that policy. Must not: do I/O, read the clock, or touch breakers and counters
+//! (`dispatch::deliver` does, as it calls providers).
+
+use herald_plugin_api::{Channel, Outcome, State, UnixMillis};
+use rand::Rng;
+
+use crate::config::RetryPolicy;
+use crate::retry;
+use crate::store::{Completion, MsgId};
+
+/// How long a message waits when no provider was called and none says when it will admit
+/// a call again (no route).
+const UNCALLED_WAIT_MS: u64 = 1000;
+
+/// The shortest wait before another try when no provider was called.
+const UNCALLED_MIN_WAIT_MS: u64 = 100;
+
+/// One provider of the route, as the run met it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tried {
+    pub provider: String,
+    /// The provider takes status webhooks: its message id is indexed.
+    pub webhooks: bool,
+    pub result: TryResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TryResult {
+    /// Not called: its breaker is open (until `retry_at`, when it admits a trial call).
+    BreakerOpen {
+        retry_at: Option<UnixMillis>,
+    },
+    Called(Outcome),
+}
+
+/// Whether the route goes on to its next provider after `outcome`.
+pub fn next_provider(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::ProviderFailure { .. })
+}
+
+/// What happens to the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A provider took it (`delivered`: and knows it was delivered at once).
+    Sent {
+        provider: String,
+        provider_message_id: Option<String>,
+        delivered: bool,
+        index_provider_id: bool,
+    },
+    /// Undeliverable: failed, or a hard bounce; `suppress` adds the recipient to the
+    /// suppression list.
+    Rejected {
+        provider: String,
+        detail: String,
+        bounced: bool,
+        suppress: bool,
+    },
+    /// Try again at `due`. `attempt_used` is false when no provider was called.
+    Deferred {
+        due: UnixMillis,
+        attempt_used: bool,
+        provider: Option<String>,
+        detail: String,
+    },
+    /// Attempts exhausted.
+    Dead {
+        provider: Option<String>,
+        detail: String,
+    },
+    /// The next try would come after the message's time-to-live.
+    Expired {
+        attempt_used: bool,
+        provider: Option<String>,
+        detail: String,
+    },
+}
+
+impl Verdict {
+    /// The completion of claim (`attempt`, `fence`) of message `id` that stores it.
+    pub fn completion(self, id: MsgId, attempt: u32, fence: u64) -> Completion {
+        let base = Completion {
+            id,
+            attempt,
+            fence,
+            state: State::Deferred,
+            provider: None,
+            provider_message_id: None,
+            detail: None,
+            due_at: None,
+            suppress: false,
+            attempt_used: true,
+            index_provider_id: false,
+            breakers: Vec::new(),
+        };
+        match self {
+            Verdict::Sent {
+                provider,
+                provider_message_id,
+                delivered,
+                index_provider_id,
+            } => Completion {
+                state: if delivered {
+                    State::Delivered
+                } else {
+                    State::Sent
+                },
+                provider: Some(provider),
+                provider_message_id,
+                index_provider_id,
+                ..base
+            },
+            Verdict::Rejected {
+                provider,
+                detail,
+                bounced,
+                suppress,
+            } => Completion {
+                state: if bounced {
+                    State::Bounced
+                } else {
+                    State::Failed
+                },
+                provider: Some(provider),
+                detail: Some(detail),
+                suppress,
+                ..base
+            },
+            Verdict::Deferred {
+                due,
+                attempt_used,
+                provider,
+                detail,
+            } => Completion {
+                state: State::Deferred,
+                due_at: Some(due),
+                attempt_used,
+                provider,
+                detail: Some(detail),
+                ..base
+            },
+            Verdict::Dead { provider, detail } => Completion {
+                state: State::Dead,
+                provider,
+                detail: Some(detail),
+                ..base
+            },
+            Verdict::Expired {
+                attempt_used,
+                provider,
+                detail,
+            } => Completion {
+                state: State::Expired,
+                attempt_used,
+                provider,
+                detail: Some(detail),
+                ..base
+            },
+        }
+    }
+}
+
+/// Decides what a route run means for a message of `channel` on its attempt `attempt`
+/// (counted from 1, this run included), expiring at `expires_at`.
+pub fn decide(
+    channel: Channel,
+    run: &[Tried],
+    policy: &RetryPolicy,
+    attempt: u32,
+    now: UnixMillis,
+    expires_at: UnixMillis,
+    rng: &mut impl Rng,
+) -> Verdict {
+    let mut notes: Vec<String> = Vec::new();
+    let mut called = false;
+    for t in run {
+        let outcome = match &t.result {
+            TryResult::BreakerOpen { .. } => {
+                notes.push(format!("{}: circuit open", t.provider));
+                continue;
+            }
+            TryResult::Called(outcome) => outcome,
+        };
+        called = true;
+        match outcome {
+            Outcome::Accepted {
+                provider_message_id,
+                delivered,
+            } => {
+                return Verdict::Sent {
+                    provider: t.provider.clone(),
+                    provider_message_id: provider_message_id.clone(),
+                    delivered: *delivered,
+                    index_provider_id: t.webhooks,
+                };
+            }
+            Outcome::Rejected {
+                reason,
+                bounced,
+                suppress,
+            } => {
+                return Verdict::Rejected {
+                    provider: t.provider.clone(),
+                    detail: format!("{}: {reason}", t.provider),
+                    bounced: *bounced,
+                    suppress: *suppress,
+                };
+            }
+            Outcome::Retry {
+                after_ms, reason, ..
+            } => {
+                notes.push(format!("{}: {reason}", t.provider));
+                return retry_later(
+                    policy,
+                    attempt,
+                    now,
+                    expires_at,
+                    *after_ms,
+                    Some(t.provider.clone()),
+                    notes.join("; "),
+                    rng,
+                );
+            }
+            Outcome::ProviderFailure { reason } => {
+                notes.push(format!("{}: {reason}", t.provider));
+            }
+        }
+    }
+    if called {
+        // Every provider called failed: the message is retried like a transient failure.
+        return retry_later(
+            policy,
+            attempt,
+            now,
+            expires_at,
+            None,
+            None,
+            notes.join("; "),
+            rng,
+        );
+    }
+    let (wait, detail) = if run.is_empty() {
+        (None, format!("no route for channel {channel}"))
+    } else {
+        // Every breaker is open: wait for the first to admit a trial call.
+        let reopen = run
+            .iter()
+            .filter_map(|t| match t.result {
+                TryResult::BreakerOpen { retry_at } => retry_at,
+                TryResult::Called(_) => None,
+            })
+            .min();
+        (reopen.map(|t| t.saturating_sub(now)), notes.join("; "))
+    };
+    let due = now.saturating_add(wait.unwrap_or(UNCALLED_WAIT_MS).max(UNCALLED_MIN_WAIT_MS));
+    if due >= expires_at {
+        Verdict::Expired {
+            attempt_used: false,
+            provider: None,
+            detail,
+        }
+    } else {
+        Verdict::Deferred {
+            due,
+            attempt_used: false,
+            provider: None,
+            detail,
+        }
+    }
+}
+
+/// A failed attempt: backoff, or dead, or expired.
+#[allow(clippy::too_many_arguments)]
+fn retry_later(
+    policy: &RetryPolicy,
+    attempt: u32,
+    now: UnixMillis,
+    expires_at: UnixMillis,
+    hint_ms: Option<u64>,
+    provider: Option<String>,
+    detail: String,
+    rng: &mut impl Rng,
+) -> Verdict {
+    match retry::after_failure(policy, attempt, now, expires_at, hint_ms, rng) {
+        (State::Dead, _) => Verdict::Dead { provider, detail },
+        (State::Deferred, Some(due)) => Verdict::Deferred {
+            due,
+            attempt_used: true,
+            provider,
+            detail,
+        },
+        _ => Verdict::Expired {
+            attempt_used: true,
+            provider,
+            detail,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        base_ms: 1_000,
+        cap_ms: 8_000,
+        max_attempts: 3,
+        ttl_ms: 3_600_000,
+    };
+    const NOW: UnixMillis = 1_000_000;
+    const LATER: UnixMillis = NOW + 3_600_000;
+
+    fn called(provider: &str, outcome: Outcome) -> Tried {
+        Tried {
+            provider: provider.into(),
+            webhooks: true,
+            result: TryResult::Called(outcome),
+        }
+    }
+
+    fn open(provider: &str, retry_at: Option<UnixMillis>) -> Tried {
+        Tried {
+            provider: provider.into(),
+            webhooks: true,
+            result: TryResult::BreakerOpen { retry_at },
+        }
+    }
+
+    fn accepted(pid: &str, delivered: bool) -> Outcome {
+        Outcome::Accepted {
+            provider_message_id: Some(pid.into()),
+            delivered,
+        }
+    }
+
+    fn retry(after_ms: Option<u64>) -> Outcome {
+        Outcome::Retry {
+            after_ms,
+            reason: "503".into(),
+            breaker: true,
+        }
+    }
+
+    fn down(reason: &str) -> Outcome {
+        Outcome::ProviderFailure {
+            reason: reason.into(),
+        }
+    }
+
+    fn rejected(bounced: bool, suppress: bool) -> Outcome {
+        Outcome::Rejected {
+            reason: "invalid recipient".into(),
+            bounced,
+            suppress,
+        }
+    }
+
+    fn decide_at(run: &[Tried], attempt: u32, expires_at: UnixMillis) -> Verdict {
+        decide(
+            Channel::Email,
+            run,
+            &POLICY,
+            attempt,
+            NOW,
+            expires_at,
+            &mut StdRng::seed_from_u64(7),
+        )
+    }
+
+    /// Deferred by a used attempt, within `[now + floor, now + bound]`.
+    fn assert_deferred(v: &Verdict, floor: u64, bound: u64, provider: Option<&str>, detail: &str) {
+        let Verdict::Deferred {
+            due,
+            attempt_used,
+            provider: p,
+            detail: d,
+        } = v
+        else {
+            panic!("expected deferred, got {v:?}");
+        };
+        assert!(
+            (NOW + floor..=NOW + bound).contains(due),
+            "due {due} outside [{}, {}]",
+            NOW + floor,
+            NOW + bound
+        );
+        assert!(attempt_used);
+        assert_eq!(p.as_deref(), provider);
+        assert_eq!(d, detail);
+    }
+
+    #[test]
+    fn accepted_is_sent_or_delivered_by_that_provider() {
+        let v = decide_at(&[called("resend", accepted("re_1", false))], 1, LATER);
+        assert_eq!(
+            v,
+            Verdict::Sent {
+                provider: "resend".into(),
+                provider_message_id: Some("re_1".into()),
+                delivered: false,
+                index_provider_id: true,
+            }
+        );
+        let mut no_hooks = called("dev", accepted("f.eml", true));
+        no_hooks.webhooks = false;
+        let v = decide_at(&[no_hooks], 1, LATER);
+        assert_eq!(
+            v,
+            Verdict::Sent {
+                provider: "dev".into(),
+                provider_message_id: Some("f.eml".into()),
+                delivered: true,
+                index_provider_id: false,
+            }
+        );
+        let c = v.completion([1; 16], 1, 99);
+        assert_eq!(
+            (c.state, c.fence, c.attempt_used),
+            (State::Delivered, 99, true)
+        );
+    }
+
+    #[test]
+    fn rejected_fails_or_bounces_without_fallback() {
+        let v = decide_at(
+            &[
+                called("resend", rejected(true, true)),
+                // Never reached by a real run; a rejection ends the route regardless.
+                called("sendgrid", accepted("sg", false)),
+            ],
+            1,
+            LATER,
+        );
+        assert_eq!(
+            v,
+            Verdict::Rejected {
+                provider: "resend".into(),
+                detail: "resend: invalid recipient".into(),
+                bounced: true,
+                suppress: true,
+            }
+        );
+        assert_eq!(v.completion([1; 16], 1, 0).state, State::Bounced);
+        let v = decide_at(&[called("resend", rejected(false, false))], 1, LATER);
+        let c = v.completion([1; 16], 1, 0);
+        assert_eq!((c.state, c.suppress), (State::Failed, false));
+    }
+
+    #[test]
+    fn retry_defers_with_backoff_honouring_the_hint() {
+        let v = decide_at(&[called("resend", retry(None))], 1, LATER);
+        assert_deferred(&v, 0, 1_000, Some("resend"), "resend: 503");
+        let v = decide_at(&[called("resend", retry(Some(30_000)))], 2, LATER);
+        assert_deferred(&v, 30_000, 30_000, Some("resend"), "resend: 503");
+    }
+
+    #[test]
+    fn retry_on_the_last_attempt_is_dead() {
+        let v = decide_at(&[called("resend", retry(None))], 3, LATER);
+        assert_eq!(
+            v,
+            Verdict::Dead {
+                provider: Some("resend".into()),
+                detail: "resend: 503".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn retry_past_the_ttl_is_expired() {
+        let v = decide_at(&[called("resend", retry(Some(60_000)))], 1, NOW + 10_000);
+        assert_eq!(
+            v,
+            Verdict::Expired {
+                attempt_used: true,
+                provider: Some("resend".into()),
+                detail: "resend: 503".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn provider_failure_falls_back_to_the_next_provider() {
+        let v = decide_at(
+            &[
+                called("resend", down("401 unauthorized")),
+                called("sendgrid", accepted("sg_1", false)),
+            ],
+            1,
+            LATER,
+        );
+        assert!(matches!(v, Verdict::Sent { ref provider, .. } if provider == "sendgrid"));
+    }
+
+    #[test]
+    fn every_provider_failing_is_retried_then_dead() {
+        let run = [
+            called("resend", down("401 unauthorized")),
+            called("sendgrid", down("connection refused")),
+        ];
+        let v = decide_at(&run, 1, LATER);
+        assert_deferred(
+            &v,
+            0,
+            1_000,
+            None,
+            "resend: 401 unauthorized; sendgrid: connection refused",
+        );
+        let v = decide_at(&run, 3, LATER);
+        assert!(matches!(v, Verdict::Dead { provider: None, .. }), "{v:?}");
+    }
+
+    #[test]
+    fn open_breakers_are_skipped_and_noted() {
+        let v = decide_at(
+            &[
+                open("resend", Some(NOW + 5_000)),
+                called("sendgrid", accepted("sg_1", false)),
+            ],
+            1,
+            LATER,
+        );
+        assert!(matches!(v, Verdict::Sent { ref provider, .. } if provider == "sendgrid"));
+        let v = decide_at(
+            &[
+                open("resend", Some(NOW + 5_000)),
+                called("sendgrid", retry(None)),
+            ],
+            1,
+            LATER,
+        );
+        assert_deferred(
+            &v,
+            0,
+            1_000,
+            Some("sendgrid"),
+            "resend: circuit open; sendgrid: 503",
+        );
+        let v = decide_at(
+            &[
+                open("resend", Some(NOW + 5_000)),
+                called("sendgrid", down("down")),
+            ],
+            1,
+            LATER,
+        );
+        assert_deferred(&v, 0, 1_000, None, "resend: circuit open; sendgrid: down");
+    }
+
+    #[test]
+    fn every_breaker_open_waits_for_the_first_to_half_open_and_gives_the_attempt_back() {
+        let run = [
+            open("resend", Some(NOW + 9_000)),
+            open("sendgrid", Some(NOW + 4_000)),
+        ];
+        let v = decide_at(&run, 3, LATER);
+        assert_eq!(
+            v,
+            Verdict::Deferred {
+                due: NOW + 4_000,
+                attempt_used: false,
+                provider: None,
+                detail: "resend: circuit open; sendgrid: circuit open".into(),
+            },
+            "not dead on the last attempt: no provider was called"
+        );
+        let c = v.completion([1; 16], 3, 0);
+        assert_eq!((c.state, c.attempt_used), (State::Deferred, false));
+        // A breaker about to half-open still leaves a short pause; none known: a second.
+        let v = decide_at(&[open("resend", Some(NOW + 10))], 1, LATER);
+        assert!(matches!(v, Verdict::Deferred { due, .. } if due == NOW + 100));
+        let v = decide_at(&[open("resend", None)], 1, LATER);
+        assert!(matches!(v, Verdict::Deferred { due, .. } if due == NOW + 1_000));
+        // Half-opening only after the message's time-to-live.
+        let v = decide_at(&run, 1, NOW + 2_000);
+        assert!(
+            matches!(
+                v,
+                Verdict::Expired {
+                    attempt_used: false,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn no_route_waits_a_second_without_using_the_attempt() {
+        let v = decide_at(&[], 1, LATER);
+        assert_eq!(
+            v,
+            Verdict::Deferred {
+                due: NOW + 1_000,
+                attempt_used: false,
+                provider: None,
+                detail: "no route for channel email".into(),
+            }
+        );
+        let v = decide_at(&[], 1, NOW + 500);
+        assert!(matches!(
+            v,
+            Verdict::Expired {
+                attempt_used: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn only_a_provider_failure_goes_on_to_the_next_provider() {
+        assert!(next_provider(&down("x")));
+        assert!(!next_provider(&retry(None)));
+        assert!(!next_provider(&accepted("x", false)));
+        assert!(!next_provider(&rejected(false, false)));
+    }
+}

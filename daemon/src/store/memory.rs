@@ -1,0 +1,554 @@
+//! The in-memory engine: every index in an ordered map, the state machine through
+//! [`lifecycle`], nothing on disk. It is the reference implementation of the key-value
+//! seam (no read-ahead, no encoding: each [`Txn`] method is a map operation) and the engine
+//! of fast unit tests. A batch is atomic: every table keeps an undo log that a failed
+//! batch replays backwards.
+//!
+//! [`MemoryStore::restart`] hands the same data to a new store, as a daemon restarting on
+//! a server engine would find it: the conformance suite's "reopen".
+//!
+//! Owns: its maps. Must not: be chosen for a daemon (nothing survives the process).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use herald_plugin_api::{Channel, Event, StatusUpdate, UnixMillis};
+
+use super::check::{self, Audit};
+use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
+use super::{BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError};
+
+/// An ordered map with an undo log for the running batch.
+#[derive(Debug)]
+struct Table<K: Ord + Clone, V: Clone> {
+    map: BTreeMap<K, V>,
+    undo: Vec<(K, Option<V>)>,
+}
+
+impl<K: Ord + Clone, V: Clone> Default for Table<K, V> {
+    fn default() -> Self {
+        Table {
+            map: BTreeMap::new(),
+            undo: Vec::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> Table<K, V> {
+    fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(k)
+    }
+
+    fn contains(&self, k: &K) -> bool {
+        self.map.contains_key(k)
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        let old = self.map.insert(k.clone(), v);
+        self.undo.push((k, old));
+    }
+
+    fn remove(&mut self, k: &K) {
+        if let Some(old) = self.map.remove(k) {
+            self.undo.push((k.clone(), Some(old)));
+        }
+    }
+
+    fn rollback(&mut self) {
+        while let Some((k, old)) = self.undo.pop() {
+            match old {
+                Some(v) => self.map.insert(k, v),
+                None => self.map.remove(&k),
+            };
+        }
+    }
+
+    fn keep(&mut self) {
+        self.undo.clear();
+    }
+}
+
+/// A recipient as the suppression list and the reply index compare it.
+fn recipient(channel: Channel, to: &str) -> (u8, String) {
+    (channel as u8, to.to_ascii_lowercase())
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    records: Table<MsgId, Record>,
+    schedule: Table<(UnixMillis, MsgId), ()>,
+    leases: Table<MsgId, UnixMillis>,
+    idempotency: Table<String, (MsgId, UnixMillis)>,
+    provider_ids: Table<(String, String), MsgId>,
+    dead: Table<MsgId, ()>,
+    finished: Table<(UnixMillis, MsgId), ()>,
+    suppression: Table<(u8, String), String>,
+    latest: Table<(u8, String), MsgId>,
+    held: Table<HeldKey, HeldUpdates>,
+    seen: Table<(String, String), UnixMillis>,
+    seen_at: Table<(UnixMillis, String, String), ()>,
+    breakers: Table<String, BreakerRecord>,
+    events: Table<u64, Event>,
+}
+
+macro_rules! every_table {
+    ($t:expr, $method:ident) => {{
+        let t = $t;
+        t.records.$method();
+        t.schedule.$method();
+        t.leases.$method();
+        t.idempotency.$method();
+        t.provider_ids.$method();
+        t.dead.$method();
+        t.finished.$method();
+        t.suppression.$method();
+        t.latest.$method();
+        t.held.$method();
+        t.seen.$method();
+        t.seen_at.$method();
+        t.breakers.$method();
+        t.events.$method();
+    }};
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tables: Tables,
+    seq: u64,
+    counts: Counts,
+}
+
+/// The in-memory engine. Cheap to create; see the module doc.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// A new store on the same data: what a restarted daemon would find.
+    pub fn restart(&self) -> MemoryStore {
+        MemoryStore {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Damages the indexes on purpose (see [`super::Damage`]).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn damage(&self, damage: &super::Damage) -> Result<(), StoreError> {
+        use super::Damage;
+        let mut state = self.lock();
+        let t = &mut state.tables;
+        match damage {
+            Damage::DropLease(id) => t.leases.remove(id),
+            Damage::DropSchedule(id) => {
+                let doomed: Vec<_> = t
+                    .schedule
+                    .map
+                    .keys()
+                    .filter(|(_, i)| i == id)
+                    .cloned()
+                    .collect();
+                doomed.iter().for_each(|k| t.schedule.remove(k));
+            }
+            Damage::DropDeadLetter(id) => t.dead.remove(id),
+            Damage::DropFinished(id) => {
+                let doomed: Vec<_> = t
+                    .finished
+                    .map
+                    .keys()
+                    .filter(|(_, i)| i == id)
+                    .cloned()
+                    .collect();
+                doomed.iter().for_each(|k| t.finished.remove(k));
+            }
+            Damage::AddSchedule(due, id) => t.schedule.insert((*due, *id), ()),
+            Damage::AddLease(id, until) => t.leases.insert(*id, *until),
+            Damage::AddDeadLetter(id) => t.dead.insert(*id, ()),
+            Damage::SetCounts(counts) => state.counts = *counts,
+        }
+        every_table!(&mut state.tables, keep);
+        Ok(())
+    }
+}
+
+/// This engine's [`Txn`]: the maps themselves (the store's lock is held).
+struct MemTxn<'a> {
+    t: &'a mut Tables,
+    seq: &'a mut u64,
+    counts: &'a mut Counts,
+}
+
+impl Txn for MemTxn<'_> {
+    type Error = StoreError;
+
+    fn message(&mut self, id: &MsgId) -> Result<Option<Record>, StoreError> {
+        Ok(self.t.records.get(id).cloned())
+    }
+    fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), StoreError> {
+        self.t.records.insert(*id, record.clone());
+        Ok(())
+    }
+    fn remove_message(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.t.records.remove(id);
+        Ok(())
+    }
+
+    fn schedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.t.schedule.insert((due, *id), ());
+        Ok(())
+    }
+    fn unschedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.t.schedule.remove(&(due, *id));
+        Ok(())
+    }
+    fn due(
+        &mut self,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
+        Ok(self
+            .t
+            .schedule
+            .map
+            .range(..=(now, [u8::MAX; 16]))
+            .take(limit)
+            .map(|(k, _)| *k)
+            .collect())
+    }
+
+    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<(), StoreError> {
+        self.t.leases.insert(*id, until);
+        Ok(())
+    }
+    fn unlease(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.t.leases.remove(id);
+        Ok(())
+    }
+    fn is_leased(&mut self, id: &MsgId) -> Result<bool, StoreError> {
+        Ok(self.t.leases.contains(id))
+    }
+    fn leased(&mut self) -> Result<Vec<MsgId>, StoreError> {
+        Ok(self.t.leases.map.keys().copied().collect())
+    }
+
+    fn idempotency(&mut self, key: &str) -> Result<Option<(MsgId, UnixMillis)>, StoreError> {
+        Ok(self.t.idempotency.map.get(key).copied())
+    }
+    fn put_idempotency(
+        &mut self,
+        key: &str,
+        id: &MsgId,
+        expires: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.t.idempotency.insert(key.to_string(), (*id, expires));
+        Ok(())
+    }
+    fn remove_idempotency(&mut self, key: &str) -> Result<(), StoreError> {
+        self.t.idempotency.remove(&key.to_string());
+        Ok(())
+    }
+
+    fn by_provider_id(&mut self, provider: &str, pid: &str) -> Result<Option<MsgId>, StoreError> {
+        Ok(self
+            .t
+            .provider_ids
+            .get(&(provider.to_string(), pid.to_string()))
+            .copied())
+    }
+    fn put_provider_id(&mut self, provider: &str, pid: &str, id: &MsgId) -> Result<(), StoreError> {
+        self.t
+            .provider_ids
+            .insert((provider.to_string(), pid.to_string()), *id);
+        Ok(())
+    }
+    fn remove_provider_id(&mut self, provider: &str, pid: &str) -> Result<(), StoreError> {
+        self.t
+            .provider_ids
+            .remove(&(provider.to_string(), pid.to_string()));
+        Ok(())
+    }
+
+    fn put_dead(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.t.dead.insert(*id, ());
+        Ok(())
+    }
+    fn remove_dead(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.t.dead.remove(id);
+        Ok(())
+    }
+
+    fn put_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.t.finished.insert((at, *id), ());
+        Ok(())
+    }
+    fn remove_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.t.finished.remove(&(at, *id));
+        Ok(())
+    }
+    fn finished_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
+        Ok(self
+            .t
+            .finished
+            .map
+            .range(..(before, [0; 16]))
+            .take(limit)
+            .map(|(k, _)| *k)
+            .collect())
+    }
+
+    fn is_suppressed(&mut self, channel: Channel, to: &str) -> Result<bool, StoreError> {
+        Ok(self.t.suppression.contains(&recipient(channel, to)))
+    }
+    fn suppress(&mut self, channel: Channel, to: &str, reason: &str) -> Result<(), StoreError> {
+        self.t
+            .suppression
+            .insert(recipient(channel, to), reason.to_string());
+        Ok(())
+    }
+    fn unsuppress(&mut self, channel: Channel, to: &str) -> Result<(), StoreError> {
+        self.t.suppression.remove(&recipient(channel, to));
+        Ok(())
+    }
+
+    fn latest(&mut self, channel: Channel, to: &str) -> Result<Option<MsgId>, StoreError> {
+        Ok(self.t.latest.get(&recipient(channel, to)).copied())
+    }
+    fn put_latest(&mut self, channel: Channel, to: &str, id: &MsgId) -> Result<(), StoreError> {
+        self.t.latest.insert(recipient(channel, to), *id);
+        Ok(())
+    }
+    fn remove_latest(&mut self, channel: Channel, to: &str) -> Result<(), StoreError> {
+        self.t.latest.remove(&recipient(channel, to));
+        Ok(())
+    }
+
+    fn held(&mut self, key: HeldFor<'_>) -> Result<HeldUpdates, StoreError> {
+        Ok(self.t.held.get(&owned(key)).cloned().unwrap_or_default())
+    }
+    fn set_held(
+        &mut self,
+        key: HeldFor<'_>,
+        updates: &[(UnixMillis, StatusUpdate)],
+    ) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            self.t.held.remove(&owned(key));
+        } else {
+            self.t.held.insert(owned(key), updates.to_vec());
+        }
+        Ok(())
+    }
+    fn held_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<HeldKey>, StoreError> {
+        Ok(self
+            .t
+            .held
+            .map
+            .iter()
+            .filter(|(_, updates)| updates.iter().any(|(at, _)| *at < before))
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    fn seen(&mut self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, StoreError> {
+        let k = (provider.to_string(), key.to_string());
+        if self.t.seen.contains(&k) {
+            return Ok(true);
+        }
+        self.t.seen.insert(k, now);
+        self.t
+            .seen_at
+            .insert((now, provider.to_string(), key.to_string()), ());
+        Ok(false)
+    }
+    fn seen_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<SeenKey>, StoreError> {
+        Ok(self
+            .t
+            .seen_at
+            .map
+            .range(..(before, String::new(), String::new()))
+            .take(limit)
+            .map(|((at, provider, key), _)| SeenKey {
+                at: *at,
+                provider: provider.clone(),
+                key: key.clone(),
+            })
+            .collect())
+    }
+    fn unsee(&mut self, key: &SeenKey) -> Result<(), StoreError> {
+        self.t.seen.remove(&(key.provider.clone(), key.key.clone()));
+        self.t
+            .seen_at
+            .remove(&(key.at, key.provider.clone(), key.key.clone()));
+        Ok(())
+    }
+
+    fn breaker(&mut self, provider: &str) -> Result<Option<BreakerRecord>, StoreError> {
+        Ok(self.t.breakers.map.get(provider).cloned())
+    }
+    fn put_breaker(&mut self, provider: &str, record: &BreakerRecord) -> Result<(), StoreError> {
+        self.t.breakers.insert(provider.to_string(), record.clone());
+        Ok(())
+    }
+
+    fn prune_events(&mut self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        let old: Vec<u64> = self
+            .t
+            .events
+            .map
+            .iter()
+            .take_while(|(_, e)| e.at < before)
+            .take(limit)
+            .map(|(seq, _)| *seq)
+            .collect();
+        old.iter().for_each(|seq| self.t.events.remove(seq));
+        Ok(old.len() as u64)
+    }
+
+    fn audit(&mut self, counts: &Counts) -> Result<Audit, StoreError> {
+        let t = &self.t;
+        check::audit(
+            t.records.map.iter().map(|(id, r)| Ok((*id, r.clone()))),
+            t.schedule.map.keys().map(|k| Ok(*k)),
+            t.leases.map.keys().map(|id| Ok(*id)),
+            t.dead.map.keys().map(|id| Ok(*id)),
+            t.finished.map.keys().map(|k| Ok(*k)),
+            *counts,
+        )
+    }
+
+    fn finish(&mut self, events: &[Event], seq: u64, counts: &Counts) -> Result<(), StoreError> {
+        for e in events {
+            self.t.events.insert(e.seq, e.clone());
+        }
+        *self.seq = seq;
+        *self.counts = *counts;
+        Ok(())
+    }
+}
+
+fn owned(key: HeldFor<'_>) -> HeldKey {
+    match key {
+        HeldFor::Message(id) => HeldKey::Message(*id),
+        HeldFor::ProviderId { provider, pid } => HeldKey::ProviderId {
+            provider: provider.to_string(),
+            pid: pid.to_string(),
+        },
+    }
+}
+
+impl Store for MemoryStore {
+    fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let (seq, counts) = (state.seq, state.counts);
+        let mut txn = MemTxn {
+            t: &mut state.tables,
+            seq: &mut state.seq,
+            counts: &mut state.counts,
+        };
+        match lifecycle::apply_batch(&mut txn, now, ops, seq, counts) {
+            Ok(batch) => {
+                every_table!(&mut state.tables, keep);
+                Ok(Committed {
+                    results: batch.results,
+                    events: batch.cursor.events,
+                    scheduled: batch.cursor.scheduled,
+                })
+            }
+            Err(e) => {
+                every_table!(&mut state.tables, rollback);
+                state.seq = seq;
+                state.counts = counts;
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
+        Ok(self.lock().tables.records.get(id).cloned())
+    }
+
+    fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        Ok(self
+            .lock()
+            .tables
+            .events
+            .map
+            .range((Bound::Included(from), Bound::Unbounded))
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    fn first_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .lock()
+            .tables
+            .events
+            .map
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(0))
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    fn next_due(&self) -> Result<Option<UnixMillis>, StoreError> {
+        Ok(self
+            .lock()
+            .tables
+            .schedule
+            .map
+            .keys()
+            .next()
+            .map(|(t, _)| *t))
+    }
+
+    fn counts(&self) -> Counts {
+        self.lock().counts
+    }
+
+    fn dead(&self, limit: usize) -> Result<Vec<(MsgId, Record)>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .tables
+            .dead
+            .map
+            .keys()
+            .take(limit)
+            .filter_map(|id| state.tables.records.get(id).map(|r| (*id, r.clone())))
+            .collect())
+    }
+
+    fn breakers(&self) -> Result<BTreeMap<String, BreakerRecord>, StoreError> {
+        Ok(self.lock().tables.breakers.map.clone())
+    }
+}
