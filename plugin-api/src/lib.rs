@@ -2,6 +2,9 @@
 //!
 //! - [`types`]: the domain — channels, messages, states, events. Shared with the socket
 //!   protocol, so these types stay postcard-friendly.
+//! - [`validate`]: what a message must satisfy before it is accepted, with errors naming
+//!   the field by its path (`content.email.attachments[0].content_type`); the one rule for
+//!   header-like and one-line fields.
 //! - [`provider`]: the sans-IO [`Provider`] trait and the step machine a plugin runs:
 //!   a plugin describes requests, the host performs them. A plugin never does network I/O.
 //! - [`abi`]: the C ABI (`herald_plugin_v1`, JSON buffers, plugin-owned buffers) and the
@@ -21,12 +24,14 @@ pub mod log;
 pub mod provider;
 pub mod secret;
 pub mod types;
+pub mod validate;
 pub mod version;
 
 pub use log::Logger;
 pub use provider::*;
 pub use secret::Secret;
 pub use types::*;
+pub use validate::*;
 
 /// The version of this crate, which a plugin's manifest states and the loader checks.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
