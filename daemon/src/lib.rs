@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept;
+pub mod backlog;
 pub mod breaker;
 pub mod clock;
 pub mod commit;
