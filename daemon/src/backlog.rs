@@ -20,7 +20,9 @@
 
 use std::sync::Arc;
 
-use herald_protocol::{self as protocol, BatchItem, Codec, Request, Response, ServerFrame};
+use herald_protocol::{
+    self as protocol, BatchItem, Codec, ErrorBody, Request, Response, ServerFrame,
+};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -112,25 +114,36 @@ pub fn answer_bound(request: &Request, max_frame: u32) -> usize {
     }
 }
 
-fn clip(message: &mut String) {
-    if message.len() > MAX_ERROR_MESSAGE {
-        let mut end = MAX_ERROR_MESSAGE - 3;
-        while !message.is_char_boundary(end) {
+/// The longest `field` an error names (paths are short; this only guards the bound).
+const MAX_ERROR_FIELD: usize = 512;
+
+fn clip(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
             end -= 1;
         }
-        message.truncate(end);
-        message.push('…');
+        text.truncate(end);
+        text.push('…');
     }
 }
 
-/// Clips every error message in `response` to [`MAX_ERROR_MESSAGE`] bytes.
+fn clip_error(e: &mut ErrorBody) {
+    clip(&mut e.message, MAX_ERROR_MESSAGE);
+    if let Some(field) = &mut e.field {
+        clip(field, MAX_ERROR_FIELD);
+    }
+}
+
+/// Clips every error message in `response` to [`MAX_ERROR_MESSAGE`] bytes (and every
+/// error's field to 512), so a small answer stays within [`SMALL_ANSWER`].
 pub fn clip_errors(response: &mut Response) {
     match response {
-        Response::Error(e) => clip(&mut e.message),
+        Response::Error(e) => clip_error(e),
         Response::BatchAccepted(items) => {
             for item in items {
                 if let BatchItem::Error(e) = item {
-                    clip(&mut e.message);
+                    clip_error(e);
                 }
             }
         }
@@ -213,7 +226,7 @@ pub async fn write_answers<W: AsyncWrite + Unpin>(mut wr: W, mut queue: mpsc::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_protocol::{ErrorBody, ErrorCode};
+    use herald_protocol::ErrorCode;
     use std::time::Duration;
 
     #[tokio::test]
@@ -250,11 +263,12 @@ mod tests {
 
     #[test]
     fn errors_are_clipped_at_a_char_boundary() {
-        let mut r = Response::Error(ErrorBody::new(ErrorCode::InvalidField, "é".repeat(5_000)));
+        let mut r = Response::Error(ErrorBody::field(&"f".repeat(9_000), "é".repeat(5_000)));
         clip_errors(&mut r);
         let Response::Error(e) = r else { panic!() };
         assert!(e.message.len() <= MAX_ERROR_MESSAGE, "{}", e.message.len());
         assert!(e.message.ends_with('…'));
+        assert!(e.field.unwrap().len() <= MAX_ERROR_FIELD);
         let mut batch = Response::BatchAccepted(vec![BatchItem::Error(ErrorBody::new(
             ErrorCode::InvalidField,
             "x".repeat(100_000),

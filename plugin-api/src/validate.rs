@@ -244,6 +244,10 @@ pub fn is_reserved_email_header(name: &str) -> bool {
         .any(|r| r.eq_ignore_ascii_case(name))
 }
 
+/// The longest header name a message may set (real ones are a few dozen characters; the
+/// name appears in error fields, which must stay short).
+pub const MAX_HEADER_NAME: usize = 128;
+
 /// An RFC 2045 token: printable ASCII without spaces and `()<>@,;:\"/[]?=`.
 fn is_mime_token(s: &str) -> bool {
     !s.is_empty()
@@ -286,13 +290,14 @@ pub fn validate_content(content: &Content) -> Result<(), InvalidField> {
                 validate_email_address(&at("reply_to"), reply_to)?;
             }
             for (name, value) in &e.headers {
-                let name_ok =
-                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+                let name_ok = (1..=MAX_HEADER_NAME).contains(&name.len())
+                    && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
                 if !name_ok {
                     return Err(invalid(
                         at("headers"),
                         format!(
-                            "header name {:?} must be printable ASCII without spaces or ':'",
+                            "header name {:?} must be 1-{MAX_HEADER_NAME} printable ASCII \
+                             characters without spaces or ':'",
                             clip(name)
                         ),
                     ));
@@ -705,6 +710,10 @@ mod tests {
         }
         assert_eq!(sms_from("12").unwrap_err().field, "content.sms.from");
         assert!(with_header("List-Unsubscribe").is_ok());
+        assert_eq!(
+            with_header(&"X".repeat(129)).unwrap_err().field,
+            "content.email.headers"
+        );
         for reserved in ["Subject", "from", "X-Herald-Id", "Content-Type"] {
             let err = with_header(reserved).unwrap_err();
             assert_eq!(err.field, format!("content.email.headers[{reserved:?}]"));
