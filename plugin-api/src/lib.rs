@@ -5,6 +5,8 @@
 //! - [`validate`]: what a message must satisfy before it is accepted, with errors naming
 //!   the field by its path (`content.email.attachments[0].content_type`); the one rule for
 //!   header-like and one-line fields.
+//! - [`recipient`]: canonical recipient keys ([`RecipientKey`]): one per person per channel,
+//!   so suppression and reply matching compare people, not spellings.
 //! - [`provider`]: the sans-IO [`Provider`] trait and the step machine a plugin runs:
 //!   a plugin describes requests, the host performs them. A plugin never does network I/O.
 //! - [`abi`]: the C ABI (`herald_plugin_v1`, JSON buffers, plugin-owned buffers) and the
@@ -22,6 +24,7 @@ pub mod duration;
 pub mod http;
 pub mod log;
 pub mod provider;
+pub mod recipient;
 pub mod secret;
 pub mod types;
 pub mod validate;
@@ -29,6 +32,7 @@ pub mod version;
 
 pub use log::Logger;
 pub use provider::*;
+pub use recipient::{EmailCase, RecipientKey, RecipientRules};
 pub use secret::Secret;
 pub use types::*;
 pub use validate::*;
