@@ -5,6 +5,7 @@
 //! - [`validate`]: what a message must satisfy before it is accepted, with errors naming
 //!   the field by its path (`content.email.attachments[0].content_type`); the one rule for
 //!   header-like and one-line fields.
+//! - [`keywords`]: the SMS providers' opt-out / opt-in / help keyword lists and matching.
 //! - [`recipient`]: canonical recipient keys ([`RecipientKey`]): one per person per channel,
 //!   so suppression and reply matching compare people, not spellings.
 //! - [`provider`]: the sans-IO [`Provider`] trait and the step machine a plugin runs:
@@ -22,6 +23,7 @@
 pub mod abi;
 pub mod duration;
 pub mod http;
+pub mod keywords;
 pub mod log;
 pub mod provider;
 pub mod recipient;
