@@ -18,6 +18,7 @@ pub mod providers;
 pub mod ratelimit;
 pub mod reload;
 pub mod retry;
+pub mod rsvp;
 pub mod store;
 pub mod transport;
 pub mod webhooks;

@@ -350,6 +350,43 @@ impl fmt::Display for EventKind {
     }
 }
 
+/// A guest's answer to an invitation, read from a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RsvpAnswer {
+    Yes,
+    No,
+    Maybe,
+}
+
+impl RsvpAnswer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RsvpAnswer::Yes => "yes",
+            RsvpAnswer::No => "no",
+            RsvpAnswer::Maybe => "maybe",
+        }
+    }
+}
+
+/// A structured RSVP read from a reply: the answer, and how many people it counts when the
+/// reply says so (`no` counts 0; a bare `yes` says nothing about the number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rsvp {
+    pub answer: RsvpAnswer,
+    #[serde(default)]
+    pub headcount: Option<u32>,
+}
+
+impl fmt::Display for Rsvp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.headcount {
+            Some(n) => write!(f, "{} ({n})", self.answer.as_str()),
+            None => f.write_str(self.answer.as_str()),
+        }
+    }
+}
+
 /// One entry of the durable event log. `seq` is strictly increasing and never reused.
 /// `from`, `to` and `body` are set on `inbound` events only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
