@@ -1,7 +1,12 @@
 //! The accept path's validation: a `SendMessage` from a client becomes a [`NewMessage`]
-//! or an error naming the field and the fix. Runs before anything touches storage.
+//! or an error naming the field (by its path, e.g. `tags[2]`) and the fix. Runs before
+//! anything touches storage. The content and recipient rules live in
+//! `herald_plugin_api::validate`; this adds what depends on the request or the config
+//! (route, tags, idempotency key, schedule, size).
 
-use herald_plugin_api::{UnixMillis, validate_content, validate_recipient};
+use herald_plugin_api::{
+    InvalidField, UnixMillis, check_one_line, validate_content, validate_recipient,
+};
 use herald_protocol::{ErrorBody, ErrorCode, SendMessage};
 
 use crate::live::Live;
@@ -11,6 +16,10 @@ const MAX_TAGS: usize = 32;
 const MAX_TAG_LEN: usize = 64;
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
+fn field_error(e: InvalidField) -> ErrorBody {
+    ErrorBody::field(&e.field, e.reason)
+}
+
 pub fn validate(m: SendMessage, live: &Live, now: UnixMillis) -> Result<NewMessage, ErrorBody> {
     let channel = m.content.channel();
     if !live.routing.routes.contains_key(&channel) {
@@ -19,26 +28,29 @@ pub fn validate(m: SendMessage, live: &Live, now: UnixMillis) -> Result<NewMessa
             format!("no route for channel {channel}; add {channel} = [\"<provider>\"] to [routes]"),
         ));
     }
-    validate_recipient(channel, &m.to).map_err(|e| ErrorBody::field(e.field, e.reason))?;
-    validate_content(&m.content).map_err(|e| ErrorBody::field(e.field, e.reason))?;
+    validate_recipient(channel, &m.to).map_err(field_error)?;
+    validate_content(&m.content).map_err(field_error)?;
     if m.tags.len() > MAX_TAGS {
         return Err(ErrorBody::field("tags", format!("at most {MAX_TAGS} tags")));
     }
-    for t in &m.tags {
-        if t.is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control) {
+    for (i, t) in m.tags.iter().enumerate() {
+        let field = format!("tags[{i}]");
+        check_one_line(&field, t).map_err(field_error)?;
+        if t.is_empty() || t.len() > MAX_TAG_LEN {
             return Err(ErrorBody::field(
-                "tags",
-                format!("tag {t:?} must be 1-{MAX_TAG_LEN} bytes without control characters"),
+                &field,
+                format!("a tag must be 1-{MAX_TAG_LEN} bytes"),
             ));
         }
     }
-    if let Some(k) = &m.idempotency_key
-        && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
-    {
-        return Err(ErrorBody::field(
-            "idempotency_key",
-            format!("must be 1-{MAX_IDEMPOTENCY_KEY} bytes"),
-        ));
+    if let Some(k) = &m.idempotency_key {
+        check_one_line("idempotency_key", k).map_err(field_error)?;
+        if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(ErrorBody::field(
+                "idempotency_key",
+                format!("must be 1-{MAX_IDEMPOTENCY_KEY} bytes"),
+            ));
+        }
     }
     let retry = &live.config.retry;
     if let Some(at) = m.send_at {

@@ -54,6 +54,8 @@ struct RawDaemon {
     retention: Option<String>,
     idempotency_window: Option<String>,
     shutdown_grace: Option<String>,
+    max_connections: Option<u64>,
+    max_unread_bytes: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +109,11 @@ pub struct DaemonConfig {
     pub retention_ms: u64,
     pub idempotency_window_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Socket connections open at once; one more is answered `busy` and closed.
+    pub max_connections: u64,
+    /// Per connection, bytes of answers and events not yet read by the client; beyond it
+    /// the daemon stops reading that connection's requests until the client reads.
+    pub max_unread_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -436,6 +443,19 @@ impl RawConfig {
         if max_queue == 0 {
             return Err("daemon.max_queue must be at least 1".into());
         }
+        let max_connections = d.max_connections.unwrap_or(1024);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(format!(
+                "daemon.max_connections {max_connections} must be between 1 and 1000000"
+            ));
+        }
+        let max_unread_bytes = size(d.max_unread_bytes, "max_unread_bytes", 64 << 20)?;
+        if max_unread_bytes < max_frame || max_unread_bytes > 4 << 30 {
+            return Err(format!(
+                "daemon.max_unread_bytes ({max_unread_bytes}) must be at least daemon.max_frame \
+                 ({max_frame}), so one answer of a full frame fits, and at most 4GiB"
+            ));
+        }
         let daemon = DaemonConfig {
             data_dir,
             socket,
@@ -449,6 +469,8 @@ impl RawConfig {
             retention_ms,
             idempotency_window_ms,
             shutdown_grace_ms: duration(d.shutdown_grace, "daemon.shutdown_grace", 10_000)?,
+            max_connections,
+            max_unread_bytes: max_unread_bytes as usize,
         };
 
         let webhooks = match self.webhooks {
@@ -692,6 +714,27 @@ mod tests {
         assert_eq!(c.retry.max_attempts, 12);
         assert_eq!(c.providers[0].settings["dir"], "./var/outbox");
         assert_eq!(c.providers[0].timeout_ms, 30_000);
+        assert_eq!(c.daemon.max_connections, 1024);
+        assert_eq!(c.daemon.max_unread_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = parse(&format!(
+            "[daemon]\nmax_connections = 8\nmax_unread_bytes = \"4MiB\"\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.daemon.max_connections, 8);
+        assert_eq!(c.daemon.max_unread_bytes, 4 << 20);
+        for (daemon, needle) in [
+            ("max_connections = 0", "daemon.max_connections"),
+            ("max_unread_bytes = \"64KiB\"", "at least daemon.max_frame"),
+            ("max_unread_bytes = \"8GiB\"", "at most 4GiB"),
+            ("max_unread_bytes = \"lots\"", "daemon.max_unread_bytes"),
+        ] {
+            let err = parse(&format!("[daemon]\n{daemon}\n{MIN}")).unwrap_err();
+            assert!(err.contains(needle), "{daemon} → {err}");
+        }
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! gets an error frame, then the connection is closed once the requests already accepted
 //! on it have been answered; other connections never notice.
 //!
+//! Bounds: at most `daemon.max_connections` connections (one more gets a `busy` error frame
+//! in answer to its hello, and is closed); per connection, at most [`MAX_IN_FLIGHT`]
+//! requests, [`MAX_SUBSCRIPTIONS`] subscriptions, and `daemon.max_unread_bytes` of answers
+//! not yet read by the client (the `backlog`: beyond it the reader stops reading).
+//!
 //! Owns: socket file lifecycle (stale vs live), framing, per-connection bounds. Must not:
 //! validate messages (accept) or touch storage except through the committer and reads.
 
@@ -21,12 +26,13 @@ use herald_protocol::{
     MessageView, PROTOCOL_VERSION, ProtocolError, ProviderStats, Request, Response, SendMessage,
     ServerFrame, Stats, Welcome,
 };
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::accept;
+use crate::backlog::{self, Backlog, Outgoing};
 use crate::clock;
 use crate::commit::{CommitError, Committer};
 use crate::events;
@@ -35,7 +41,14 @@ use crate::store::{MsgId, Op, OpResult, Record, Store, id_string, parse_id};
 use crate::store_check;
 
 /// Requests one connection may have in flight; the reader waits beyond that.
-const MAX_IN_FLIGHT: usize = 4096;
+pub const MAX_IN_FLIGHT: usize = 4096;
+/// Subscriptions one connection may hold at once (each holds a page of the event log).
+pub const MAX_SUBSCRIPTIONS: usize = 64;
+/// Connections being refused (over `daemon.max_connections`) at once; beyond that a new
+/// connection is closed without an answer.
+const MAX_REFUSING: usize = 64;
+/// How long a refused connection has to send its hello before it is answered anyway.
+const REFUSE_HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most messages in one `send_batch`.
 const MAX_BATCH: usize = 1000;
 
@@ -101,11 +114,25 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let mut refusing = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    conns.spawn(connection(stream, Arc::clone(&shared), shutdown.clone()));
+                    let max = shared.live.current().config.daemon.max_connections;
+                    let open = shared.connections.load(Ordering::Relaxed);
+                    if open >= max {
+                        while refusing.try_join_next().is_some() {}
+                        if refusing.is_empty() {
+                            tracing::warn!(max, "daemon.max_connections reached; refusing new connections");
+                        }
+                        if refusing.len() < MAX_REFUSING {
+                            refusing.spawn(refuse(stream, max, shared.max_frame));
+                        }
+                    } else {
+                        let guard = ConnGuard::new(Arc::clone(&shared));
+                        conns.spawn(connection(stream, guard, shutdown.clone()));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -117,15 +144,47 @@ pub async fn serve(
         while conns.try_join_next().is_some() {}
     }
     drop(listener);
+    refusing.abort_all();
     while conns.join_next().await.is_some() {}
 }
 
-struct ConnGuard<'a>(&'a AtomicU64);
+/// Counts a connection in `Shared::connections` from accept until its task ends.
+struct ConnGuard(Arc<Shared>);
 
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+impl ConnGuard {
+    fn new(shared: Arc<Shared>) -> ConnGuard {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        ConnGuard(shared)
     }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers a connection over `daemon.max_connections` with a `busy` error frame (after
+/// its hello, so the client reads it as the answer to the hello) and closes it. `busy`
+/// because the remedy is the same as for a full queue: retry later (or reuse connections).
+async fn refuse(stream: UnixStream, max: u64, max_frame: u32) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(4096, rd);
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        REFUSE_HELLO_WAIT,
+        protocol::read_frame(&mut rd, max_frame.min(64 * 1024), &mut buf),
+    )
+    .await;
+    let f = error_frame(
+        0,
+        ErrorCode::Busy,
+        format!(
+            "too many connections: {max} are open (daemon.max_connections); close idle \
+             connections or share one (requests pipeline), then retry"
+        ),
+    );
+    let _ = protocol::write_frame(&mut wr, Codec::Json, &f).await;
 }
 
 fn error_frame(id: u64, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
@@ -147,9 +206,8 @@ fn salvage_id(codec: Codec, body: &[u8]) -> u64 {
     }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    shared.connections.fetch_add(1, Ordering::Relaxed);
-    let _guard = ConnGuard(&shared.connections);
+async fn connection(stream: UnixStream, guard: ConnGuard, mut shutdown: watch::Receiver<bool>) {
+    let shared = Arc::clone(&guard.0);
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut buf = Vec::new();
@@ -202,26 +260,14 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
         return;
     }
 
-    let (out, mut out_rx) = mpsc::channel::<ServerFrame>(1024);
-    let writer = tokio::spawn(async move {
-        let mut bytes = Vec::with_capacity(64 * 1024);
-        while let Some(frame) = out_rx.recv().await {
-            bytes.clear();
-            let mut next = Some(frame);
-            while let Some(f) = next.take() {
-                if let Err(e) = protocol::encode_frame_into(codec, &f, &mut bytes) {
-                    tracing::error!(error = %e, "cannot encode a response frame");
-                }
-                if bytes.len() < 256 * 1024 {
-                    next = out_rx.try_recv().ok();
-                }
-            }
-            if wr.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let (max_unread, grace_ms) = {
+        let live = shared.live.current();
+        let d = &live.config.daemon;
+        (d.max_unread_bytes, d.shutdown_grace_ms)
+    };
+    let backlog = Backlog::new(max_unread);
+    let (out, out_rx) = mpsc::channel::<Outgoing>(1024);
+    let mut writer = tokio::spawn(backlog::write_answers(wr, out_rx));
 
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut subscriptions: HashMap<u64, AbortHandle> = HashMap::new();
@@ -234,13 +280,14 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
         match read {
             Ok(()) => {}
             Err(ProtocolError::FrameTooLarge { len, max }) => {
-                let _ = out
-                    .send(error_frame(
-                        0,
-                        ErrorCode::FrameTooLarge,
-                        format!("frame of {len} bytes exceeds daemon.max_frame ({max} bytes); closing the connection"),
-                    ))
-                    .await;
+                let f = error_frame(
+                    0,
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "frame of {len} bytes exceeds daemon.max_frame ({max} bytes); closing the connection"
+                    ),
+                );
+                backlog::send_reserving(&out, &backlog, codec, &f).await;
                 break;
             }
             Err(_) => break,
@@ -249,28 +296,48 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
             Ok(f) => f,
             Err(e) => {
                 let id = salvage_id(codec, &buf);
-                let _ = out
-                    .send(error_frame(
-                        id,
-                        ErrorCode::MalformedFrame,
-                        format!("cannot decode the request ({e}); see docs/protocol.md; closing the connection"),
-                    ))
-                    .await;
+                let f = error_frame(
+                    id,
+                    ErrorCode::MalformedFrame,
+                    format!(
+                        "cannot decode the request ({e}); see docs/protocol.md; closing the connection"
+                    ),
+                );
+                backlog::send_reserving(&out, &backlog, codec, &f).await;
                 break;
             }
         };
         while tasks.try_join_next().is_some() {}
         subscriptions.retain(|_, h| !h.is_finished());
         let ClientFrame { id, request } = frame;
+        // Room for the answer first: while the client leaves answers unread, stop reading.
+        let held = tokio::select! {
+            r = backlog.reserve(backlog::answer_bound(&request, shared.max_frame)) => r,
+            _ = shutdown.changed() => break,
+        };
         match request {
             Request::Subscribe { filter, from_seq } => {
-                let handle = tasks.spawn(events::run(
+                if subscriptions.len() >= MAX_SUBSCRIPTIONS && !subscriptions.contains_key(&id) {
+                    let f = error_frame(
+                        id,
+                        ErrorCode::Busy,
+                        format!(
+                            "this connection already has {MAX_SUBSCRIPTIONS} subscriptions, the \
+                             most one connection may hold; unsubscribe one first"
+                        ),
+                    );
+                    backlog::send_answer(&out, &backlog, codec, f, held).await;
+                    continue;
+                }
+                drop(held);
+                let handle = tasks.spawn(subscription(
                     id,
                     filter,
                     from_seq,
-                    Arc::clone(&shared.store),
-                    shared.committer.clone(),
+                    Arc::clone(&shared),
                     out.clone(),
+                    backlog.clone(),
+                    codec,
                 ));
                 if let Some(old) = subscriptions.insert(id, handle) {
                     old.abort();
@@ -280,12 +347,11 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
                 if let Some(h) = subscriptions.remove(&subscription) {
                     h.abort();
                 }
-                let _ = out
-                    .send(ServerFrame {
-                        id,
-                        response: Response::Unsubscribed,
-                    })
-                    .await;
+                let f = ServerFrame {
+                    id,
+                    response: Response::Unsubscribed,
+                };
+                backlog::send_answer(&out, &backlog, codec, f, held).await;
             }
             request => {
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
@@ -293,21 +359,68 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
                 };
                 let shared = Arc::clone(&shared);
                 let out = out.clone();
+                let backlog = backlog.clone();
                 tasks.spawn(async move {
                     let response = handle(&shared, request).await;
-                    let _ = out.send(ServerFrame { id, response }).await;
+                    backlog::send_answer(&out, &backlog, codec, ServerFrame { id, response }, held)
+                        .await;
                     drop(permit);
                 });
             }
         }
     }
-    // Close: stop streaming, answer what was accepted, then let the writer drain.
+    // Close: stop streaming, answer what was accepted, then let the writer drain. At
+    // shutdown, a client that does not read gets `daemon.shutdown_grace` for that.
     for (_, h) in subscriptions.drain() {
         h.abort();
     }
-    while tasks.join_next().await.is_some() {}
-    drop(out);
-    let _ = writer.await;
+    let drain = async {
+        while tasks.join_next().await.is_some() {}
+        drop(out);
+        let _ = (&mut writer).await;
+    };
+    if *shutdown.borrow() {
+        if tokio::time::timeout(std::time::Duration::from_millis(grace_ms), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a client did not read its answers before shutdown; closing it");
+            writer.abort();
+        }
+    } else {
+        drain.await;
+    }
+    drop(guard);
+}
+
+/// One subscription: the event stream of `events::run`, each frame queued only once the
+/// connection's backlog has room for it, so an unread subscription waits on the log.
+async fn subscription(
+    id: u64,
+    filter: protocol::Filter,
+    from_seq: Option<u64>,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Outgoing>,
+    backlog: Backlog,
+    codec: Codec,
+) {
+    let (tx, mut rx) = mpsc::channel::<ServerFrame>(1);
+    let feed = events::run(
+        id,
+        filter,
+        from_seq,
+        Arc::clone(&shared.store),
+        shared.committer.clone(),
+        tx,
+    );
+    let forward = async move {
+        while let Some(frame) = rx.recv().await {
+            if !backlog::send_reserving(&out, &backlog, codec, &frame).await {
+                return;
+            }
+        }
+    };
+    tokio::join!(feed, forward);
 }
 
 fn commit_error(e: CommitError) -> ErrorBody {

@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept;
+pub mod backlog;
 pub mod breaker;
 pub mod clock;
 pub mod commit;
@@ -17,6 +18,7 @@ pub mod providers;
 pub mod ratelimit;
 pub mod reload;
 pub mod retry;
+pub mod rsvp;
 pub mod store;
 pub mod store_check;
 pub mod transport;

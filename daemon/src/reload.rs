@@ -83,7 +83,11 @@ impl Reloader {
             let max_message = config.daemon.max_message;
             let retention = config.daemon.retention_ms;
             let window = config.daemon.idempotency_window_ms;
+            let max_connections = config.daemon.max_connections;
+            let max_unread_bytes = config.daemon.max_unread_bytes;
             config.daemon = old.config.daemon.clone();
+            config.daemon.max_connections = max_connections;
+            config.daemon.max_unread_bytes = max_unread_bytes;
             config.daemon.max_queue = max_queue;
             config.daemon.max_message = max_message;
             config.daemon.retention_ms = retention;

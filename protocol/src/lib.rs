@@ -165,7 +165,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The idempotency key was used for a different message.
     IdempotencyConflict,
-    /// The queue is at its configured depth; retry later.
+    /// The queue is at its configured depth, a connection holds the most subscriptions it
+    /// may, or (in answer to the hello) `daemon.max_connections` are open; retry later.
     Busy,
     NotFound,
     /// The message is no longer queued (being sent, or finished).

@@ -14,6 +14,8 @@
 //! - [`config`]: small config checks several plugins make (an API key's shape, a
 //!   `request_timeout`).
 //! - [`webhook`]: the replay window of a signed webhook's timestamp.
+//! - `reply` (feature `reply`): the guest's own text of an inbound email (HTML rendered to text, the quoted
+//!   original, attribution and signature removed).
 //! - [`apns`]: how APNs must treat a push (alert or background, priority, expiration), for
 //!   the apns plugin and for FCM's iOS delivery alike.
 //! - `testing` (feature `testing`): fixtures for the plugins' unit tests.
@@ -26,6 +28,8 @@ pub mod apns;
 pub mod config;
 pub mod http_url;
 pub mod outcome;
+#[cfg(feature = "reply")]
+pub mod reply;
 pub mod text;
 pub mod webhook;
 

@@ -1,11 +1,26 @@
 //! Twilio's messaging webhooks, after the signature check: delivery-status callbacks
 //! (`MessageSid`, `MessageStatus`, `ErrorCode`) become [`StatusUpdate`]s, incoming messages
 //! (`SmsStatus=received`, or a `Body` without `MessageStatus`) become [`InboundMessage`]s
-//! with STOP/START opt-out detection, and each gets the answer Twilio expects.
+//! with opt-out / opt-in detection, and each gets the answer Twilio expects.
+//!
+//! **Opt-out and opt-in** mirror what Twilio itself did with the message, so Herald's
+//! suppression list agrees with Twilio's block list: with Advanced Opt-Out, Twilio says so
+//! in `OptOutType` (`STOP`, `START`, `HELP`; localized and custom keywords included), which
+//! is authoritative; without it, Twilio's default lists apply (`keywords::TWILIO`). A
+//! message that is a default opt-out word always opts out, whatever `OptOutType` says.
+//!
+//! **`YES` is an opt-in**, because it is one to Twilio: a guest who once sent STOP and now
+//! answers "YES" to an invitation is re-subscribed by Twilio (and told so by Twilio's
+//! auto-reply), so Herald lifts its suppression too rather than refuse messages Twilio
+//! would now deliver. For a number that never opted out, Twilio changes nothing and
+//! neither does the opt-in (there is nothing to lift). The message is still a reply: its
+//! body reaches the host, and reads as an RSVP "yes" like any other. Only STOP-type
+//! keywords are never answers.
 //!
 //! Which key verifies the signature, and the signature scheme itself, live in `config.rs`
 //! and `signature.rs`.
 
+use herald_plugin_api::keywords::{self, Keyword};
 use herald_plugin_api::{
     Channel, InboundMessage, StatusUpdate, UnixMillis, UpdateKind, WebhookError, WebhookOutput,
     WebhookRequest, WebhookResponse,
@@ -19,13 +34,6 @@ use crate::url::{query_pairs, query_param};
 
 /// Empty TwiML: "received, no reply".
 pub const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#;
-
-/// Keywords (trimmed, case-insensitive) by which a recipient opts out. Twilio's standard
-/// list.
-const OPT_OUT: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
-/// Keywords by which a recipient opts back in. Twilio also counts `YES`, but for Herald a
-/// "YES" is an answer (an RSVP), never a subscription change.
-const OPT_IN: [&str; 2] = ["START", "UNSTOP"];
 
 /// What a webhook produced, with a note for the log when it was deliberately ignored.
 #[derive(Debug)]
@@ -219,23 +227,23 @@ fn status_callback(
     })
 }
 
-/// A keyword as a recipient types it: trimmed of spaces and punctuation, upper case.
-fn keyword(body: &str) -> String {
-    body.trim_matches(|c: char| c.is_whitespace() || c.is_ascii_punctuation())
-        .to_uppercase()
-}
-
-/// `Some(true)` for an opt-out, `Some(false)` for an opt-in, `None` for anything else.
+/// `Some(true)` for an opt-out, `Some(false)` for an opt-in, `None` for anything else
+/// (see the module comment).
 fn opt_out(body: &str, opt_out_type: Option<&str>) -> Option<bool> {
-    let word = keyword(body);
-    let by_type = opt_out_type.map(str::to_ascii_uppercase);
-    if OPT_OUT.contains(&word.as_str()) || by_type.as_deref() == Some("STOP") {
-        Some(true)
-    } else if OPT_IN.contains(&word.as_str()) {
-        // OptOutType=START alone is not enough: Twilio sends it for "YES" too.
-        Some(false)
-    } else {
-        None
+    if keywords::TWILIO.is_opt_out(body) {
+        return Some(true);
+    }
+    let by_type = opt_out_type.map(|t| t.trim().to_ascii_uppercase());
+    match by_type.as_deref() {
+        Some("STOP") => return Some(true),
+        Some("START") => return Some(false),
+        Some("HELP") => return None,
+        _ => {}
+    }
+    match keywords::TWILIO.classify(body) {
+        Some(Keyword::OptOut) => Some(true),
+        Some(Keyword::OptIn) => Some(false),
+        Some(Keyword::Help) | None => None,
     }
 }
 
@@ -438,7 +446,7 @@ mod tests {
 
     #[test]
     fn opt_out_keywords() {
-        let cases: [(&str, Option<&str>, Option<bool>); 16] = [
+        let cases: [(&str, Option<&str>, Option<bool>); 24] = [
             ("STOP", None, Some(true)),
             ("  stop \n", None, Some(true)),
             ("Stop.", None, Some(true)),
@@ -447,13 +455,26 @@ mod tests {
             ("cancel", None, Some(true)),
             ("END", None, Some(true)),
             ("quit!", None, Some(true)),
+            // Twilio's list is longer than the six Herald once knew.
+            ("revoke", None, Some(true)),
+            ("OPTOUT", None, Some(true)),
+            // Advanced Opt-Out: a custom or localized keyword, reported by type.
+            ("ARRET", Some("STOP"), Some(true)),
             ("No thanks, please stop", Some("STOP"), Some(true)),
             ("start", None, Some(false)),
             ("UNSTOP", None, Some(false)),
-            ("YES", None, None),
-            ("yes", Some("START"), None),
+            // YES opts in at Twilio, so it does here (and is still a reply).
+            ("YES", None, Some(false)),
+            ("yes", Some("START"), Some(false)),
+            ("SUBSCRIBE", Some("START"), Some(false)),
+            // Not exactly a keyword: no subscription change.
+            ("Yes!", None, None),
+            ("Yes, 2 of us", None, None),
             ("STOP by at 5?", None, None),
             ("HELP", Some("HELP"), None),
+            ("info", None, None),
+            // A default STOP word always stops, whatever the type says.
+            ("STOP", Some("HELP"), Some(true)),
             ("", None, None),
         ];
         for (body, kind, expected) in cases {
@@ -462,11 +483,11 @@ mod tests {
     }
 
     #[test]
-    fn inbound_yes_is_a_reply_not_an_opt_in() {
+    fn inbound_yes_is_a_reply_and_an_opt_in() {
         let h =
             run("MessageSid=SM3&SmsStatus=received&From=%2B15550001111&To=%2B15550002222&Body=YES");
         assert_eq!(h.output.inbound[0].body, "YES");
-        assert_eq!(h.output.inbound[0].opt_out, None);
+        assert_eq!(h.output.inbound[0].opt_out, Some(false));
     }
 
     #[test]

@@ -248,3 +248,144 @@ async fn socket_is_0660_and_a_second_daemon_refuses_it() {
         .await
         .unwrap();
 }
+
+/// Control characters in any field that ends up in a header or on one line are refused at
+/// accept with `invalid_field` naming the field's path; nothing is stored, the connection
+/// stays open, and bodies keep their line breaks.
+#[tokio::test]
+async fn control_characters_in_header_like_fields_are_refused_naming_the_field() {
+    let mock = MockProvider::start().await;
+    let daemon = Daemon::builder().webhook_provider(&mock).start().await;
+    let mut s = json_conn(&daemon).await;
+
+    let email = |extra: Value| {
+        let mut content = json!({"subject": "RSVP", "text": "Will you come?"});
+        for (k, v) in extra.as_object().unwrap() {
+            content[k] = v.clone();
+        }
+        json!({"to": "ann@example.org", "content": {"email": content}})
+    };
+    let attachment = |filename: &str, content_type: &str| {
+        json!({"attachments": [
+            {"filename": "menu.txt", "content_type": "text/plain", "content": "aGk="},
+            {"filename": filename, "content_type": content_type, "content": "aGk="}
+        ]})
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            email(attachment(
+                "invite.ics",
+                "text/calendar\r\nBcc: spy@example.net",
+            )),
+            "content.email.attachments[1].content_type",
+        ),
+        (
+            email(attachment("invite\n.ics", "text/calendar")),
+            "content.email.attachments[1].filename",
+        ),
+        (
+            email(json!({"subject": "RSVP\r\nBcc: spy@example.net"})),
+            "content.email.subject",
+        ),
+        (
+            email(json!({"subject": "RSVP\u{2028}now"})),
+            "content.email.subject",
+        ),
+        (
+            email(json!({"from": "Ann\u{85}Lee <ann@example.com>"})),
+            "content.email.from",
+        ),
+        (
+            email(json!({"reply_to": "\"Planner\tOffice\" <p@example.com>"})),
+            "content.email.reply_to",
+        ),
+        (
+            email(json!({"headers": {"X-Campaign": "june\u{7f}"}})),
+            r#"content.email.headers["X-Campaign"]"#,
+        ),
+        (email(json!({"text": "nul\u{0}"})), "content.email.text"),
+        (
+            json!({"to": "Ann\rLee <ann@example.org>", "content": {"email": {"subject": "x", "text": "y"}}}),
+            "to",
+        ),
+        (
+            json!({"to": "+14155550100", "content": {"sms": {"body": "hi", "from": "Wed\nding"}}}),
+            "content.sms.from",
+        ),
+        (
+            json!({"to": "+14155550100", "content": {"sms": {"body": "", "media_urls": ["https://x.example/a\r\n.png"]}}}),
+            "content.sms.media_urls[0]",
+        ),
+        (
+            json!({"to": "device-token-123456", "content": {"push": {"title": "Hi\u{1b}[2J"}}}),
+            "content.push.title",
+        ),
+        (
+            json!({"to": "device-token-123456", "content": {"push": {"title": "Hi", "collapse_id": "rsvp\r\n"}}}),
+            "content.push.collapse_id",
+        ),
+        (
+            json!({"to": "device-token-123456", "content": {"push": {"title": "Hi", "sound": "ding\n"}}}),
+            "content.push.sound",
+        ),
+        (
+            {
+                let mut m = email(json!({}));
+                m["tags"] = json!(["rsvp", "wedding\n42"]);
+                m
+            },
+            "tags[1]",
+        ),
+        (
+            {
+                let mut m = email(json!({}));
+                m["idempotency_key"] = json!("invite-42\r\n");
+                m
+            },
+            "idempotency_key",
+        ),
+    ];
+    // Pipelined on one connection: each gets its own error, none closes it.
+    for (i, (m, _)) in cases.iter().enumerate() {
+        let frame = json!({"id": 100 + i, "request": {"send": m}});
+        write_frame(&mut s, frame.to_string().as_bytes()).await;
+    }
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < cases.len() {
+        let v = read_json(&mut s).await;
+        answers.insert(v["id"].as_u64().unwrap() - 100, v);
+    }
+    for (i, (_, field)) in cases.iter().enumerate() {
+        let e = &answers[&(i as u64)]["response"]["error"];
+        assert_eq!(e["code"], "invalid_field", "case {i}: {e}");
+        assert_eq!(e["field"], *field, "case {i}: {e}");
+    }
+    let e = &answers[&0]["response"]["error"];
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("carriage return (CR)"),
+        "{e}"
+    );
+
+    // Nothing was stored; the same connection still works, and bodies keep line breaks.
+    write_frame(&mut s, br#"{"id": 1, "request": "stats"}"#).await;
+    let v = read_json(&mut s).await;
+    assert_eq!(v["response"]["stats"]["last_seq"], 0, "{v}");
+    let ok = email(
+        json!({"text": "Line one\r\nLine two\twith a tab", "attachments": [
+            {"filename": "invite.ics", "content_type": "text/calendar; method=REQUEST", "content": "aGk="}
+        ]}),
+    );
+    write_frame(
+        &mut s,
+        json!({"id": 2, "request": {"send": ok}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    let v = read_json(&mut s).await;
+    assert_eq!(v["response"]["accepted"]["duplicate"], false, "{v}");
+    mock.wait_for(1, Duration::from_secs(30)).await;
+}

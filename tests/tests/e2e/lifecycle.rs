@@ -252,7 +252,7 @@ async fn validation_errors_name_the_field_and_nothing_is_stored() {
     let cases = [
         (sms("555-0100", "hi"), "to"),
         (email("not-an-address", "x"), "to"),
-        (email("a@example.org", ""), "subject"),
+        (email("a@example.org", ""), "content.email.subject"),
     ];
     for (m, field) in cases {
         match client.send(m).await {

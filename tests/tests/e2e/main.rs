@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod lifecycle;
+mod limits;
 mod plugins;
 mod protocol_doc;
 mod providers;

@@ -105,7 +105,11 @@ async fn text_and_html_arrive_as_multipart_alternative_with_the_right_headers() 
         .insert("Bcc".into(), "spy@example.net".into());
     match client.send(spy).await {
         Err(herald_client::ClientError::Server(e)) => {
-            assert_eq!(e.field.as_deref(), Some("headers"), "{e}");
+            assert_eq!(
+                e.field.as_deref(),
+                Some(r#"content.email.headers["Bcc"]"#),
+                "{e}"
+            );
             assert!(e.message.contains("Bcc"), "{e}");
         }
         r => panic!("a Bcc header should be refused, got {r:?}"),
@@ -639,10 +643,10 @@ async fn a_display_name_with_specials_must_be_quoted() {
     email_content(&mut m).from = Some("Shop, Inc. <shop@example.com>".into());
     match client.send(m).await {
         Err(herald_client::ClientError::Server(e)) => {
-            assert_eq!(e.field.as_deref(), Some("from"), "{e}");
+            assert_eq!(e.field.as_deref(), Some("content.email.from"), "{e}");
             assert!(e.message.contains("quote"), "{e}");
         }
-        r => panic!("expected invalid_field from, got {r:?}"),
+        r => panic!("expected invalid_field content.email.from, got {r:?}"),
     }
     // Quoted, it goes through and arrives with that sender.
     let mut m = email("lu@example.org", "Quoted");

@@ -302,6 +302,34 @@ async fn twilio_status_callback_and_rsvp_reply() {
         .unwrap();
     events_until(&client, &later.id, &["suppressed"], T).await;
     assert_eq!(mock.count(), 1, "nothing more went to Twilio");
+
+    // YES is an opt-in word to Twilio: it re-subscribed the guest, so Herald lifts the
+    // suppression too, and the reply still arrives as a reply.
+    let yes = [
+        ("MessageSid", "SM000000000000000000000000000000BB"),
+        ("AccountSid", ACCOUNT),
+        ("From", "+14155550100"),
+        ("To", "+15005550006"),
+        ("Body", "YES"),
+    ];
+    let sig = twilio_signature(&reply_url, &yes);
+    assert_eq!(
+        post(
+            port,
+            "/webhooks/twilio",
+            &[("x-twilio-signature", sig)],
+            form(&yes)
+        )
+        .await
+        .0,
+        200
+    );
+    let again = client
+        .send(sms("+14155550100", "See you on Saturday"))
+        .await
+        .unwrap();
+    events_until(&client, &again.id, &["sent"], T).await;
+    assert_eq!(mock.count(), 2, "delivered to Twilio again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
