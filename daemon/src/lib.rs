@@ -17,6 +17,7 @@ pub mod providers;
 pub mod ratelimit;
 pub mod reload;
 pub mod retry;
+pub mod space;
 pub mod store;
 pub mod transport;
 pub mod webhooks;
