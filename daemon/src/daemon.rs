@@ -26,9 +26,13 @@ use crate::live::{Live, LiveCell};
 use crate::plugin::Loader;
 use crate::providers::Routing;
 use crate::reload::Reloader;
+use crate::space::{self, Space};
 use crate::store::{BreakerRecord, Op, OpResult, SledStore, Store};
 use crate::transport::Transports;
 use crate::webhooks::WebhookServer;
+
+/// Time for the final flush after `daemon.shutdown_grace`, before exiting regardless.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How often finished messages and old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -57,15 +61,39 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     // Refuse early, with a clear message, if another daemon serves this socket.
     ipc::refuse_if_served(&d.socket).map_err(|e| anyhow!(e))?;
     create_private_dir(&d.data_dir)?;
+    // Refuse to start below the reserve, saying where, how much and what to do — rather
+    // than let the engine find out with ENOSPC.
+    let measured = space::check_room(&d.data_dir, d.min_free).map_err(|e| anyhow!(e))?;
     let db_dir = d.data_dir.join("db");
     let cache = d.cache_capacity;
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SledStore::open(&db_dir, cache))
-            .await?
-            .with_context(|| format!("cannot open the store in {}", d.data_dir.display()))?,
-    );
-    let (committer, writer) =
-        Committer::start(Arc::clone(&store)).context("cannot start the commit thread")?;
+    let opened = tokio::task::spawn_blocking(move || SledStore::open(&db_dir, cache)).await?;
+    let store: Arc<dyn Store> = match opened {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            // Opening writes too: a filesystem that filled meanwhile gets the same message.
+            if let Ok(m) = space::measure(&d.data_dir) {
+                let needed = d.min_free.bytes_of(m.total).max(space::OPEN_MIN);
+                if m.free < needed {
+                    return Err(anyhow!(space::full_at_start(
+                        &d.data_dir,
+                        m,
+                        needed,
+                        Some(&e.to_string())
+                    )));
+                }
+            }
+            return Err(anyhow!(e))
+                .with_context(|| format!("cannot open the store in {}", d.data_dir.display()));
+        }
+    };
+    let space = Arc::new(Space::new(&d.data_dir, measured, d.min_free));
+    let (committer, writer) = Committer::start(
+        Arc::clone(&store),
+        Arc::clone(&space),
+        Duration::from_millis(d.storage_timeout_ms),
+    )
+    .context("cannot start the commit thread")?;
+    let pending = committer.pending_probe();
     match committer.submit(Op::Recover).await {
         Ok(OpResult::Recovered(n)) if n > 0 => {
             tracing::warn!(
@@ -89,6 +117,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let routing = build_routing(&config, &mut loader, &stored)?;
     let webhooks_listen = config.webhooks.as_ref().map(|w| w.listen);
     let live = Arc::new(LiveCell::new(Live { config, routing }));
+    let space_monitor = {
+        let live = Arc::clone(&live);
+        space
+            .start_monitor(move || live.current().config.daemon.min_free)
+            .context("cannot start the free-space monitor")?
+    };
     let transports = Arc::new(Transports::new().map_err(|e| anyhow!(e))?);
 
     let webhook_listener =
@@ -181,7 +215,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         })
     };
 
-    tracing::info!(socket = %d.socket.display(), data_dir = %d.data_dir.display(), "heraldd ready");
+    let announcer = tokio::spawn(space::announce(
+        Arc::clone(&space),
+        committer.clone(),
+        shutdown.clone(),
+    ));
+
+    tracing::info!(
+        socket = %d.socket.display(),
+        data_dir = %d.data_dir.display(),
+        free = %space::human(measured.free),
+        min_free = %d.min_free,
+        "heraldd ready"
+    );
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -198,29 +244,52 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
 
     let _ = shutdown_tx.send(true);
-    let _ = server.await;
-    if let Some(w) = webhook_server {
-        let _ = w.await;
-    }
-    let _ = dispatcher.await;
-    drop(watcher);
-    reloads.abort();
-    let _ = reloads.await;
-    let _ = pruner.await;
-    drop(shared);
-    drop(reloader);
-    drop(reload_tx);
-    drop(committer);
-    // The writer finishes queued jobs and flushes once every handle is gone.
-    let joined = tokio::task::spawn_blocking(move || writer.join());
-    if tokio::time::timeout(Duration::from_secs(5), joined)
+    let failure = committer.failure();
+    // Everything below gets `shutdown_grace` (deliveries in flight) plus a margin for the
+    // last flush, whatever the storage threads are doing.
+    let grace = Duration::from_millis(d.shutdown_grace_ms);
+    let stop = async {
+        let _ = server.await;
+        if let Some(w) = webhook_server {
+            let _ = w.await;
+        }
+        let _ = dispatcher.await;
+        drop(watcher);
+        reloads.abort();
+        let _ = reloads.await;
+        let _ = pruner.await;
+        let _ = announcer.await;
+        drop(shared);
+        drop(reloader);
+        drop(reload_tx);
+        drop(committer);
+        // The writer finishes queued jobs and flushes once every handle is gone.
+        tokio::task::spawn_blocking(move || writer.join()).await
+    };
+    if tokio::time::timeout(grace + SHUTDOWN_MARGIN, stop)
         .await
         .is_err()
     {
-        tracing::warn!("the commit thread is still busy; flushing directly");
-        store.flush().context("final flush failed")?;
+        // Not even `std::process::exit`'s caller may wait on a stuck store (dropping it
+        // would flush): exit now. Nothing pending was acknowledged, so nothing is lost.
+        let p = pending.get();
+        tracing::error!(
+            queued = p.queued,
+            unflushed_batches = p.unflushed_batches,
+            unacknowledged = p.unflushed_answers,
+            writer_busy_ms = p.writer_busy_ms,
+            flusher_busy_ms = p.flusher_busy_ms,
+            "the store did not finish within daemon.shutdown_grace; exiting without it. None of the pending writes was acknowledged; deliveries in flight are re-queued at the next start"
+        );
+        let _ = std::fs::remove_file(&d.socket);
+        std::process::exit(1);
     }
+    drop(space_monitor);
     let _ = std::fs::remove_file(&d.socket);
+    if let Some(reason) = failure {
+        tracing::error!(%reason, "heraldd stopped with a failed store");
+        return Err(anyhow!("the store failed: {reason}"));
+    }
     tracing::info!("heraldd stopped");
     Ok(())
 }

@@ -74,6 +74,10 @@ impl Reloader {
                 ),
                 ("daemon.concurrency", n.concurrency != o.concurrency),
                 ("daemon.max_frame", n.max_frame != o.max_frame),
+                (
+                    "daemon.storage_timeout",
+                    n.storage_timeout_ms != o.storage_timeout_ms,
+                ),
             ] {
                 if changed {
                     kept.push(name);
@@ -83,7 +87,9 @@ impl Reloader {
             let max_message = config.daemon.max_message;
             let retention = config.daemon.retention_ms;
             let window = config.daemon.idempotency_window_ms;
+            let min_free = config.daemon.min_free;
             config.daemon = old.config.daemon.clone();
+            config.daemon.min_free = min_free;
             config.daemon.max_queue = max_queue;
             config.daemon.max_message = max_message;
             config.daemon.retention_ms = retention;
