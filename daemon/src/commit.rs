@@ -323,6 +323,11 @@ impl std::fmt::Debug for PendingProbe {
 }
 
 impl PendingProbe {
+    /// Why the store refuses writes, if it does.
+    pub fn failure(&self) -> Option<String> {
+        self.0.reason().map(|r| r.to_string())
+    }
+
     pub fn get(&self) -> Pending {
         let h = &self.0;
         let now = clock::monotonic_ms();

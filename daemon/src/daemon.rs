@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock;
-use crate::commit::Committer;
+use crate::commit::{CommitError, Committer};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::ipc::{self, ReloadRequest, Shared};
@@ -209,6 +209,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                         tracing::info!(messages, events, "pruned past retention");
                     }
                     Ok(_) => {}
+                    Err(CommitError::StorageFull(why)) => {
+                        tracing::debug!(%why, "pruning waits for free space");
+                    }
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),
                 }
             }
@@ -286,9 +289,22 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     drop(space_monitor);
     let _ = std::fs::remove_file(&d.socket);
-    if let Some(reason) = failure {
+    if let Some(reason) = failure.or_else(|| pending.failure()) {
+        // Closing a failed sled flushes again and may wait for ever: leave it to the
+        // process exit. Everything acknowledged was flushed before the failure.
+        std::mem::forget(store);
         tracing::error!(%reason, "heraldd stopped with a failed store");
         return Err(anyhow!("the store failed: {reason}"));
+    }
+    // Closing the store flushes once more: bounded like the rest.
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(store);
+        let _ = closed_tx.send(());
+    });
+    if tokio::time::timeout(SHUTDOWN_MARGIN, closed).await.is_err() {
+        tracing::error!("closing the store did not finish; exiting without it");
+        std::process::exit(1);
     }
     tracing::info!("heraldd stopped");
     Ok(())

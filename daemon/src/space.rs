@@ -40,6 +40,9 @@ use crate::store::Op;
 /// How often the filesystem is measured.
 pub const REFRESH: Duration = Duration::from_millis(250);
 
+/// The shortest gap between two measurements, however often sends ask for one.
+const MIN_GAP: Duration = Duration::from_millis(20);
+
 /// Bytes a stored message is estimated to take per encoded byte, and per message. Measured
 /// on sled with 16 KiB emails (the record, its events, the schedule and idempotency entries,
 /// and sled's log framing); see `tests/e2e/diskfull.rs`. Deliberately on the high side: an
@@ -142,11 +145,15 @@ pub fn resume_at(reserve: u64) -> u64 {
     reserve.saturating_add(reserve / 10)
 }
 
-/// The level for `free` bytes, given the level before (for the resume margin).
+/// The level for `free` bytes, given the level before: a level is left only a tenth of the
+/// reserve above where it was entered, so a few kilobytes freed or written do not flap it.
 pub fn level_of(free: u64, reserve: u64, before: Level) -> Level {
+    let margin = reserve / 10;
     if reserve == 0 {
         Level::Ok
-    } else if free < critical_of(reserve) {
+    } else if free < critical_of(reserve)
+        || (before == Level::Critical && free < critical_of(reserve) + margin)
+    {
         Level::Critical
     } else if free < reserve || (before != Level::Ok && free < resume_at(reserve)) {
         Level::Low
@@ -336,8 +343,10 @@ impl Space {
     }
 
     /// Reserves room for new messages of `size` encoded bytes in total: `Err` with the
-    /// reason when the level is not ok or the estimate after this charge falls below the
-    /// reserve. Atomics only.
+    /// reason when the level is not ok or the estimate (the last measurement less what was
+    /// accepted since) is below the reserve. The message's own cost is charged, not
+    /// checked: a send that starts above the reserve goes in, so the level always gets to
+    /// see the reserve crossed rather than stopping a message short of it. Atomics only.
     pub fn try_accept(&self, size: u64) -> Result<(), String> {
         let snap = self.snapshot();
         if snap.level != Level::Ok {
@@ -347,7 +356,7 @@ impl Space {
             return Ok(());
         }
         let cost = accept_cost(size);
-        let charged = self.charged.fetch_add(cost, Ordering::Relaxed) + cost;
+        let charged = self.charged.fetch_add(cost, Ordering::Relaxed);
         let unreflected = charged.saturating_sub(self.reflected.load(Ordering::Relaxed));
         if snap.free.saturating_sub(unreflected) < snap.reserve {
             self.charged.fetch_sub(cost, Ordering::Relaxed);
@@ -413,12 +422,16 @@ impl Space {
                         }
                         Err(_) => {}
                     }
-                    // Woken early by a send that found the estimate short; stopped when
-                    // the monitor handle drops the sender.
-                    if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
-                        woken.recv_timeout(REFRESH)
-                    {
-                        return;
+                    // Woken early by a send that found the estimate short (but not more
+                    // often than every MIN_GAP); stopped when the monitor handle drops
+                    // the sender.
+                    match woken.recv_timeout(REFRESH) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        Ok(()) => {
+                            #[allow(clippy::disallowed_methods)] // a plain thread
+                            std::thread::sleep(MIN_GAP);
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     }
                 }
             })?;
@@ -573,7 +586,9 @@ mod tests {
         assert_eq!(level_of(50 * MIB, r, Level::Low), Level::Low);
         assert_eq!(level_of(50 * MIB - 1, r, Level::Low), Level::Critical);
         assert_eq!(level_of(0, r, Level::Ok), Level::Critical);
-        // Coming back: low until the margin above the reserve is free.
+        // Coming back: each level is left a tenth of the reserve above its threshold.
+        assert_eq!(level_of(55 * MIB, r, Level::Critical), Level::Critical);
+        assert_eq!(level_of(60 * MIB, r, Level::Critical), Level::Low);
         assert_eq!(level_of(105 * MIB, r, Level::Critical), Level::Low);
         assert_eq!(level_of(105 * MIB, r, Level::Low), Level::Low);
         assert_eq!(level_of(110 * MIB, r, Level::Low), Level::Ok);
@@ -589,13 +604,14 @@ mod tests {
             total: 1000 * MIB,
         };
         let space = Space::new(dir, m(20 * MIB), MinFree::Bytes(10 * MIB));
-        // 16 KiB messages cost about 34 KiB each: roughly 300 fit above the reserve.
+        // 16 KiB messages cost about 34 KiB each: roughly 300 fit above the reserve (the
+        // last one starts above it).
         let mut accepted = 0;
         while space.try_accept(16 << 10).is_ok() {
             accepted += 1;
             assert!(accepted < 1000, "the estimate never ran out");
         }
-        assert_eq!(accepted, (10 * MIB / accept_cost(16 << 10)) as usize);
+        assert_eq!(accepted, (10 * MIB / accept_cost(16 << 10)) as usize + 1);
         let err = space.try_accept(16 << 10).unwrap_err();
         assert!(
             err.contains("daemon.min_free is 10.0 MiB") && err.contains("/data"),
