@@ -641,3 +641,182 @@ async fn a_storage_error_answers_every_client_and_sigterm_still_exits() {
         .unwrap();
     assert_stops_in_time(&mut daemon, "SIGTERM after the restart");
 }
+
+/// An ext4 image on a loop device, mounted for one test; thawed and unmounted when dropped.
+struct LoopFs {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+}
+
+impl LoopFs {
+    /// `None` (with a message) without root, loop devices, `mkfs.ext4` or `fsfreeze`.
+    fn mount(size: u64) -> Option<LoopFs> {
+        let uid = Command::new("id").arg("-u").output().expect("run id -u");
+        let have = |tool: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0"
+            || !Path::new("/dev/loop-control").exists()
+            || !have("mkfs.ext4")
+            || !have("fsfreeze")
+        {
+            eprintln!(
+                "SKIPPED: this test freezes a loop-mounted ext4 and needs root, /dev/loop-control, mkfs.ext4 and fsfreeze"
+            );
+            return None;
+        }
+        let image_dir = tempfile::Builder::new()
+            .prefix("herald-img-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let image = image_dir.join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(size))
+            .expect("create the image");
+        let ok = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
+        assert!(
+            ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image)),
+            "mkfs.ext4 failed"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("herald-loop-")
+            .tempdir()
+            .expect("tempdir");
+        assert!(
+            ok(Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&image)
+                .arg(dir.path())),
+            "mounting the ext4 image failed"
+        );
+        Some(LoopFs { dir, image })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every write to the filesystem now blocks until [`LoopFs::thaw`]: a disk that stops
+    /// answering.
+    fn freeze(&self) {
+        let out = Command::new("fsfreeze")
+            .arg("-f")
+            .arg(self.path())
+            .output()
+            .expect("run fsfreeze");
+        assert!(out.status.success(), "fsfreeze -f: {out:?}");
+    }
+
+    fn thaw(&self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(self.path()).output();
+    }
+}
+
+/// Thaws on drop. Made after the daemon, so on a panic it is dropped first: killing a
+/// daemon whose thread sleeps in a frozen filesystem waits for the thaw.
+struct Thaw<'a>(&'a LoopFs);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        self.0.thaw();
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        self.thaw();
+        let ok = Command::new("umount")
+            .arg(self.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+        }
+        if let Some(dir) = self.image.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A disk that stops answering (the filesystem frozen with fsfreeze, a real stall: the
+/// flush thread blocks in the kernel). The waiting client is answered storage_unavailable
+/// after `storage_timeout`, `stats` answers, and on SIGTERM the daemon gives up on the
+/// stuck flush within the grace period. (A thread blocked in a frozen filesystem is in
+/// uninterruptible sleep, so the kernel lets the process go only after the thaw; what is
+/// checked is that heraldd decided to exit in time.) After a restart, everything
+/// acknowledged before the stall is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_disk_answers_waiting_clients_and_sigterm_gives_up_on_it() {
+    let Some(fs) = LoopFs::mount(64 * MIB) else {
+        return;
+    };
+    let mock = MockProvider::start().await;
+    mock.hold();
+    let mut daemon = Daemon::builder()
+        .data_dir(&fs.path().join("data"))
+        .daemon("min_free = \"1MiB\"")
+        .daemon("storage_timeout = \"2s\"")
+        .webhook_provider(&mock)
+        .start()
+        .await;
+    let _thaw = Thaw(&fs);
+    let client = daemon.client().await;
+    let mut acked = HashSet::new();
+    for i in 0..20 {
+        acked.insert(client.send(big_email(i)).await.unwrap().id);
+    }
+    fs.freeze();
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let client = daemon.client().await;
+        async move { tokio::time::timeout(Duration::from_secs(60), client.send(big_email(999))).await }
+    });
+    let answer = waiting
+        .await
+        .unwrap()
+        .expect("the waiting client is answered");
+    let e = answer.expect_err("nothing can be stored on a frozen disk");
+    assert_eq!(code(&e), Some(ErrorCode::StorageUnavailable), "{e}");
+    assert!(e.to_string().contains("storage_timeout"), "{e}");
+    eprintln!("answered after {:?}", started.elapsed());
+    let s = tokio::time::timeout(Duration::from_secs(10), client.stats())
+        .await
+        .expect("stats answers")
+        .unwrap()
+        .storage;
+    assert_eq!(s.state, StorageState::Failed, "{s:?}");
+    let e = client.send(big_email(1000)).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::StorageUnavailable), "{e}");
+    drop(client);
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.pid().to_string())
+        .status();
+    let sent_term = Instant::now();
+    while !daemon.log().contains("exiting without it") {
+        assert!(
+            sent_term.elapsed() <= GRACE + EXIT_MARGIN,
+            "heraldd did not give up on the stuck store within the grace period:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fs.thaw();
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "exit after giving up: {status:?}\n{}",
+        daemon.log()
+    );
+    mock.release();
+    daemon.spawn();
+    daemon.wait_ready().await;
+    assert_all_delivered(&daemon, &mock, &acked).await;
+    assert_stops_in_time(&mut daemon, "SIGTERM after the restart");
+}
