@@ -1,10 +1,13 @@
 //! Start-up, the running daemon's tasks, and graceful shutdown.
 //!
-//! Start: check the socket is not live, create the data dir (0700), open the store,
-//! start the committer, re-queue leases left by a crash, load plugins, bind the socket.
-//! Run: socket server, dispatcher, retention sweeper, signals (SIGTERM/SIGINT stop,
-//! SIGHUP reloads). Stop: stop accepting, answer in-flight requests, let deliveries in
-//! flight finish (bounded by `daemon.shutdown_grace`), flush, remove the socket.
+//! Start: check the socket is not live, create the data dir (0700), refuse a filesystem
+//! below `daemon.min_free` (naming it and what to do), open the store, start the
+//! committer, re-queue leases left by a crash, load plugins, bind the socket.
+//! Run: socket server, dispatcher, retention sweeper, free-space monitor and its events,
+//! signals (SIGTERM/SIGINT stop, SIGHUP reloads). Stop: stop accepting, answer in-flight
+//! requests, let deliveries in flight finish (bounded by `daemon.shutdown_grace`), flush,
+//! remove the socket — all within `shutdown_grace` + 2 s: past that, whatever the storage
+//! threads are doing, log what was not flushed (none of it acknowledged) and exit.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
