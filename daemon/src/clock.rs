@@ -9,3 +9,11 @@ pub fn now_ms() -> UnixMillis {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Milliseconds on a monotonic clock since the first call (never 0): for measuring how
+/// long something has been running, immune to wall-clock jumps.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}

@@ -14,6 +14,8 @@ use herald_plugin_api::Channel;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use crate::space::MinFree;
+
 /// The embedded default config: `etc/herald.toml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../etc/herald.toml");
 
@@ -56,6 +58,8 @@ struct RawDaemon {
     shutdown_grace: Option<String>,
     max_connections: Option<u64>,
     max_unread_bytes: Option<toml::Value>,
+    min_free: Option<toml::Value>,
+    storage_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +118,11 @@ pub struct DaemonConfig {
     /// Per connection, bytes of answers and events not yet read by the client; beyond it
     /// the daemon stops reading that connection's requests until the client reads.
     pub max_unread_bytes: usize,
+    /// Free space kept on the data directory's filesystem; below it sends get
+    /// `storage_full` (see `space`).
+    pub min_free: MinFree,
+    /// A commit or flush that takes longer marks the store failed (see `commit`).
+    pub storage_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +228,17 @@ fn parse_size(v: &toml::Value) -> Result<u64, String> {
             "a {} is not a size like 65536 or \"1MiB\"",
             other.type_str()
         )),
+    }
+}
+
+/// Parses `daemon.min_free`: a size (`"256MiB"`, `268435456`) or a percentage of the
+/// filesystem (`"5%"`). 0 turns the reserve off.
+fn parse_min_free(v: &toml::Value) -> Result<MinFree, String> {
+    match v {
+        toml::Value::String(s) if s.trim_end().ends_with('%') => MinFree::parse_percent(s),
+        v => parse_size(v)
+            .map(MinFree::Bytes)
+            .map_err(|e| format!("{e}, or a percentage of the filesystem like \"5%\"")),
     }
 }
 
@@ -471,7 +491,18 @@ impl RawConfig {
             shutdown_grace_ms: duration(d.shutdown_grace, "daemon.shutdown_grace", 10_000)?,
             max_connections,
             max_unread_bytes: max_unread_bytes as usize,
+            min_free: d
+                .min_free
+                .map(|v| parse_min_free(&v).map_err(|e| format!("daemon.min_free: {e}")))
+                .unwrap_or(Ok(MinFree::DEFAULT))?,
+            storage_timeout_ms: duration(d.storage_timeout, "daemon.storage_timeout", 30_000)?,
         };
+        if daemon.storage_timeout_ms < 1_000 {
+            return Err(format!(
+                "daemon.storage_timeout must be at least 1s (a healthy flush takes milliseconds; too short a bound fails a merely busy disk), not {} ms",
+                daemon.storage_timeout_ms
+            ));
+        }
 
         let webhooks = match self.webhooks {
             None => None,
@@ -763,6 +794,46 @@ mod tests {
         assert!(err.contains("needs a name"), "{err}");
         let dup = format!("{MIN}\n[[providers]]\nname = \"dev\"\nplugin = \"outbox\"\n");
         assert!(parse(&dup).unwrap_err().contains("used twice"));
+    }
+
+    #[test]
+    fn min_free_and_storage_timeout() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.daemon.min_free, MinFree::Bytes(256 << 20));
+        assert_eq!(c.daemon.storage_timeout_ms, 30_000);
+        for (value, expected) in [
+            ("\"64MiB\"", MinFree::Bytes(64 << 20)),
+            ("1048576", MinFree::Bytes(1 << 20)),
+            ("\"5%\"", MinFree::BasisPoints(500)),
+            ("\"0.5%\"", MinFree::BasisPoints(50)),
+            ("0", MinFree::Bytes(0)),
+        ] {
+            let c = parse(&format!("[daemon]\nmin_free = {value}\n{MIN}")).unwrap();
+            assert_eq!(c.daemon.min_free, expected, "{value}");
+        }
+        for (value, needle) in [
+            ("\"lots\"", "\"lots\" is not a size"),
+            ("\"10 parsecs\"", "unknown unit"),
+            ("\"100%\"", "percentage below 100"),
+            ("\"-5%\"", "percentage below 100"),
+            ("-1", "percentage of the filesystem"),
+            ("true", "a boolean is not a size"),
+        ] {
+            let err = parse(&format!("[daemon]\nmin_free = {value}\n{MIN}")).unwrap_err();
+            assert!(
+                err.contains("daemon.min_free") && err.contains(needle),
+                "{value} → {err}"
+            );
+        }
+        let c = parse(&format!("[daemon]\nstorage_timeout = \"2m\"\n{MIN}")).unwrap();
+        assert_eq!(c.daemon.storage_timeout_ms, 120_000);
+        let err = parse(&format!("[daemon]\nstorage_timeout = \"10ms\"\n{MIN}")).unwrap_err();
+        assert!(
+            err.contains("daemon.storage_timeout must be at least 1s"),
+            "{err}"
+        );
+        let err = parse(&format!("[daemon]\nstorage_timeout = \"soon\"\n{MIN}")).unwrap_err();
+        assert!(err.contains("daemon.storage_timeout"), "{err}");
     }
 
     #[test]

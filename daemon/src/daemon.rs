@@ -1,11 +1,14 @@
 //! Start-up, the running daemon's tasks, and graceful shutdown.
 //!
-//! Start: check the socket is not live, create the data dir (0700), open the store,
-//! start the committer, check and repair the store (`store_check`), re-queue leases left
-//! by a crash, load plugins, bind the socket.
-//! Run: socket server, dispatcher, retention sweeper, signals (SIGTERM/SIGINT stop,
-//! SIGHUP reloads). Stop: stop accepting, answer in-flight requests, let deliveries in
-//! flight finish (bounded by `daemon.shutdown_grace`), flush, remove the socket.
+//! Start: check the socket is not live, create the data dir (0700), refuse a filesystem
+//! below `daemon.min_free` (naming it and what to do), open the store, start the
+//! committer, check and repair the store (`store_check`), re-queue leases left by a crash,
+//! load plugins, bind the socket.
+//! Run: socket server, dispatcher, retention sweeper, free-space monitor and its events,
+//! signals (SIGTERM/SIGINT stop, SIGHUP reloads). Stop: stop accepting, answer in-flight
+//! requests, let deliveries in flight finish (bounded by `daemon.shutdown_grace`), flush,
+//! remove the socket — all within `shutdown_grace` + 2 s: past that, whatever the storage
+//! threads are doing, log what was not flushed (none of it acknowledged) and exit.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -19,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock;
-use crate::commit::Committer;
+use crate::commit::{CommitError, Committer};
 use crate::config::{Config, DaemonConfig};
 use crate::dispatch::Dispatcher;
 use crate::ipc::{self, ReloadRequest, Shared};
@@ -27,10 +30,14 @@ use crate::live::{Live, LiveCell};
 use crate::plugin::Loader;
 use crate::providers::Routing;
 use crate::reload::Reloader;
+use crate::space::{self, Space};
 use crate::store::{BreakerRecord, Op, OpResult, SledStore, Store};
 use crate::store_check;
 use crate::transport::Transports;
 use crate::webhooks::WebhookServer;
+
+/// Time for the final flush after `daemon.shutdown_grace`, before exiting regardless.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How often finished messages and old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -64,15 +71,39 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     // Refuse early, with a clear message, if another daemon serves this socket.
     ipc::refuse_if_served(&d.socket).map_err(|e| anyhow!(e))?;
     create_private_dir(&d.data_dir)?;
+    // Refuse to start below the reserve, saying where, how much and what to do — rather
+    // than let the engine find out with ENOSPC.
+    let measured = space::check_room(&d.data_dir, d.min_free).map_err(|e| anyhow!(e))?;
     let db_dir = store_dir(&d);
     let cache = d.cache_capacity;
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SledStore::open(&db_dir, cache))
-            .await?
-            .with_context(|| format!("cannot open the store in {}", d.data_dir.display()))?,
-    );
-    let (committer, writer) =
-        Committer::start(Arc::clone(&store)).context("cannot start the commit thread")?;
+    let opened = tokio::task::spawn_blocking(move || SledStore::open(&db_dir, cache)).await?;
+    let store: Arc<dyn Store> = match opened {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            // Opening writes too: a filesystem that filled meanwhile gets the same message.
+            if let Ok(m) = space::measure(&d.data_dir) {
+                let needed = d.min_free.bytes_of(m.total).max(space::OPEN_MIN);
+                if m.free < needed {
+                    return Err(anyhow!(space::full_at_start(
+                        &d.data_dir,
+                        m,
+                        needed,
+                        Some(&e.to_string())
+                    )));
+                }
+            }
+            return Err(anyhow!(e))
+                .with_context(|| format!("cannot open the store in {}", d.data_dir.display()));
+        }
+    };
+    let space = Arc::new(Space::new(&d.data_dir, measured, d.min_free));
+    let (committer, writer) = Committer::start(
+        Arc::clone(&store),
+        Arc::clone(&space),
+        Duration::from_millis(d.storage_timeout_ms),
+    )
+    .context("cannot start the commit thread")?;
+    let pending = committer.pending_probe();
     // Whatever the engine promised, no acknowledged message may be left where neither
     // dispatch nor recovery looks (a record `sending` without a lease, say).
     store_check::at_start(&committer)
@@ -101,6 +132,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let routing = build_routing(&config, &mut loader, &stored)?;
     let webhooks_listen = config.webhooks.as_ref().map(|w| w.listen);
     let live = Arc::new(LiveCell::new(Live { config, routing }));
+    let space_monitor = {
+        let live = Arc::clone(&live);
+        space
+            .start_monitor(move || live.current().config.daemon.min_free)
+            .context("cannot start the free-space monitor")?
+    };
     let transports = Arc::new(Transports::new().map_err(|e| anyhow!(e))?);
 
     let webhook_listener =
@@ -187,13 +224,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
                         tracing::info!(messages, events, "pruned past retention");
                     }
                     Ok(_) => {}
+                    Err(CommitError::StorageFull(why)) => {
+                        tracing::debug!(%why, "pruning waits for free space");
+                    }
                     Err(e) => tracing::warn!(error = %e, "pruning failed"),
                 }
             }
         })
     };
 
-    tracing::info!(socket = %d.socket.display(), data_dir = %d.data_dir.display(), "heraldd ready");
+    let announcer = tokio::spawn(space::announce(
+        Arc::clone(&space),
+        committer.clone(),
+        shutdown.clone(),
+    ));
+
+    tracing::info!(
+        socket = %d.socket.display(),
+        data_dir = %d.data_dir.display(),
+        free = %space::human(measured.free),
+        min_free = %d.min_free,
+        "heraldd ready"
+    );
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -210,29 +262,65 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
 
     let _ = shutdown_tx.send(true);
-    let _ = server.await;
-    if let Some(w) = webhook_server {
-        let _ = w.await;
-    }
-    let _ = dispatcher.await;
-    drop(watcher);
-    reloads.abort();
-    let _ = reloads.await;
-    let _ = pruner.await;
-    drop(shared);
-    drop(reloader);
-    drop(reload_tx);
-    drop(committer);
-    // The writer finishes queued jobs and flushes once every handle is gone.
-    let joined = tokio::task::spawn_blocking(move || writer.join());
-    if tokio::time::timeout(Duration::from_secs(5), joined)
+    let failure = committer.failure();
+    // Everything below gets `shutdown_grace` (deliveries in flight) plus a margin for the
+    // last flush, whatever the storage threads are doing.
+    let grace = Duration::from_millis(d.shutdown_grace_ms);
+    let stop = async {
+        let _ = server.await;
+        if let Some(w) = webhook_server {
+            let _ = w.await;
+        }
+        let _ = dispatcher.await;
+        drop(watcher);
+        reloads.abort();
+        let _ = reloads.await;
+        let _ = pruner.await;
+        let _ = announcer.await;
+        drop(shared);
+        drop(reloader);
+        drop(reload_tx);
+        drop(committer);
+        // The writer finishes queued jobs and flushes once every handle is gone.
+        tokio::task::spawn_blocking(move || writer.join()).await
+    };
+    if tokio::time::timeout(grace + SHUTDOWN_MARGIN, stop)
         .await
         .is_err()
     {
-        tracing::warn!("the commit thread is still busy; flushing directly");
-        store.flush().context("final flush failed")?;
+        // Not even `std::process::exit`'s caller may wait on a stuck store (dropping it
+        // would flush): exit now. Nothing pending was acknowledged, so nothing is lost.
+        let p = pending.get();
+        tracing::error!(
+            queued = p.queued,
+            unflushed_batches = p.unflushed_batches,
+            unacknowledged = p.unflushed_answers,
+            writer_busy_ms = p.writer_busy_ms,
+            flusher_busy_ms = p.flusher_busy_ms,
+            "the store did not finish within daemon.shutdown_grace; exiting without it. None of the pending writes was acknowledged; deliveries in flight are re-queued at the next start"
+        );
+        let _ = std::fs::remove_file(&d.socket);
+        std::process::exit(1);
     }
+    drop(space_monitor);
     let _ = std::fs::remove_file(&d.socket);
+    if let Some(reason) = failure.or_else(|| pending.failure()) {
+        // Closing a failed sled flushes again and may wait for ever: leave it to the
+        // process exit. Everything acknowledged was flushed before the failure.
+        std::mem::forget(store);
+        tracing::error!(%reason, "heraldd stopped with a failed store");
+        return Err(anyhow!("the store failed: {reason}"));
+    }
+    // Closing the store flushes once more: bounded like the rest.
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(store);
+        let _ = closed_tx.send(());
+    });
+    if tokio::time::timeout(SHUTDOWN_MARGIN, closed).await.is_err() {
+        tracing::error!("closing the store did not finish; exiting without it");
+        std::process::exit(1);
+    }
     tracing::info!("heraldd stopped");
     Ok(())
 }

@@ -37,7 +37,7 @@ use crate::clock;
 use crate::commit::{CommitError, Committer};
 use crate::events;
 use crate::live::{Live, LiveCell};
-use crate::store::{MsgId, Op, OpResult, Record, Store, id_string, parse_id};
+use crate::store::{MsgId, NewMessage, Op, OpResult, Record, Store, id_string, parse_id};
 use crate::store_check;
 
 /// Requests one connection may have in flight; the reader waits beyond that.
@@ -430,7 +430,27 @@ fn commit_error(e: CommitError) -> ErrorBody {
             "the daemon is shutting down; retry",
         ),
         CommitError::Store(m) => ErrorBody::new(ErrorCode::Internal, format!("not stored: {m}")),
+        CommitError::StorageFull(m) => ErrorBody::new(ErrorCode::StorageFull, m),
+        CommitError::Unavailable(m) => ErrorBody::new(ErrorCode::StorageUnavailable, m),
     }
+}
+
+/// The free-space reserve's answer for new messages of `size` encoded bytes in total.
+fn room_for(shared: &Shared, size: u64) -> Result<(), ErrorBody> {
+    if let Some(reason) = shared.committer.failure() {
+        return Err(ErrorBody::new(ErrorCode::StorageUnavailable, reason));
+    }
+    shared
+        .committer
+        .space()
+        .try_accept(size)
+        .map_err(|m| ErrorBody::new(ErrorCode::StorageFull, m))
+}
+
+/// A validated message's encoded size, as the reserve charges it.
+fn stored_size(m: &NewMessage) -> u64 {
+    postcard::experimental::serialized_size(&(&m.to, &m.content, &m.tags, &m.idempotency_key))
+        .unwrap_or(usize::MAX) as u64
 }
 
 fn busy(shared: &Shared, live: &Live, adding: u64) -> Option<ErrorBody> {
@@ -519,6 +539,7 @@ async fn send_one(shared: &Shared, m: SendMessage) -> Result<Accepted, ErrorBody
         return Err(e);
     }
     let new = accept::validate(m, &live, clock::now_ms())?;
+    room_for(shared, stored_size(&new))?;
     accepted(shared.committer.submit(Op::Accept(new)).await)
 }
 
@@ -545,6 +566,10 @@ async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchIt
         .iter()
         .filter_map(|v| v.as_ref().ok().cloned().map(Op::Accept))
         .collect();
+    if !ops.is_empty() {
+        let size = validated.iter().flatten().map(stored_size).sum();
+        room_for(shared, size)?;
+    }
     let mut results = shared.committer.submit_all(ops).await.into_iter();
     Ok(validated
         .into_iter()
@@ -583,6 +608,7 @@ fn stats(shared: &Shared) -> Stats {
                 rejected: p.counters.rejected.load(Ordering::Relaxed),
             })
             .collect(),
+        storage: shared.committer.storage(),
     }
 }
 

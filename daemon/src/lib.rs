@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod retry;
 pub mod rsvp;
+pub mod space;
 pub mod store;
 pub mod store_check;
 pub mod transport;

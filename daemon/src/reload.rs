@@ -74,6 +74,10 @@ impl Reloader {
                 ),
                 ("daemon.concurrency", n.concurrency != o.concurrency),
                 ("daemon.max_frame", n.max_frame != o.max_frame),
+                (
+                    "daemon.storage_timeout",
+                    n.storage_timeout_ms != o.storage_timeout_ms,
+                ),
             ] {
                 if changed {
                     kept.push(name);
@@ -83,9 +87,11 @@ impl Reloader {
             let max_message = config.daemon.max_message;
             let retention = config.daemon.retention_ms;
             let window = config.daemon.idempotency_window_ms;
+            let min_free = config.daemon.min_free;
             let max_connections = config.daemon.max_connections;
             let max_unread_bytes = config.daemon.max_unread_bytes;
             config.daemon = old.config.daemon.clone();
+            config.daemon.min_free = min_free;
             config.daemon.max_connections = max_connections;
             config.daemon.max_unread_bytes = max_unread_bytes;
             config.daemon.max_queue = max_queue;

@@ -267,10 +267,14 @@ pub enum EventKind {
     Inbound,
     ConfigReloaded,
     ConfigRejected,
+    /// Free space fell below `daemon.min_free`: new sends are refused until it is back.
+    StorageLow,
+    /// Free space is back above the reserve: sends are accepted again.
+    StorageOk,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Queued,
         EventKind::Sending,
         EventKind::Sent,
@@ -288,6 +292,8 @@ impl EventKind {
         EventKind::Inbound,
         EventKind::ConfigReloaded,
         EventKind::ConfigRejected,
+        EventKind::StorageLow,
+        EventKind::StorageOk,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -297,6 +303,8 @@ impl EventKind {
             EventKind::Inbound => "inbound",
             EventKind::ConfigReloaded => "config_reloaded",
             EventKind::ConfigRejected => "config_rejected",
+            EventKind::StorageLow => "storage_low",
+            EventKind::StorageOk => "storage_ok",
             other => other.state().map(State::as_str).unwrap_or("unknown"),
         }
     }

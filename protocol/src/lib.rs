@@ -183,6 +183,14 @@ pub enum ErrorCode {
     Internal,
     /// `reload` found the config file invalid; the running config stays.
     ConfigRejected,
+    /// Free space on the data directory's filesystem is below `daemon.min_free`: new
+    /// messages are refused (the message says how much is free and what the reserve is);
+    /// retry later. Deliveries of accepted messages go on.
+    StorageFull,
+    /// The store failed or did not finish a write within `daemon.storage_timeout`: the
+    /// request was not acknowledged (it may or may not have been applied); retry, with the
+    /// same idempotency key, once the operator has fixed the storage.
+    StorageUnavailable,
 }
 
 impl ErrorCode {
@@ -201,6 +209,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
             ErrorCode::ConfigRejected => "config_rejected",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
         }
     }
 }
@@ -306,6 +316,49 @@ pub struct Stats {
     pub connections: u64,
     pub uptime_ms: u64,
     pub providers: Vec<ProviderStats>,
+    /// Free space and the health of the store.
+    pub storage: StorageStats,
+}
+
+/// Whether the daemon can write, and why not. Variant order is wire format: append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageState {
+    /// Accepting and delivering.
+    Ok,
+    /// Free space is below `daemon.min_free`: sends get `storage_full`; deliveries,
+    /// cancels and webhooks go on.
+    Low,
+    /// Free space is below half of `daemon.min_free`: deliveries are paused too (messages
+    /// stay queued) and only the outcomes of deliveries already in flight are written.
+    Critical,
+    /// A write failed or stalled: nothing new is accepted or claimed (`storage_unavailable`).
+    Failed,
+}
+
+impl StorageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageState::Ok => "ok",
+            StorageState::Low => "low",
+            StorageState::Critical => "critical",
+            StorageState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStats {
+    pub state: StorageState,
+    /// Bytes available on the data directory's filesystem, at the last measurement.
+    pub free_bytes: u64,
+    /// `daemon.min_free` in bytes (0: no reserve). Below it, sends get `storage_full`.
+    pub min_free_bytes: u64,
+    /// Below this (half the reserve), deliveries pause too.
+    pub critical_bytes: u64,
+    /// Why the state is not `ok`, for people.
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// A kind of inconsistency `check_store` looks for. Append only.
@@ -642,6 +695,56 @@ mod tests {
         };
         expect!["0305ac0280d095ffbc31010330314a03010001036465760001010000000000"]
             .assert_eq(&hex(&encode(Codec::Postcard, &ev).unwrap()));
+    }
+
+    fn sample_stats() -> ServerFrame {
+        ServerFrame {
+            id: 4,
+            response: Response::Stats(Stats {
+                states: vec![(State::Queued, 2), (State::Sent, 1)],
+                active: 2,
+                max_queue: 100,
+                last_seq: 9,
+                connections: 1,
+                uptime_ms: 1000,
+                providers: vec![ProviderStats {
+                    name: "dev".into(),
+                    plugin: "outbox".into(),
+                    breaker: "closed".into(),
+                    accepted: 1,
+                    retries: 0,
+                    failures: 0,
+                    rejected: 0,
+                }],
+                storage: StorageStats {
+                    state: StorageState::Low,
+                    free_bytes: 1 << 20,
+                    min_free_bytes: 2 << 20,
+                    critical_bytes: 1 << 20,
+                    detail: Some("low".into()),
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn stats_golden_bytes() {
+        // `storage` is the last field of `Stats`, and `storage_full` /
+        // `storage_unavailable` the last error codes.
+        expect!["0407020002020102640901e8070103646576066f7574626f7806636c6f73656401000000018080408080800180804001036c6f77"]
+            .assert_eq(&hex(&encode(Codec::Postcard, &sample_stats()).unwrap()));
+        expect![[r#"{"id":4,"response":{"stats":{"states":[["queued",2],["sent",1]],"active":2,"max_queue":100,"last_seq":9,"connections":1,"uptime_ms":1000,"providers":[{"name":"dev","plugin":"outbox","breaker":"closed","accepted":1,"retries":0,"failures":0,"rejected":0}],"storage":{"state":"low","free_bytes":1048576,"min_free_bytes":2097152,"critical_bytes":1048576,"detail":"low"}}}}"#]]
+            .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_stats()).unwrap()).unwrap());
+        let full = ServerFrame {
+            id: 5,
+            response: Response::Error(ErrorBody::new(ErrorCode::StorageFull, "x")),
+        };
+        expect!["050b0d017800"].assert_eq(&hex(&encode(Codec::Postcard, &full).unwrap()));
+        let failed = ErrorBody::new(ErrorCode::StorageUnavailable, "x");
+        expect!["0e017800"].assert_eq(&hex(&encode(Codec::Postcard, &failed).unwrap()));
+        // The storage event kinds follow config_rejected (16).
+        let kinds = [EventKind::StorageLow, EventKind::StorageOk];
+        expect!["021112"].assert_eq(&hex(&encode(Codec::Postcard, &kinds.to_vec()).unwrap()));
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub fn herald_path() -> PathBuf {
 /// Builds a daemon configuration around the fixture's own paths.
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
+    data_dir: Option<PathBuf>,
     daemon: Vec<String>,
     retry: Vec<String>,
     body: Vec<String>,
@@ -111,6 +112,13 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// Puts the data directory somewhere else than the fixture's temporary directory (e.g.
+    /// on a small filesystem the test mounted).
+    pub fn data_dir(mut self, dir: &Path) -> Builder {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// An extra line in `[daemon]`, e.g. `max_queue = 10`.
     pub fn daemon(mut self, line: &str) -> Builder {
         self.daemon.push(line.to_string());
@@ -157,14 +165,25 @@ impl Builder {
             retry.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
             retry.push(line.clone());
         }
+        let mut daemon = vec!["shutdown_grace = \"2s\"".to_string()];
+        for line in &self.daemon {
+            let key = line.split('=').next().unwrap_or("").trim();
+            daemon.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+            daemon.push(line.clone());
+        }
         format!(
-            "[daemon]\ndata_dir = \"{d}/data\"\nsocket = \"{d}/herald.sock\"\nplugin_dir = \"{p}\"\nshutdown_grace = \"2s\"\n{extra}\n\n[retry]\n{retry}\n\n{body}\n",
+            "[daemon]\ndata_dir = \"{data}\"\nsocket = \"{d}/herald.sock\"\nplugin_dir = \"{p}\"\n{extra}\n\n[retry]\n{retry}\n\n{body}\n",
+            data = self.data_dir_in(dir).display(),
             d = dir.display(),
             p = ensure_built().display(),
-            extra = self.daemon.join("\n"),
+            extra = daemon.join("\n"),
             retry = retry.join("\n"),
             body = self.body.join("\n"),
         )
+    }
+
+    fn data_dir_in(&self, dir: &Path) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| dir.join("data"))
     }
 
     /// Writes the config, starts `heraldd` and waits until it answers on its socket.
@@ -178,7 +197,7 @@ impl Builder {
         std::fs::write(&config_path, &config).expect("write config");
         let mut d = Daemon {
             socket: dir.path().join("herald.sock"),
-            data_dir: dir.path().join("data"),
+            data_dir: self.data_dir_in(dir.path()),
             log_path: dir.path().join("heraldd.log"),
             config_path,
             env: self.env,
@@ -270,29 +289,45 @@ impl Daemon {
 
     /// SIGTERM and wait for a graceful exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
+        self.stop().status.is_some_and(|s| s.success())
+    }
+
+    /// SIGTERM, then waits up to 30 s for the exit (SIGKILL after that): the exit status
+    /// (`None` if it had to be killed) and how long the exit took.
+    pub fn stop(&mut self) -> Stopped {
+        let started = std::time::Instant::now();
         let Some(mut child) = self.child.take() else {
-            return false;
+            return Stopped {
+                status: None,
+                took: Duration::ZERO,
+            };
         };
         // kill(1) rather than libc::kill keeps this crate free of unsafe code.
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    #[allow(clippy::disallowed_methods)]
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
-            }
+        let status = wait_child(&mut child, Duration::from_secs(30));
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        Stopped {
+            status,
+            took: started.elapsed(),
+        }
+    }
+
+    /// Waits for a process started with [`Daemon::spawn`] to exit by itself (a start-up that
+    /// must fail): its status, or `None` (and it is killed) if it still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let status = wait_child(&mut child, timeout);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
     }
 
     /// Starts the daemon again on the same data dir and socket.
@@ -316,6 +351,28 @@ impl Daemon {
         let mut cmd = Command::new(herald_path());
         cmd.arg("--socket").arg(&self.socket);
         cmd
+    }
+}
+
+/// How a [`Daemon::stop`] went.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped {
+    /// `None` when it did not exit within 30 s and was killed.
+    pub status: Option<std::process::ExitStatus>,
+    pub took: Duration,
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return None,
+        }
     }
 }
 

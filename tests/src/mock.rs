@@ -82,6 +82,8 @@ pub struct MockProvider {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
+    /// While true, requests are recorded but not answered (a provider that hangs).
+    held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for MockProvider {
@@ -101,6 +103,7 @@ impl MockProvider {
             addr,
             state: Arc::new(Mutex::new(State::default())),
             changed: Arc::new(Notify::new()),
+            held: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let m = mock.clone();
         tokio::spawn(async move {
@@ -149,6 +152,18 @@ impl MockProvider {
     /// The answer when nothing else applies.
     pub fn set_default(&self, reply: Reply) {
         self.lock().default = Some(reply);
+    }
+
+    /// From now on, requests are recorded but their answers wait until [`release`].
+    ///
+    /// [`release`]: MockProvider::release
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Answers every held request, and the later ones at once.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -219,6 +234,7 @@ impl MockProvider {
             reply
         };
         self.changed.notify_waiters();
+        let _ = self.held.subscribe().wait_for(|held| !held).await;
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }

@@ -427,6 +427,17 @@ fn print_stats(s: &Stats) {
         s.connections,
         s.uptime_ms / 1000
     );
+    let st = &s.storage;
+    println!(
+        "  storage {}: {} MiB free, min_free {} MiB{}",
+        st.state.as_str(),
+        st.free_bytes >> 20,
+        st.min_free_bytes >> 20,
+        st.detail
+            .as_deref()
+            .map(|d| format!(" — {d}"))
+            .unwrap_or_default()
+    );
     for (state, n) in &s.states {
         if *n > 0 {
             println!("  {:<11} {n}", state.as_str());

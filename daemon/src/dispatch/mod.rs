@@ -64,8 +64,25 @@ impl Dispatcher {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.concurrency));
         let mut tasks = JoinSet::new();
+        let mut paused = false;
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
+            // Short of space, or the store failed: claim nothing (messages stay queued)
+            // until that changes; deliveries in flight finish.
+            if let Some(why) = this.committer.claims_paused() {
+                if !paused {
+                    tracing::warn!(reason = %why, "delivery paused: no new messages are claimed");
+                    paused = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            } else if paused {
+                tracing::info!("delivery resumed");
+                paused = false;
+            }
             let free = slots.available_permits();
             if free == 0 {
                 tokio::select! {

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod crash;
+mod diskfull;
 mod lifecycle;
 mod limits;
 mod plugins;

@@ -116,6 +116,8 @@ wire_names!(error_code_name, ERROR_CODES, ErrorCode {
     ErrorCode::ShuttingDown => "shutting_down",
     ErrorCode::Internal => "internal",
     ErrorCode::ConfigRejected => "config_rejected",
+    ErrorCode::StorageFull => "storage_full",
+    ErrorCode::StorageUnavailable => "storage_unavailable",
 });
 
 /// The variant name serde wrote for an externally tagged enum value.
