@@ -140,6 +140,7 @@ fn salvage_id(codec: Codec, body: &[u8]) -> u64 {
         serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64))
+            .filter(|id| *id <= protocol::MAX_SAFE_INTEGER)
             .unwrap_or(0)
     } else {
         0
