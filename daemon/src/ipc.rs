@@ -3,8 +3,9 @@
 //!
 //! Per connection, a reader decodes frames and starts one task per request (bounded), and
 //! a writer task coalesces response frames into few writes. A malformed or oversize frame
-//! gets an error frame, then the connection is closed once the requests already accepted
-//! on it have been answered; other connections never notice.
+//! gets an error frame; then, as on the client's EOF (a half-close included), the
+//! connection is closed once every request read on it has been answered (a subscribe with
+//! its `subscribed` frame); other connections never notice.
 //!
 //! Owns: socket file lifecycle (stale vs live), framing, per-connection bounds. Must not:
 //! validate messages (accept) or touch storage except through the committer and reads.
@@ -264,7 +265,17 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
         let ClientFrame { id, request } = frame;
         match request {
             Request::Subscribe { filter, from_seq } => {
+                // Answered here, in read order, so that a client's EOF right after a
+                // subscribe cannot lose the `subscribed` frame (the stream ends below).
+                let (subscribed, opened) = events::open(shared.store.as_ref(), &shared.committer);
+                let _ = out
+                    .send(ServerFrame {
+                        id,
+                        response: subscribed,
+                    })
+                    .await;
                 let handle = tasks.spawn(events::run(
+                    opened,
                     id,
                     filter,
                     from_seq,
@@ -301,7 +312,9 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
             }
         }
     }
-    // Close: stop streaming, answer what was accepted, then let the writer drain.
+    // Close (EOF, a connection-level error or shutdown): every request read so far is
+    // answered (a subscribe's `subscribed` frame is already queued), subscriptions stop
+    // streaming, then the writer drains what is queued and shuts the socket down.
     for (_, h) in subscriptions.drain() {
         h.abort();
     }
