@@ -32,7 +32,7 @@ use crate::clock;
 use crate::commit::{CommitError, Committer};
 use crate::events;
 use crate::live::{Live, LiveCell};
-use crate::store::{MsgId, Op, OpResult, Record, Store, id_string, parse_id};
+use crate::store::{MsgId, NewMessage, Op, OpResult, Record, Store, id_string, parse_id};
 
 /// Requests one connection may have in flight; the reader waits beyond that.
 const MAX_IN_FLIGHT: usize = 4096;
@@ -413,12 +413,26 @@ fn accepted(result: Result<OpResult, CommitError>) -> Result<Accepted, ErrorBody
     }
 }
 
+/// Whether `m` repeats an idempotency key the store still holds: the accept transaction
+/// will answer it `duplicate` (or `idempotency_conflict`) and it adds nothing to the queue,
+/// so a full queue must not refuse it — retrying is always safe.
+fn is_retry(shared: &Shared, m: &NewMessage, now: u64) -> bool {
+    m.idempotency_key
+        .as_deref()
+        .is_some_and(|k| matches!(shared.store.idempotency_key(k, now), Ok(Some(_))))
+}
+
+/// Validation first (an invalid message gets its own error, never `busy`), then the queue
+/// bound for what would really be added.
 async fn send_one(shared: &Shared, m: SendMessage) -> Result<Accepted, ErrorBody> {
     let live = shared.live.current();
-    if let Some(e) = busy(shared, &live, 1) {
+    let now = clock::now_ms();
+    let new = accept::validate(m, &live, now)?;
+    if !is_retry(shared, &new, now)
+        && let Some(e) = busy(shared, &live, 1)
+    {
         return Err(e);
     }
-    let new = accept::validate(m, &live, clock::now_ms())?;
     accepted(shared.committer.submit(Op::Accept(new)).await)
 }
 
@@ -433,14 +447,22 @@ async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchIt
         ));
     }
     let live = shared.live.current();
-    if let Some(e) = busy(shared, &live, ms.len() as u64) {
-        return Err(e);
-    }
     let now = clock::now_ms();
     let validated: Vec<_> = ms
         .into_iter()
         .map(|m| accept::validate(m, &live, now))
         .collect();
+    // Only the messages that would be added count against the queue: not the invalid ones,
+    // not retries of a known idempotency key.
+    let adding = validated
+        .iter()
+        .filter(|v| v.as_ref().is_ok_and(|m| !is_retry(shared, m, now)))
+        .count() as u64;
+    if adding > 0
+        && let Some(e) = busy(shared, &live, adding)
+    {
+        return Err(e);
+    }
     let ops: Vec<Op> = validated
         .iter()
         .filter_map(|v| v.as_ref().ok().cloned().map(Op::Accept))

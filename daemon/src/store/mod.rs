@@ -256,6 +256,11 @@ pub trait Store: Send + Sync + 'static {
 
     fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError>;
 
+    /// The message an idempotency key names, if the key is still within its window at
+    /// `now`. A read outside any commit: the accept transaction still decides duplicate or
+    /// conflict; this lets a retry past a full queue reach it.
+    fn idempotency_key(&self, key: &str, now: UnixMillis) -> Result<Option<MsgId>, StoreError>;
+
     /// Events with `seq >= from`, at most `limit`.
     fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 

@@ -408,20 +408,7 @@ impl Txn for SledTxn<'_> {
         let Some(v) = self.idem().get(key.as_bytes()).map_err(unab)? else {
             return Ok(None);
         };
-        if v.len() != 24 {
-            return Err(TxError::Abort(StoreError::Corrupt(
-                "idempotency entry".into(),
-            )));
-        }
-        let id: MsgId = v[..16]
-            .try_into()
-            .map_err(|_| TxError::Abort(StoreError::Corrupt("idempotency entry".into())))?;
-        let exp = u64::from_be_bytes(
-            v[16..]
-                .try_into()
-                .map_err(|_| TxError::Abort(StoreError::Corrupt("idempotency entry".into())))?,
-        );
-        Ok(Some((id, exp)))
+        decode_idem(&v).map(Some).map_err(TxError::Abort)
     }
     fn idem_put(&self, key: &str, id: &MsgId, expires: UnixMillis) -> Result<(), TxError> {
         let mut v = [0u8; 24];
@@ -567,6 +554,17 @@ impl Txn for SledTxn<'_> {
     }
 }
 
+/// An `idem` value: the message id, then the key's expiry (big-endian Unix ms).
+fn decode_idem(v: &[u8]) -> Result<(MsgId, UnixMillis), StoreError> {
+    let corrupt = || StoreError::Corrupt("idempotency entry".into());
+    if v.len() != 24 {
+        return Err(corrupt());
+    }
+    let id: MsgId = v[..16].try_into().map_err(|_| corrupt())?;
+    let expires = u64::from_be_bytes(v[16..].try_into().map_err(|_| corrupt())?);
+    Ok((id, expires))
+}
+
 impl Store for SledStore {
     fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
         let pre = self.pre_read(now, ops)?;
@@ -642,6 +640,16 @@ impl Store for SledStore {
     fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
         match self.records.get(id).map_err(io)? {
             Some(v) => Ok(Some(dec(&v, "record")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn idempotency_key(&self, key: &str, now: UnixMillis) -> Result<Option<MsgId>, StoreError> {
+        match self.idem.get(key.as_bytes()).map_err(io)? {
+            Some(v) => {
+                let (id, expires) = decode_idem(&v)?;
+                Ok((expires > now).then_some(id))
+            }
             None => Ok(None),
         }
     }
@@ -853,7 +861,10 @@ mod tests {
                 OpResult::IdempotencyConflict { existing: a.id },
             ]
         );
+        assert_eq!(s.idempotency_key("k", 999).unwrap(), Some(a.id));
+        assert_eq!(s.idempotency_key("other", 0).unwrap(), None);
         // After the window the key is free again.
+        assert_eq!(s.idempotency_key("k", 1_000).unwrap(), None);
         let d = msg(Some("k"), "later");
         let r = s.commit(5_000, &[Op::Accept(d.clone())]).unwrap();
         assert_eq!(
