@@ -8,6 +8,7 @@ mod crash;
 mod lifecycle;
 mod plugins;
 mod protocol_doc;
+mod protocol_rules;
 mod providers;
 mod reload;
 mod smtp;
