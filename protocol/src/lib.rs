@@ -72,6 +72,7 @@ fn safe_opt_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D
     Ok(Option::<Safe>::deserialize(d)?.map(|Safe(v)| v))
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Codec {
@@ -80,6 +81,7 @@ pub enum Codec {
 }
 
 /// The first frame a client sends, always JSON: `{"herald": 1, "codec": "json"}`.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub herald: u32,
@@ -87,6 +89,7 @@ pub struct Hello {
 }
 
 /// The server's answer to [`Hello`], in the chosen codec.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     pub herald: u32,
@@ -96,11 +99,14 @@ pub struct Welcome {
 }
 
 /// A message to send, as a host application describes it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendMessage {
     /// Email address, E.164 phone number or device token, per the content's channel.
     pub to: String,
     pub content: Content,
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub tags: Vec<String>,
     /// Sends with the same key within the idempotency window are one message.
@@ -112,13 +118,17 @@ pub struct SendMessage {
 }
 
 /// Which events a subscription receives. Empty lists match everything.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {
     #[serde(default)]
     pub message_id: Option<String>,
     /// Matches events whose message carries any of these tags.
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub tags: Vec<String>,
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub kinds: Vec<EventKind>,
     #[serde(default)]
@@ -137,6 +147,7 @@ impl Filter {
 }
 
 /// A client request. Variant order is wire format: append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
@@ -150,8 +161,10 @@ pub enum Request {
     },
     /// Replays retained events with `seq >= from_seq` (all retained events for 0), then
     /// streams live ones. Without `from_seq`, only live events.
+    #[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
     Subscribe {
         #[serde(default)]
+        #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
         filter: Filter,
         #[serde(default, deserialize_with = "safe_opt_u64")]
         from_seq: Option<u64>,
@@ -163,6 +176,7 @@ pub enum Request {
     },
     Stats,
     Reload,
+    #[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
     DeadList {
         #[serde(default)]
         limit: Option<u32>,
@@ -172,6 +186,7 @@ pub enum Request {
     },
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientFrame {
     /// Chosen by the client, echoed on the answer: 1 to 2^53 − 1 ([`MAX_SAFE_INTEGER`]);
@@ -182,6 +197,7 @@ pub struct ClientFrame {
 }
 
 /// Machine-readable error codes. Append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -232,6 +248,7 @@ impl ErrorCode {
     }
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: ErrorCode,
@@ -268,6 +285,7 @@ impl fmt::Display for ErrorBody {
     }
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     pub id: String,
@@ -276,6 +294,7 @@ pub struct Accepted {
 }
 
 /// One entry of a `send_batch` answer, in request order.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchItem {
@@ -284,6 +303,7 @@ pub enum BatchItem {
 }
 
 /// A message and its delivery state, as `get` returns it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView {
     pub id: String,
@@ -310,6 +330,7 @@ pub struct MessageView {
     pub content: Content,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderStats {
     pub name: String,
@@ -322,6 +343,7 @@ pub struct ProviderStats {
     pub rejected: u64,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Messages per state, in the order of [`State::ALL`] — `(state, count)`.
@@ -336,6 +358,7 @@ pub struct Stats {
 }
 
 /// A server frame body. Variant order is wire format: append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
@@ -364,6 +387,7 @@ pub enum Response {
     Error(ErrorBody),
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerFrame {
     /// The id of the request this answers (the `subscribe` request's id for events; 0
