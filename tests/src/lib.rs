@@ -16,6 +16,7 @@
 #![allow(clippy::print_stderr, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod mock;
+pub mod node;
 pub mod raw;
 pub mod smtp;
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod lifecycle;
+mod node_client;
 mod plugins;
 mod protocol_doc;
 mod protocol_rules;
