@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod crash;
+mod examples;
 mod lifecycle;
 mod node_client;
 mod plugins;
