@@ -52,6 +52,10 @@ enum Scenario {
     Latency20ms,
     /// e2e and latency with 5% of provider answers 503.
     Errors5,
+    /// The Node client (@herald/client) against the Rust client: accept rate of each on one
+    /// connection with the same requests in flight, provider paused. Needs Node.js 20+ and
+    /// the package built (`cd client/node && npm ci && npm run build`); not part of `all`.
+    Node,
 }
 
 #[derive(Debug, Parser)]
@@ -362,6 +366,27 @@ async fn run(args: Args) -> Result<bool> {
         errors5.latency = attempt!("errors5", ctx.latency("errors5", flaky).await);
     }
 
+    // Only when asked for by name: it needs Node.js and the built package.
+    let node = if a.scenario.contains(&Scenario::Node) {
+        let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/node");
+        if package.join("dist/index.js").exists() {
+            attempt!(
+                "node",
+                ctx.node_accept(&package.join("bench/accept.mjs")).await
+            )
+        } else {
+            let msg = format!(
+                "node: scenario failed: {} is not built; run `npm ci && npm run build` there first",
+                package.display()
+            );
+            eprintln!("herald-bench: PROBLEM in {msg}");
+            ctx.problems.push(msg);
+            None
+        }
+    } else {
+        None
+    };
+
     let mut machine = machine;
     machine.loadavg_end = report::loadavg();
     (machine.cpu_others, machine.other_busy_during_run) = meter.finish();
@@ -383,6 +408,7 @@ async fn run(args: Args) -> Result<bool> {
         recovery,
         latency20ms,
         errors5,
+        node,
         problems: ctx.problems.clone(),
         daemon_warnings: ctx
             .warnings

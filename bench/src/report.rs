@@ -337,6 +337,9 @@ pub struct Report {
     pub recovery: Option<Recovery>,
     pub latency20ms: Variant,
     pub errors5: Variant,
+    /// `--scenario node`: @herald/client's accept rate next to herald-client's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<crate::scenarios::NodeAccept>,
     /// Correctness problems (lost or duplicated messages, refused sends, crashes).
     pub problems: Vec<String>,
     /// Distinct WARN lines the daemons logged, with the number of daemon runs that
@@ -643,6 +646,36 @@ impl Report {
                 delivery_cell(&l.delivery),
                 "",
                 None,
+            );
+        }
+        if let Some(n) = &self.node {
+            let what = |client: &str| {
+                format!(
+                    "{client}: durable accept, {} sends, one connection, {} in flight",
+                    thousands(n.n),
+                    n.in_flight
+                )
+            };
+            row(
+                "node",
+                what("herald-client (Rust, postcard)"),
+                rate(n.rust_per_sec),
+                "",
+                None,
+            );
+            row(
+                "node",
+                what("@herald/client (Node, JSON)"),
+                rate(n.node_per_sec),
+                "",
+                None,
+            );
+            row(
+                "node",
+                "@herald/client ÷ herald-client".into(),
+                format!("{:.0}%", n.ratio * 100.0),
+                "≥ 50%",
+                Some(n.ratio >= 0.5),
             );
         }
         if let Some(r) = &self.recovery {
@@ -1007,6 +1040,7 @@ id, and the daemon's own count of `sent` messages equal to the number acknowledg
 | recovery drain | the whole queue is then delivered and checked exactly once | first delivery after the restart | last delivery |
 | latency20ms | e2e and latency again, the mock delaying every answer by {slow} ms: throughput is bounded by concurrency ÷ latency ({conc} ÷ {slow} ms) | as e2e / latency | as e2e / latency |
 | errors5 | e2e and latency again, the mock answering {err}% of requests `503` (→ `Retry` with backoff, full jitter from 100 ms); retried messages must still arrive exactly once | as e2e / latency | as e2e / latency |
+| node | only with `--scenario node`: acknowledged `send`s per second as in accept, but on **one** connection with `--connections` × `--pipeline` sends in flight (the accept scenario's total), first with herald-client (postcard), then with `@herald/client` (`client/node/bench/accept.mjs`, JSON), each on a fresh daemon; the ratio is the Node client's share of the Rust client's rate | first `send` handed to the client | last acknowledgement received |
 
 Why *paused* = held requests: it builds a queue of undelivered messages with no retry
 churn (a `503`/connection-refused provider would move every message through

@@ -180,6 +180,22 @@ pub struct Latency {
     pub delivery: Delivery,
 }
 
+/// Scenario `node`: the accept rate of the Node client (`@herald/client`, JSON codec) next
+/// to the Rust client's (postcard), each on one connection with the same number of sends in
+/// flight, each against a fresh daemon with the provider paused (as [`Accept`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeAccept {
+    pub n: u64,
+    /// Sends outstanding on the one connection (closed loop).
+    pub in_flight: usize,
+    /// First send handed to the client → last acknowledgement, herald-client.
+    pub rust_per_sec: f64,
+    /// The same, @herald/client (`client/node/bench/accept.mjs`, its own clock).
+    pub node_per_sec: f64,
+    /// `node_per_sec / rust_per_sec`.
+    pub ratio: f64,
+}
+
 /// Scenario 4b: restart with a large queue.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovery {
@@ -368,6 +384,108 @@ impl Ctx {
         drop(clients);
         self.stop(scenario, d).await;
         Ok((run, footprint))
+    }
+
+    /// Scenario `node`: see [`NodeAccept`]. `script` is `client/node/bench/accept.mjs`.
+    pub async fn node_accept(&mut self, script: &std::path::Path) -> Result<NodeAccept> {
+        let p = self.params.clone();
+        let in_flight = p.connections * p.pipeline;
+        let settings = p.daemon.clone();
+        let paused = Settings {
+            paused: true,
+            ..Settings::default()
+        };
+
+        self.mock_mode(paused).await?;
+        let mut d = self.daemon_with(&settings).await?;
+        let clients = load::connect(&d.socket, 1, p.request_timeout).await?;
+        eprintln!(
+            "herald-bench: node: {} sends with herald-client, one connection x {in_flight} in flight, provider paused",
+            p.n
+        );
+        let run = load::closed_loop(&clients, p.n, in_flight, p.request_timeout).await?;
+        self.failures("node", &run.failures);
+        d.check_alive()?;
+        drop(clients);
+        self.stop("node", d).await;
+        let rust_per_sec = run.rate();
+
+        self.mock_mode(paused).await?;
+        let mut d = self.daemon_with(&settings).await?;
+        eprintln!(
+            "herald-bench: node: {} sends with @herald/client, one connection x {in_flight} in flight, provider paused",
+            p.n
+        );
+        let out = tokio::time::timeout(
+            Duration::from_secs(900),
+            tokio::process::Command::new("node")
+                .arg(script)
+                .arg("--socket")
+                .arg(&d.socket)
+                .args([
+                    "--n",
+                    &p.n.to_string(),
+                    "--in-flight",
+                    &in_flight.to_string(),
+                ])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .context("the Node bench did not finish within 15 minutes")?
+        .context("cannot run node (the node scenario needs Node.js 20+)")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let result: serde_json::Value = stdout
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .with_context(|| {
+                format!(
+                    "the Node bench printed no result ({}):\n{stdout}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+        let acknowledged = result["acknowledged"].as_u64().unwrap_or(0);
+        if !out.status.success() || acknowledged != p.n {
+            self.problem(
+                "node",
+                format!(
+                    "@herald/client acknowledged {acknowledged} of {} sends: {}",
+                    p.n, result["first_error"]
+                ),
+            );
+        }
+        d.check_alive()?;
+        let stats = load::timed(
+            p.request_timeout,
+            load::connect_one(&d.socket, p.request_timeout)
+                .await?
+                .stats(),
+        )
+        .await?;
+        if stats.active != acknowledged {
+            self.problem(
+                "node",
+                format!(
+                    "@herald/client saw {acknowledged} sends acknowledged but the daemon counts {} active messages",
+                    stats.active
+                ),
+            );
+        }
+        self.stop("node", d).await;
+        let node_per_sec = result["per_sec"].as_f64().unwrap_or(0.0);
+        Ok(NodeAccept {
+            n: p.n,
+            in_flight,
+            rust_per_sec,
+            node_per_sec,
+            ratio: if rust_per_sec > 0.0 {
+                node_per_sec / rust_per_sec
+            } else {
+                0.0
+            },
+        })
     }
 
     /// Scenarios 2 and 5: `n` sends as fast as possible with the provider answering per

@@ -768,6 +768,9 @@ mod tests {
         fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
             self.inner.get(id)
         }
+        fn idempotency_key(&self, key: &str, now: u64) -> Result<Option<MsgId>, StoreError> {
+            self.inner.idempotency_key(key, now)
+        }
         fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
             self.inner.events_from(from, limit)
         }

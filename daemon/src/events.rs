@@ -19,9 +19,41 @@ use crate::store::Store;
 
 const PAGE: usize = 512;
 
+/// A subscription that has been answered but not yet started: it listens to the live feed
+/// from before the watermark it reported, so starting it later misses nothing.
+pub struct Opened {
+    live: tokio::sync::broadcast::Receiver<Arc<[Event]>>,
+    durable: u64,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("durable", &self.durable)
+            .finish()
+    }
+}
+
+/// Opens a subscription: returns its `subscribed` answer, which the connection queues
+/// itself (so a subscribe read before the client's EOF is always answered, even though
+/// the stream then ends with the connection), and the feed to [`run`].
+pub fn open(store: &dyn Store, committer: &Committer) -> (Response, Opened) {
+    let live = committer.events();
+    let durable = committer.durable_seq();
+    let first = store.first_seq().unwrap_or(0);
+    (
+        Response::Subscribed {
+            first_seq: first,
+            last_seq: durable,
+        },
+        Opened { live, durable },
+    )
+}
+
 /// Streams events to `out` until the connection goes away. `id` is the subscribe request's
-/// id, echoed on every event frame.
+/// id, echoed on every event frame; its `subscribed` answer was sent by the caller.
 pub async fn run(
+    opened: Opened,
     id: u64,
     filter: Filter,
     from_seq: Option<u64>,
@@ -29,23 +61,7 @@ pub async fn run(
     committer: Committer,
     out: mpsc::Sender<ServerFrame>,
 ) {
-    let mut live = committer.events();
-    let durable = committer.durable_seq();
-    let first = store.first_seq().unwrap_or(0);
-    let hello = Response::Subscribed {
-        first_seq: first,
-        last_seq: durable,
-    };
-    if out
-        .send(ServerFrame {
-            id,
-            response: hello,
-        })
-        .await
-        .is_err()
-    {
-        return;
-    }
+    let Opened { mut live, durable } = opened;
     let mut next = from_seq.map_or(durable + 1, |s| s.max(1));
     let send = |e: &Event| ServerFrame {
         id,

@@ -3,8 +3,9 @@
 //!
 //! Per connection, a reader decodes frames and starts one task per request (bounded), and
 //! a writer task coalesces response frames into few writes. A malformed or oversize frame
-//! gets an error frame, then the connection is closed once the requests already accepted
-//! on it have been answered; other connections never notice.
+//! gets an error frame; then, as on the client's EOF (a half-close included), the
+//! connection is closed once every request read on it has been answered (a subscribe with
+//! its `subscribed` frame); other connections never notice.
 //!
 //! Bounds: at most `daemon.max_connections` connections (one more gets a `busy` error frame
 //! in answer to its hello, and is closed); per connection, at most [`MAX_IN_FLIGHT`]
@@ -200,6 +201,7 @@ fn salvage_id(codec: Codec, body: &[u8]) -> u64 {
         serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64))
+            .filter(|id| *id <= protocol::MAX_SAFE_INTEGER)
             .unwrap_or(0)
     } else {
         0
@@ -329,11 +331,17 @@ async fn connection(stream: UnixStream, guard: ConnGuard, mut shutdown: watch::R
                     backlog::send_answer(&out, &backlog, codec, f, held).await;
                     continue;
                 }
-                drop(held);
-                let handle = tasks.spawn(subscription(
+                // Answered here, in read order, so that a client's EOF right after a
+                // subscribe cannot lose the `subscribed` frame (the stream ends below).
+                let (subscribed, opened) = events::open(shared.store.as_ref(), &shared.committer);
+                let f = ServerFrame {
                     id,
-                    filter,
-                    from_seq,
+                    response: subscribed,
+                };
+                backlog::send_answer(&out, &backlog, codec, f, held).await;
+                let handle = tasks.spawn(subscription(
+                    opened,
+                    (id, filter, from_seq),
                     Arc::clone(&shared),
                     out.clone(),
                     backlog.clone(),
@@ -369,6 +377,10 @@ async fn connection(stream: UnixStream, guard: ConnGuard, mut shutdown: watch::R
             }
         }
     }
+    // Close (EOF, a connection-level error or shutdown): every request read so far is
+    // answered (a subscribe's `subscribed` frame is already queued), subscriptions stop
+    // streaming, then the writer drains what is queued and shuts the socket down.
+    // At shutdown, a client that does not read gets `daemon.shutdown_grace` for that.
     // Close: stop streaming, answer what was accepted, then let the writer drain. At
     // shutdown, a client that does not read gets `daemon.shutdown_grace` for that.
     for (_, h) in subscriptions.drain() {
@@ -396,9 +408,8 @@ async fn connection(stream: UnixStream, guard: ConnGuard, mut shutdown: watch::R
 /// One subscription: the event stream of `events::run`, each frame queued only once the
 /// connection's backlog has room for it, so an unread subscription waits on the log.
 async fn subscription(
-    id: u64,
-    filter: protocol::Filter,
-    from_seq: Option<u64>,
+    opened: events::Opened,
+    (id, filter, from_seq): (u64, protocol::Filter, Option<u64>),
     shared: Arc<Shared>,
     out: mpsc::Sender<Outgoing>,
     backlog: Backlog,
@@ -406,6 +417,7 @@ async fn subscription(
 ) {
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(1);
     let feed = events::run(
+        opened,
         id,
         filter,
         from_seq,
@@ -533,13 +545,28 @@ fn accepted(result: Result<OpResult, CommitError>) -> Result<Accepted, ErrorBody
     }
 }
 
+/// Whether `m` repeats an idempotency key the store still holds: the accept transaction
+/// will answer it `duplicate` (or `idempotency_conflict`) and it adds nothing to the queue,
+/// so a full queue must not refuse it — retrying is always safe.
+fn is_retry(shared: &Shared, m: &NewMessage, now: u64) -> bool {
+    m.idempotency_key
+        .as_deref()
+        .is_some_and(|k| matches!(shared.store.idempotency_key(k, now), Ok(Some(_))))
+}
+
+/// Validation first (an invalid message gets its own error, never `busy`), then the queue
+/// bound for what would really be added.
 async fn send_one(shared: &Shared, m: SendMessage) -> Result<Accepted, ErrorBody> {
     let live = shared.live.current();
-    if let Some(e) = busy(shared, &live, 1) {
-        return Err(e);
+    let now = clock::now_ms();
+    let new = accept::validate(m, &live, now)?;
+    // A retry adds nothing: neither a full queue nor the free-space reserve refuses it.
+    if !is_retry(shared, &new, now) {
+        if let Some(e) = busy(shared, &live, 1) {
+            return Err(e);
+        }
+        room_for(shared, stored_size(&new))?;
     }
-    let new = accept::validate(m, &live, clock::now_ms())?;
-    room_for(shared, stored_size(&new))?;
     accepted(shared.committer.submit(Op::Accept(new)).await)
 }
 
@@ -554,22 +581,28 @@ async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchIt
         ));
     }
     let live = shared.live.current();
-    if let Some(e) = busy(shared, &live, ms.len() as u64) {
-        return Err(e);
-    }
     let now = clock::now_ms();
     let validated: Vec<_> = ms
         .into_iter()
         .map(|m| accept::validate(m, &live, now))
         .collect();
+    // Only the messages that would be added count against the queue: not the invalid ones,
+    // not retries of a known idempotency key.
+    let adding: Vec<&NewMessage> = validated
+        .iter()
+        .flatten()
+        .filter(|m| !is_retry(shared, m, now))
+        .collect();
+    if !adding.is_empty() {
+        if let Some(e) = busy(shared, &live, adding.len() as u64) {
+            return Err(e);
+        }
+        room_for(shared, adding.iter().map(|m| stored_size(m)).sum())?;
+    }
     let ops: Vec<Op> = validated
         .iter()
         .filter_map(|v| v.as_ref().ok().cloned().map(Op::Accept))
         .collect();
-    if !ops.is_empty() {
-        let size = validated.iter().flatten().map(stored_size).sum();
-        room_for(shared, size)?;
-    }
     let mut results = shared.committer.submit_all(ops).await.into_iter();
     Ok(validated
         .into_iter()

@@ -17,7 +17,9 @@
 //!   loader.
 //!
 //! This crate depends only on serde, serde_json and httpdate, and never on tokio or a
-//! logger: a copy of either inside a dylib would be a separate global.
+//! logger: a copy of either inside a dylib would be a separate global. (The `typescript`
+//! feature adds `ts-rs` derives for the generated TypeScript types; only that generator, a
+//! test, enables it.)
 #![deny(unsafe_code)]
 
 pub mod abi;

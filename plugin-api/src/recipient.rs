@@ -26,8 +26,9 @@
 //! - **A national number** (`(415) 555-0100`, `07700 900123`) is refused: its country cannot
 //!   be known. So are letters (`1-800-FLOWERS`) and extensions.
 //! - **Push tokens** have no prefix syntax in Herald: the token goes to the provider exactly
-//!   as the host wrote it, so a `fcm:` or `apns:` in front would be part of the token (and
-//!   refused by the provider). Nothing is stripped, lower-cased or trimmed.
+//!   as the host wrote it (the push route, not the token, chooses the provider), and a
+//!   `fcm:` or `apns:` in front is refused at accept. Nothing is stripped, lower-cased or
+//!   trimmed.
 //!
 //! Owns: the canonical form. Must not: decide what is suppressed or matched (the store's
 //! business), or read configuration (the daemon passes [`RecipientRules`] in).
@@ -321,7 +322,7 @@ mod tests {
     fn push_keys_are_the_token_as_given() {
         let fcm = "dK3xZ9:APA91bH-token_Value";
         let apns = "9F0A1B2C3D4E5F60718293A4B5C6D7E8F9F0A1B2C3D4E5F60718293A4B5C6D7E";
-        for token in [fcm, apns, "fcm:dK3xZ9token", "apns:9F0A1B2C"] {
+        for token in [fcm, apns] {
             assert_eq!(
                 key(Channel::Push, token, &INSENSITIVE).as_deref(),
                 Ok(token),
@@ -332,6 +333,13 @@ mod tests {
             key(Channel::Push, &apns.to_lowercase(), &INSENSITIVE),
             key(Channel::Push, apns, &INSENSITIVE)
         );
+        // A provider prefix is refused at accept (validate), so never becomes a key.
+        for prefixed in ["fcm:dK3xZ9token", "apns:9F0A1B2C3D4E"] {
+            assert!(
+                key(Channel::Push, prefixed, &INSENSITIVE).is_err(),
+                "{prefixed}"
+            );
+        }
         assert!(key(Channel::Push, "short", &INSENSITIVE).is_err());
         assert!(key(Channel::Push, " dK3xZ9:APA91bH ", &INSENSITIVE).is_err());
     }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub type UnixMillis = u64;
 
 /// A delivery channel. Routes map a channel to an ordered list of provider instances.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
@@ -50,6 +51,8 @@ impl fmt::Display for Channel {
 }
 
 /// A file attached to an email. `content` is standard base64 (padded).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub filename: String,
@@ -59,6 +62,8 @@ pub struct Attachment {
 }
 
 /// Email content. `from` overrides the provider's configured sender.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmailContent {
     #[serde(default)]
@@ -70,23 +75,29 @@ pub struct EmailContent {
     pub html: Option<String>,
     #[serde(default)]
     pub reply_to: Option<String>,
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub attachments: Vec<Attachment>,
 }
 
 /// SMS (or MMS, with media) content. `from` overrides the provider's configured sender.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SmsContent {
     #[serde(default)]
     pub from: Option<String>,
     pub body: String,
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub media_urls: Vec<String>,
 }
 
 /// Push priority, mapped by each push provider to its own scale.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PushPriority {
@@ -96,6 +107,8 @@ pub enum PushPriority {
 
 /// Push notification content. A push with neither title nor body is a data-only
 /// (background) push.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushContent {
     #[serde(default)]
@@ -103,6 +116,7 @@ pub struct PushContent {
     #[serde(default)]
     pub body: Option<String>,
     /// String-only key/value data delivered to the app.
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub data: BTreeMap<String, String>,
     #[serde(default)]
@@ -120,6 +134,7 @@ pub struct PushContent {
 }
 
 /// The content of a message; the variant decides the channel.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Content {
@@ -159,6 +174,7 @@ impl Message {
 }
 
 /// The delivery state of a message. Variant order is wire format: append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -247,6 +263,7 @@ impl fmt::Display for State {
 }
 
 /// What an event reports. The first twelve mirror [`State`]; append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -397,6 +414,7 @@ impl fmt::Display for Rsvp {
 
 /// One entry of the durable event log. `seq` is strictly increasing and never reused.
 /// `from`, `to` and `body` are set on `inbound` events only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub seq: u64,

@@ -202,7 +202,25 @@ fn clip(s: &str) -> String {
     }
 }
 
+/// A push recipient is one device token exactly as the app's push SDK returned it: an FCM
+/// registration token (for the `fcm` plugin) or an APNs device token, hex (for `apns`).
+/// Herald reads no provider prefix from it — the channel's route decides the provider — so
+/// a `fcm:` or `apns:` prefix (which neither service's tokens can start with) is refused
+/// rather than sent on to fail there.
 fn validate_device_token(s: &str) -> Result<(), InvalidField> {
+    if let Some((prefix, _)) = s.split_once(':')
+        && ["fcm", "apns"]
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(prefix))
+    {
+        return Err(invalid(
+            "to",
+            format!(
+                "remove the \"{prefix}:\" prefix: a device token is sent as the app's push SDK \
+                 returned it, and the push route (not the token) chooses the provider"
+            ),
+        ));
+    }
     if s.len() < 8 || s.len() > 4096 {
         return Err(invalid("to", "a device token must be 8-4096 characters"));
     }
@@ -438,6 +456,23 @@ fn is_base64(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::types::{Attachment, EmailContent, PushContent, SmsContent};
+
+    #[test]
+    fn device_tokens_carry_no_provider_prefix() {
+        let fcm = "dK3x9QvTqE2mYz:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx";
+        let apns = "a3f1c9e27b5d40886f2e1d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a6978";
+        assert!(validate_recipient(Channel::Push, fcm).is_ok());
+        assert!(validate_recipient(Channel::Push, apns).is_ok());
+        for prefixed in [
+            format!("fcm:{fcm}"),
+            format!("apns:{apns}"),
+            format!("APNS:{apns}"),
+        ] {
+            let err = validate_recipient(Channel::Push, &prefixed).unwrap_err();
+            assert_eq!(err.field, "to");
+            assert!(err.reason.contains("prefix"), "{}", err.reason);
+        }
+    }
 
     #[test]
     fn email_addresses() {

@@ -14,7 +14,16 @@
 //!
 //! Postcard is positional: no `flatten`, `untagged`, internally tagged enums or
 //! `skip_serializing_if` here, and variants are only ever appended (golden-byte tests guard
-//! the encoding).
+//! the encoding). A frame body is exactly one value: bytes after it are an error in both
+//! codecs.
+//!
+//! **Integers.** JSON carries integers as numbers, and JavaScript reads numbers as doubles,
+//! exact only up to 2^53 − 1 ([`MAX_SAFE_INTEGER`]). So every integer in this protocol is at
+//! most that: `u32` fields by their width, `u64` fields by what they count — request ids
+//! (refused above it, see [`ClientFrame`]), event `seq`s, Unix-millisecond times and
+//! counters, none of which can reach 2^53 in practice (a seq at a million events a second
+//! would take 285 years). The generated TypeScript types therefore say `number` for every
+//! integer. A new field whose values can exceed 2^53 − 1 must travel as a string.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +50,29 @@ pub const DEFAULT_SOCKET: &str = "var/herald/herald.sock";
 /// The default bound on a frame body (`daemon.max_frame`).
 pub const DEFAULT_MAX_FRAME: u32 = 1024 * 1024;
 
+/// The largest integer the protocol carries: 2^53 − 1, JavaScript's
+/// `Number.MAX_SAFE_INTEGER`, so a JSON client in any language reads every integer exactly.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Deserializes an id or seq a client chose, refusing values above [`MAX_SAFE_INTEGER`]
+/// (the frame is then malformed): such a value cannot have come from a JSON client intact.
+fn safe_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v > MAX_SAFE_INTEGER {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is above 2^53 - 1 ({MAX_SAFE_INTEGER}), the largest integer the protocol carries"
+        )));
+    }
+    Ok(v)
+}
+
+fn safe_opt_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Safe(#[serde(deserialize_with = "safe_u64")] u64);
+    Ok(Option::<Safe>::deserialize(d)?.map(|Safe(v)| v))
+}
+
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Codec {
@@ -49,6 +81,7 @@ pub enum Codec {
 }
 
 /// The first frame a client sends, always JSON: `{"herald": 1, "codec": "json"}`.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub herald: u32,
@@ -56,6 +89,7 @@ pub struct Hello {
 }
 
 /// The server's answer to [`Hello`], in the chosen codec.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     pub herald: u32,
@@ -65,11 +99,14 @@ pub struct Welcome {
 }
 
 /// A message to send, as a host application describes it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendMessage {
     /// Email address, E.164 phone number or device token, per the content's channel.
     pub to: String,
     pub content: Content,
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub tags: Vec<String>,
     /// Sends with the same key within the idempotency window are one message.
@@ -81,13 +118,17 @@ pub struct SendMessage {
 }
 
 /// Which events a subscription receives. Empty lists match everything.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {
     #[serde(default)]
     pub message_id: Option<String>,
     /// Matches events whose message carries any of these tags.
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub tags: Vec<String>,
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub kinds: Vec<EventKind>,
     #[serde(default)]
@@ -106,6 +147,7 @@ impl Filter {
 }
 
 /// A client request. Variant order is wire format: append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
@@ -119,18 +161,22 @@ pub enum Request {
     },
     /// Replays retained events with `seq >= from_seq` (all retained events for 0), then
     /// streams live ones. Without `from_seq`, only live events.
+    #[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
     Subscribe {
         #[serde(default)]
+        #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
         filter: Filter,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "safe_opt_u64")]
         from_seq: Option<u64>,
     },
     /// Ends the subscription started by the request with this id.
     Unsubscribe {
+        #[serde(deserialize_with = "safe_u64")]
         subscription: u64,
     },
     Stats,
     Reload,
+    #[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
     DeadList {
         #[serde(default)]
         limit: Option<u32>,
@@ -147,13 +193,18 @@ pub enum Request {
     },
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientFrame {
+    /// Chosen by the client, echoed on the answer: 1 to 2^53 − 1 ([`MAX_SAFE_INTEGER`]);
+    /// a larger id makes the frame malformed.
+    #[serde(deserialize_with = "safe_u64")]
     pub id: u64,
     pub request: Request,
 }
 
 /// Machine-readable error codes. Append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -215,6 +266,7 @@ impl ErrorCode {
     }
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: ErrorCode,
@@ -251,6 +303,7 @@ impl fmt::Display for ErrorBody {
     }
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     pub id: String,
@@ -259,6 +312,7 @@ pub struct Accepted {
 }
 
 /// One entry of a `send_batch` answer, in request order.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchItem {
@@ -267,6 +321,7 @@ pub enum BatchItem {
 }
 
 /// A message and its delivery state, as `get` returns it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView {
     pub id: String,
@@ -293,6 +348,7 @@ pub struct MessageView {
     pub content: Content,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderStats {
     pub name: String,
@@ -305,6 +361,7 @@ pub struct ProviderStats {
     pub rejected: u64,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Messages per state, in the order of [`State::ALL`] — `(state, count)`.
@@ -321,6 +378,7 @@ pub struct Stats {
 }
 
 /// Whether the daemon can write, and why not. Variant order is wire format: append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageState {
@@ -347,6 +405,7 @@ impl StorageState {
     }
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageStats {
     pub state: StorageState,
@@ -362,6 +421,7 @@ pub struct StorageStats {
 }
 
 /// A kind of inconsistency `check_store` looks for. Append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreProblemKind {
@@ -400,6 +460,7 @@ impl StoreProblemKind {
 }
 
 /// One kind of inconsistency found by `check_store`.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreProblem {
     pub kind: StoreProblemKind,
@@ -416,6 +477,7 @@ pub struct StoreProblem {
 }
 
 /// What `check_store` found and repaired.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreCheck {
     /// Messages examined.
@@ -504,6 +566,7 @@ impl fmt::Display for StoreCheck {
 }
 
 /// A server frame body. Variant order is wire format: append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
@@ -534,6 +597,7 @@ pub enum Response {
     StoreChecked(StoreCheck),
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerFrame {
     /// The id of the request this answers (the `subscribe` request's id for events; 0
@@ -566,13 +630,23 @@ pub fn encode<T: Serialize>(codec: Codec, value: &T) -> Result<Vec<u8>, Protocol
     }
 }
 
+/// Decodes one frame body holding exactly one value: trailing bytes are an error in both
+/// codecs (JSON allows only whitespace after the value).
 pub fn decode<T: DeserializeOwned>(codec: Codec, body: &[u8]) -> Result<T, ProtocolError> {
     match codec {
         Codec::Json => {
             serde_json::from_slice(body).map_err(|e| ProtocolError::Decode(e.to_string()))
         }
         Codec::Postcard => {
-            postcard::from_bytes(body).map_err(|e| ProtocolError::Decode(e.to_string()))
+            let (value, rest) = postcard::take_from_bytes(body)
+                .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+            if !rest.is_empty() {
+                return Err(ProtocolError::Decode(format!(
+                    "{} trailing bytes after the value (a frame holds exactly one)",
+                    rest.len()
+                )));
+            }
+            Ok(value)
         }
     }
 }
@@ -823,6 +897,65 @@ mod tests {
         "#]]
         .assert_eq(&report.to_string());
         assert_eq!(report.unrepaired(), 0);
+    }
+
+    #[test]
+    fn a_frame_holds_exactly_one_value() {
+        for codec in [Codec::Postcard, Codec::Json] {
+            let mut body = encode(codec, &sample_send()).unwrap();
+            assert_eq!(decode::<ClientFrame>(codec, &body).unwrap(), sample_send());
+            body.push(b'7');
+            let err = decode::<ClientFrame>(codec, &body).unwrap_err().to_string();
+            assert!(err.contains("trailing"), "{codec:?}: {err}");
+        }
+        // Two frames' worth of bytes in one body is refused, not half-read.
+        let one = encode(Codec::Postcard, &sample_send()).unwrap();
+        let two = [one.clone(), one].concat();
+        assert!(decode::<ClientFrame>(Codec::Postcard, &two).is_err());
+    }
+
+    #[test]
+    fn client_ids_and_seqs_stay_below_2_pow_53() {
+        let json = |s: &str| decode::<ClientFrame>(Codec::Json, s.as_bytes());
+        assert_eq!(
+            json(r#"{"id":9007199254740991,"request":"stats"}"#)
+                .unwrap()
+                .id,
+            MAX_SAFE_INTEGER
+        );
+        for bad in [
+            r#"{"id":9007199254740992,"request":"stats"}"#,
+            r#"{"id":18446744073709551615,"request":"stats"}"#,
+            r#"{"id":1,"request":{"unsubscribe":{"subscription":9007199254740992}}}"#,
+            r#"{"id":1,"request":{"subscribe":{"from_seq":9007199254740992}}}"#,
+        ] {
+            let err = json(bad).unwrap_err().to_string();
+            assert!(err.contains("2^53"), "{bad}: {err}");
+        }
+        let f = json(r#"{"id":1,"request":{"subscribe":{"from_seq":null}}}"#).unwrap();
+        assert_eq!(
+            f.request,
+            Request::Subscribe {
+                filter: Filter::default(),
+                from_seq: None
+            }
+        );
+        // The same bound in postcard.
+        let big = ClientFrame {
+            id: MAX_SAFE_INTEGER + 1,
+            request: Request::Stats,
+        };
+        let body = encode(Codec::Postcard, &big).unwrap();
+        assert!(decode::<ClientFrame>(Codec::Postcard, &body).is_err());
+        let ok = ClientFrame {
+            id: MAX_SAFE_INTEGER,
+            request: Request::Subscribe {
+                filter: Filter::default(),
+                from_seq: Some(MAX_SAFE_INTEGER),
+            },
+        };
+        let body = encode(Codec::Postcard, &ok).unwrap();
+        assert_eq!(decode::<ClientFrame>(Codec::Postcard, &body).unwrap(), ok);
     }
 
     #[tokio::test]

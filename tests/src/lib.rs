@@ -16,6 +16,8 @@
 #![allow(clippy::print_stderr, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod mock;
+pub mod node;
+pub mod raw;
 pub mod smtp;
 
 use std::path::{Path, PathBuf};

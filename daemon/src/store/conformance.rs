@@ -93,6 +93,7 @@ macro_rules! conformance {
 conformance!(
     accept_claim_complete_with_events_and_counts,
     idempotency_duplicate_conflict_and_expiry,
+    idempotency_treats_send_at_not_in_the_future_as_now,
     scheduled_sends_wait_for_their_time,
     cancel_only_waiting_messages,
     deferred_retries_and_attempts_given_back,
@@ -367,6 +368,10 @@ fn idempotency_duplicate_conflict_and_expiry<E: Engine>(mut e: E) {
             duplicate: true
         }]
     );
+    // The read outside a commit (a retry past a full queue) sees the same window.
+    assert_eq!(s.idempotency_key("k", 999).unwrap(), Some(a.id));
+    assert_eq!(s.idempotency_key("other", 0).unwrap(), None);
+    assert_eq!(s.idempotency_key("k", 1_000).unwrap(), None);
     // After the window the key is free again.
     let d = msg(Some("k"), "later");
     let r = s.commit(5_000, &[Op::Accept(d.clone())]).unwrap();
@@ -385,6 +390,64 @@ fn idempotency_duplicate_conflict_and_expiry<E: Engine>(mut e: E) {
         r.results,
         vec![OpResult::IdempotencyConflict { existing: d.id }],
         "the key survives a restart"
+    );
+    assert_consistent(&s);
+}
+
+fn idempotency_treats_send_at_not_in_the_future_as_now<E: Engine>(mut e: E) {
+    let s = e.open();
+    let at = |key: &str, send_at: Option<u64>| {
+        let mut m = msg(Some(key), "hi");
+        m.send_at = send_at;
+        Op::Accept(m)
+    };
+    let first = |r: &super::Committed| match r.results[0] {
+        OpResult::Accepted { id, .. } => id,
+        ref other => panic!("{other:?}"),
+    };
+    let dup = |id| OpResult::Accepted {
+        id,
+        duplicate: true,
+    };
+    // Absent first: a retry stamped with a past time, or with "now", is the same send.
+    let r = s.commit(100, &[at("a", None)]).unwrap();
+    let a = first(&r);
+    let r = s
+        .commit(150, &[at("a", Some(90)), at("a", Some(150)), at("a", None)])
+        .unwrap();
+    assert_eq!(r.results, vec![dup(a), dup(a), dup(a)]);
+    // ... but a retry asking for a later time is another message.
+    let r = s.commit(160, &[at("a", Some(10_000))]).unwrap();
+    assert_eq!(
+        r.results,
+        vec![OpResult::IdempotencyConflict { existing: a }]
+    );
+
+    // A past send_at first: stored as absent, due at once; absent on retry matches.
+    let r = s.commit(200, &[at("b", Some(50))]).unwrap();
+    let b = first(&r);
+    let rec = s.get(&b).unwrap().unwrap();
+    assert_eq!((rec.send_at, rec.due_at), (None, 200));
+    let r = s.commit(210, &[at("b", None)]).unwrap();
+    assert_eq!(r.results, vec![dup(b)]);
+
+    // A scheduled send matches only the same send_at, also once that time has passed.
+    let r = s.commit(300, &[at("c", Some(700))]).unwrap();
+    let c = first(&r);
+    assert_eq!(s.get(&c).unwrap().unwrap().send_at, Some(700));
+    let r = s
+        .commit(
+            800,
+            &[at("c", Some(700)), at("c", None), at("c", Some(800))],
+        )
+        .unwrap();
+    assert_eq!(
+        r.results,
+        vec![
+            dup(c),
+            OpResult::IdempotencyConflict { existing: c },
+            OpResult::IdempotencyConflict { existing: c },
+        ]
     );
     assert_consistent(&s);
 }

@@ -351,7 +351,7 @@ fn accept<T: Txn>(
             && expires > now
         {
             return Ok(match txn.message(&existing)? {
-                Some(r) if !r.same_message(m) => OpResult::IdempotencyConflict { existing },
+                Some(r) if !r.same_message(m, now) => OpResult::IdempotencyConflict { existing },
                 _ => OpResult::Accepted {
                     id: existing,
                     duplicate: true,
@@ -366,7 +366,7 @@ fn accept<T: Txn>(
         content: m.content.clone(),
         tags: m.tags.clone(),
         idempotency_key: m.idempotency_key.clone(),
-        send_at: m.send_at,
+        send_at: m.send_at.filter(|&t| t > now),
         state: State::Queued,
         attempt: 0,
         created_at: now,

@@ -493,6 +493,15 @@ impl Store for MemoryStore {
         Ok(self.lock().tables.records.get(id).cloned())
     }
 
+    fn idempotency_key(&self, key: &str, now: UnixMillis) -> Result<Option<MsgId>, StoreError> {
+        Ok(self
+            .lock()
+            .tables
+            .idempotency
+            .get(&key.to_string())
+            .and_then(|&(id, expires)| (expires > now).then_some(id)))
+    }
+
     fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         Ok(self
             .lock()

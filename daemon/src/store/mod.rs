@@ -104,6 +104,8 @@ pub struct Record {
     pub content: Content,
     pub tags: Vec<String>,
     pub idempotency_key: Option<String>,
+    /// The requested delivery time, when it was in the future at acceptance (a `send_at`
+    /// in the past is stored as `None`: the message was due at once either way).
     pub send_at: Option<UnixMillis>,
     pub state: State,
     /// Attempts started (incremented when a delivery is leased).
@@ -126,12 +128,17 @@ impl Record {
         self.content.channel()
     }
 
-    /// Whether a new send with the same idempotency key is the same message.
-    pub fn same_message(&self, m: &NewMessage) -> bool {
+    /// Whether a new send with the same idempotency key, arriving at `now`, is the same
+    /// message. `send_at` compares by meaning: absent, and a time not after the moment a
+    /// send was accepted, both mean "now" (so a retry that stamps `send_at` with the current
+    /// time is a duplicate); a scheduled send matches only a retry with the same `send_at`.
+    pub fn same_message(&self, m: &NewMessage, now: UnixMillis) -> bool {
+        let stored_now = self.send_at.is_none_or(|t| t <= self.created_at);
+        let new_now = m.send_at.is_none_or(|t| t <= now);
         self.to == m.to
             && self.content == m.content
             && self.tags == m.tags
-            && self.send_at == m.send_at
+            && (self.send_at == m.send_at || (stored_now && new_now))
     }
 }
 
@@ -319,6 +326,11 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
 
     fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError>;
+
+    /// The message an idempotency key names, if the key is still within its window at
+    /// `now`. A read outside any commit: the accept transaction still decides duplicate or
+    /// conflict; this lets a retry past a full queue reach it.
+    fn idempotency_key(&self, key: &str, now: UnixMillis) -> Result<Option<MsgId>, StoreError>;
 
     /// Events with `seq >= from`, at most `limit`.
     fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError>;

@@ -714,13 +714,7 @@ impl Txn for SledTxn<'_> {
         let Some(v) = self.idem.get(key.as_bytes()).map_err(unab)? else {
             return Ok(None);
         };
-        let corrupt = || TxError::Abort(StoreError::Corrupt("idempotency entry".into()));
-        if v.len() != 24 {
-            return Err(corrupt());
-        }
-        let id: MsgId = v[..16].try_into().map_err(|_| corrupt())?;
-        let exp = u64::from_be_bytes(v[16..].try_into().map_err(|_| corrupt())?);
-        Ok(Some((id, exp)))
+        decode_idem(&v).map(Some).map_err(TxError::Abort)
     }
     fn put_idempotency(
         &mut self,
@@ -931,6 +925,17 @@ impl Txn for SledTxn<'_> {
     }
 }
 
+/// An `idem` value: the message id, then the key's expiry (big-endian Unix ms).
+fn decode_idem(v: &[u8]) -> Result<(MsgId, UnixMillis), StoreError> {
+    let corrupt = || StoreError::Corrupt("idempotency entry".into());
+    if v.len() != 24 {
+        return Err(corrupt());
+    }
+    let id: MsgId = v[..16].try_into().map_err(|_| corrupt())?;
+    let expires = u64::from_be_bytes(v[16..].try_into().map_err(|_| corrupt())?);
+    Ok((id, expires))
+}
+
 impl Store for SledStore {
     fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
         if !ops.iter().any(|o| matches!(o, Op::Check { .. })) {
@@ -963,6 +968,16 @@ impl Store for SledStore {
     fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
         match self.records.get(id).map_err(io)? {
             Some(v) => Ok(Some(dec(&v, "record")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn idempotency_key(&self, key: &str, now: UnixMillis) -> Result<Option<MsgId>, StoreError> {
+        match self.idem.get(key.as_bytes()).map_err(io)? {
+            Some(v) => {
+                let (id, expires) = decode_idem(&v)?;
+                Ok((expires > now).then_some(id))
+            }
             None => Ok(None),
         }
     }

@@ -1,0 +1,174 @@
+// Every request type against a real heraldd, through the public API.
+
+import assert from "node:assert/strict";
+import { readFileSync, writeFileSync } from "node:fs";
+import { after, before, test } from "node:test";
+
+import { Herald, HeraldError, type Event, type Subscription } from "../src/index.js";
+import { Daemon, email, eventually, MockProvider, sms } from "./harness.js";
+
+let mock: MockProvider;
+let daemon: Daemon;
+let herald: Herald;
+
+before(async () => {
+  mock = await MockProvider.start();
+  daemon = await Daemon.start(mock, { retry: ["max_attempts = 1"] });
+  herald = await Herald.connect({ socket: daemon.socket });
+});
+
+after(async () => {
+  await herald?.close();
+  await daemon?.stop();
+  await mock?.stop();
+});
+
+async function until(sub: Subscription, done: (e: Event) => boolean): Promise<Event[]> {
+  const seen: Event[] = [];
+  for await (const e of sub) {
+    seen.push(e);
+    if (done(e)) break;
+  }
+  return seen;
+}
+
+test("the welcome states the protocol and the frame limit", () => {
+  assert.equal(herald.welcome.herald, 1);
+  assert.equal(herald.welcome.max_frame, 1048576);
+  assert.equal(herald.socket, daemon.socket);
+});
+
+test("send, then follow the message's events and get it", async () => {
+  const sub = await herald.subscribe({ tags: ["t-send"] });
+  const ack = await herald.send({ ...email("ann@example.com"), tags: ["t-send", "rsvp"] });
+  assert.match(ack.id, /^[0-9A-HJKMNP-TV-Z]{26}$/);
+  assert.equal(ack.duplicate, false);
+  const events = await until(sub, (e) => e.kind === "sent");
+  assert.deepEqual(
+    events.map((e) => [e.kind, e.message_id]),
+    [
+      ["queued", ack.id],
+      ["sending", ack.id],
+      ["sent", ack.id],
+    ],
+  );
+  assert.deepEqual(events[2]?.tags, ["t-send", "rsvp"]);
+  const m = await herald.get(ack.id);
+  assert.equal(m.state, "sent");
+  assert.equal(m.to, "ann@example.com");
+  assert.equal(m.provider, "hook");
+  assert.ok("email" in m.content && m.content.email.subject === "You're invited");
+  assert.ok(mock.received.some((r) => r.id === ack.id));
+});
+
+test("an idempotent retry is a duplicate; a scheduled message can be cancelled", async () => {
+  const sendAt = new Date(Date.now() + 3_600_000);
+  const options = { idempotencyKey: "invite-42-bob", sendAt };
+  const first = await herald.send(sms("+14155550100"), options);
+  const again = await herald.send(sms("+14155550100"), options);
+  assert.deepEqual(again, { id: first.id, duplicate: true });
+  const m = await herald.get(first.id);
+  assert.equal(m.state, "queued");
+  assert.equal(m.due_at, sendAt.getTime());
+  assert.equal(m.idempotency_key, "invite-42-bob");
+  await herald.cancel(first.id);
+  assert.equal((await herald.get(first.id)).state, "cancelled");
+  await herald.cancel(first.id); // cancelling again succeeds
+});
+
+test("a push token goes in as the app got it, without a provider prefix", async () => {
+  const token = "dK3x9QvTqE2mYz:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx";
+  const push = { push: { title: "Tomorrow!", badge: 1, data: { wedding: "42" } } };
+  const ack = await herald.send({ to: token, content: push });
+  assert.equal((await herald.get(ack.id)).to, token);
+  await assert.rejects(herald.send({ to: `fcm:${token}`, content: push }), (e: unknown) => {
+    assert.ok(e instanceof HeraldError);
+    assert.equal(e.code, "invalid_field");
+    assert.equal(e.field, "to");
+    assert.match(e.detail, /prefix/);
+    return true;
+  });
+});
+
+test("sendBatch answers item by item, in order", async () => {
+  const items = await herald.sendBatch([
+    email("ann@example.com", "Save the date"),
+    email("not-an-address", "Save the date"),
+    { ...sms("+14155550101", "Save the date"), idempotencyKey: "std-bo" },
+  ]);
+  assert.equal(items.length, 3);
+  const [a, bad, c] = items;
+  assert.ok(a !== undefined && !(a instanceof HeraldError) && a.duplicate === false);
+  assert.ok(bad instanceof HeraldError);
+  assert.equal(bad.code, "invalid_field");
+  assert.equal(bad.field, "to");
+  assert.ok(c !== undefined && !(c instanceof HeraldError));
+  assert.equal((await herald.get(c.id)).idempotency_key, "std-bo");
+});
+
+test("stats counts every state and names the providers", async () => {
+  const stats = await herald.stats();
+  assert.equal(stats.states.length, 12);
+  assert.deepEqual(stats.states[0]?.[0], "queued");
+  assert.ok(stats.last_seq > 0);
+  assert.ok(stats.connections >= 1);
+  assert.deepEqual(
+    stats.providers.map((p) => [p.name, p.plugin]),
+    [["hook", "webhook"]],
+  );
+});
+
+test("a message whose attempts ran out is listed dead and can be requeued", async () => {
+  mock.status = 503;
+  try {
+    const { id } = await herald.send(email("dead@example.com", "Doomed"));
+    await eventually("the message to be dead", async () =>
+      (await herald.get(id)).state === "dead" ? true : undefined,
+    );
+    const dead = await herald.deadList(10);
+    assert.ok(dead.some((m) => m.id === id && m.state === "dead"));
+    mock.status = 200;
+    assert.equal(await herald.deadRequeue([id, "01JD3S0Q6G4Z8W2B5N7K9M1P3R"]), 1);
+    await eventually("the requeued message to be sent", async () =>
+      (await herald.get(id)).state === "sent" ? true : undefined,
+    );
+    assert.ok(!(await herald.deadList()).some((m) => m.id === id));
+  } finally {
+    mock.status = 200;
+  }
+});
+
+test("reload applies a valid config and refuses an invalid one", async () => {
+  const detail = await herald.reload();
+  assert.match(detail, /hook/);
+  const good = readFileSync(daemon.configPath, "utf8");
+  writeFileSync(daemon.configPath, good.replace('sms = ["hook"]', 'sms = ["nobody"]'));
+  try {
+    await assert.rejects(herald.reload(), (e: unknown) => {
+      assert.ok(e instanceof HeraldError);
+      assert.equal(e.code, "config_rejected");
+      assert.match(e.message, /nobody/);
+      return true;
+    });
+  } finally {
+    writeFileSync(daemon.configPath, good);
+  }
+});
+
+test("subscribe replays from a seq, filters, and unsubscribes when the loop ends", async () => {
+  const { id } = await herald.send({ ...email("cy@example.com"), tags: ["t-replay"] });
+  await eventually("the message to be sent", async () =>
+    (await herald.get(id)).state === "sent" ? true : undefined,
+  );
+  const sub = await herald.subscribe({ message_id: id, kinds: ["queued", "sent"] }, { fromSeq: 0 });
+  assert.ok(sub.firstSeq >= 1 && sub.lastSeq >= sub.firstSeq);
+  const events = await until(sub, (e) => e.kind === "sent");
+  assert.deepEqual(
+    events.map((e) => e.kind),
+    ["queued", "sent"],
+  );
+  assert.ok(events[0]!.seq < events[1]!.seq);
+  // The loop's `break` closed the subscription: the iterator is done, nothing reconnects.
+  assert.deepEqual(await sub.next(), { value: undefined, done: true });
+  assert.equal(sub.reconnects, 0);
+});
