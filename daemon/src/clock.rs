@@ -9,3 +9,8 @@ pub fn now_ms() -> UnixMillis {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// A monotonic instant, for measuring how long something took (metrics).
+pub fn instant() -> std::time::Instant {
+    std::time::Instant::now()
+}

@@ -133,6 +133,11 @@ impl Committer {
         out
     }
 
+    /// Whether the writer thread still takes jobs (`/readyz`).
+    pub fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// The highest event seq that is on disk. Readers never go past it.
     pub fn durable_seq(&self) -> u64 {
         *self.durable.borrow()

@@ -15,17 +15,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_plugin_api::abi::{CallError, CallErrorKind, ResumeInput};
-use herald_plugin_api::{Delivery, Message, Outcome, State, Step};
+use herald_plugin_api::{Delivery, EventKind, Message, Outcome, State, Step};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::breaker::Transition;
+use crate::breaker::{Admission, Transition};
 use crate::clock;
 use crate::commit::Committer;
 use crate::live::LiveCell;
 use crate::providers::{Counters, Provider};
 use crate::retry;
-use crate::store::{BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string};
+use crate::store::{
+    BreakerEvent, BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string,
+};
 use crate::transport::Transports;
 
 /// How long a lease lasts. Leases matter only across a restart (every lease is then
@@ -169,18 +171,33 @@ impl Dispatcher {
         let mut retry_hint: Option<(Option<u64>, String, String)> = None;
         let mut called = false;
         let mut done: Option<Completion> = None;
-        let mut breakers: Vec<(String, BreakerRecord)> = Vec::new();
+        let mut breakers = Moves::default();
         for p in &route {
             let now = clock::now_ms();
-            if !p.breaker.admit(now) {
-                notes.push(format!("{}: circuit open", p.name));
-                continue;
+            match p.breaker.admission(now) {
+                Admission::Refused => {
+                    notes.push(format!("{}: circuit open", p.name));
+                    continue;
+                }
+                Admission::Trial => breakers.events.push(BreakerEvent {
+                    provider: p.name.clone(),
+                    kind: EventKind::ProviderHalfOpen,
+                    generation: 0,
+                    reason: format!(
+                        "cooldown of {} ms over: a trial call decides whether {} is healthy",
+                        p.breaker.config().cooldown_ms,
+                        p.name
+                    ),
+                }),
+                Admission::Closed => {}
             }
             if let Some(rate) = &p.rate {
                 rate.acquire().await;
             }
             called = true;
+            let started = clock::instant();
             let outcome = exchange(&self.transports, p, &delivery).await;
+            p.counters.call_latency.observe(started.elapsed());
             let now = clock::now_ms();
             let completion = |state: State,
                               pid: Option<String>,
@@ -197,13 +214,14 @@ impl Dispatcher {
                 attempt_used: true,
                 index_provider_id: p.manifest.webhooks,
                 breakers: Vec::new(),
+                breaker_events: Vec::new(),
             };
             match outcome {
                 Outcome::Accepted {
                     provider_message_id,
                     delivered,
                 } => {
-                    breaker_moved(p, p.breaker.success(), &mut breakers);
+                    breakers.moved(p, p.breaker.success(), "a call succeeded");
                     Counters::bump(&p.counters.accepted);
                     let state = if delivered {
                         State::Delivered
@@ -218,7 +236,7 @@ impl Dispatcher {
                     bounced,
                     suppress,
                 } => {
-                    breaker_moved(p, p.breaker.success(), &mut breakers);
+                    breakers.moved(p, p.breaker.success(), "the provider answered");
                     Counters::bump(&p.counters.rejected);
                     let state = if bounced {
                         State::Bounced
@@ -239,7 +257,7 @@ impl Dispatcher {
                     breaker,
                 } => {
                     if breaker {
-                        breaker_moved(p, p.breaker.failure(now), &mut breakers);
+                        breakers.moved(p, p.breaker.failure(now), &reason);
                     } else {
                         p.breaker.neutral();
                     }
@@ -248,7 +266,7 @@ impl Dispatcher {
                     break;
                 }
                 Outcome::ProviderFailure { reason } => {
-                    breaker_moved(p, p.breaker.failure(now), &mut breakers);
+                    breakers.moved(p, p.breaker.failure(now), &reason);
                     Counters::bump(&p.counters.failures);
                     tracing::warn!(provider = %p.name, message_id = %delivery.message.id, %reason, "provider failure; trying the next provider of the route");
                     notes.push(format!("{}: {reason}", p.name));
@@ -314,11 +332,13 @@ impl Dispatcher {
                     attempt_used: used,
                     index_provider_id: false,
                     breakers: Vec::new(),
+                    breaker_events: Vec::new(),
                 }
             }
         };
         self.complete(Completion {
-            breakers,
+            breakers: breakers.records,
+            breaker_events: breakers.events,
             ..completion
         })
         .await;
@@ -347,27 +367,55 @@ impl Dispatcher {
     }
 }
 
-/// Logs a breaker that opened or closed and keeps it for the completion, which stores it.
-fn breaker_moved(p: &Provider, moved: Option<Transition>, into: &mut Vec<(String, BreakerRecord)>) {
-    let Some(t) = moved else { return };
-    match t.opened_at {
-        Some(_) => tracing::warn!(
-            provider = %p.name,
-            cooldown_ms = p.breaker.config().cooldown_ms,
-            "circuit breaker open: the route's next provider takes over until a trial call succeeds"
-        ),
-        None => {
-            tracing::info!(provider = %p.name, "circuit breaker closed: the provider is healthy again")
-        }
-    }
-    into.push((
-        p.name.clone(),
-        BreakerRecord {
-            plugin: p.plugin.clone(),
+/// The breaker transitions of one delivery, stored and reported with its completion.
+#[derive(Default)]
+struct Moves {
+    records: Vec<(String, BreakerRecord)>,
+    events: Vec<BreakerEvent>,
+}
+
+impl Moves {
+    /// Logs a breaker that opened or closed and keeps it (and its event, with `reason`)
+    /// for the completion.
+    fn moved(&mut self, p: &Provider, moved: Option<Transition>, reason: &str) {
+        let Some(t) = moved else { return };
+        let cooldown_ms = p.breaker.config().cooldown_ms;
+        let (kind, detail) = match t.opened_at {
+            Some(_) => {
+                tracing::warn!(
+                    provider = %p.name,
+                    cooldown_ms,
+                    %reason,
+                    "circuit breaker open: the route's next provider takes over until a trial call succeeds"
+                );
+                (
+                    EventKind::ProviderOpened,
+                    format!("{reason} (calls paused for {cooldown_ms} ms, then one trial call)"),
+                )
+            }
+            None => {
+                tracing::info!(provider = %p.name, "circuit breaker closed: the provider is healthy again");
+                (
+                    EventKind::ProviderClosed,
+                    format!("{reason}: the provider is healthy again"),
+                )
+            }
+        };
+        self.records.push((
+            p.name.clone(),
+            BreakerRecord {
+                plugin: p.plugin.clone(),
+                generation: t.generation,
+                opened_at: t.opened_at,
+            },
+        ));
+        self.events.push(BreakerEvent {
+            provider: p.name.clone(),
+            kind,
             generation: t.generation,
-            opened_at: t.opened_at,
-        },
-    ));
+            reason: detail,
+        });
+    }
 }
 
 /// A plugin call: inline for plugins whose manifest says their calls never block (pure

@@ -50,6 +50,7 @@ pub struct Shared {
     pub started_at: u64,
     pub connections: AtomicU64,
     pub reload: mpsc::Sender<ReloadRequest>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -475,8 +476,22 @@ fn stats(shared: &Shared) -> Stats {
 async fn handle(shared: &Shared, request: Request) -> Response {
     let result =
         match request {
-            Request::Send(m) => send_one(shared, m).await.map(Response::Accepted),
-            Request::SendBatch(ms) => send_batch(shared, ms).await.map(Response::BatchAccepted),
+            Request::Send(m) => {
+                let started = clock::instant();
+                let r = send_one(shared, m).await.map(Response::Accepted);
+                shared.metrics.accept_latency.observe(started.elapsed());
+                r
+            }
+            Request::SendBatch(ms) => {
+                let started = clock::instant();
+                let n = ms.len();
+                let r = send_batch(shared, ms).await.map(Response::BatchAccepted);
+                let took = started.elapsed();
+                for _ in 0..n {
+                    shared.metrics.accept_latency.observe(took);
+                }
+                r
+            }
             Request::Get { id } => {
                 async {
                     let key = parse_message_id(&id)?;
@@ -563,6 +578,12 @@ async fn handle(shared: &Shared, request: Request) -> Response {
                 }
                 .await
             }
+            Request::MintToken {
+                tags,
+                ids,
+                admin,
+                ttl_ms,
+            } => crate::realtime::mint_token(&shared.live.current(), tags, ids, admin, ttl_ms),
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => Err(ErrorBody::new(
                 ErrorCode::Internal,
                 "subscriptions are handled by the connection",

@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept;
+pub mod admin;
 pub mod breaker;
 pub mod clock;
 pub mod commit;
@@ -12,9 +13,11 @@ pub mod dispatch;
 pub mod events;
 pub mod ipc;
 pub mod live;
+pub mod metrics;
 pub mod plugin;
 pub mod providers;
 pub mod ratelimit;
+pub mod realtime;
 pub mod reload;
 pub mod retry;
 pub mod store;

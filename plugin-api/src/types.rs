@@ -556,10 +556,20 @@ pub enum EventKind {
     Inbound,
     ConfigReloaded,
     ConfigRejected,
+    /// A provider's circuit breaker opened (or re-opened after a failed trial call):
+    /// `provider` names it, `detail` gives the reason.
+    ProviderOpened,
+    /// An open breaker's cooldown is over and a trial call was admitted.
+    ProviderHalfOpen,
+    /// A provider's breaker closed again: it is healthy.
+    ProviderClosed,
+    /// The provider reports that delivery is delayed (Resend `email.delivery_delayed`,
+    /// SendGrid `deferred`); the message's state does not change.
+    Delayed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::Queued,
         EventKind::Sending,
         EventKind::Sent,
@@ -577,6 +587,10 @@ impl EventKind {
         EventKind::Inbound,
         EventKind::ConfigReloaded,
         EventKind::ConfigRejected,
+        EventKind::ProviderOpened,
+        EventKind::ProviderHalfOpen,
+        EventKind::ProviderClosed,
+        EventKind::Delayed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -586,6 +600,10 @@ impl EventKind {
             EventKind::Inbound => "inbound",
             EventKind::ConfigReloaded => "config_reloaded",
             EventKind::ConfigRejected => "config_rejected",
+            EventKind::ProviderOpened => "provider_opened",
+            EventKind::ProviderHalfOpen => "provider_half_open",
+            EventKind::ProviderClosed => "provider_closed",
+            EventKind::Delayed => "delayed",
             other => other.state().map(State::as_str).unwrap_or("unknown"),
         }
     }
@@ -609,7 +627,15 @@ impl EventKind {
             EventKind::Cancelled => State::Cancelled,
             EventKind::Expired => State::Expired,
             EventKind::Suppressed => State::Suppressed,
-            _ => return None,
+            EventKind::Opened
+            | EventKind::Clicked
+            | EventKind::Inbound
+            | EventKind::ConfigReloaded
+            | EventKind::ConfigRejected
+            | EventKind::ProviderOpened
+            | EventKind::ProviderHalfOpen
+            | EventKind::ProviderClosed
+            | EventKind::Delayed => return None,
         })
     }
 }
@@ -772,6 +798,17 @@ mod tests {
         for s in State::ALL {
             assert_eq!(EventKind::from(s).state(), Some(s));
             assert_eq!(EventKind::parse(s.as_str()), Some(EventKind::from(s)));
+        }
+    }
+
+    #[test]
+    fn event_kind_names_round_trip_and_match_serde() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
         }
     }
 

@@ -338,14 +338,17 @@ fn complete<T: Txn>(
     cur: &mut Cursor,
     held_possible: bool,
 ) -> Result<OpResult, T::Error> {
+    let mut stored_now = Vec::new();
     for (provider, record) in &c.breakers {
         let newer = txn.breaker_get(provider)?.is_none_or(|stored| {
             stored.plugin != record.plugin || stored.generation < record.generation
         });
         if newer {
             txn.breaker_put(provider, record)?;
+            stored_now.push((provider, record.generation));
         }
     }
+    breaker_events(txn, now, c, &stored_now, cur)?;
     let Some(mut r) = txn.get_record(&c.id)? else {
         return Ok(OpResult::NotFound);
     };
@@ -449,6 +452,45 @@ fn complete<T: Txn>(
     Ok(OpResult::Done)
 }
 
+/// Emits a completion's breaker events: a half-open trial always, an opening or closing
+/// only when its record was the newest (a stale transition from a concurrent delivery
+/// would report a state the breaker is no longer in).
+fn breaker_events<T: Txn>(
+    txn: &T,
+    now: UnixMillis,
+    c: &Completion,
+    stored_now: &[(&String, u64)],
+    cur: &mut Cursor,
+) -> Result<(), T::Error> {
+    for b in &c.breaker_events {
+        let current = b.kind == EventKind::ProviderHalfOpen
+            || stored_now
+                .iter()
+                .any(|(p, g)| **p == b.provider && *g == b.generation);
+        if current {
+            cur.emit(
+                txn,
+                Event {
+                    seq: 0,
+                    at: now,
+                    message_id: None,
+                    kind: b.kind,
+                    channel: None,
+                    provider: Some(b.provider.clone()),
+                    provider_message_id: None,
+                    attempt: None,
+                    detail: Some(b.reason.clone()),
+                    tags: vec![],
+                    from: None,
+                    to: None,
+                    body: None,
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn update_state(kind: UpdateKind) -> Option<State> {
     match kind {
         UpdateKind::Sent => Some(State::Sent),
@@ -487,6 +529,13 @@ fn apply_update<T: Txn>(
             cur.emit(txn, event)?;
             true
         }
+        // A provider's "delivery delayed": reported, the state stays (a late report about
+        // a message that already finished says nothing new).
+        (UpdateKind::Deferred, _) if !r.state.is_terminal() => {
+            event.kind = EventKind::Delayed;
+            cur.emit(txn, event)?;
+            true
+        }
         (_, Some(state)) if state.rank() > r.state.rank() => {
             transition(txn, cur, now, id, r, state)?;
             if matches!(state, State::Bounced | State::Failed | State::Complained) {
@@ -499,7 +548,7 @@ fn apply_update<T: Txn>(
             cur.emit(txn, event)?;
             true
         }
-        // Provider-side deferrals, and anything that would move the state backwards.
+        // Anything that would move the state backwards.
         _ => false,
     };
     if u.suppress {

@@ -142,6 +142,8 @@ pub struct SledStore {
     /// Committed seq and counts (the writer is the only one to change them).
     committed: Mutex<(u64, Counts)>,
     last_seq: AtomicU64,
+    /// `meta` "epoch": created with the store, never changed.
+    epoch: String,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -177,7 +179,7 @@ impl SledStore {
                 other => io(other),
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(io);
-        let store = SledStore {
+        let mut store = SledStore {
             records: tree("records")?,
             schedule: tree("schedule")?,
             leases: tree("leases")?,
@@ -196,7 +198,9 @@ impl SledStore {
             db,
             committed: Mutex::new((0, Counts::default())),
             last_seq: AtomicU64::new(0),
+            epoch: String::new(),
         };
+        store.epoch = store.open_epoch()?;
         let mut seq = match store.meta.get("seq").map_err(io)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -218,6 +222,19 @@ impl SledStore {
         *store.lock() = (seq, counts);
         store.last_seq.store(seq, Ordering::Release);
         Ok(store)
+    }
+
+    /// The epoch stored in `meta`, created (and flushed) on the first open of a data dir.
+    /// It is a plain string written once, outside the postcard-versioned values.
+    fn open_epoch(&self) -> Result<String, StoreError> {
+        if let Some(v) = self.meta.get("epoch").map_err(io)? {
+            return String::from_utf8(v.to_vec())
+                .map_err(|_| StoreError::Corrupt("meta epoch is not UTF-8".into()));
+        }
+        let epoch = format!("{:016x}", rand::random::<u64>());
+        self.meta.insert("epoch", epoch.as_bytes()).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(epoch)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Counts)> {
@@ -704,6 +721,10 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn epoch(&self) -> String {
+        self.epoch.clone()
+    }
+
     fn breakers(&self) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError> {
         let mut out = std::collections::BTreeMap::new();
         for kv in self.breakers.iter() {
@@ -785,6 +806,7 @@ mod tests {
                 attempt_used: true,
                 index_provider_id: true,
                 breakers: Vec::new(),
+                breaker_events: Vec::new(),
             })],
         )
         .unwrap();
@@ -994,6 +1016,123 @@ mod tests {
         assert_eq!(s.breakers().unwrap()["tw"], rec("webhook", 1, None));
     }
 
+    #[test]
+    fn the_epoch_is_kept_with_the_data_and_differs_between_data_dirs() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let first = open(a.path()).epoch();
+        assert_eq!(first.len(), 16, "{first}");
+        assert_eq!(open(a.path()).epoch(), first, "reopening keeps it");
+        assert_ne!(
+            open(b.path()).epoch(),
+            first,
+            "another data dir, another epoch"
+        );
+    }
+
+    #[test]
+    fn breaker_events_report_only_the_newest_transition() {
+        use crate::store::{BreakerEvent, BreakerRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let rec = |generation, opened_at| BreakerRecord {
+            plugin: "twilio".into(),
+            generation,
+            opened_at,
+        };
+        let ev = |kind, generation| BreakerEvent {
+            provider: "tw".into(),
+            kind,
+            generation,
+            reason: format!("{kind:?} {generation}"),
+        };
+        let outcome = |breakers: Vec<(String, BreakerRecord)>, events: Vec<BreakerEvent>| {
+            Op::Complete(Completion {
+                breakers,
+                breaker_events: events,
+                ..match sent(new_id(), "x") {
+                    Op::Complete(c) => c,
+                    _ => unreachable!(),
+                }
+            })
+        };
+        let c = s
+            .commit(
+                5,
+                &[
+                    outcome(
+                        vec![("tw".into(), rec(2, Some(5)))],
+                        vec![
+                            ev(EventKind::ProviderHalfOpen, 0),
+                            ev(EventKind::ProviderOpened, 2),
+                        ],
+                    ),
+                    // Stale: a concurrent delivery's older closing.
+                    outcome(
+                        vec![("tw".into(), rec(1, None))],
+                        vec![ev(EventKind::ProviderClosed, 1)],
+                    ),
+                ],
+            )
+            .unwrap();
+        let got: Vec<(EventKind, Option<String>, Option<String>)> = c
+            .events
+            .iter()
+            .map(|e| (e.kind, e.provider.clone(), e.detail.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    EventKind::ProviderHalfOpen,
+                    Some("tw".into()),
+                    Some("ProviderHalfOpen 0".into())
+                ),
+                (
+                    EventKind::ProviderOpened,
+                    Some("tw".into()),
+                    Some("ProviderOpened 2".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_delivery_delay_is_an_event_that_leaves_the_state() {
+        use herald_plugin_api::UpdateKind;
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let m = msg(None, "hi");
+        s.commit(1, &[Op::Accept(m.clone())]).unwrap();
+        s.commit(
+            2,
+            &[Op::Claim {
+                limit: 1,
+                lease_ms: 1000,
+            }],
+        )
+        .unwrap();
+        s.commit(3, &[sent(m.id, "SM1")]).unwrap();
+        let c = s
+            .commit(4, &[update("SM1", UpdateKind::Deferred, "d1")])
+            .unwrap();
+        assert_eq!(c.results, vec![OpResult::Done]);
+        assert_eq!(kinds(&c.events), vec![EventKind::Delayed]);
+        assert_eq!(s.get(&m.id).unwrap().unwrap().state, State::Sent);
+        // After delivery a late delay report says nothing new.
+        s.commit(5, &[update("SM1", UpdateKind::Delivered, "d2")])
+            .unwrap();
+        let c = s
+            .commit(6, &[update("SM1", UpdateKind::Deferred, "d3")])
+            .unwrap();
+        assert_eq!(c.results, vec![OpResult::Ignored]);
+        assert!(c.events.is_empty());
+    }
+
+    fn kinds(events: &[herald_plugin_api::Event]) -> Vec<EventKind> {
+        events.iter().map(|e| e.kind).collect()
+    }
+
     fn sent(id: MsgId, pid: &str) -> Op {
         Op::Complete(Completion {
             id,
@@ -1007,6 +1146,7 @@ mod tests {
             attempt_used: true,
             index_provider_id: true,
             breakers: Vec::new(),
+            breaker_events: Vec::new(),
         })
     }
 

@@ -83,6 +83,7 @@ wire_names!(request_name, REQUESTS, Request {
     Request::Reload => "reload",
     Request::DeadList { .. } => "dead_list",
     Request::DeadRequeue { .. } => "dead_requeue",
+    Request::MintToken { .. } => "mint_token",
 });
 
 wire_names!(response_name, RESPONSES, Response {
@@ -98,6 +99,7 @@ wire_names!(response_name, RESPONSES, Response {
     Response::DeadList(_) => "dead_list",
     Response::Requeued { .. } => "requeued",
     Response::Error(_) => "error",
+    Response::Token { .. } => "token",
 });
 
 wire_names!(error_code_name, ERROR_CODES, ErrorCode {
