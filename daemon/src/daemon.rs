@@ -115,6 +115,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         store: Arc::clone(&store),
         committer: committer.clone(),
         metrics: Arc::clone(&metrics),
+        fanout: crate::fanout::Fanout::start(&committer),
         shutdown: shutdown.clone(),
     };
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);

@@ -21,6 +21,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
 use crate::commit::Committer;
+use crate::fanout::{Fanout, Registration};
 use crate::store::Store;
 
 const PAGE: usize = 512;
@@ -43,11 +44,19 @@ pub enum End {
     Closed,
 }
 
+/// Where live events come from: every durable batch, or only the events a tag route
+/// receives from the [`Fanout`].
+#[derive(Debug)]
+enum Live {
+    All(broadcast::Receiver<Arc<[Event]>>),
+    Routed(Registration),
+}
+
 /// A follower's starting point, taken before anything is read so that nothing committed
 /// in between is missed.
 #[derive(Debug)]
 pub struct Start {
-    live: broadcast::Receiver<Arc<[Event]>>,
+    live: Live,
     /// The oldest retained event (0 when the log is empty).
     pub first_seq: u64,
     /// The newest durable event.
@@ -57,7 +66,23 @@ pub struct Start {
 impl Start {
     /// Subscribes to live batches, then reads the watermark.
     pub fn now(store: &dyn Store, committer: &Committer) -> Start {
-        let live = committer.events();
+        let live = Live::All(committer.events());
+        Start::with(live, store, committer)
+    }
+
+    /// For a follower that passes on only events carrying one of `tags`: live events come
+    /// through the fanout's tag index, so it is woken only for its own.
+    pub fn routed(
+        fanout: &Arc<Fanout>,
+        tags: &[String],
+        store: &dyn Store,
+        committer: &Committer,
+    ) -> Start {
+        let live = Live::Routed(fanout.register(tags));
+        Start::with(live, store, committer)
+    }
+
+    fn with(live: Live, store: &dyn Store, committer: &Committer) -> Start {
         let last_seq = committer.durable_seq();
         Start {
             live,
@@ -113,13 +138,38 @@ pub async fn follow<S: Sink>(
             }
         }
         // Live.
-        loop {
-            match live.recv().await {
-                Ok(batch) => {
-                    if batch.first().is_some_and(|e| e.seq > *next) {
-                        break; // a gap: go back to the log
+        match &mut live {
+            Live::All(rx) => loop {
+                match rx.recv().await {
+                    Ok(batch) => {
+                        if batch.first().is_some_and(|e| e.seq > *next) {
+                            break; // a gap: go back to the log
+                        }
+                        for e in batch.iter() {
+                            if e.seq < *next {
+                                continue;
+                            }
+                            if matches(e) && !sink.deliver(e).await {
+                                *next = e.seq;
+                                return End::Sink;
+                            }
+                            *next = e.seq + 1;
+                        }
                     }
-                    for e in batch.iter() {
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return End::Closed,
+                }
+            },
+            Live::Routed(reg) => {
+                // Batches were dropped while this follower read the log: read it again.
+                if reg.take_lagged() {
+                    continue;
+                }
+                loop {
+                    let Some((routed, lagged)) = reg.recv().await else {
+                        return End::Closed;
+                    };
+                    for e in &routed.events {
                         if e.seq < *next {
                             continue;
                         }
@@ -129,9 +179,12 @@ pub async fn follow<S: Sink>(
                         }
                         *next = e.seq + 1;
                     }
+                    // Everything up to the batch's end was examined for this route.
+                    *next = (*next).max(routed.upto + 1);
+                    if lagged {
+                        break; // a later batch was dropped: go back to the log
+                    }
                 }
-                Err(RecvError::Lagged(_)) => break,
-                Err(RecvError::Closed) => return End::Closed,
             }
         }
     }

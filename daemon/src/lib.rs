@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod dispatch;
 pub mod events;
+pub mod fanout;
 pub mod ipc;
 pub mod live;
 pub mod metrics;

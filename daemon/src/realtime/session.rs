@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::clock;
 use crate::commit::Committer;
 use crate::events::{self, End, Sink, Start};
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::realtime::filter::StreamFilter;
 use crate::realtime::token::Scope;
@@ -83,6 +84,8 @@ pub struct Context {
     pub store: Arc<dyn Store>,
     pub committer: Committer,
     pub metrics: Arc<Metrics>,
+    /// Live events by tag, for streams whose token is scoped to tags only.
+    pub fanout: Arc<Fanout>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -134,7 +137,14 @@ impl Sink for Queue {
 /// Runs one stream to its end over `transport`.
 pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     let epoch = ctx.store.epoch();
-    let start = Start::now(ctx.store.as_ref(), &ctx.committer);
+    // A token scoped to tags sees only events carrying one of them: its follower is woken
+    // only for those (the fanout's tag index), not for every event of every stream.
+    let scope = &p.scope;
+    let start = if !scope.admin && scope.ids.is_empty() && !scope.tags.is_empty() {
+        Start::routed(&ctx.fanout, &scope.tags, ctx.store.as_ref(), &ctx.committer)
+    } else {
+        Start::now(ctx.store.as_ref(), &ctx.committer)
+    };
     let first = start.cursor(p.from_seq);
     let (tx, mut rx) = mpsc::channel(p.client_buffer);
     let (ended_tx, mut ended) = oneshot::channel::<(u64, &'static str, u16)>();
