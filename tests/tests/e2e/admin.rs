@@ -371,6 +371,22 @@ async fn the_status_page_in_chromium_shows_deliveries_and_a_breaker_opening() {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
     std::fs::write(&target, &png).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    // And as it looks in a dark desktop theme.
+    page.call(
+        "Emulation.setEmulatedMedia",
+        json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+    )
+    .await;
+    let dark = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let dark = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(dark["data"].as_str().unwrap())
+            .unwrap()
+    };
+    std::fs::write(target.with_file_name("status-page-dark.png"), dark).unwrap();
 
     // The breaker event is a durable event like any other, with the reason.
     let filter = Filter {
