@@ -122,7 +122,12 @@ pub struct DaemonSettings {
     pub keep: bool,
     /// Parent of the temporary directories.
     pub work_dir: Option<PathBuf>,
+    /// The public listener's port with `[realtime]` (streams scenario), or none.
+    pub http_port: Option<u16>,
 }
+
+/// The stream-token secret of the bench's daemons (`HERALD_TOKEN_SECRET`).
+pub const TOKEN_SECRET: &str = "herald-bench-token-secret-0123456789";
 
 /// The config every scenario uses. `[retry]` is short so that the error scenario measures
 /// retries rather than waiting; the provider timeout is long so that requests the mock
@@ -154,11 +159,17 @@ timeout = "1h"
 email = ["mock"]
 sms = ["mock"]
 push = ["mock"]
-"#,
+{realtime}"#,
         d = dir.display(),
         p = plugin_dir.display(),
         max_queue = s.max_queue,
         concurrency = s.concurrency,
+        realtime = match s.http_port {
+            Some(port) => format!(
+                "\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\n\n[realtime]\ntoken_secret = \"${{HERALD_TOKEN_SECRET}}\"\nmax_streams = 4096\n"
+            ),
+            None => String::new(),
+        },
     )
 }
 
@@ -264,6 +275,7 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config_path)
             .env("NO_COLOR", "1")
+            .env("HERALD_TOKEN_SECRET", TOKEN_SECRET)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
             .stderr(log);
@@ -499,7 +511,22 @@ mod tests {
             wrap: None,
             keep: false,
             work_dir: None,
+            http_port: None,
         };
+        let streams = render_config(
+            Path::new("/tmp/x"),
+            Path::new("/p"),
+            "http://127.0.0.1:1",
+            &DaemonSettings {
+                http_port: Some(9),
+                ..s.clone()
+            },
+        );
+        let c = Config::parse(&streams, "bench", &|k| {
+            (k == "HERALD_TOKEN_SECRET").then(|| TOKEN_SECRET.to_string())
+        })
+        .unwrap();
+        assert_eq!(c.realtime.unwrap().max_streams, 4096);
         let text = render_config(
             Path::new("/tmp/x"),
             Path::new("/p"),

@@ -163,6 +163,17 @@ pub async fn closed_loop(
     pipeline: usize,
     limit: Duration,
 ) -> Result<Run> {
+    closed_loop_of(clients, n, pipeline, limit, message).await
+}
+
+/// [`closed_loop`] with the `i`-th message made by `make`.
+pub async fn closed_loop_of(
+    clients: &[Client],
+    n: u64,
+    pipeline: usize,
+    limit: Duration,
+    make: fn(u64) -> SendMessage,
+) -> Result<Run> {
     if clients.is_empty() || pipeline == 0 {
         bail!("--connections and --pipeline must be at least 1");
     }
@@ -184,7 +195,7 @@ pub async fn closed_loop(
                         break;
                     }
                     let sent = Instant::now();
-                    match timed(limit, client.send(message(i))).await {
+                    match timed(limit, client.send(make(i))).await {
                         Ok(a) => {
                             last = Instant::now();
                             lat.push(last.duration_since(sent).as_micros() as u64);

@@ -19,6 +19,7 @@ mod load;
 mod mock;
 mod report;
 mod scenarios;
+mod streams;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ enum Scenario {
     /// connection with the same requests in flight, provider paused. Needs Node.js 20+ and
     /// the package built (`cd client/node && npm ci && npm run build`); not part of `all`.
     Node,
+    /// e2e again with --subscribers WebSocket subscribers (one tag each): throughput
+    /// against e2e, event latency at the subscribers.
+    Streams,
 }
 
 #[derive(Debug, Parser)]
@@ -118,6 +122,9 @@ struct Args {
     /// Open-loop duration of the latency scenarios, seconds.
     #[arg(long, default_value_t = 20.0)]
     latency_secs: f64,
+    /// WebSocket subscribers of the streams scenario (--smoke: 50).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
     /// Run heraldd under this command, e.g. "valgrind --tool=callgrind".
     #[arg(long)]
     wrap: Option<String>,
@@ -245,6 +252,7 @@ async fn run(args: Args) -> Result<bool> {
         a.n = 2_000;
         a.latency_secs = 2.0;
         a.recovery_n = 5_000;
+        a.subscribers = a.subscribers.min(50);
     }
     if a.n == 0 || a.recovery_n == 0 || a.rate == 0 || a.latency_secs <= 0.0 {
         bail!("--n, --recovery-n, --rate and --latency-secs must be positive");
@@ -294,6 +302,7 @@ async fn run(args: Args) -> Result<bool> {
             wrap: a.wrap.clone(),
             keep: a.keep,
             work_dir: a.work_dir.clone(),
+            http_port: None,
         },
         // A daemon under valgrind is ~50x slower.
         request_timeout: Duration::from_secs(if a.wrap.is_some() { 120 } else { 30 }),
@@ -386,6 +395,14 @@ async fn run(args: Args) -> Result<bool> {
     } else {
         None
     };
+    let streams = if want(Scenario::Streams) {
+        attempt!(
+            "streams",
+            ctx.streams(a.subscribers.max(1), e2e.clone()).await
+        )
+    } else {
+        None
+    };
 
     let mut machine = machine;
     machine.loadavg_end = report::loadavg();
@@ -409,6 +426,7 @@ async fn run(args: Args) -> Result<bool> {
         latency20ms,
         errors5,
         node,
+        streams,
         problems: ctx.problems.clone(),
         daemon_warnings: ctx
             .warnings

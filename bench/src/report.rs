@@ -340,6 +340,8 @@ pub struct Report {
     /// `--scenario node`: @herald/client's accept rate next to herald-client's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<crate::scenarios::NodeAccept>,
+    /// e2e with WebSocket subscribers.
+    pub streams: Option<crate::streams::Streams>,
     /// Correctness problems (lost or duplicated messages, refused sends, crashes).
     pub problems: Vec<String>,
     /// Distinct WARN lines the daemons logged, with the number of daemon runs that
@@ -799,6 +801,50 @@ impl Report {
                 );
             }
         }
+        if let Some(st) = &self.streams {
+            row(
+                "streams",
+                format!(
+                    "end-to-end, {} messages, {} WebSocket subscribers (one tag each)",
+                    thousands(st.n),
+                    thousands(st.subscribers as u64)
+                ),
+                format!(
+                    "{} ({:.0}% of {} without subscribers)",
+                    rate(st.per_sec),
+                    st.ratio * 100.0,
+                    rate(st.baseline_per_sec)
+                ),
+                "≥ 90% of e2e",
+                Some(st.ratio >= 0.9),
+            );
+            row(
+                "streams",
+                "event at → received by its subscriber, p50 / p99 / max".into(),
+                pct(&st.event_latency),
+                "",
+                None,
+            );
+            row(
+                "streams",
+                "events received / expected (foreign)".into(),
+                format!(
+                    "{} / {} ({})",
+                    thousands(st.events_received),
+                    thousands(st.events_expected),
+                    st.foreign_events
+                ),
+                "",
+                None,
+            );
+            row(
+                "streams",
+                "provider saw".into(),
+                delivery_cell(&st.delivery),
+                "",
+                None,
+            );
+        }
         rows
     }
 
@@ -1041,6 +1087,7 @@ id, and the daemon's own count of `sent` messages equal to the number acknowledg
 | latency20ms | e2e and latency again, the mock delaying every answer by {slow} ms: throughput is bounded by concurrency ÷ latency ({conc} ÷ {slow} ms) | as e2e / latency | as e2e / latency |
 | errors5 | e2e and latency again, the mock answering {err}% of requests `503` (→ `Retry` with backoff, full jitter from 100 ms); retried messages must still arrive exactly once | as e2e / latency | as e2e / latency |
 | node | only with `--scenario node`: acknowledged `send`s per second as in accept, but on **one** connection with `--connections` × `--pipeline` sends in flight (the accept scenario's total), first with herald-client (postcard), then with `@herald/client` (`client/node/bench/accept.mjs`, JSON), each on a fresh daemon; the ratio is the Node client's share of the Rust client's rate | first `send` handed to the client | last acknowledgement received |
+| streams | e2e again with WebSocket subscribers on `GET /v1/events` (`--subscribers`, 1,000), each with a token scoped to its own tag (message i is tagged for subscriber i mod S); throughput against e2e; event latency at the subscriber; each subscriber must receive exactly the `queued`, `sending`, `sent` events of its own messages | as e2e; per event: its `at` (daemon wall clock, ms) | as e2e; the frame received (wall clock) |
 
 Why *paused* = held requests: it builds a queue of undelivered messages with no retry
 churn (a `503`/connection-refused provider would move every message through

@@ -234,13 +234,13 @@ pub struct Variant {
 }
 
 impl Ctx {
-    fn problem(&mut self, scenario: &str, what: impl Into<String>) {
+    pub(crate) fn problem(&mut self, scenario: &str, what: impl Into<String>) {
         let what = what.into();
         eprintln!("herald-bench: PROBLEM in {scenario}: {what}");
         self.problems.push(format!("{scenario}: {what}"));
     }
 
-    fn failures(&mut self, scenario: &str, f: &Failures) {
+    pub(crate) fn failures(&mut self, scenario: &str, f: &Failures) {
         if f.count > 0 {
             self.problem(
                 scenario,
@@ -257,7 +257,7 @@ impl Ctx {
         self.daemon_with(&settings).await
     }
 
-    async fn daemon_with(&mut self, settings: &DaemonSettings) -> Result<Daemon> {
+    pub(crate) async fn daemon_with(&mut self, settings: &DaemonSettings) -> Result<Daemon> {
         let d = Daemon::start(&self.bins, self.mock.url(), settings).await?;
         if let Some(dir) = d.kept_dir() {
             eprintln!("herald-bench: keeping {}", dir.display());
@@ -266,7 +266,7 @@ impl Ctx {
     }
 
     /// Stops the daemon with SIGTERM and records a failed graceful stop.
-    async fn stop(&mut self, scenario: &str, mut d: Daemon) {
+    pub(crate) async fn stop(&mut self, scenario: &str, mut d: Daemon) {
         let timeout = if self.params.daemon.wrap.is_some() {
             Duration::from_secs(300)
         } else {
@@ -299,7 +299,7 @@ impl Ctx {
     }
 
     /// Fresh mock counts and the given behaviour.
-    async fn mock_mode(&self, s: Settings) -> Result<()> {
+    pub(crate) async fn mock_mode(&self, s: Settings) -> Result<()> {
         self.mock.abandon_held().await?;
         self.mock.reset().await?;
         self.mock.set(s).await
@@ -714,7 +714,7 @@ impl Ctx {
     /// (or delivery stalls), then until the daemon has nothing active, and compares the
     /// mock's ids with `ids`. Returns the check and the mock's snapshot at the moment the
     /// count was reached (`None` when it never was).
-    async fn verify(
+    pub(crate) async fn verify(
         &mut self,
         scenario: &str,
         d: &mut Daemon,

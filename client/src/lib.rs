@@ -340,6 +340,30 @@ impl Client {
         }
     }
 
+    /// Mints a token for the HTTP event streams (`GET /v1/events`): its bearer sees only
+    /// events carrying one of `tags`, or of the messages `ids`, or everything with `admin`.
+    /// Returns the token and when it expires (Unix ms). `ttl_ms` defaults to one hour.
+    pub async fn mint_token(
+        &self,
+        tags: Vec<String>,
+        ids: Vec<String>,
+        admin: bool,
+        ttl_ms: Option<u64>,
+    ) -> Result<(String, u64), ClientError> {
+        match self
+            .call(Request::MintToken {
+                tags,
+                ids,
+                admin,
+                ttl_ms,
+            })
+            .await?
+        {
+            Response::Token { token, expires_at } => Ok((token, expires_at)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Subscribes to events matching `filter`. With `from_seq`, retained events with
     /// `seq >= from_seq` are replayed first; the stream then continues live, without gaps.
     pub async fn subscribe(
@@ -361,10 +385,12 @@ impl Client {
             Some(Response::Subscribed {
                 first_seq,
                 last_seq,
+                epoch,
             }) => Ok(Subscription {
                 id,
                 first_seq,
                 last_seq,
+                epoch,
                 rx,
                 inner: Arc::clone(&self.inner),
             }),
@@ -386,6 +412,9 @@ pub struct Subscription {
     pub first_seq: u64,
     /// The newest event when the subscription started.
     pub last_seq: u64,
+    /// The event log's epoch: a `seq` remembered under another epoch belongs to a
+    /// replaced data directory and must not be resumed from.
+    pub epoch: String,
     rx: mpsc::Receiver<Response>,
     inner: Arc<Inner>,
 }
@@ -396,6 +425,7 @@ impl std::fmt::Debug for Subscription {
             .field("id", &self.id)
             .field("first_seq", &self.first_seq)
             .field("last_seq", &self.last_seq)
+            .field("epoch", &self.epoch)
             .finish()
     }
 }

@@ -30,6 +30,17 @@ impl BreakerState {
     }
 }
 
+/// The answer of [`Breaker::admission`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Closed: calls go through.
+    Closed,
+    /// Half-open: this call is the one trial.
+    Trial,
+    /// Open (or a trial is already in flight).
+    Refused,
+}
+
 #[derive(Debug)]
 struct Inner {
     consecutive: u32,
@@ -119,14 +130,19 @@ impl Breaker {
     /// Whether a call may go to the provider now. In half-open state only one trial call
     /// is admitted at a time.
     pub fn admit(&self, now: UnixMillis) -> bool {
+        self.admission(now) != Admission::Refused
+    }
+
+    /// As [`Breaker::admit`], saying whether the call admitted is a half-open trial.
+    pub fn admission(&self, now: UnixMillis) -> Admission {
         let mut i = self.lock();
         match i.opened_at {
-            None => true,
+            None => Admission::Closed,
             Some(at) if now >= at + self.cfg.cooldown_ms && !i.trial_in_flight => {
                 i.trial_in_flight = true;
-                true
+                Admission::Trial
             }
-            Some(_) => false,
+            Some(_) => Admission::Refused,
         }
     }
 
@@ -188,7 +204,11 @@ mod tests {
         assert_eq!(b.state(10), BreakerState::Open);
         assert!(!b.admit(500));
         assert_eq!(b.retry_at(), Some(1010));
-        assert!(b.admit(1010), "trial admitted after cooldown");
+        assert_eq!(
+            b.admission(1010),
+            Admission::Trial,
+            "trial admitted after cooldown"
+        );
         assert!(!b.admit(1011), "only one trial at a time");
         b.failure(1020);
         assert!(!b.admit(1500), "failed trial re-opens");

@@ -17,3 +17,8 @@ pub fn monotonic_ms() -> u64 {
     let start = START.get_or_init(std::time::Instant::now);
     start.elapsed().as_millis() as u64 + 1
 }
+
+/// A monotonic instant, for measuring how long something took (metrics).
+pub fn instant() -> std::time::Instant {
+    std::time::Instant::now()
+}

@@ -487,6 +487,11 @@ impl Committer {
         out
     }
 
+    /// Whether the writer thread still takes jobs (`/readyz`).
+    pub fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// The highest event seq that is on disk. Readers never go past it.
     pub fn durable_seq(&self) -> u64 {
         *self.durable.borrow()
@@ -771,6 +776,9 @@ mod tests {
         fn idempotency_key(&self, key: &str, now: u64) -> Result<Option<MsgId>, StoreError> {
             self.inner.idempotency_key(key, now)
         }
+        fn epoch(&self) -> String {
+            self.inner.epoch()
+        }
         fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
             self.inner.events_from(from, limit)
         }
@@ -826,6 +834,7 @@ mod tests {
             attempt_used: true,
             index_provider_id: false,
             breakers: Vec::new(),
+            breaker_events: Vec::new(),
         })
     }
 

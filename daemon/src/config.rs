@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use herald_plugin_api::Channel;
+use herald_plugin_api::{Channel, Secret};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
@@ -70,6 +70,27 @@ struct RawWebhooks {
     max_body: Option<toml::Value>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRealtime {
+    token_secret: String,
+    max_token_ttl: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    max_streams: Option<usize>,
+    client_buffer: Option<usize>,
+    stall_timeout: Option<String>,
+    keepalive: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    #[serde(default)]
+    allow_remote: bool,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
@@ -86,6 +107,8 @@ pub struct RawConfig {
     #[serde(default)]
     daemon: RawDaemon,
     webhooks: Option<RawWebhooks>,
+    realtime: Option<RawRealtime>,
+    admin: Option<RawAdmin>,
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
@@ -131,6 +154,37 @@ pub struct WebhooksConfig {
     pub public_url: Option<String>,
     pub max_body: usize,
 }
+
+/// `[realtime]`: browser event streams (`GET /v1/events` on the webhook listener) and the
+/// tokens that scope them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealtimeConfig {
+    /// Signs and verifies stream tokens (HS256). Only from `${ENV}`; `Debug` prints `***`.
+    pub token_secret: Secret,
+    /// The longest lifetime a token may have (minting refuses more; verifying refuses a
+    /// token whose `exp` is further away).
+    pub max_token_ttl_ms: u64,
+    /// Browser origins allowed to open a stream (`scheme://host[:port]`). A request with
+    /// any other `Origin` gets 403; requests without one (servers, CLIs) are not browsers.
+    pub allowed_origins: Vec<String>,
+    /// Open streams at once (WebSocket and SSE together); more get 503.
+    pub max_streams: usize,
+    /// Events queued for one client beyond what its socket holds.
+    pub client_buffer: usize,
+    /// A client whose buffer stays full this long is closed with where to resume.
+    pub stall_timeout_ms: u64,
+    /// WebSocket ping / SSE comment interval.
+    pub keepalive_ms: u64,
+}
+
+/// `[admin]`: the operator listener (`/metrics`, `/healthz`, `/readyz`, the status page).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// The default `[admin] listen`.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8026";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -196,6 +250,8 @@ pub struct Config {
     pub source_name: String,
     pub daemon: DaemonConfig,
     pub webhooks: Option<WebhooksConfig>,
+    pub realtime: Option<RealtimeConfig>,
+    pub admin: Option<AdminConfig>,
     pub retry: RetryPolicy,
     pub providers: Vec<ProviderSpec>,
     pub routes: BTreeMap<Channel, Vec<String>>,
@@ -531,6 +587,15 @@ impl RawConfig {
             }
         };
 
+        let realtime = match self.realtime {
+            None => None,
+            Some(r) => Some(validate_realtime(r, env, &duration)?),
+        };
+        let admin = match self.admin {
+            None => None,
+            Some(a) => Some(validate_admin(a)?),
+        };
+
         let r = self.retry;
         let retry = RetryPolicy {
             base_ms: duration(r.base, "retry.base", 2_000)?,
@@ -692,11 +757,102 @@ impl RawConfig {
             source_name: String::new(),
             daemon,
             webhooks,
+            realtime,
+            admin,
             retry,
             providers,
             routes,
         })
     }
+}
+
+/// Parses an optional duration key (value, key name, default).
+type DurationKey = dyn Fn(Option<String>, &str, u64) -> Result<u64, String>;
+
+/// The shortest stream-token secret (HS256 keys shorter than the hash are weak).
+const MIN_SECRET_BYTES: usize = 32;
+
+fn validate_realtime(
+    r: RawRealtime,
+    env: &dyn Fn(&str) -> Option<String>,
+    duration: &DurationKey,
+) -> Result<RealtimeConfig, String> {
+    let raw = r.token_secret.trim();
+    let is_reference =
+        raw.starts_with("${") && raw.ends_with('}') && raw.matches("${").count() == 1;
+    if !is_reference {
+        return Err(
+            "realtime.token_secret is a secret; write token_secret = \"${HERALD_TOKEN_SECRET}\" \
+             and export HERALD_TOKEN_SECRET, so it never sits in the config file"
+                .into(),
+        );
+    }
+    let (secret, _) = resolve_env(raw, env, "realtime.token_secret")?;
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "realtime.token_secret must be at least {MIN_SECRET_BYTES} bytes (it is {}); \
+             e.g. export HERALD_TOKEN_SECRET=$(head -c 32 /dev/urandom | base64)",
+            secret.len()
+        ));
+    }
+    let max_token_ttl_ms = duration(r.max_token_ttl, "realtime.max_token_ttl", 86_400_000)?;
+    if max_token_ttl_ms < 1000 {
+        return Err("realtime.max_token_ttl must be at least 1s".into());
+    }
+    let mut allowed_origins = Vec::new();
+    for o in r.allowed_origins {
+        let ok = (o.starts_with("https://") || o.starts_with("http://"))
+            && o.split_once("://").is_some_and(|(_, rest)| {
+                !rest.is_empty()
+                    && !rest.contains(['/', '?', '#', ' '])
+                    && rest.bytes().all(|b| b.is_ascii_graphic())
+            });
+        if !ok {
+            return Err(format!(
+                "realtime.allowed_origins: {o:?} is not an origin like \"https://planner.example.com\" \
+                 (scheme, host and optional port; no path, no trailing slash)"
+            ));
+        }
+        allowed_origins.push(o.to_ascii_lowercase());
+    }
+    let max_streams = r.max_streams.unwrap_or(1024);
+    if !(1..=100_000).contains(&max_streams) {
+        return Err("realtime.max_streams must be between 1 and 100000".into());
+    }
+    let client_buffer = r.client_buffer.unwrap_or(256);
+    if !(1..=65_536).contains(&client_buffer) {
+        return Err("realtime.client_buffer must be between 1 and 65536 events".into());
+    }
+    let stall_timeout_ms = duration(r.stall_timeout, "realtime.stall_timeout", 30_000)?;
+    let keepalive_ms = duration(r.keepalive, "realtime.keepalive", 25_000)?;
+    if stall_timeout_ms < 100 || keepalive_ms < 100 {
+        return Err("realtime.stall_timeout and realtime.keepalive must be at least 100ms".into());
+    }
+    Ok(RealtimeConfig {
+        token_secret: Secret::new(secret),
+        max_token_ttl_ms,
+        allowed_origins,
+        max_streams,
+        client_buffer,
+        stall_timeout_ms,
+        keepalive_ms,
+    })
+}
+
+fn validate_admin(a: RawAdmin) -> Result<AdminConfig, String> {
+    let text = a.listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
+    let listen: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("admin.listen {text:?} is not an address like \"127.0.0.1:8026\""))?;
+    if !listen.ip().is_loopback() && !a.allow_remote {
+        return Err(format!(
+            "admin.listen {listen} is not a loopback address: the admin listener has no \
+             authentication (metrics, every event, message bodies of replies). Keep it on \
+             127.0.0.1 and reach it through an SSH tunnel or an authenticating proxy, or set \
+             admin.allow_remote = true if the network is trusted"
+        ));
+    }
+    Ok(AdminConfig { listen })
 }
 
 #[cfg(test)]
@@ -834,6 +990,63 @@ mod tests {
         );
         let err = parse(&format!("[daemon]\nstorage_timeout = \"soon\"\n{MIN}")).unwrap_err();
         assert!(err.contains("daemon.storage_timeout"), "{err}");
+    }
+
+    #[test]
+    fn realtime_and_admin_sections() {
+        const SECRET: &str = "0123456789abcdef0123456789abcdef";
+        let env = |k: &str| match k {
+            "HERALD_TOKEN_SECRET" => Some(SECRET.to_string()),
+            "SHORT" => Some("tooshort".to_string()),
+            _ => None,
+        };
+        let with = |extra: &str| {
+            Config::parse(&format!("{extra}\n{MIN}"), "t", &env).map_err(|e| e.to_string())
+        };
+        let c = with(
+            "[realtime]\ntoken_secret = \"${HERALD_TOKEN_SECRET}\"\nallowed_origins = [\"https://Planner.example.com\"]\n[admin]\n",
+        )
+        .unwrap();
+        let rt = c.realtime.unwrap();
+        assert_eq!(rt.token_secret.expose(), SECRET);
+        assert_eq!(rt.max_token_ttl_ms, 86_400_000);
+        assert_eq!(rt.allowed_origins, ["https://planner.example.com"]);
+        assert!(
+            !format!("{rt:?}").contains(SECRET),
+            "Debug hides the secret"
+        );
+        assert_eq!(c.admin.unwrap().listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert!(
+            with("").unwrap().admin.is_none(),
+            "the admin listener is opt-in"
+        );
+
+        for (extra, needle) in [
+            (
+                "[realtime]\ntoken_secret = \"literal-secret-literal-secret-1234\"",
+                "${HERALD_TOKEN_SECRET}",
+            ),
+            (
+                "[realtime]\ntoken_secret = \"${SHORT}\"",
+                "at least 32 bytes",
+            ),
+            ("[realtime]\ntoken_secret = \"${UNSET}\"", "export UNSET"),
+            (
+                "[realtime]\ntoken_secret = \"${HERALD_TOKEN_SECRET}\"\nallowed_origins = [\"https://a.example.com/\"]",
+                "no trailing slash",
+            ),
+            (
+                "[admin]\nlisten = \"0.0.0.0:8026\"",
+                "not a loopback address",
+            ),
+            ("[admin]\nlisten = \"localhost\"", "admin.listen"),
+        ] {
+            let err = with(extra).unwrap_err();
+            assert!(err.contains(needle), "{extra:?} → {err}");
+            assert!(!err.contains("tooshort") && !err.contains(SECRET), "{err}");
+        }
+        let remote = with("[admin]\nlisten = \"0.0.0.0:8026\"\nallow_remote = true").unwrap();
+        assert_eq!(remote.admin.unwrap().listen.to_string(), "0.0.0.0:8026");
     }
 
     #[test]

@@ -21,14 +21,17 @@ use anyhow::{Context, Result, anyhow};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
+use crate::admin;
 use crate::clock;
 use crate::commit::{CommitError, Committer};
 use crate::config::{Config, DaemonConfig};
 use crate::dispatch::Dispatcher;
 use crate::ipc::{self, ReloadRequest, Shared};
 use crate::live::{Live, LiveCell};
+use crate::metrics::Metrics;
 use crate::plugin::Loader;
 use crate::providers::Routing;
+use crate::realtime;
 use crate::reload::Reloader;
 use crate::space::{self, Space};
 use crate::store::{BreakerRecord, Op, OpResult, SledStore, Store};
@@ -131,6 +134,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     let routing = build_routing(&config, &mut loader, &stored)?;
     let webhooks_listen = config.webhooks.as_ref().map(|w| w.listen);
+    let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let live = Arc::new(LiveCell::new(Live { config, routing }));
     let space_monitor = {
         let live = Arc::clone(&live);
@@ -147,8 +151,22 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             })?),
             None => None,
         };
+    let admin_listener = match admin_listen {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
     let listener = ipc::bind(&d.socket, d.socket_mode).map_err(|e| anyhow!(e))?;
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
+    let metrics_follower =
+        tokio::spawn(Arc::clone(&metrics).follow(Arc::clone(&store), committer.clone()));
+    let stream_ctx = realtime::Context {
+        store: Arc::clone(&store),
+        committer: committer.clone(),
+        metrics: Arc::clone(&metrics),
+        fanout: crate::fanout::Fanout::start(&committer),
+        shutdown: shutdown.clone(),
+    };
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let shared = Arc::new(Shared {
         committer: committer.clone(),
@@ -158,6 +176,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         started_at: clock::now_ms(),
         connections: AtomicU64::new(0),
         reload: reload_tx.clone(),
+        metrics: Arc::clone(&metrics),
     });
     let reloader = Arc::new(Reloader {
         path: config_path,
@@ -178,10 +197,31 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             WebhookServer {
                 committer: committer.clone(),
                 live: Arc::clone(&live),
+                streams: Arc::new(realtime::Streams {
+                    ctx: stream_ctx.clone(),
+                    live: Arc::clone(&live),
+                }),
             }
             .serve(l, shutdown.clone()),
         )
     });
+    let admin_server = admin_listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "admin listener: status page, /metrics, /healthz, /readyz");
+        }
+        tokio::spawn(
+            admin::Admin {
+                store: Arc::clone(&store),
+                committer: committer.clone(),
+                live: Arc::clone(&live),
+                metrics: Arc::clone(&metrics),
+                ctx: stream_ctx.clone(),
+                started_at: clock::now_ms(),
+            }
+            .serve(l, shutdown.clone()),
+        )
+    });
+    drop(stream_ctx);
     let dispatcher = tokio::spawn(
         Dispatcher {
             committer: committer.clone(),
@@ -271,6 +311,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         if let Some(w) = webhook_server {
             let _ = w.await;
         }
+        if let Some(a) = admin_server {
+            let _ = a.await;
+        }
         let _ = dispatcher.await;
         drop(watcher);
         reloads.abort();
@@ -281,6 +324,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         drop(reloader);
         drop(reload_tx);
         drop(committer);
+        // The metrics follower holds a committer handle: it ends with the daemon.
+        metrics_follower.abort();
+        let _ = metrics_follower.await;
         // The writer finishes queued jobs and flushes once every handle is gone.
         tokio::task::spawn_blocking(move || writer.join()).await
     };

@@ -1,59 +1,231 @@
-//! Subscriptions: replay retained events from the durable log, then stream live ones,
-//! without gaps or duplicates.
+//! Following the event log: replay retained events from a `seq`, then stream live ones,
+//! without gaps or duplicates — one implementation for every consumer (socket
+//! subscriptions here, the HTTP streams in `realtime`, the metrics in `metrics`), each with
+//! its own [`Sink`].
 //!
-//! The live feed is the committer's broadcast of durable batches. A subscriber listens to
-//! it *before* reading the durable watermark, reads the log up to the watermark, then
-//! takes live batches, skipping what it already sent. If it falls behind (the broadcast
-//! lags) it reads the log again; a slow subscriber never makes the daemon buffer without
-//! bound — the log is the buffer.
+//! The live feed is the committer's broadcast of durable batches. A follower listens to it
+//! *before* reading the durable watermark ([`Start::now`]), reads the log up to the
+//! watermark, then takes live batches, skipping what it already passed. If it falls behind
+//! (the broadcast lags) it reads the log again; a slow consumer never makes the daemon
+//! buffer without bound — the log is the buffer — and never slows the committer.
+//!
+//! Owns: the replay/live seam and the cursor. Must not: decide who may see what (the
+//! caller's `matches`), or how a consumer is bounded (its sink).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use herald_plugin_api::Event;
 use herald_protocol::{Filter, Response, ServerFrame};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
 use crate::commit::Committer;
+use crate::fanout::{Fanout, Registration};
 use crate::store::Store;
 
 const PAGE: usize = 512;
 
-/// A subscription that has been answered but not yet started: it listens to the live feed
-/// from before the watermark it reported, so starting it later misses nothing.
-pub struct Opened {
-    live: tokio::sync::broadcast::Receiver<Arc<[Event]>>,
-    durable: u64,
+/// Where a follower delivers the events that match.
+pub trait Sink: Send {
+    /// Delivers one event. `false` ends the follow (the consumer is gone, or the sink gave
+    /// up on it; the sink remembers why).
+    fn deliver(&mut self, event: &Event) -> impl Future<Output = bool> + Send;
 }
 
-impl std::fmt::Debug for Opened {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opened")
-            .field("durable", &self.durable)
-            .finish()
+/// Why [`follow`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The sink refused an event; the cursor points at it.
+    Sink,
+    /// The event log could not be read (logged).
+    LogError,
+    /// The committer stopped (the daemon is shutting down).
+    Closed,
+}
+
+/// Where live events come from: every durable batch, or only the events a tag route
+/// receives from the [`Fanout`].
+#[derive(Debug)]
+enum Live {
+    All(broadcast::Receiver<Arc<[Event]>>),
+    Routed(Registration),
+}
+
+/// A follower's starting point, taken before anything is read so that nothing committed
+/// in between is missed.
+#[derive(Debug)]
+pub struct Start {
+    live: Live,
+    /// The oldest retained event (0 when the log is empty).
+    pub first_seq: u64,
+    /// The newest durable event.
+    pub last_seq: u64,
+}
+
+impl Start {
+    /// Subscribes to live batches, then reads the watermark.
+    pub fn now(store: &dyn Store, committer: &Committer) -> Start {
+        let live = Live::All(committer.events());
+        Start::with(live, store, committer)
+    }
+
+    /// For a follower that passes on only events carrying one of `tags`: live events come
+    /// through the fanout's tag index, so it is woken only for its own.
+    pub fn routed(
+        fanout: &Arc<Fanout>,
+        tags: &[String],
+        store: &dyn Store,
+        committer: &Committer,
+    ) -> Start {
+        let live = Live::Routed(fanout.register(tags));
+        Start::with(live, store, committer)
+    }
+
+    fn with(live: Live, store: &dyn Store, committer: &Committer) -> Start {
+        let last_seq = committer.durable_seq();
+        Start {
+            live,
+            first_seq: store.first_seq().unwrap_or(0),
+            last_seq,
+        }
+    }
+
+    /// The first seq to examine for a client that asked for `from_seq`: replay from it
+    /// (0 or 1 = everything retained), or only what comes next without it.
+    pub fn cursor(&self, from_seq: Option<u64>) -> u64 {
+        from_seq.map_or(self.last_seq + 1, |s| s.max(1))
     }
 }
 
-/// Opens a subscription: returns its `subscribed` answer, which the connection queues
-/// itself (so a subscribe read before the client's EOF is always answered, even though
-/// the stream then ends with the connection), and the feed to [`run`].
-pub fn open(store: &dyn Store, committer: &Committer) -> (Response, Opened) {
-    let live = committer.events();
-    let durable = committer.durable_seq();
-    let first = store.first_seq().unwrap_or(0);
-    (
-        Response::Subscribed {
-            first_seq: first,
-            last_seq: durable,
-        },
-        Opened { live, durable },
-    )
+/// Replays from `*next`, then follows live, delivering what `matches` to `sink`. `*next`
+/// is always the first seq not yet passed on (delivered or skipped), so a caller that
+/// drops this future — or gets it back after [`End::Sink`] — knows exactly where the
+/// consumer must resume.
+pub async fn follow<S: Sink>(
+    start: Start,
+    next: &mut u64,
+    store: &dyn Store,
+    committer: &Committer,
+    matches: impl Fn(&Event) -> bool + Send,
+    sink: &mut S,
+) -> End {
+    let mut live = start.live;
+    loop {
+        // Catch up from the log, never past what is durable.
+        let target = committer.durable_seq();
+        while *next <= target {
+            let page = match store.events_from(*next, PAGE) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the event log failed; ending a subscription");
+                    return End::LogError;
+                }
+            };
+            if page.is_empty() {
+                *next = target + 1;
+                break;
+            }
+            for e in page.iter().take_while(|e| e.seq <= target) {
+                if matches(e) && !sink.deliver(e).await {
+                    *next = e.seq;
+                    return End::Sink;
+                }
+                *next = e.seq + 1;
+            }
+            if page.last().is_some_and(|e| e.seq >= target) {
+                break;
+            }
+        }
+        // Live.
+        match &mut live {
+            Live::All(rx) => loop {
+                match rx.recv().await {
+                    Ok(batch) => {
+                        if batch.first().is_some_and(|e| e.seq > *next) {
+                            break; // a gap: go back to the log
+                        }
+                        for e in batch.iter() {
+                            if e.seq < *next {
+                                continue;
+                            }
+                            if matches(e) && !sink.deliver(e).await {
+                                *next = e.seq;
+                                return End::Sink;
+                            }
+                            *next = e.seq + 1;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return End::Closed,
+                }
+            },
+            Live::Routed(reg) => {
+                // Batches were dropped while this follower read the log: read it again.
+                if reg.take_lagged() {
+                    continue;
+                }
+                loop {
+                    let Some((routed, lagged)) = reg.recv().await else {
+                        return End::Closed;
+                    };
+                    for e in &routed.events {
+                        if e.seq < *next {
+                            continue;
+                        }
+                        if matches(e) && !sink.deliver(e).await {
+                            *next = e.seq;
+                            return End::Sink;
+                        }
+                        *next = e.seq + 1;
+                    }
+                    // Everything up to the batch's end was examined for this route.
+                    *next = (*next).max(routed.upto + 1);
+                    if lagged {
+                        break; // a later batch was dropped: go back to the log
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// Streams events to `out` until the connection goes away. `id` is the subscribe request's
-/// id, echoed on every event frame; its `subscribed` answer was sent by the caller.
+/// A socket subscription's sink: event frames on the connection's (bounded) frame queue.
+/// A slow reader slows only its own subscription: the follower waits, and reads the log.
+struct Frames {
+    id: u64,
+    out: mpsc::Sender<ServerFrame>,
+}
+
+impl Sink for Frames {
+    async fn deliver(&mut self, event: &Event) -> bool {
+        let frame = ServerFrame {
+            id: self.id,
+            response: Response::Event(event.clone()),
+        };
+        self.out.send(frame).await.is_ok()
+    }
+}
+
+/// Opens a socket subscription: returns its `subscribed` answer, which the connection
+/// queues itself in read order (so a subscribe read before the client's EOF is always
+/// answered, even though the stream then ends with the connection), and the starting
+/// point to hand to [`run`] — taken now, so that starting later misses nothing.
+pub fn open(store: &dyn Store, committer: &Committer) -> (Response, Start) {
+    let start = Start::now(store, committer);
+    let subscribed = Response::Subscribed {
+        first_seq: start.first_seq,
+        last_seq: start.last_seq,
+        epoch: store.epoch(),
+    };
+    (subscribed, start)
+}
+
+/// A socket subscription: events to `out` until the connection goes away. `id` is the
+/// subscribe request's id, echoed on every event frame; its `subscribed` answer was sent
+/// by the caller ([`open`]).
 pub async fn run(
-    opened: Opened,
+    start: Start,
     id: u64,
     filter: Filter,
     from_seq: Option<u64>,
@@ -61,57 +233,15 @@ pub async fn run(
     committer: Committer,
     out: mpsc::Sender<ServerFrame>,
 ) {
-    let Opened { mut live, durable } = opened;
-    let mut next = from_seq.map_or(durable + 1, |s| s.max(1));
-    let send = |e: &Event| ServerFrame {
-        id,
-        response: Response::Event(e.clone()),
-    };
-    loop {
-        // Catch up from the log, never past what is durable.
-        let target = committer.durable_seq();
-        while next <= target {
-            let page = match store.events_from(next, PAGE) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the event log failed; ending subscription");
-                    return;
-                }
-            };
-            if page.is_empty() {
-                next = target + 1;
-                break;
-            }
-            for e in page.iter().take_while(|e| e.seq <= target) {
-                next = e.seq + 1;
-                if filter.matches(e) && out.send(send(e)).await.is_err() {
-                    return;
-                }
-            }
-            if page.last().is_some_and(|e| e.seq >= target) {
-                break;
-            }
-        }
-        // Live.
-        loop {
-            match live.recv().await {
-                Ok(batch) => {
-                    if batch.first().is_some_and(|e| e.seq > next) {
-                        break; // a gap: go back to the log
-                    }
-                    for e in batch.iter() {
-                        if e.seq < next {
-                            continue;
-                        }
-                        next = e.seq + 1;
-                        if filter.matches(e) && out.send(send(e)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(RecvError::Lagged(_)) => break,
-                Err(RecvError::Closed) => return,
-            }
-        }
-    }
+    let mut next = start.cursor(from_seq);
+    let mut sink = Frames { id, out };
+    follow(
+        start,
+        &mut next,
+        store.as_ref(),
+        &committer,
+        |e| filter.matches(e),
+        &mut sink,
+    )
+    .await;
 }

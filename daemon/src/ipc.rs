@@ -65,6 +65,7 @@ pub struct Shared {
     pub started_at: u64,
     pub connections: AtomicU64,
     pub reload: mpsc::Sender<ReloadRequest>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -408,7 +409,7 @@ async fn connection(stream: UnixStream, guard: ConnGuard, mut shutdown: watch::R
 /// One subscription: the event stream of `events::run`, each frame queued only once the
 /// connection's backlog has room for it, so an unread subscription waits on the log.
 async fn subscription(
-    opened: events::Opened,
+    opened: events::Start,
     (id, filter, from_seq): (u64, protocol::Filter, Option<u64>),
     shared: Arc<Shared>,
     out: mpsc::Sender<Outgoing>,
@@ -648,8 +649,22 @@ fn stats(shared: &Shared) -> Stats {
 async fn handle(shared: &Shared, request: Request) -> Response {
     let result =
         match request {
-            Request::Send(m) => send_one(shared, m).await.map(Response::Accepted),
-            Request::SendBatch(ms) => send_batch(shared, ms).await.map(Response::BatchAccepted),
+            Request::Send(m) => {
+                let started = clock::instant();
+                let r = send_one(shared, m).await.map(Response::Accepted);
+                shared.metrics.accept_latency.observe(started.elapsed());
+                r
+            }
+            Request::SendBatch(ms) => {
+                let started = clock::instant();
+                let n = ms.len();
+                let r = send_batch(shared, ms).await.map(Response::BatchAccepted);
+                let took = started.elapsed();
+                for _ in 0..n {
+                    shared.metrics.accept_latency.observe(took);
+                }
+                r
+            }
             Request::Get { id } => {
                 async {
                     let key = parse_message_id(&id)?;
@@ -740,6 +755,12 @@ async fn handle(shared: &Shared, request: Request) -> Response {
                 .await
                 .map(Response::StoreChecked)
                 .map_err(commit_error),
+            Request::MintToken {
+                tags,
+                ids,
+                admin,
+                ttl_ms,
+            } => crate::realtime::mint_token(&shared.live.current(), tags, ids, admin, ttl_ms),
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => Err(ErrorBody::new(
                 ErrorCode::Internal,
                 "subscriptions are handled by the connection",

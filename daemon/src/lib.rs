@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept;
+pub mod admin;
 pub mod backlog;
 pub mod breaker;
 pub mod clock;
@@ -11,11 +12,14 @@ pub mod config;
 pub mod daemon;
 pub mod dispatch;
 pub mod events;
+pub mod fanout;
 pub mod ipc;
 pub mod live;
+pub mod metrics;
 pub mod plugin;
 pub mod providers;
 pub mod ratelimit;
+pub mod realtime;
 pub mod reload;
 pub mod retry;
 pub mod rsvp;

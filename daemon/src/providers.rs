@@ -24,6 +24,8 @@ pub struct Counters {
     pub retries: AtomicU64,
     pub failures: AtomicU64,
     pub rejected: AtomicU64,
+    /// One exchange with the provider, start to outcome (`/metrics`).
+    pub call_latency: Arc<crate::metrics::LatencyHistogram>,
 }
 
 impl Counters {

@@ -104,6 +104,11 @@ impl Reloader {
         {
             kept.push("webhooks.listen");
         }
+        // The admin listener is bound at start; [realtime] applies to new streams at once.
+        if config.admin != old.config.admin {
+            kept.push("admin");
+            config.admin = old.config.admin.clone();
+        }
         let stored = self
             .store
             .breakers()

@@ -1,5 +1,6 @@
-//! The webhook listener: providers' delivery-status callbacks and inbound replies
-//! (`POST <public_url>/webhooks/<provider name>`).
+//! The public HTTP listener: providers' delivery-status callbacks and inbound replies
+//! (`POST <public_url>/webhooks/<provider name>`), and the browser event streams
+//! (`GET /v1/events`, handed to `realtime`).
 //!
 //! The body is bounded (`webhooks.max_body`) and handed, raw, to the provider's plugin,
 //! which verifies the signature (there is no unsigned path) and parses it. The resulting
@@ -28,11 +29,13 @@ use tokio::task::JoinSet;
 use crate::clock;
 use crate::commit::Committer;
 use crate::live::LiveCell;
+use crate::realtime::{Body, ConnKill, Streams};
 use crate::store::{Op, OpResult};
 
 pub struct WebhookServer {
     pub committer: Committer,
     pub live: Arc<LiveCell>,
+    pub streams: Arc<Streams>,
 }
 
 impl std::fmt::Debug for WebhookServer {
@@ -40,6 +43,10 @@ impl std::fmt::Debug for WebhookServer {
         f.debug_struct("WebhookServer").finish_non_exhaustive()
     }
 }
+
+/// Bounds the kernel's send buffer of a connection: a stream whose browser stops reading
+/// holds at most this much of the daemon's (kernel) memory besides its event queue.
+const SEND_BUFFER: usize = 64 * 1024;
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.into())));
@@ -68,17 +75,25 @@ impl WebhookServer {
                 _ = shutdown.changed() => break,
             };
             let this = Arc::clone(&this);
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
             conns.spawn(async move {
-                let svc = service_fn(move |req| {
+                let kill = ConnKill(Arc::default());
+                let killed = Arc::clone(&kill.0);
+                let svc = service_fn(move |mut req: Request<Incoming>| {
                     let this = Arc::clone(&this);
-                    async move { Ok::<_, Infallible>(this.handle(req).await) }
+                    req.extensions_mut().insert(kill.clone());
+                    async move { Ok::<_, Infallible>(this.route(req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "webhook connection ended");
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
+                tokio::select! {
+                    r = conn => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "http connection ended");
+                    },
+                    _ = killed.notified() => tracing::debug!(%peer, "dropped a stalled stream's connection"),
                 }
             });
             while conns.try_join_next().is_some() {}
@@ -91,6 +106,13 @@ impl WebhookServer {
         {
             conns.abort_all();
         }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/v1/events" {
+            return self.streams.handle(req).await;
+        }
+        self.handle(req).await.map(BodyExt::boxed_unsync)
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -288,10 +288,20 @@ pub enum EventKind {
     StorageLow,
     /// Free space is back above the reserve: sends are accepted again.
     StorageOk,
+    /// A provider's circuit breaker opened (or re-opened after a failed trial call):
+    /// `provider` names it, `detail` gives the reason.
+    ProviderOpened,
+    /// An open breaker's cooldown is over and a trial call was admitted.
+    ProviderHalfOpen,
+    /// A provider's breaker closed again: it is healthy.
+    ProviderClosed,
+    /// The provider reports that delivery is delayed (Resend `email.delivery_delayed`,
+    /// SendGrid `deferred`); the message's state does not change.
+    Delayed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::Queued,
         EventKind::Sending,
         EventKind::Sent,
@@ -311,6 +321,10 @@ impl EventKind {
         EventKind::ConfigRejected,
         EventKind::StorageLow,
         EventKind::StorageOk,
+        EventKind::ProviderOpened,
+        EventKind::ProviderHalfOpen,
+        EventKind::ProviderClosed,
+        EventKind::Delayed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -322,6 +336,10 @@ impl EventKind {
             EventKind::ConfigRejected => "config_rejected",
             EventKind::StorageLow => "storage_low",
             EventKind::StorageOk => "storage_ok",
+            EventKind::ProviderOpened => "provider_opened",
+            EventKind::ProviderHalfOpen => "provider_half_open",
+            EventKind::ProviderClosed => "provider_closed",
+            EventKind::Delayed => "delayed",
             other => other.state().map(State::as_str).unwrap_or("unknown"),
         }
     }
@@ -345,7 +363,17 @@ impl EventKind {
             EventKind::Cancelled => State::Cancelled,
             EventKind::Expired => State::Expired,
             EventKind::Suppressed => State::Suppressed,
-            _ => return None,
+            EventKind::Opened
+            | EventKind::Clicked
+            | EventKind::Inbound
+            | EventKind::ConfigReloaded
+            | EventKind::ConfigRejected
+            | EventKind::StorageLow
+            | EventKind::StorageOk
+            | EventKind::ProviderOpened
+            | EventKind::ProviderHalfOpen
+            | EventKind::ProviderClosed
+            | EventKind::Delayed => return None,
         })
     }
 }
@@ -453,6 +481,17 @@ mod tests {
         for s in State::ALL {
             assert_eq!(EventKind::from(s).state(), Some(s));
             assert_eq!(EventKind::parse(s.as_str()), Some(EventKind::from(s)));
+        }
+    }
+
+    #[test]
+    fn event_kind_names_round_trip_and_match_serde() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
         }
     }
 

@@ -191,6 +191,20 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Mints a stream token for `GET /v1/events` (an HS256 JWT signed with
+    /// `realtime.token_secret`). Its bearer sees only events carrying one of `tags`, or of
+    /// the messages `ids`, or everything with `admin`. `ttl_ms` defaults to one hour and may
+    /// not exceed `realtime.max_token_ttl`.
+    MintToken {
+        #[serde(default)]
+        tags: Vec<String>,
+        #[serde(default)]
+        ids: Vec<String>,
+        #[serde(default)]
+        admin: bool,
+        #[serde(default)]
+        ttl_ms: Option<u64>,
+    },
 }
 
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
@@ -577,10 +591,14 @@ pub enum Response {
         id: String,
     },
     /// Sent once when a subscription starts. `first_seq` is the oldest retained event,
-    /// `last_seq` the newest at that moment.
+    /// `last_seq` the newest at that moment. `epoch` identifies the event log: it changes
+    /// only when the data directory is replaced, and then `seq` numbers start over, so a
+    /// client that remembered a `seq` under another epoch must not resume from it.
     Subscribed {
         first_seq: u64,
         last_seq: u64,
+        #[serde(default)]
+        epoch: String,
     },
     Event(Event),
     Unsubscribed,
@@ -595,6 +613,11 @@ pub enum Response {
     Error(ErrorBody),
     /// The answer to `check_store`.
     StoreChecked(StoreCheck),
+    /// A stream token (`mint_token`) and when it expires (Unix ms).
+    Token {
+        token: String,
+        expires_at: UnixMillis,
+    },
 }
 
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
@@ -819,6 +842,55 @@ mod tests {
         // The storage event kinds follow config_rejected (16).
         let kinds = [EventKind::StorageLow, EventKind::StorageOk];
         expect!["021112"].assert_eq(&hex(&encode(Codec::Postcard, &kinds.to_vec()).unwrap()));
+    }
+
+    #[test]
+    fn appended_variants_golden_bytes() {
+        let mint = ClientFrame {
+            id: 4,
+            request: Request::MintToken {
+                tags: vec!["wedding:42".into()],
+                ids: vec![],
+                admin: false,
+                ttl_ms: Some(3_600_000),
+            },
+        };
+        expect!["040a010a77656464696e673a343200000180dddb01"].assert_eq(&hex(&encode(
+            Codec::Postcard,
+            &mint,
+        )
+        .unwrap()));
+        let token = ServerFrame {
+            id: 4,
+            response: Response::Token {
+                token: "a.b.c".into(),
+                expires_at: 1_700_000_000_000,
+            },
+        };
+        expect!["040c05612e622e6380d095ffbc31"]
+            .assert_eq(&hex(&encode(Codec::Postcard, &token).unwrap()));
+        let subscribed = ServerFrame {
+            id: 1,
+            response: Response::Subscribed {
+                first_seq: 1,
+                last_seq: 9,
+                epoch: "e1".into(),
+            },
+        };
+        expect!["01040109026531"].assert_eq(&hex(&encode(Codec::Postcard, &subscribed).unwrap()));
+        let f: ClientFrame = decode(
+            Codec::Json,
+            br#"{"id":1,"request":{"mint_token":{"tags":["wedding:42"],"ttl_ms":3600000}}}"#,
+        )
+        .unwrap();
+        assert_eq!(f.request, mint.request);
+        // An older daemon's subscribed frame (no epoch) still decodes.
+        let old: ServerFrame = decode(
+            Codec::Json,
+            br#"{"id":1,"response":{"subscribed":{"first_seq":1,"last_seq":9}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(old.response, Response::Subscribed { epoch, .. } if epoch.is_empty()));
     }
 
     #[test]

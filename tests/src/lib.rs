@@ -15,10 +15,12 @@
 //! daemon, the CLI and every plugin once per test process, with the test's own profile.
 #![allow(clippy::print_stderr, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http;
 pub mod mock;
 pub mod node;
 pub mod raw;
 pub mod smtp;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,7 +113,12 @@ pub struct Builder {
     retry: Vec<String>,
     body: Vec<String>,
     env: Vec<(String, String)>,
+    http_port: Option<u16>,
+    admin_port: Option<u16>,
 }
+
+/// The stream-token secret [`Builder::realtime`] exports (as `HERALD_TOKEN_SECRET`).
+pub const TOKEN_SECRET: &str = "e2e-token-secret-e2e-token-secret-0123";
 
 impl Builder {
     /// Puts the data directory somewhere else than the fixture's temporary directory (e.g.
@@ -145,6 +152,25 @@ impl Builder {
             "[[providers]]\nname = \"hook\"\nplugin = \"webhook\"\nurl = \"{}/notify\"\n\n[routes]\nemail = [\"hook\"]\nsms = [\"hook\"]\npush = [\"hook\"]\n",
             mock.url()
         ))
+    }
+
+    /// The public listener (`[webhooks] listen`) on a free port, with `[realtime]` (the
+    /// secret [`TOKEN_SECRET`] from the environment) plus `extra` lines in that section.
+    pub fn realtime(mut self, extra: &str) -> Builder {
+        let port = free_port();
+        self.http_port = Some(port);
+        self.env
+            .push(("HERALD_TOKEN_SECRET".into(), TOKEN_SECRET.into()));
+        self.config(&format!(
+            "[webhooks]\nlisten = \"127.0.0.1:{port}\"\n\n[realtime]\ntoken_secret = \"${{HERALD_TOKEN_SECRET}}\"\n{extra}\n"
+        ))
+    }
+
+    /// The admin listener on a free port.
+    pub fn admin(mut self) -> Builder {
+        let port = free_port();
+        self.admin_port = Some(port);
+        self.config(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"))
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Builder {
@@ -203,6 +229,8 @@ impl Builder {
             log_path: dir.path().join("heraldd.log"),
             config_path,
             env: self.env,
+            http_port: self.http_port,
+            admin_port: self.admin_port,
             dir,
             child: None,
         };
@@ -221,6 +249,10 @@ pub struct Daemon {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     env: Vec<(String, String)>,
+    /// `[webhooks] listen` port, when [`Builder::realtime`] set it.
+    pub http_port: Option<u16>,
+    /// `[admin] listen` port, when [`Builder::admin`] set it.
+    pub admin_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -279,6 +311,18 @@ impl Daemon {
         Client::connect(&self.socket)
             .await
             .expect("connect to heraldd")
+    }
+
+    /// The daemon's peak resident memory (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+            * 1024
     }
 
     /// SIGKILL: no chance to flush or clean up.

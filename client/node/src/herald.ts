@@ -12,6 +12,7 @@ import {
   type Response,
   type SendMessage,
   type Stats,
+  type StoreCheck,
   type Welcome,
 } from "./generated/protocol.js";
 import { resolveSocket } from "./socket.js";
@@ -199,6 +200,38 @@ export class Herald {
   /** Puts dead messages back in the queue; resolves with how many were requeued. */
   async deadRequeue(ids: readonly string[]): Promise<number> {
     return (await this.ask({ dead_requeue: { ids: [...ids] } }, "requeued")).count;
+  }
+
+  /**
+   * Mints a token for the browser event streams (`GET /v1/events`): its bearer sees only
+   * events carrying one of `tags`, or of the messages `ids`, or everything with `admin`.
+   * `ttlMs` defaults to one hour and may not exceed the daemon's `realtime.max_token_ttl`.
+   * Rejects with `invalid_field` when the daemon has no `[realtime]` section.
+   */
+  async mintToken(
+    o: { tags?: readonly string[]; ids?: readonly string[]; admin?: boolean; ttlMs?: number } = {},
+  ): Promise<{ token: string; expiresAt: number }> {
+    const t = await this.ask(
+      {
+        mint_token: {
+          tags: [...(o.tags ?? [])],
+          ids: [...(o.ids ?? [])],
+          admin: o.admin ?? false,
+          ttl_ms: o.ttlMs ?? null,
+        },
+      },
+      "token",
+    );
+    return { token: t.token, expiresAt: t.expires_at };
+  }
+
+  /**
+   * Checks the daemon's store against its indexes and counts and repairs what is wrong
+   * (only reports with `dryRun`). Writes wait while it runs: about 1-2 s per million
+   * messages.
+   */
+  async checkStore(options: { dryRun?: boolean } = {}): Promise<StoreCheck> {
+    return this.ask({ check_store: { dry_run: options.dryRun ?? false } }, "store_checked");
   }
 
   /**

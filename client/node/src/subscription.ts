@@ -40,7 +40,9 @@ interface Waiter {
   reject(error: Error): void;
 }
 
-function subscribedOf(r: Response): { first_seq: number; last_seq: number } | undefined {
+type Subscribed = { first_seq: number; last_seq: number; epoch: string };
+
+function subscribedOf(r: Response): Subscribed | undefined {
   return typeof r === "object" && "subscribed" in r ? r.subscribed : undefined;
 }
 
@@ -70,6 +72,8 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 export class Subscription implements AsyncIterableIterator<Event> {
   private conn: Connection | null = null;
   private streamId = 0;
+  /** The daemon's store epoch seen at the first `subscribed`: seqs belong to that log. */
+  private epoch: string | null = null;
   /** The seq the next event must have at least; `null` until the first `subscribed`. */
   private resume: number | null;
   private readonly buffer: Event[] = [];
@@ -224,6 +228,7 @@ export class Subscription implements AsyncIterableIterator<Event> {
             reject(e as Error);
             return;
           }
+          this.epoch ??= subscribed.epoch;
           this._firstSeq = subscribed.first_seq;
           this._lastSeq = subscribed.last_seq;
           this.resume ??= subscribed.last_seq + 1;
@@ -236,7 +241,14 @@ export class Subscription implements AsyncIterableIterator<Event> {
   }
 
   /** Refuses to resume where events would be missing or repeated. */
-  private checkResumable(s: { first_seq: number; last_seq: number }, from: number | null): void {
+  private checkResumable(s: Subscribed, from: number | null): void {
+    if (this.epoch !== null && s.epoch !== this.epoch) {
+      throw new HeraldConnectionError(
+        "protocol",
+        `the daemon's event log is another one (epoch ${s.epoch}, was ${this.epoch}): its data ` +
+          `directory was replaced, so the seqs this subscription received mean nothing there`,
+      );
+    }
     if (from === null) return;
     if (s.last_seq + 1 < from) {
       throw new HeraldConnectionError(

@@ -76,6 +76,8 @@ export interface DaemonOptions {
   retry?: string[];
   /** `[routes]` body; default: every channel to the mock. */
   routes?: string;
+  /** Raw TOML appended after `[routes]`, e.g. a `[realtime]` section. */
+  extra?: string[];
 }
 
 /** A running heraldd in its own scratch directory. */
@@ -136,6 +138,8 @@ export class Daemon {
         "",
         "[routes]",
         routes,
+        "",
+        ...(options.extra ?? []),
         "",
       ].join("\n"),
     );

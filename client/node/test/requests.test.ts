@@ -13,7 +13,12 @@ let herald: Herald;
 
 before(async () => {
   mock = await MockProvider.start();
-  daemon = await Daemon.start(mock, { retry: ["max_attempts = 1"] });
+  // The stream-token secret comes from the environment, as in production.
+  process.env["HERALD_TOKEN_SECRET"] = "node-client-tests-0123456789abcdef0123456789";
+  daemon = await Daemon.start(mock, {
+    retry: ["max_attempts = 1"],
+    extra: ["[realtime]", 'token_secret = "${HERALD_TOKEN_SECRET}"', 'max_token_ttl = "2h"'],
+  });
   herald = await Herald.connect({ socket: daemon.socket });
 });
 
@@ -135,6 +140,38 @@ test("a message whose attempts ran out is listed dead and can be requeued", asyn
     assert.ok(!(await herald.deadList()).some((m) => m.id === id));
   } finally {
     mock.status = 200;
+  }
+});
+
+test("mintToken returns a signed token scoped as asked, and refuses what the daemon refuses", async () => {
+  const before = Date.now();
+  const { token, expiresAt } = await herald.mintToken({ tags: ["wedding:42"], ttlMs: 3_600_000 });
+  const [header, claims, signature] = token.split(".");
+  assert.ok(header && claims && signature, token);
+  const body = JSON.parse(Buffer.from(claims, "base64url").toString("utf8"));
+  assert.deepEqual(body.tags, ["wedding:42"]);
+  assert.equal(body.exp * 1000, expiresAt);
+  assert.ok(expiresAt > before + 3_500_000 && expiresAt <= Date.now() + 3_600_000, `${expiresAt}`);
+  await assert.rejects(herald.mintToken({ tags: ["wedding:42"], ttlMs: 3 * 3_600_000 }), (e: unknown) => {
+    assert.ok(e instanceof HeraldError);
+    assert.equal(e.code, "invalid_field");
+    assert.equal(e.field, "ttl_ms");
+    return true;
+  });
+  await assert.rejects(herald.mintToken({}), (e: unknown) => {
+    assert.ok(e instanceof HeraldError);
+    assert.equal(e.code, "invalid_field");
+    return true;
+  });
+});
+
+test("checkStore reports a consistent store, with or without repairs", async () => {
+  await herald.send(email("check@example.com"));
+  for (const dryRun of [true, false]) {
+    const report = await herald.checkStore({ dryRun });
+    assert.equal(report.repair, !dryRun);
+    assert.ok(report.messages >= 1, JSON.stringify(report));
+    assert.deepEqual(report.problems, []);
   }
 });
 

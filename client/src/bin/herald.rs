@@ -51,6 +51,9 @@ enum Command {
     Stats,
     /// Re-read the config file; a bad file leaves the running config in place.
     Reload,
+    /// Mint a token for the browser event streams (GET /v1/events): its bearer sees only
+    /// events tagged with one of --tag, or of the messages --id, or everything with --admin.
+    Token(TokenArgs),
     /// Dead-lettered messages (attempts exhausted).
     Dead {
         #[command(subcommand)]
@@ -161,6 +164,26 @@ struct SendArgs {
     /// Deliver no earlier than this time (RFC 3339, e.g. 2026-12-24T18:00:00+01:00).
     #[arg(long, value_parser = parse_rfc3339)]
     send_at: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// See events of messages with this tag (repeatable: any of them).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// See events of this message (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<String>,
+    /// See every event (operators only).
+    #[arg(long)]
+    admin: bool,
+    /// How long the token is valid, e.g. 15m, 1h, 24h (at most realtime.max_token_ttl).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: u64,
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    herald_plugin_api::duration::parse_duration_ms(s)
 }
 
 #[derive(Args, Debug)]
@@ -531,6 +554,19 @@ async fn query(client: Client, command: Command, as_json: bool) -> Result<()> {
                 print_json(&json!({"reloaded": true, "detail": detail}))?;
             } else {
                 println!("reloaded: {detail}");
+            }
+        }
+        Command::Token(t) => {
+            if t.tags.is_empty() && t.ids.is_empty() && !t.admin {
+                bail!("a token needs a scope: --tag, --id or --admin");
+            }
+            let (token, expires_at) = client
+                .mint_token(t.tags, t.ids, t.admin, Some(t.ttl))
+                .await?;
+            if as_json {
+                print_json(&json!({"token": token, "expires_at": expires_at}))?;
+            } else {
+                println!("{token}");
             }
         }
         Command::Dead { command } => match command {

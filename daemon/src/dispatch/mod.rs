@@ -19,16 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_plugin_api::abi::{CallError, CallErrorKind, ResumeInput};
-use herald_plugin_api::{Delivery, Message, Outcome, Step};
+use herald_plugin_api::{Delivery, EventKind, Message, Outcome, Step};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::breaker::Transition;
+use crate::breaker::{Admission, Transition};
 use crate::clock;
 use crate::commit::Committer;
 use crate::live::LiveCell;
 use crate::providers::{Counters, Provider};
-use crate::store::{BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string};
+use crate::store::{
+    BreakerEvent, BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string,
+};
 use crate::transport::Transports;
 use verdict::{Tried, TryResult};
 
@@ -190,43 +192,60 @@ impl Dispatcher {
             .cloned()
             .unwrap_or_default();
         let mut run: Vec<Tried> = Vec::with_capacity(route.len());
-        let mut breakers: Vec<(String, BreakerRecord)> = Vec::new();
+        let mut breakers = Moves::default();
         for p in &route {
             let now = clock::now_ms();
-            if !p.breaker.admit(now) {
-                run.push(Tried {
+            match p.breaker.admission(now) {
+                Admission::Refused => {
+                    run.push(Tried {
+                        provider: p.name.clone(),
+                        webhooks: p.manifest.webhooks,
+                        result: TryResult::BreakerOpen {
+                            retry_at: p.breaker.retry_at(),
+                        },
+                    });
+                    continue;
+                }
+                Admission::Trial => breakers.events.push(BreakerEvent {
                     provider: p.name.clone(),
-                    webhooks: p.manifest.webhooks,
-                    result: TryResult::BreakerOpen {
-                        retry_at: p.breaker.retry_at(),
-                    },
-                });
-                continue;
+                    kind: EventKind::ProviderHalfOpen,
+                    generation: 0,
+                    reason: format!(
+                        "cooldown of {} ms over: a trial call decides whether {} is healthy",
+                        p.breaker.config().cooldown_ms,
+                        p.name
+                    ),
+                }),
+                Admission::Closed => {}
             }
             if let Some(rate) = &p.rate {
                 rate.acquire().await;
             }
+            let started = clock::instant();
             let outcome = exchange(&self.transports, p, &delivery).await;
+            p.counters.call_latency.observe(started.elapsed());
             let now = clock::now_ms();
             match &outcome {
                 Outcome::Accepted { .. } => {
-                    breaker_moved(p, p.breaker.success(), &mut breakers);
+                    breakers.moved(p, p.breaker.success(), "a call succeeded");
                     Counters::bump(&p.counters.accepted);
                 }
                 Outcome::Rejected { .. } => {
-                    breaker_moved(p, p.breaker.success(), &mut breakers);
+                    breakers.moved(p, p.breaker.success(), "the provider answered");
                     Counters::bump(&p.counters.rejected);
                 }
-                Outcome::Retry { breaker, .. } => {
+                Outcome::Retry {
+                    breaker, reason, ..
+                } => {
                     if *breaker {
-                        breaker_moved(p, p.breaker.failure(now), &mut breakers);
+                        breakers.moved(p, p.breaker.failure(now), reason);
                     } else {
                         p.breaker.neutral();
                     }
                     Counters::bump(&p.counters.retries);
                 }
                 Outcome::ProviderFailure { reason } => {
-                    breaker_moved(p, p.breaker.failure(now), &mut breakers);
+                    breakers.moved(p, p.breaker.failure(now), reason);
                     Counters::bump(&p.counters.failures);
                     tracing::warn!(provider = %p.name, message_id = %delivery.message.id, %reason, "provider failure; trying the next provider of the route");
                 }
@@ -251,7 +270,8 @@ impl Dispatcher {
             &mut rand::thread_rng(),
         );
         self.complete(Completion {
-            breakers,
+            breakers: breakers.records,
+            breaker_events: breakers.events,
             ..verdict.completion(id, attempt, fence)
         })
         .await;
@@ -280,27 +300,55 @@ impl Dispatcher {
     }
 }
 
-/// Logs a breaker that opened or closed and keeps it for the completion, which stores it.
-fn breaker_moved(p: &Provider, moved: Option<Transition>, into: &mut Vec<(String, BreakerRecord)>) {
-    let Some(t) = moved else { return };
-    match t.opened_at {
-        Some(_) => tracing::warn!(
-            provider = %p.name,
-            cooldown_ms = p.breaker.config().cooldown_ms,
-            "circuit breaker open: the route's next provider takes over until a trial call succeeds"
-        ),
-        None => {
-            tracing::info!(provider = %p.name, "circuit breaker closed: the provider is healthy again")
-        }
-    }
-    into.push((
-        p.name.clone(),
-        BreakerRecord {
-            plugin: p.plugin.clone(),
+/// The breaker transitions of one delivery, stored and reported with its completion.
+#[derive(Default)]
+struct Moves {
+    records: Vec<(String, BreakerRecord)>,
+    events: Vec<BreakerEvent>,
+}
+
+impl Moves {
+    /// Logs a breaker that opened or closed and keeps it (and its event, with `reason`)
+    /// for the completion.
+    fn moved(&mut self, p: &Provider, moved: Option<Transition>, reason: &str) {
+        let Some(t) = moved else { return };
+        let cooldown_ms = p.breaker.config().cooldown_ms;
+        let (kind, detail) = match t.opened_at {
+            Some(_) => {
+                tracing::warn!(
+                    provider = %p.name,
+                    cooldown_ms,
+                    %reason,
+                    "circuit breaker open: the route's next provider takes over until a trial call succeeds"
+                );
+                (
+                    EventKind::ProviderOpened,
+                    format!("{reason} (calls paused for {cooldown_ms} ms, then one trial call)"),
+                )
+            }
+            None => {
+                tracing::info!(provider = %p.name, "circuit breaker closed: the provider is healthy again");
+                (
+                    EventKind::ProviderClosed,
+                    format!("{reason}: the provider is healthy again"),
+                )
+            }
+        };
+        self.records.push((
+            p.name.clone(),
+            BreakerRecord {
+                plugin: p.plugin.clone(),
+                generation: t.generation,
+                opened_at: t.opened_at,
+            },
+        ));
+        self.events.push(BreakerEvent {
+            provider: p.name.clone(),
+            kind,
             generation: t.generation,
-            opened_at: t.opened_at,
-        },
-    ));
+            reason: detail,
+        });
+    }
 }
 
 /// A plugin call: inline for plugins whose manifest says their calls never block (pure

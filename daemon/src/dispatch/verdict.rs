@@ -108,6 +108,7 @@ impl Verdict {
             attempt_used: true,
             index_provider_id: false,
             breakers: Vec::new(),
+            breaker_events: Vec::new(),
         };
         match self {
             Verdict::Sent {

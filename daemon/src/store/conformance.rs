@@ -20,8 +20,8 @@ use herald_plugin_api::{
 
 use super::check::Problem;
 use super::{
-    BreakerRecord, CheckReport, Claimed, Completion, Damage, MemoryStore, MsgId, NewMessage, Op,
-    OpResult, SledStore, Store, id_string, new_id,
+    BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, MemoryStore, MsgId,
+    NewMessage, Op, OpResult, SledStore, Store, id_string, new_id,
 };
 
 /// How the suite makes, restarts and damages the stores of one engine.
@@ -107,6 +107,8 @@ conformance!(
     inbound_replies_tagged_like_the_latest_message,
     suppression_opt_out_and_opt_in,
     breakers_by_generation_survive_a_restart,
+    breaker_events_report_only_the_newest_transition,
+    a_delivery_delay_is_an_event_that_leaves_the_state,
     retention_prunes_what_finished,
     event_seqs_gap_free_and_never_reused,
     events_read_from_any_seq,
@@ -210,6 +212,7 @@ fn done(c: &Claimed, state: State, pid: Option<&str>) -> Completion {
         attempt_used: true,
         index_provider_id: true,
         breakers: Vec::new(),
+        breaker_events: Vec::new(),
     }
 }
 
@@ -997,6 +1000,102 @@ fn suppression_opt_out_and_opt_in<E: Engine>(mut e: E) {
     assert_consistent(&s);
 }
 
+fn breaker_events_report_only_the_newest_transition<E: Engine>(mut e: E) {
+    let s = e.open();
+    let rec = |generation, opened_at| BreakerRecord {
+        plugin: "twilio".into(),
+        generation,
+        opened_at,
+    };
+    let ev = |kind, generation| BreakerEvent {
+        provider: "tw".into(),
+        kind,
+        generation,
+        reason: format!("{kind:?} {generation}"),
+    };
+    // For messages that are not there: breakers and their events are stored all the same.
+    let outcome = |breakers: Vec<(String, BreakerRecord)>, breaker_events: Vec<BreakerEvent>| {
+        Op::Complete(Completion {
+            id: new_id(),
+            attempt: 1,
+            fence: 0,
+            state: State::Sent,
+            provider: Some("tw".into()),
+            provider_message_id: None,
+            detail: None,
+            due_at: None,
+            suppress: false,
+            attempt_used: true,
+            index_provider_id: false,
+            breakers,
+            breaker_events,
+        })
+    };
+    let c = s
+        .commit(
+            5,
+            &[
+                outcome(
+                    vec![("tw".into(), rec(2, Some(5)))],
+                    vec![
+                        ev(EventKind::ProviderHalfOpen, 0),
+                        ev(EventKind::ProviderOpened, 2),
+                    ],
+                ),
+                // Stale: a concurrent delivery's older closing.
+                outcome(
+                    vec![("tw".into(), rec(1, None))],
+                    vec![ev(EventKind::ProviderClosed, 1)],
+                ),
+            ],
+        )
+        .unwrap();
+    let got: Vec<(EventKind, Option<String>, Option<String>)> = c
+        .events
+        .iter()
+        .map(|e| (e.kind, e.provider.clone(), e.detail.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                EventKind::ProviderHalfOpen,
+                Some("tw".into()),
+                Some("ProviderHalfOpen 0".into())
+            ),
+            (
+                EventKind::ProviderOpened,
+                Some("tw".into()),
+                Some("ProviderOpened 2".into())
+            ),
+        ]
+    );
+    assert_consistent(&s);
+}
+
+fn a_delivery_delay_is_an_event_that_leaves_the_state<E: Engine>(mut e: E) {
+    let s = e.open();
+    let m = msg(None, "hi");
+    accept(&s, 1, &m);
+    let c = claim_one(&s, 2, &m.id);
+    complete(&s, 3, done(&c, State::Sent, Some("SM1")));
+    let r = s
+        .commit(4, &[update(Some("SM1"), None, UpdateKind::Deferred, "d1")])
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Done]);
+    assert_eq!(kinds(&r.events), vec![EventKind::Delayed]);
+    assert_eq!(state(&s, &m.id), State::Sent);
+    // After delivery a late delay report says nothing new.
+    s.commit(5, &[update(Some("SM1"), None, UpdateKind::Delivered, "d2")])
+        .unwrap();
+    let r = s
+        .commit(6, &[update(Some("SM1"), None, UpdateKind::Deferred, "d3")])
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Ignored]);
+    assert!(r.events.is_empty());
+    assert_consistent(&s);
+}
+
 fn breakers_by_generation_survive_a_restart<E: Engine>(mut e: E) {
     let rec = |plugin: &str, generation, opened_at| BreakerRecord {
         plugin: plugin.into(),
@@ -1018,6 +1117,7 @@ fn breakers_by_generation_survive_a_restart<E: Engine>(mut e: E) {
             attempt_used: true,
             index_provider_id: false,
             breakers,
+            breaker_events: Vec::new(),
         })
     };
     let s = e.open();

@@ -453,14 +453,17 @@ fn complete<T: Txn>(
     c: &Completion,
     cur: &mut Cursor,
 ) -> Result<OpResult, T::Error> {
+    let mut stored_now = Vec::new();
     for (provider, record) in &c.breakers {
         let newer = txn.breaker(provider)?.is_none_or(|stored| {
             stored.plugin != record.plugin || stored.generation < record.generation
         });
         if newer {
             txn.put_breaker(provider, record)?;
+            stored_now.push((provider, record.generation));
         }
     }
+    breaker_events(now, c, &stored_now, cur);
     let Some(mut r) = txn.message(&c.id)? else {
         return Ok(OpResult::NotFound);
     };
@@ -558,6 +561,40 @@ fn take_held<T: Txn>(txn: &mut T, key: HeldFor<'_>) -> Result<HeldUpdates, T::Er
     Ok(held)
 }
 
+/// Emits a completion's breaker events: a half-open trial always, an opening or closing
+/// only when its record was the newest (a stale transition from a concurrent delivery
+/// would report a state the breaker is no longer in).
+fn breaker_events(
+    now: UnixMillis,
+    c: &Completion,
+    stored_now: &[(&String, u64)],
+    cur: &mut Cursor,
+) {
+    for b in &c.breaker_events {
+        let current = b.kind == EventKind::ProviderHalfOpen
+            || stored_now
+                .iter()
+                .any(|(p, g)| **p == b.provider && *g == b.generation);
+        if current {
+            cur.emit(Event {
+                seq: 0,
+                at: now,
+                message_id: None,
+                kind: b.kind,
+                channel: None,
+                provider: Some(b.provider.clone()),
+                provider_message_id: None,
+                attempt: None,
+                detail: Some(b.reason.clone()),
+                tags: vec![],
+                from: None,
+                to: None,
+                body: None,
+            });
+        }
+    }
+}
+
 fn update_state(kind: UpdateKind) -> Option<State> {
     match kind {
         UpdateKind::Sent => Some(State::Sent),
@@ -596,6 +633,13 @@ fn apply_update<T: Txn>(
             cur.emit(event);
             true
         }
+        // A provider's "delivery delayed": reported, the state stays (a late report about
+        // a message that already finished says nothing new).
+        (UpdateKind::Deferred, _) if !r.state.is_terminal() => {
+            event.kind = EventKind::Delayed;
+            cur.emit(event);
+            true
+        }
         (_, Some(state)) if state.rank() > r.state.rank() => {
             transition(txn, cur, now, id, r, state)?;
             if matches!(state, State::Bounced | State::Failed | State::Complained) {
@@ -608,7 +652,7 @@ fn apply_update<T: Txn>(
             cur.emit(event);
             true
         }
-        // Provider-side deferrals, and anything that would move the state backwards.
+        // Anything that would move the state backwards.
         _ => false,
     };
     if u.suppress {

@@ -117,6 +117,8 @@ struct State {
     tables: Tables,
     seq: u64,
     counts: Counts,
+    /// Created on first use; a restart (`restart`) shares it, a new store has its own.
+    epoch: String,
 }
 
 /// The in-memory engine. Cheap to create; see the module doc.
@@ -555,6 +557,14 @@ impl Store for MemoryStore {
             .take(limit)
             .filter_map(|id| state.tables.records.get(id).map(|r| (*id, r.clone())))
             .collect())
+    }
+
+    fn epoch(&self) -> String {
+        let mut state = self.lock();
+        if state.epoch.is_empty() {
+            state.epoch = format!("{:016x}", rand::random::<u64>());
+        }
+        state.epoch.clone()
     }
 
     fn breakers(&self) -> Result<BTreeMap<String, BreakerRecord>, StoreError> {

@@ -183,6 +183,21 @@ pub struct Completion {
     /// Breakers this delivery opened or closed, by provider name. Stored with the outcome
     /// (even a stale one), so what was true when the outcome was recorded survives a crash.
     pub breakers: Vec<(String, BreakerRecord)>,
+    /// The breaker events of this delivery, in order: a trial call admitted
+    /// (`provider_half_open`), a breaker that opened or closed (`provider_opened`,
+    /// `provider_closed`: emitted only if its record in `breakers` is the newest stored).
+    pub breaker_events: Vec<BreakerEvent>,
+}
+
+/// A breaker transition to report as an event, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerEvent {
+    pub provider: String,
+    /// `ProviderHalfOpen`, `ProviderOpened` or `ProviderClosed`.
+    pub kind: EventKind,
+    /// For opened/closed: the generation of the matching record in `Completion::breakers`.
+    pub generation: u64,
+    pub reason: String,
 }
 
 /// The stored state of a provider's circuit breaker.
@@ -351,6 +366,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The stored breaker state of every provider that ever opened or closed one.
     fn breakers(&self) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError>;
+
+    /// The store's epoch: a random id created with the store and kept in it, so it changes
+    /// only when the data directory is replaced (and `seq` numbers start over). Streams
+    /// show it so a resuming client can tell a `seq` of another log from one of this log.
+    fn epoch(&self) -> String;
 }
 
 /// Damage a test does to a stopped (or idle) store's indexes on purpose, the way an

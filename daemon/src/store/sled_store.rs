@@ -193,6 +193,8 @@ pub struct SledStore {
     /// Committed seq and counts (the writer is the only one to change them).
     committed: Mutex<(u64, Counts)>,
     last_seq: AtomicU64,
+    /// `meta` "epoch": created with the store, never changed.
+    epoch: String,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -259,7 +261,7 @@ impl SledStore {
                 other => io(other),
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(io);
-        let store = SledStore {
+        let mut store = SledStore {
             records: tree("records")?,
             schedule: tree("schedule")?,
             leases: tree("leases")?,
@@ -278,7 +280,9 @@ impl SledStore {
             db,
             committed: Mutex::new((0, Counts::default())),
             last_seq: AtomicU64::new(0),
+            epoch: String::new(),
         };
+        store.epoch = store.open_epoch()?;
         let mut seq = match store.meta.get("seq").map_err(io)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -300,6 +304,19 @@ impl SledStore {
         *store.lock() = (seq, counts);
         store.last_seq.store(seq, Ordering::Release);
         Ok(store)
+    }
+
+    /// The epoch stored in `meta`, created (and flushed) on the first open of a data dir.
+    /// It is a plain string written once, outside the postcard-versioned values.
+    fn open_epoch(&self) -> Result<String, StoreError> {
+        if let Some(v) = self.meta.get("epoch").map_err(io)? {
+            return String::from_utf8(v.to_vec())
+                .map_err(|_| StoreError::Corrupt("meta epoch is not UTF-8".into()));
+        }
+        let epoch = format!("{:016x}", rand::random::<u64>());
+        self.meta.insert("epoch", epoch.as_bytes()).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(epoch)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Counts)> {
@@ -1037,6 +1054,10 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn epoch(&self) -> String {
+        self.epoch.clone()
+    }
+
     fn breakers(&self) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError> {
         let mut out = std::collections::BTreeMap::new();
         for kv in self.breakers.iter() {
@@ -1137,6 +1158,7 @@ mod tests {
                 attempt_used: true,
                 index_provider_id: true,
                 breakers: Vec::new(),
+                breaker_events: Vec::new(),
             })],
         )
         .unwrap();
@@ -1262,5 +1284,23 @@ mod tests {
         drop(s);
         SledStore::wait_unlocked(dir.path()).unwrap();
         assert_eq!(SledStore::open(dir.path(), 1 << 20).unwrap().last_seq(), 1);
+    }
+
+    #[test]
+    fn the_epoch_is_kept_with_the_data_and_differs_between_data_dirs() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let first = SledStore::open_when_unlocked(a.path(), 1 << 20)
+            .unwrap()
+            .epoch();
+        assert_eq!(first.len(), 16, "{first}");
+        let again = SledStore::open_when_unlocked(a.path(), 1 << 20)
+            .unwrap()
+            .epoch();
+        assert_eq!(again, first, "reopening keeps it");
+        let other = SledStore::open_when_unlocked(b.path(), 1 << 20)
+            .unwrap()
+            .epoch();
+        assert_ne!(other, first, "another data dir, another epoch");
     }
 }

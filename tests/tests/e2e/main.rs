@@ -2,6 +2,7 @@
 //! over real sockets on 127.0.0.1. One test binary; one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod admin;
 mod bad_input;
 mod cli;
 mod crash;
@@ -14,6 +15,7 @@ mod plugins;
 mod protocol_doc;
 mod protocol_rules;
 mod providers;
+mod realtime;
 mod reload;
 mod smtp;
 mod store_check;

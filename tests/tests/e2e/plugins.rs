@@ -331,6 +331,7 @@ fn the_production_example_config_passes_check() {
         .env("FCM_SERVICE_ACCOUNT_JSON", read("plugins/fcm/tests/fixtures/test-only-service-account.json"))
         .env("APNS_AUTH_KEY_P8", read("plugins/apns/tests/fixtures/AuthKey_TESTKEY123.p8"))
         .env("SMTP_PASSWORD", "correct horse battery staple")
+        .env("HERALD_TOKEN_SECRET", herald_tests::TOKEN_SECRET)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -343,7 +344,8 @@ fn the_production_example_config_passes_check() {
         assert!(err.contains(line), "{line:?} missing in:\n{err}");
     }
     assert!(
-        !err.contains("0123456789abcdef0123456789abcdef"),
+        !err.contains("0123456789abcdef0123456789abcdef")
+            && !err.contains(herald_tests::TOKEN_SECRET),
         "no secret echoed"
     );
 }

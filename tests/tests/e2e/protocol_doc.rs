@@ -84,6 +84,7 @@ wire_names!(request_name, REQUESTS, Request {
     Request::DeadList { .. } => "dead_list",
     Request::DeadRequeue { .. } => "dead_requeue",
     Request::CheckStore { .. } => "check_store",
+    Request::MintToken { .. } => "mint_token",
 });
 
 wire_names!(response_name, RESPONSES, Response {
@@ -100,6 +101,7 @@ wire_names!(response_name, RESPONSES, Response {
     Response::Requeued { .. } => "requeued",
     Response::Error(_) => "error",
     Response::StoreChecked(_) => "store_checked",
+    Response::Token { .. } => "token",
 });
 
 wire_names!(error_code_name, ERROR_CODES, ErrorCode {

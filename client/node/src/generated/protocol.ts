@@ -72,7 +72,7 @@ export type Event = { seq: number, at: number, message_id: string | null, kind: 
 /**
  * What an event reports. The first twelve mirror [`State`]; append only.
  */
-export type EventKind = "queued" | "sending" | "sent" | "delivered" | "bounced" | "complained" | "failed" | "deferred" | "dead" | "cancelled" | "expired" | "suppressed" | "opened" | "clicked" | "inbound" | "config_reloaded" | "config_rejected" | "storage_low" | "storage_ok";
+export type EventKind = "queued" | "sending" | "sent" | "delivered" | "bounced" | "complained" | "failed" | "deferred" | "dead" | "cancelled" | "expired" | "suppressed" | "opened" | "clicked" | "inbound" | "config_reloaded" | "config_rejected" | "storage_low" | "storage_ok" | "provider_opened" | "provider_half_open" | "provider_closed" | "delayed";
 
 /**
  * Which events a subscription receives. Empty lists match everything.
@@ -133,12 +133,12 @@ export type PushPriority = "high" | "normal";
 /**
  * A client request. Variant order is wire format: append only.
  */
-export type Request = { "send": SendMessage } | { "send_batch": Array<SendMessage> } | { "get": { id: string, } } | { "cancel": { id: string, } } | { "subscribe": { filter?: Filter, from_seq?: number | null, } } | { "unsubscribe": { subscription: number, } } | "stats" | "reload" | { "dead_list": { limit?: number | null, } } | { "dead_requeue": { ids: Array<string>, } } | { "check_store": { dry_run: boolean, } };
+export type Request = { "send": SendMessage } | { "send_batch": Array<SendMessage> } | { "get": { id: string, } } | { "cancel": { id: string, } } | { "subscribe": { filter?: Filter, from_seq?: number | null, } } | { "unsubscribe": { subscription: number, } } | "stats" | "reload" | { "dead_list": { limit?: number | null, } } | { "dead_requeue": { ids: Array<string>, } } | { "check_store": { dry_run: boolean, } } | { "mint_token": { tags: Array<string>, ids: Array<string>, admin: boolean, ttl_ms: number | null, } };
 
 /**
  * A server frame body. Variant order is wire format: append only.
  */
-export type Response = { "accepted": Accepted } | { "batch_accepted": Array<BatchItem> } | { "message": MessageView } | { "cancelled": { id: string, } } | { "subscribed": { first_seq: number, last_seq: number, } } | { "event": Event } | "unsubscribed" | { "stats": Stats } | { "reloaded": { detail: string, } } | { "dead_list": Array<MessageView> } | { "requeued": { count: number, } } | { "error": ErrorBody } | { "store_checked": StoreCheck };
+export type Response = { "accepted": Accepted } | { "batch_accepted": Array<BatchItem> } | { "message": MessageView } | { "cancelled": { id: string, } } | { "subscribed": { first_seq: number, last_seq: number, epoch: string, } } | { "event": Event } | "unsubscribed" | { "stats": Stats } | { "reloaded": { detail: string, } } | { "dead_list": Array<MessageView> } | { "requeued": { count: number, } } | { "error": ErrorBody } | { "store_checked": StoreCheck } | { "token": { token: string, expires_at: number, } };
 
 /**
  * A message to send, as a host application describes it.

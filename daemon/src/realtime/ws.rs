@@ -1,0 +1,89 @@
+//! The WebSocket side of `/v1/events`: the upgrade answer, and a [`Transport`] that sends
+//! each event as one text frame, pings as keep-alive, and ends with a close frame whose
+//! reason is JSON (`{"reason","resume_from","epoch"}`).
+//!
+//! Owns: WebSocket framing (tungstenite over hyper's upgraded connection). Messages from
+//! the client are read (so pongs and closes are handled) but carry nothing; they are
+//! bounded to a few KiB.
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use crate::realtime::session::{Close, Item, Transport};
+
+/// Largest message a client may send (it has nothing to say; this only bounds memory).
+const MAX_CLIENT_MESSAGE: usize = 4096;
+
+type Stream = WebSocketStream<TokioIo<Upgraded>>;
+
+pub struct Ws {
+    sink: SplitSink<Stream, Message>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Ws {
+    /// Wraps an upgraded connection; a task reads (and drops) what the client sends.
+    pub async fn new(upgraded: Upgraded) -> Ws {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_CLIENT_MESSAGE))
+            .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+        let stream =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        let (sink, mut incoming) = stream.split();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(m)) = incoming.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        });
+        Ws { sink, reader }
+    }
+}
+
+impl Drop for Ws {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Transport for Ws {
+    async fn event(&mut self, item: &Item) -> Result<(), ()> {
+        // `feed` returns once the frame is in the connection's buffer, ahead of the close.
+        self.sink
+            .feed(Message::Text(item.json.as_str().into()))
+            .await
+            .map_err(|_| ())
+    }
+
+    async fn flush(&mut self) -> Result<(), ()> {
+        self.sink.flush().await.map_err(|_| ())
+    }
+
+    async fn keepalive(&mut self) -> Result<(), ()> {
+        self.sink
+            .send(Message::Ping(Default::default()))
+            .await
+            .map_err(|_| ())
+    }
+
+    async fn close(&mut self, close: &Close) {
+        let frame = CloseFrame {
+            code: CloseCode::from(close.code),
+            reason: close.json().into(),
+        };
+        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        let _ = self.sink.close().await;
+    }
+
+    fn abort(&mut self) {
+        self.reader.abort();
+    }
+}
