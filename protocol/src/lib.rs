@@ -855,7 +855,7 @@ mod tests {
                 ttl_ms: Some(3_600_000),
             },
         };
-        expect!["040a010a77656464696e673a343200000180dddb01"].assert_eq(&hex(&encode(
+        expect!["040b010a77656464696e673a343200000180dddb01"].assert_eq(&hex(&encode(
             Codec::Postcard,
             &mint,
         )
@@ -867,7 +867,7 @@ mod tests {
                 expires_at: 1_700_000_000_000,
             },
         };
-        expect!["040c05612e622e6380d095ffbc31"]
+        expect!["040d05612e622e6380d095ffbc31"]
             .assert_eq(&hex(&encode(Codec::Postcard, &token).unwrap()));
         let subscribed = ServerFrame {
             id: 1,
