@@ -174,7 +174,7 @@ async fn metrics_pass_promtool_and_count_exactly_what_was_sent() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["store", "writer", "route"]);
+    assert_eq!(names, ["store", "writer", "storage", "route"]);
     assert_eq!(http::get(admin, "/nope").await.status, 404);
     assert_eq!(
         http::request(admin, "POST", "/metrics", &[]).await.status,
