@@ -6,7 +6,6 @@
 //! Owns: these routes and the readiness checks. Must not: change anything (every route is
 //! a read), or be reachable from the public listener.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,17 +16,15 @@ use herald_protocol::StorageState;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::breaker::BreakerState;
 use crate::clock;
 use crate::commit::Committer;
+use crate::http_server;
 use crate::live::LiveCell;
 use crate::metrics::Metrics;
 use crate::realtime::{self, Body, ConnKill, Context};
@@ -72,50 +69,26 @@ pub struct Check {
     pub problem: Option<String>,
 }
 
+/// Connections the operator listener serves at once (a status page, a scraper, a few
+/// terminals); more wait.
+const MAX_CONNECTIONS: usize = 64;
+
 impl Admin {
-    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let mut conns = JoinSet::new();
-        loop {
-            let (stream, _) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => break,
-            };
+        let limits = http_server::Limits {
+            name: "admin",
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: Duration::from_secs(10),
+            drain: Duration::from_secs(2),
+            upgrades: false,
+            send_buffer: None,
+        };
+        http_server::serve(listener, limits, shutdown, move |req| {
             let this = Arc::clone(&this);
-            conns.spawn(async move {
-                let kill = ConnKill(Arc::default());
-                let killed = Arc::clone(&kill.0);
-                let svc = service_fn(move |mut req: Request<Incoming>| {
-                    let this = Arc::clone(&this);
-                    req.extensions_mut().insert(kill.clone());
-                    async move { Ok::<_, Infallible>(this.route(req)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::select! {
-                    _ = conn => {}
-                    _ = killed.notified() => {}
-                }
-            });
-            while conns.try_join_next().is_some() {}
-        }
-        drop(listener);
-        let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(2), drain)
-            .await
-            .is_err()
-        {
-            conns.abort_all();
-        }
+            async move { this.route(req) }
+        })
+        .await;
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Body> {

@@ -68,6 +68,7 @@ struct RawWebhooks {
     listen: String,
     public_url: Option<String>,
     max_body: Option<toml::Value>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,7 +154,13 @@ pub struct WebhooksConfig {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub max_body: usize,
+    /// HTTP connections the public listener serves at once (webhooks and browser streams);
+    /// past it the listener stops accepting until one closes.
+    pub max_connections: usize,
 }
+
+/// The default `webhooks.max_connections`.
+pub const DEFAULT_WEBHOOK_CONNECTIONS: usize = 4096;
 
 /// `[realtime]`: browser event streams (`GET /v1/events` on the webhook listener) and the
 /// tokens that scope them.
@@ -583,6 +590,7 @@ impl RawConfig {
                         .max_body
                         .map(|v| parse_size(&v).map_err(|e| format!("webhooks.max_body: {e}")))
                         .unwrap_or(Ok(1 << 20))? as usize,
+                    max_connections: w.max_connections.unwrap_or(DEFAULT_WEBHOOK_CONNECTIONS),
                 })
             }
         };
@@ -595,6 +603,23 @@ impl RawConfig {
             None => None,
             Some(a) => Some(validate_admin(a)?),
         };
+        if let Some(w) = &webhooks {
+            if !(16..=1_000_000).contains(&w.max_connections) {
+                return Err(format!(
+                    "webhooks.max_connections {} must be between 16 and 1000000",
+                    w.max_connections
+                ));
+            }
+            // Browser streams hold their connection: leave room for provider webhooks.
+            if let Some(r) = &realtime
+                && r.max_streams + 16 > w.max_connections
+            {
+                return Err(format!(
+                    "webhooks.max_connections ({}) must exceed realtime.max_streams ({}) by at least 16, or streams could leave no connection for provider webhooks",
+                    w.max_connections, r.max_streams
+                ));
+            }
+        }
 
         let r = self.retry;
         let retry = RetryPolicy {
@@ -1045,6 +1070,19 @@ mod tests {
             assert!(err.contains(needle), "{extra:?} → {err}");
             assert!(!err.contains("tooshort") && !err.contains(SECRET), "{err}");
         }
+        let hooks = "[webhooks]\nlisten = \"127.0.0.1:8025\"\n";
+        let c = with(hooks).unwrap();
+        assert_eq!(
+            c.webhooks.unwrap().max_connections,
+            DEFAULT_WEBHOOK_CONNECTIONS
+        );
+        let err = with(&format!("{hooks}max_connections = 2")).unwrap_err();
+        assert!(err.contains("webhooks.max_connections 2"), "{err}");
+        let err = with(&format!(
+            "{hooks}max_connections = 100\n[realtime]\ntoken_secret = \"${{HERALD_TOKEN_SECRET}}\"\nmax_streams = 90"
+        ))
+        .unwrap_err();
+        assert!(err.contains("must exceed realtime.max_streams"), "{err}");
         let remote = with("[admin]\nlisten = \"0.0.0.0:8026\"\nallow_remote = true").unwrap();
         assert_eq!(remote.admin.unwrap().listen.to_string(), "0.0.0.0:8026");
     }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod events;
 pub mod fanout;
+pub mod http_server;
 pub mod ipc;
 pub mod live;
 pub mod metrics;

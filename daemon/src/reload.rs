@@ -104,6 +104,11 @@ impl Reloader {
         {
             kept.push("webhooks.listen");
         }
+        if config.webhooks.as_ref().map(|w| w.max_connections)
+            != old.config.webhooks.as_ref().map(|w| w.max_connections)
+        {
+            kept.push("webhooks.max_connections");
+        }
         // The admin listener is bound at start; [realtime] applies to new streams at once.
         if config.admin != old.config.admin {
             kept.push("admin");

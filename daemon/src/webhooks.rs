@@ -11,7 +11,6 @@
 //! Owns: HTTP parsing, body bounds, URL reconstruction for signatures. Must not: verify or
 //! interpret payloads (the plugin does) or change state except through the committer.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,17 +18,16 @@ use herald_plugin_api::WebhookRequest;
 use herald_plugin_api::abi::{CallError, CallErrorKind};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::clock;
 use crate::commit::Committer;
+use crate::config::DEFAULT_WEBHOOK_CONNECTIONS as DEFAULT_MAX_CONNECTIONS;
+use crate::http_server;
 use crate::live::LiveCell;
-use crate::realtime::{Body, ConnKill, Streams};
+use crate::realtime::{Body, Streams};
 use crate::store::{Op, OpResult};
 
 pub struct WebhookServer {
@@ -59,53 +57,28 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 }
 
 impl WebhookServer {
-    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let max_connections = self
+            .live
+            .current()
+            .config
+            .webhooks
+            .as_ref()
+            .map_or(DEFAULT_MAX_CONNECTIONS, |w| w.max_connections);
         let this = Arc::new(self);
-        let mut conns = JoinSet::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhook accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => break,
-            };
+        let limits = http_server::Limits {
+            name: "webhook",
+            max_connections,
+            header_timeout: Duration::from_secs(10),
+            drain: Duration::from_secs(5),
+            upgrades: true,
+            send_buffer: Some(SEND_BUFFER),
+        };
+        http_server::serve(listener, limits, shutdown, move |req| {
             let this = Arc::clone(&this);
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-            conns.spawn(async move {
-                let kill = ConnKill(Arc::default());
-                let killed = Arc::clone(&kill.0);
-                let svc = service_fn(move |mut req: Request<Incoming>| {
-                    let this = Arc::clone(&this);
-                    req.extensions_mut().insert(kill.clone());
-                    async move { Ok::<_, Infallible>(this.route(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades();
-                tokio::select! {
-                    r = conn => if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "http connection ended");
-                    },
-                    _ = killed.notified() => tracing::debug!(%peer, "dropped a stalled stream's connection"),
-                }
-            });
-            while conns.try_join_next().is_some() {}
-        }
-        drop(listener);
-        let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), drain)
-            .await
-            .is_err()
-        {
-            conns.abort_all();
-        }
+            async move { this.route(req).await }
+        })
+        .await;
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
