@@ -166,7 +166,7 @@ push = ["mock"]
         concurrency = s.concurrency,
         realtime = match s.http_port {
             Some(port) => format!(
-                "\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\n\n[realtime]\ntoken_secret = \"${{HERALD_TOKEN_SECRET}}\"\nmax_streams = 4096\n"
+                "\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\n# streams take one connection each; keep room for webhooks\nmax_connections = 4200\n\n[realtime]\ntoken_secret = \"${{HERALD_TOKEN_SECRET}}\"\nmax_streams = 4096\n"
             ),
             None => String::new(),
         },
