@@ -10,10 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use herald_plugin_api::{Channel, Secret};
+use std::sync::Arc;
+
+use herald_plugin_api::{Channel, RecipientRules, Secret};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use crate::rsvp::{RsvpConfig, RsvpTable};
 use crate::space::MinFree;
 
 /// The embedded default config: `etc/herald.toml`.
@@ -101,6 +104,12 @@ struct RawRetry {
     ttl: Option<String>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    rsvp: Option<RsvpConfig>,
+}
+
 /// The file as written: shape checked, values not yet.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +125,24 @@ pub struct RawConfig {
     providers: Vec<toml::Table>,
     #[serde(default)]
     routes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    recipients: RecipientRules,
+    #[serde(default)]
+    inbound: RawInbound,
+}
+
+/// `[inbound.rsvp]` as written, and the keyword table built from it (at load and reload:
+/// a table that does not build is a config error).
+#[derive(Debug, Clone)]
+pub struct RsvpSetting {
+    pub config: RsvpConfig,
+    pub table: Arc<RsvpTable>,
+}
+
+impl PartialEq for RsvpSetting {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +289,10 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub providers: Vec<ProviderSpec>,
     pub routes: BTreeMap<Channel, Vec<String>>,
+    /// How recipients are compared (`[recipients]`); the store keys with it from start.
+    pub recipients: RecipientRules,
+    /// How replies are read as RSVPs (`[inbound.rsvp]`; absent: every built-in table).
+    pub rsvp: RsvpSetting,
 }
 
 pub use herald_plugin_api::duration::parse_duration_ms;
@@ -778,6 +809,12 @@ impl RawConfig {
             );
         }
 
+        let rsvp_config = self.inbound.rsvp.unwrap_or_default();
+        let rsvp = RsvpSetting {
+            table: Arc::new(RsvpTable::build(&rsvp_config)?),
+            config: rsvp_config,
+        };
+
         Ok(Config {
             source_name: String::new(),
             daemon,
@@ -787,6 +824,8 @@ impl RawConfig {
             retry,
             providers,
             routes,
+            recipients: self.recipients,
+            rsvp,
         })
     }
 }
