@@ -1017,6 +1017,46 @@ mod tests {
     }
 
     #[test]
+    fn recipients_and_rsvp_sections() {
+        use herald_plugin_api::{EmailCase, RsvpAnswer};
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.recipients.email_case, EmailCase::Insensitive);
+        let yes = c.rsvp.table.parse("Yes, 2 of us!").unwrap();
+        assert_eq!((yes.answer, yes.headcount), (RsvpAnswer::Yes, Some(2)));
+        let c = parse(&format!(
+            "[recipients]\nemail_case = \"strict\"\n\n[inbound.rsvp]\nbuiltin = [\"emoji\"]\n\
+             [inbound.rsvp.languages.pl]\nyes = [\"tak\"]\nno = [\"nie\"]\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.recipients.email_case, EmailCase::Strict);
+        assert_eq!(
+            c.rsvp.table.parse("Tak!").map(|r| r.answer),
+            Some(RsvpAnswer::Yes)
+        );
+        assert_eq!(c.rsvp.table.parse("yes"), None, "English was not chosen");
+        for (extra, needle) in [
+            ("[recipients]\nemail_case = \"loose\"\n", "loose"),
+            ("[recipients]\nemail_cas = \"strict\"\n", "email_cas"),
+            ("[inbound]\nrsvp_table = 1\n", "rsvp_table"),
+            (
+                "[inbound.rsvp]\nbuiltin = [\"klingon\"]\n",
+                "inbound.rsvp.builtin: there is no built-in table \"klingon\"",
+            ),
+            (
+                "[inbound.rsvp.languages.xx]\nyes = [\"da\"]\nno = [\"stop\"]\n",
+                "opt-out keyword",
+            ),
+            (
+                "[inbound.rsvp]\nmax_headcount = 0\n",
+                "inbound.rsvp.max_headcount",
+            ),
+        ] {
+            let err = parse(&format!("{extra}\n{MIN}")).unwrap_err();
+            assert!(err.contains(needle), "{extra:?} → {err}");
+        }
+    }
+
+    #[test]
     fn min_free_and_storage_timeout() {
         let c = parse(MIN).unwrap();
         assert_eq!(c.daemon.min_free, MinFree::Bytes(256 << 20));

@@ -247,6 +247,58 @@ async fn an_sms_reply_reads_as_an_rsvp_with_the_invitations_id_and_tags() {
     let e = first_event(&client, EventKind::Inbound, 2).await;
     assert_eq!(e.rsvp, None);
     assert_eq!(e.body.as_deref(), Some("What time does it start?"));
+    // A reload with a table that does not build is refused, naming the key; the running
+    // table stays.
+    let good = std::fs::read_to_string(&daemon.config_path).unwrap();
+    std::fs::write(
+        &daemon.config_path,
+        good.replace(
+            r#"builtin = ["en", "es", "emoji"]"#,
+            r#"builtin = ["klingon"]"#,
+        ),
+    )
+    .unwrap();
+    match client.reload().await {
+        Err(herald_client::ClientError::Server(e)) => {
+            assert_eq!(e.code, herald_protocol::ErrorCode::ConfigRejected);
+            assert!(e.message.contains("inbound.rsvp.builtin"), "{e}");
+        }
+        r => panic!("expected a refusal, got {r:?}"),
+    }
+    twilio_reply(
+        port,
+        "SM000000000000000000000000000000A5",
+        "+14155550100",
+        "yes 3",
+    )
+    .await;
+    let e = first_event(&client, EventKind::Inbound, 3).await;
+    assert_eq!(
+        e.rsvp,
+        Some(Rsvp {
+            answer: RsvpAnswer::Yes,
+            headcount: Some(3),
+        })
+    );
+    // A good one applies to the next reply: emoji only, so English reads as nothing.
+    std::fs::write(
+        &daemon.config_path,
+        good.replace(
+            r#"builtin = ["en", "es", "emoji"]"#,
+            r#"builtin = ["emoji"]"#,
+        ),
+    )
+    .unwrap();
+    client.reload().await.unwrap();
+    twilio_reply(
+        port,
+        "SM000000000000000000000000000000A6",
+        "+14155550100",
+        "yes",
+    )
+    .await;
+    let e = first_event(&client, EventKind::Inbound, 4).await;
+    assert_eq!(e.rsvp, None);
     // A STOP is an opt-out, never an answer, and it suppresses the number.
     twilio_reply(
         port,
@@ -255,7 +307,7 @@ async fn an_sms_reply_reads_as_an_rsvp_with_the_invitations_id_and_tags() {
         "STOP",
     )
     .await;
-    let e = first_event(&client, EventKind::Inbound, 3).await;
+    let e = first_event(&client, EventKind::Inbound, 5).await;
     assert_eq!(e.rsvp, None);
     assert!(
         e.detail.as_deref().unwrap_or("").starts_with("opt-out"),
