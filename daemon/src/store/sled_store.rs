@@ -600,7 +600,7 @@ impl SledStore {
     }
 
     /// Writes an entry the way schema 1 did and removes the marker, as the data dir of an
-    /// older heraldd (see [`super::Legacy`]); flushes.
+    /// older heraldd (see [`super::Legacy`]). Not flushed: the caller flushes.
     #[cfg(any(test, feature = "test-support"))]
     pub fn plant_legacy(&self, entry: &super::Legacy) -> Result<(), StoreError> {
         match entry {
@@ -618,7 +618,7 @@ impl SledStore {
             }
         }
         self.meta.remove("recipients").map_err(io)?;
-        self.flush()
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Counts)> {
@@ -1462,6 +1462,7 @@ mod tests {
             reason: "opted out".into(),
         })
         .unwrap();
+        s.flush().unwrap();
         drop(s);
         // A start killed after two small transactions: some entries re-keyed, some not,
         // no marker.

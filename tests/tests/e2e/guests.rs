@@ -320,3 +320,72 @@ async fn an_sms_reply_reads_as_an_rsvp_with_the_invitations_id_and_tags() {
     events_until(&client, &later.id, &["suppressed"], T).await;
     assert_eq!(mock.count(), 1, "nothing more went to Twilio");
 }
+
+/// An older heraldd's data dir (suppressions keyed by the raw recipient, lower-cased) is
+/// keyed again at start; starts SIGKILLed at different moments of that never leave it
+/// wrong, and the start that finishes makes every spelling of a suppressed guest refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_data_dir_is_keyed_again_even_when_a_start_is_killed() {
+    use herald_daemon::store::{Legacy, SledStore, Store};
+    use herald_plugin_api::Channel;
+    let mock = MockProvider::start().await;
+    let mut daemon = Daemon::builder().webhook_provider(&mock).start().await;
+    assert!(daemon.terminate(), "graceful stop:\n{}", daemon.log());
+    let dir = daemon.data_dir.join("db");
+    {
+        let store = SledStore::open_when_unlocked(&dir, 16 << 20).unwrap();
+        // Enough entries for several re-keying transactions.
+        for i in 0..3_000 {
+            store
+                .plant_legacy(&Legacy::Suppressed {
+                    channel: Channel::Email,
+                    to: format!("Guest {i} <Guest{i}@Example.com>"),
+                    reason: "hard bounce".into(),
+                })
+                .unwrap();
+        }
+        store
+            .plant_legacy(&Legacy::Suppressed {
+                channel: Channel::Sms,
+                to: "+1 (415) 555-0100".into(),
+                reason: "opted out".into(),
+            })
+            .unwrap();
+        store.flush().unwrap();
+    }
+    SledStore::wait_unlocked(&dir).expect("the store lock is released");
+    for delay_ms in [30, 80, 150, 300] {
+        daemon.spawn();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        daemon.kill();
+        SledStore::wait_unlocked(&dir).expect("the store lock is released");
+    }
+    daemon.spawn();
+    daemon.wait_ready().await;
+    let client = daemon.client().await;
+    for (i, to) in [
+        "guest0@example.com",
+        "GUEST1234@EXAMPLE.COM",
+        "\"Guest 2999\" <guest2999@example.com>",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ack = client.send(email(to, "Reminder")).await.unwrap();
+        events_until(&client, &ack.id, &["suppressed"], T).await;
+        assert_eq!(
+            client.get(&ack.id).await.unwrap().state,
+            State::Suppressed,
+            "{i}: {to}"
+        );
+    }
+    let ack = client.send(sms("+14155550100", "hi")).await.unwrap();
+    events_until(&client, &ack.id, &["suppressed"], T).await;
+    // Someone never suppressed still goes out.
+    let ack = client
+        .send(email("guest3000@example.com", "Welcome"))
+        .await
+        .unwrap();
+    events_until(&client, &ack.id, &["sent"], T).await;
+    assert_eq!(mock.count(), 1);
+}
