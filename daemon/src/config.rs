@@ -10,10 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use herald_plugin_api::{Channel, Secret};
+use std::sync::Arc;
+
+use herald_plugin_api::{Channel, RecipientRules, Secret};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use crate::rsvp::{RsvpConfig, RsvpTable};
 use crate::space::MinFree;
 
 /// The embedded default config: `etc/herald.toml`.
@@ -101,6 +104,12 @@ struct RawRetry {
     ttl: Option<String>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    rsvp: Option<RsvpConfig>,
+}
+
 /// The file as written: shape checked, values not yet.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +125,24 @@ pub struct RawConfig {
     providers: Vec<toml::Table>,
     #[serde(default)]
     routes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    recipients: RecipientRules,
+    #[serde(default)]
+    inbound: RawInbound,
+}
+
+/// `[inbound.rsvp]` as written, and the keyword table built from it (at load and reload:
+/// a table that does not build is a config error).
+#[derive(Debug, Clone)]
+pub struct RsvpSetting {
+    pub config: RsvpConfig,
+    pub table: Arc<RsvpTable>,
+}
+
+impl PartialEq for RsvpSetting {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +289,10 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub providers: Vec<ProviderSpec>,
     pub routes: BTreeMap<Channel, Vec<String>>,
+    /// How recipients are compared (`[recipients]`); the store keys with it from start.
+    pub recipients: RecipientRules,
+    /// How replies are read as RSVPs (`[inbound.rsvp]`; absent: every built-in table).
+    pub rsvp: RsvpSetting,
 }
 
 pub use herald_plugin_api::duration::parse_duration_ms;
@@ -778,6 +809,12 @@ impl RawConfig {
             );
         }
 
+        let rsvp_config = self.inbound.rsvp.unwrap_or_default();
+        let rsvp = RsvpSetting {
+            table: Arc::new(RsvpTable::build(&rsvp_config)?),
+            config: rsvp_config,
+        };
+
         Ok(Config {
             source_name: String::new(),
             daemon,
@@ -787,6 +824,8 @@ impl RawConfig {
             retry,
             providers,
             routes,
+            recipients: self.recipients,
+            rsvp,
         })
     }
 }
@@ -975,6 +1014,46 @@ mod tests {
         assert!(err.contains("needs a name"), "{err}");
         let dup = format!("{MIN}\n[[providers]]\nname = \"dev\"\nplugin = \"outbox\"\n");
         assert!(parse(&dup).unwrap_err().contains("used twice"));
+    }
+
+    #[test]
+    fn recipients_and_rsvp_sections() {
+        use herald_plugin_api::{EmailCase, RsvpAnswer};
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.recipients.email_case, EmailCase::Insensitive);
+        let yes = c.rsvp.table.parse("Yes, 2 of us!").unwrap();
+        assert_eq!((yes.answer, yes.headcount), (RsvpAnswer::Yes, Some(2)));
+        let c = parse(&format!(
+            "[recipients]\nemail_case = \"strict\"\n\n[inbound.rsvp]\nbuiltin = [\"emoji\"]\n\
+             [inbound.rsvp.languages.pl]\nyes = [\"tak\"]\nno = [\"nie\"]\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.recipients.email_case, EmailCase::Strict);
+        assert_eq!(
+            c.rsvp.table.parse("Tak!").map(|r| r.answer),
+            Some(RsvpAnswer::Yes)
+        );
+        assert_eq!(c.rsvp.table.parse("yes"), None, "English was not chosen");
+        for (extra, needle) in [
+            ("[recipients]\nemail_case = \"loose\"\n", "loose"),
+            ("[recipients]\nemail_cas = \"strict\"\n", "email_cas"),
+            ("[inbound]\nrsvp_table = 1\n", "rsvp_table"),
+            (
+                "[inbound.rsvp]\nbuiltin = [\"klingon\"]\n",
+                "inbound.rsvp.builtin: there is no built-in table \"klingon\"",
+            ),
+            (
+                "[inbound.rsvp.languages.xx]\nyes = [\"da\"]\nno = [\"stop\"]\n",
+                "opt-out keyword",
+            ),
+            (
+                "[inbound.rsvp]\nmax_headcount = 0\n",
+                "inbound.rsvp.max_headcount",
+            ),
+        ] {
+            let err = parse(&format!("{extra}\n{MIN}")).unwrap_err();
+            assert!(err.contains(needle), "{extra:?} → {err}");
+        }
     }
 
     #[test]

@@ -79,7 +79,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let measured = space::check_room(&d.data_dir, d.min_free).map_err(|e| anyhow!(e))?;
     let db_dir = store_dir(&d);
     let cache = d.cache_capacity;
-    let opened = tokio::task::spawn_blocking(move || SledStore::open(&db_dir, cache)).await?;
+    let rules = config.recipients;
+    let opened =
+        tokio::task::spawn_blocking(move || SledStore::open_with(&db_dir, cache, rules)).await?;
     let store: Arc<dyn Store> = match opened {
         Ok(s) => Arc::new(s),
         Err(e) => {

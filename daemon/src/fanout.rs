@@ -201,6 +201,7 @@ mod tests {
             from: None,
             to: None,
             body: None,
+            rsvp: None,
         }
     }
 

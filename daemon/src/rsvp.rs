@@ -30,10 +30,10 @@
 //! unsubscribed). Replies longer than [`MAX_WORDS`] words are not read: an answer is short,
 //! and a long text would be a guess.
 //!
-//! Status: a building block. `[inbound.rsvp]` is not yet a key of the daemon's config and
-//! no event carries an RSVP; wiring it in is `RawConfig` gaining `inbound.rsvp:
-//! RsvpConfig` (built with [`RsvpTable::build`] at load and reload) and the inbound path
-//! calling [`RsvpTable::parse`] on an `InboundMessage` whose `opt_out` is not `Some(true)`.
+//! Wiring: `config` builds the table from `[inbound.rsvp]` with [`RsvpTable::build`] at
+//! load and reload (absent: every built-in table); `webhooks` calls [`RsvpTable::parse`]
+//! on each `InboundMessage` whose `opt_out` is not `Some(true)`, and the store puts the
+//! result on the `inbound` event (`Event::rsvp`).
 //!
 //! Owns: the tables, their validation, and the reading of one reply. Must not: touch events
 //! or storage (the inbound path attaches the result).

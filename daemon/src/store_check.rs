@@ -107,7 +107,7 @@ pub fn check_stopped(config: &Config) -> Result<StoreCheck, OfflineError> {
             data_dir: d.data_dir.clone(),
         });
     }
-    let store = match SledStore::open(&dir, d.cache_capacity) {
+    let store = match SledStore::open_with(&dir, d.cache_capacity, config.recipients) {
         Ok(s) => s,
         Err(source) => return Err(OfflineError::Open { dir, source }),
     };

@@ -189,6 +189,7 @@ impl WebhookServer {
                 return text(status, e.message);
             }
         };
+        let rsvp = &live.config.rsvp.table;
         let ops: Vec<Op> = output
             .updates
             .into_iter()
@@ -198,6 +199,12 @@ impl WebhookServer {
             })
             .chain(output.inbound.into_iter().map(|inbound| Op::Inbound {
                 provider: name.to_string(),
+                // A STOP is an opt-out and nothing else; the table never reads one anyway.
+                rsvp: if inbound.opt_out == Some(true) {
+                    None
+                } else {
+                    rsvp.parse(&inbound.body)
+                },
                 inbound,
             }))
             .collect();

@@ -404,6 +404,7 @@ impl fmt::Display for EventKind {
 }
 
 /// A guest's answer to an invitation, read from a reply.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RsvpAnswer {
@@ -424,6 +425,8 @@ impl RsvpAnswer {
 
 /// A structured RSVP read from a reply: the answer, and how many people it counts when the
 /// reply says so (`no` counts 0; a bare `yes` says nothing about the number).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rsvp {
     pub answer: RsvpAnswer,
@@ -441,7 +444,7 @@ impl fmt::Display for Rsvp {
 }
 
 /// One entry of the durable event log. `seq` is strictly increasing and never reused.
-/// `from`, `to` and `body` are set on `inbound` events only.
+/// `from`, `to`, `body` and `rsvp` are set on `inbound` events only.
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -468,6 +471,10 @@ pub struct Event {
     pub to: Option<String>,
     #[serde(default)]
     pub body: Option<String>,
+    /// On `inbound` events: the reply read as an RSVP (yes / no / maybe and a headcount),
+    /// when it reads as one; never a guess.
+    #[serde(default)]
+    pub rsvp: Option<Rsvp>,
 }
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ use std::fmt;
 /// The domain types the frames carry. They are defined in `herald-plugin-api` (plugins see
 /// the same messages and events) and are part of this protocol all the same.
 pub use herald_plugin_api::{
-    Attachment, Channel, Content, EmailContent, Event, EventKind, PushContent, PushPriority,
-    SmsContent, State, UnixMillis,
+    Attachment, Channel, Content, EmailContent, Event, EventKind, PushContent, PushPriority, Rsvp,
+    RsvpAnswer, SmsContent, State, UnixMillis,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -788,10 +788,41 @@ mod tests {
                 from: None,
                 to: None,
                 body: None,
+                rsvp: None,
             }),
         };
-        expect!["0305ac0280d095ffbc31010330314a03010001036465760001010000000000"]
+        expect!["0305ac0280d095ffbc31010330314a0301000103646576000101000000000000"]
             .assert_eq(&hex(&encode(Codec::Postcard, &ev).unwrap()));
+        // An inbound reply read as an RSVP: `rsvp` is the last field of an event.
+        let reply = ServerFrame {
+            id: 4,
+            response: Response::Event(Event {
+                seq: 301,
+                at: 1_700_000_000_000,
+                message_id: Some("01J".into()),
+                kind: EventKind::Inbound,
+                channel: Some(Channel::Sms),
+                provider: Some("tw".into()),
+                provider_message_id: None,
+                attempt: None,
+                detail: None,
+                tags: vec!["rsvp".into()],
+                from: Some("+14155550100".into()),
+                to: None,
+                body: Some("Yes, 2 of us!".into()),
+                rsvp: Some(Rsvp {
+                    answer: RsvpAnswer::Yes,
+                    headcount: Some(2),
+                }),
+            }),
+        };
+        expect!["0405ad0280d095ffbc31010330314a0e010101027477000000010472737670010c2b313431353535353031303000010d5965732c2032206f662075732101000102"].assert_eq(&hex(&encode(Codec::Postcard, &reply).unwrap()));
+        let json = encode(Codec::Json, &reply).unwrap();
+        assert!(
+            String::from_utf8_lossy(&json).contains(r#""rsvp":{"answer":"yes","headcount":2}"#),
+            "{}",
+            String::from_utf8_lossy(&json)
+        );
     }
 
     fn sample_stats() -> ServerFrame {

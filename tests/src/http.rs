@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -77,6 +77,41 @@ pub async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str
 
 pub async fn get(port: u16, path: &str) -> Answer {
     request(port, "GET", path, &[]).await
+}
+
+/// A POST of `body` (a provider's webhook), its answer read to the end (a minute's
+/// deadline).
+pub async fn post(port: u16, path: &str, headers: &[(&str, &str)], body: String) -> Answer {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to the daemon's listener");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("http handshake");
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", format!("127.0.0.1:{port}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = sender
+            .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
+            .await
+            .expect("send request");
+        let status = r.status().as_u16();
+        let headers = header_list(&r);
+        let body = r.into_body().collect().await.expect("read body").to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    })
+    .await
+    .expect("an answer within a minute")
 }
 
 /// One Server-Sent Event.

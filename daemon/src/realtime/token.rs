@@ -225,6 +225,7 @@ mod tests {
             from: None,
             to: None,
             body: None,
+            rsvp: None,
         }
     }
 

@@ -14,14 +14,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use herald_plugin_api::{
-    Channel, Content, EmailContent, Event, EventKind, InboundMessage, SmsContent, State,
-    StatusUpdate, UnixMillis, UpdateKind,
+    Channel, Content, EmailCase, EmailContent, Event, EventKind, InboundMessage, RecipientRules,
+    SmsContent, State, StatusUpdate, UnixMillis, UpdateKind,
 };
 
 use super::check::Problem;
 use super::{
-    BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, MemoryStore, MsgId,
-    NewMessage, Op, OpResult, SledStore, Store, id_string, new_id,
+    BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, Legacy, MemoryStore,
+    MsgId, NewMessage, Op, OpResult, SledStore, Store, id_string, new_id,
 };
 
 /// How the suite makes, restarts and damages the stores of one engine.
@@ -34,6 +34,12 @@ pub(super) trait Engine {
     fn reopen(&mut self, store: Self::Store) -> Self::Store;
     /// Damages the store's indexes on purpose, outside any transaction.
     fn damage(&mut self, store: &Self::Store, damage: Damage);
+    /// A store keying recipients with `rules` (`[recipients]`), new or restarted.
+    fn open_with(&mut self, rules: RecipientRules) -> Self::Store;
+    fn reopen_with(&mut self, store: Self::Store, rules: RecipientRules) -> Self::Store;
+    /// Writes an entry as an older heraldd did (recipient schema 1), outside any
+    /// transaction; the store must key it again at its next start.
+    fn plant_legacy(&mut self, store: &Self::Store, entry: Legacy);
 }
 
 pub(super) struct Memory;
@@ -48,6 +54,15 @@ impl Engine for Memory {
     }
     fn damage(&mut self, store: &MemoryStore, damage: Damage) {
         store.damage(&damage).unwrap();
+    }
+    fn open_with(&mut self, rules: RecipientRules) -> MemoryStore {
+        MemoryStore::with_rules(rules)
+    }
+    fn reopen_with(&mut self, store: MemoryStore, rules: RecipientRules) -> MemoryStore {
+        store.restart_with(rules)
+    }
+    fn plant_legacy(&mut self, store: &MemoryStore, entry: Legacy) {
+        store.plant_legacy(&entry);
     }
 }
 
@@ -75,6 +90,17 @@ impl Engine for Sled {
     }
     fn damage(&mut self, store: &SledStore, damage: Damage) {
         store.damage(&damage).unwrap();
+    }
+    fn open_with(&mut self, rules: RecipientRules) -> SledStore {
+        SledStore::open_with_when_unlocked(self.dir.path(), 1 << 20, rules).unwrap()
+    }
+    fn reopen_with(&mut self, store: SledStore, rules: RecipientRules) -> SledStore {
+        store.flush().unwrap();
+        drop(store);
+        self.open_with(rules)
+    }
+    fn plant_legacy(&mut self, store: &SledStore, entry: Legacy) {
+        store.plant_legacy(&entry).unwrap();
     }
 }
 
@@ -106,6 +132,11 @@ conformance!(
     status_updates_forward_only_and_deduplicated,
     inbound_replies_tagged_like_the_latest_message,
     suppression_opt_out_and_opt_in,
+    recipients_compare_by_canonical_key,
+    strict_email_case_keeps_local_parts_apart,
+    legacy_recipients_are_keyed_again_at_start,
+    changed_rules_key_entries_again_at_start,
+    inbound_carries_the_rsvp_it_is_given_but_never_for_a_stop,
     breakers_by_generation_survive_a_restart,
     breaker_events_report_only_the_newest_transition,
     a_delivery_delay_is_an_event_that_leaves_the_state,
@@ -248,6 +279,7 @@ fn reply(from: &str, pid: &str, opt_out: Option<bool>) -> Op {
             provider_message_id: Some(pid.into()),
             opt_out,
         },
+        rsvp: None,
     }
 }
 
@@ -1568,4 +1600,263 @@ fn check_in_a_batch_with_other_ops<E: Engine>(mut e: E) {
         vec![s.last_seq() - 1, s.last_seq()]
     );
     assert_consistent(&s);
+}
+
+/// A sent message (claimed and completed `sent` by `tw`).
+fn sent(s: &impl Store, now: UnixMillis, m: &NewMessage) {
+    accept(s, now, m);
+    let c = claim_one(s, now, &m.id);
+    complete(
+        s,
+        now + 1,
+        done(&c, State::Sent, Some(&format!("pid-{now}"))),
+    );
+}
+
+fn email_reply(from: &str, pid: &str) -> Op {
+    Op::Inbound {
+        provider: "tw".into(),
+        inbound: InboundMessage {
+            channel: Channel::Email,
+            from: from.into(),
+            to: "rsvp@host.example".into(),
+            body: "We'll be there".into(),
+            provider_message_id: Some(pid.into()),
+            opt_out: None,
+        },
+        rsvp: None,
+    }
+}
+
+fn bounce(c: &Claimed) -> Completion {
+    Completion {
+        suppress: true,
+        detail: Some("550 mailbox unavailable".into()),
+        ..done(c, State::Bounced, None)
+    }
+}
+
+fn recipients_compare_by_canonical_key<E: Engine>(mut e: E) {
+    let s = e.open();
+    // A bounce of a display-name address suppresses every spelling of it.
+    let first = email("Ann Lee <Ann@Example.com>");
+    accept(&s, 0, &first);
+    let c = claim_one(&s, 0, &first.id);
+    complete(&s, 1, bounce(&c));
+    let s = e.reopen(s);
+    for (i, spelling) in [
+        "ann@example.com",
+        "ANN@EXAMPLE.COM",
+        "\"Ann\" <ann@example.com>",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let again = email(spelling);
+        accept(&s, 2 + i as u64, &again);
+        assert_eq!(state(&s, &again.id), State::Suppressed, "{spelling}");
+    }
+    // A reply from the bare address finds the invitation sent to the display name.
+    let mut invite = email("Bo Park <bo@example.com>");
+    invite.tags = vec!["wedding".into(), "guest-7".into()];
+    sent(&s, 10, &invite);
+    let s = e.reopen(s);
+    let r = s
+        .commit(20, &[email_reply("BO@example.com", "in-1")])
+        .unwrap();
+    let ev = &r.events[0];
+    assert_eq!(ev.kind, EventKind::Inbound);
+    assert_eq!(
+        ev.message_id.as_deref(),
+        Some(id_string(&invite.id).as_str())
+    );
+    assert_eq!(ev.tags, ["wedding", "guest-7"]);
+    // SMS: the number as written by the host, the sender in E.164.
+    let mut text = msg(None, "RSVP?");
+    text.to = "+1 (415) 555-0123".into();
+    text.tags = vec!["sms-invite".into()];
+    sent(&s, 30, &text);
+    let r = s
+        .commit(40, &[reply("+14155550123", "SM-r1", Some(true))])
+        .unwrap();
+    assert_eq!(r.events[0].tags, ["sms-invite"]);
+    let later = NewMessage {
+        to: "+1 415 555 0123".into(),
+        ..msg(None, "still there?")
+    };
+    accept(&s, 41, &later);
+    assert_eq!(state(&s, &later.id), State::Suppressed);
+    // A sender that is no recipient of the channel matches nothing and changes nothing.
+    let r = s
+        .commit(42, &[reply("not-a-number", "SM-r2", Some(true))])
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Done]);
+    assert_eq!(r.events[0].message_id, None);
+    assert!(
+        r.events[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("nothing to change")
+    );
+    assert_consistent(&s);
+}
+
+fn strict_email_case_keeps_local_parts_apart<E: Engine>(mut e: E) {
+    let strict = RecipientRules {
+        email_case: EmailCase::Strict,
+    };
+    let s = e.open_with(strict);
+    let first = email("Ann Lee <Ann@Example.com>");
+    accept(&s, 0, &first);
+    let c = claim_one(&s, 0, &first.id);
+    complete(&s, 1, bounce(&c));
+    let s = e.reopen_with(s, strict);
+    let same = email("Ann@EXAMPLE.com");
+    accept(&s, 2, &same);
+    assert_eq!(state(&s, &same.id), State::Suppressed);
+    let other = email("ann@example.com");
+    accept(&s, 3, &other);
+    assert_eq!(state(&s, &other.id), State::Queued);
+    assert_consistent(&s);
+}
+
+fn legacy_recipients_are_keyed_again_at_start<E: Engine>(mut e: E) {
+    let s = e.open();
+    let mut invite = email("Ann Lee <ann@example.com>");
+    invite.tags = vec!["wedding".into()];
+    sent(&s, 0, &invite);
+    let gone = new_id();
+    for entry in [
+        // As an older heraldd keyed them: the raw recipient, lower-cased.
+        Legacy::Latest {
+            channel: Channel::Email,
+            to: invite.to.clone(),
+            id: invite.id,
+        },
+        Legacy::Latest {
+            channel: Channel::Email,
+            to: "gone@example.com".into(),
+            id: gone,
+        },
+        Legacy::Suppressed {
+            channel: Channel::Email,
+            to: "Cy Doe <Cy@Example.com>".into(),
+            reason: "hard bounce".into(),
+        },
+        Legacy::Suppressed {
+            channel: Channel::Sms,
+            to: "+1 415 555 0177".into(),
+            reason: "opted out".into(),
+        },
+    ] {
+        e.plant_legacy(&s, entry);
+    }
+    let s = e.reopen(s);
+    let r = s
+        .commit(10, &[email_reply("ann@example.com", "in-1")])
+        .unwrap();
+    assert_eq!(
+        r.events[0].message_id.as_deref(),
+        Some(id_string(&invite.id).as_str())
+    );
+    assert_eq!(r.events[0].tags, ["wedding"]);
+    let cy = email("cy@example.com");
+    accept(&s, 11, &cy);
+    assert_eq!(state(&s, &cy.id), State::Suppressed);
+    let text = NewMessage {
+        to: "+14155550177".into(),
+        ..msg(None, "hi")
+    };
+    accept(&s, 12, &text);
+    assert_eq!(state(&s, &text.id), State::Suppressed);
+    // An opt-in lifts the re-keyed entry.
+    s.commit(13, &[reply("+14155550177", "SM-in", Some(false))])
+        .unwrap();
+    let again = NewMessage {
+        to: "+1 415 555 0177".into(),
+        ..msg(None, "welcome back")
+    };
+    accept(&s, 14, &again);
+    assert_eq!(state(&s, &again.id), State::Queued);
+    // Another start finds nothing more to do and changes nothing.
+    let s = e.reopen(s);
+    let cy2 = email("CY@example.com");
+    accept(&s, 15, &cy2);
+    assert_eq!(state(&s, &cy2.id), State::Suppressed);
+    assert_consistent(&s);
+}
+
+fn changed_rules_key_entries_again_at_start<E: Engine>(mut e: E) {
+    let s = e.open();
+    let first = email("Ann Lee <Ann@Example.com>");
+    accept(&s, 0, &first);
+    let c = claim_one(&s, 0, &first.id);
+    complete(&s, 1, bounce(&c));
+    let mut invite = email("Bo@example.com");
+    invite.tags = vec!["t".into()];
+    sent(&s, 2, &invite);
+    // To strict: the entries follow the spelling they were given.
+    let strict = RecipientRules {
+        email_case: EmailCase::Strict,
+    };
+    let s = e.reopen_with(s, strict);
+    let lower = email("ann@example.com");
+    accept(&s, 5, &lower);
+    assert_eq!(state(&s, &lower.id), State::Queued);
+    let exact = email("Ann@example.COM");
+    accept(&s, 6, &exact);
+    assert_eq!(state(&s, &exact.id), State::Suppressed);
+    let r = s
+        .commit(7, &[email_reply("Bo@example.com", "in-1")])
+        .unwrap();
+    assert_eq!(r.events[0].tags, ["t"]);
+    let r = s
+        .commit(8, &[email_reply("bo@example.com", "in-2")])
+        .unwrap();
+    assert!(r.events[0].tags.is_empty());
+    // And back.
+    let s = e.reopen_with(s, RecipientRules::default());
+    let lower = email("ann@example.com");
+    accept(&s, 9, &lower);
+    assert_eq!(state(&s, &lower.id), State::Suppressed);
+    let r = s
+        .commit(10, &[email_reply("bo@example.com", "in-3")])
+        .unwrap();
+    assert_eq!(r.events[0].tags, ["t"]);
+    assert_consistent(&s);
+}
+
+fn inbound_carries_the_rsvp_it_is_given_but_never_for_a_stop<E: Engine>(mut e: E) {
+    use herald_plugin_api::{Rsvp, RsvpAnswer};
+    let s = e.open();
+    let yes = Rsvp {
+        answer: RsvpAnswer::Yes,
+        headcount: Some(2),
+    };
+    let with = |op: Op, rsvp: Rsvp| match op {
+        Op::Inbound {
+            provider, inbound, ..
+        } => Op::Inbound {
+            provider,
+            inbound,
+            rsvp: Some(rsvp),
+        },
+        other => other,
+    };
+    let r = s
+        .commit(
+            0,
+            &[
+                with(reply(TO, "SM1", None), yes),
+                with(reply(TO, "SM2", Some(true)), yes),
+            ],
+        )
+        .unwrap();
+    assert_eq!(r.events[0].rsvp, Some(yes));
+    assert_eq!(r.events[1].rsvp, None);
+    let s = e.reopen(s);
+    let stored = s.events_from(1, 10).unwrap();
+    assert_eq!(stored[0].rsvp, Some(yes));
+    assert_eq!(stored[1].rsvp, None);
 }

@@ -16,13 +16,14 @@
 //! engine's layout or keys, or read the clock (`now` is passed in).
 
 use herald_plugin_api::{
-    Channel, Event, EventKind, InboundMessage, State, StatusUpdate, UnixMillis, UpdateKind,
+    Channel, Event, EventKind, InboundMessage, RecipientKey, RecipientRules, Rsvp, State,
+    StatusUpdate, UnixMillis, UpdateKind,
 };
 
 use super::check::{self, Audit};
 use super::{
     BreakerRecord, Claimed, Completion, Counts, MsgId, NewMessage, Op, OpResult, Record,
-    StoreError, id_string,
+    StoreError, Suppression, SuppressionSource, id_string, recipients,
 };
 
 /// Whose held webhook updates: a message's (the update arrived while it was being sent),
@@ -65,10 +66,14 @@ pub type HeldUpdates = Vec<(UnixMillis, StatusUpdate)>;
 /// inside the transaction: a write is seen by later reads of the same transaction, and
 /// nothing is visible to others until the engine commits.
 ///
-/// Recipients (suppression list, latest message per recipient) compare ASCII
-/// case-insensitively; the engine normalises them.
+/// Recipients (suppression list, latest message per recipient) are compared by their
+/// canonical [`RecipientKey`] under [`Txn::recipient_rules`]: the state machine computes
+/// the keys, the engine stores them as given.
 pub trait Txn {
     type Error: From<StoreError>;
+
+    /// The rules the engine's recipient-keyed entries are keyed with (`[recipients]`).
+    fn recipient_rules(&self) -> RecipientRules;
 
     // Messages.
     fn message(&mut self, id: &MsgId) -> Result<Option<Record>, Self::Error>;
@@ -125,14 +130,32 @@ pub trait Txn {
     ) -> Result<Vec<(UnixMillis, MsgId)>, Self::Error>;
 
     // The suppression list.
-    fn is_suppressed(&mut self, channel: Channel, to: &str) -> Result<bool, Self::Error>;
-    fn suppress(&mut self, channel: Channel, to: &str, reason: &str) -> Result<(), Self::Error>;
-    fn unsuppress(&mut self, channel: Channel, to: &str) -> Result<(), Self::Error>;
+    fn suppression(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<Suppression>, Self::Error>;
+    fn suppress(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+        entry: &Suppression,
+    ) -> Result<(), Self::Error>;
+    fn unsuppress(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), Self::Error>;
 
     // The latest message sent to each recipient (replies are tagged like it).
-    fn latest(&mut self, channel: Channel, to: &str) -> Result<Option<MsgId>, Self::Error>;
-    fn put_latest(&mut self, channel: Channel, to: &str, id: &MsgId) -> Result<(), Self::Error>;
-    fn remove_latest(&mut self, channel: Channel, to: &str) -> Result<(), Self::Error>;
+    fn latest(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<MsgId>, Self::Error>;
+    fn put_latest(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+        id: &MsgId,
+    ) -> Result<(), Self::Error>;
+    fn remove_latest(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), Self::Error>;
 
     // Webhook updates held until their message can take them.
     fn held(&mut self, key: HeldFor<'_>) -> Result<HeldUpdates, Self::Error>;
@@ -250,6 +273,7 @@ pub(super) fn message_event(now: UnixMillis, id: &MsgId, r: &Record, kind: Event
         from: None,
         to: None,
         body: None,
+        rsvp: None,
     }
 }
 
@@ -315,7 +339,11 @@ pub fn apply<T: Txn>(
         Op::Recover => recover(txn, now, cur),
         Op::Prune { before, limit } => prune(txn, *before, *limit, cur),
         Op::Status { provider, update } => status(txn, now, provider, update, cur),
-        Op::Inbound { provider, inbound } => inbound_reply(txn, now, provider, inbound, cur),
+        Op::Inbound {
+            provider,
+            inbound,
+            rsvp,
+        } => inbound_reply(txn, now, provider, inbound, rsvp.as_ref(), cur),
         Op::Note { kind, detail } => {
             cur.emit(Event {
                 seq: 0,
@@ -331,6 +359,7 @@ pub fn apply<T: Txn>(
                 from: None,
                 to: None,
                 body: None,
+                rsvp: None,
             });
             Ok(OpResult::Done)
         }
@@ -380,7 +409,9 @@ fn accept<T: Txn>(
     };
     cur.counts.moved(None, State::Queued);
     cur.emit(message_event(now, &m.id, &r, EventKind::Queued));
-    if txn.is_suppressed(r.channel(), &r.to)? {
+    if let Some(key) = recipient_key(txn, r.channel(), &r.to)
+        && txn.suppression(r.channel(), &key)?.is_some()
+    {
         transition(txn, cur, now, &m.id, &mut r, State::Suppressed)?;
         r.last_error = Some("the recipient is on the suppression list".into());
         cur.emit(with_detail(
@@ -499,8 +530,10 @@ fn complete<T: Txn>(
                 cur.emit(message_event(now, &c.id, &r, EventKind::Delivered));
             }
             // Replies come by SMS and email; push has none.
-            if r.channel() != Channel::Push {
-                txn.put_latest(r.channel(), &r.to, &c.id)?;
+            if r.channel() != Channel::Push
+                && let Some(key) = recipient_key(txn, r.channel(), &r.to)
+            {
+                txn.put_latest(r.channel(), &key, &c.id)?;
             }
         }
         State::Deferred => {
@@ -524,7 +557,13 @@ fn complete<T: Txn>(
                 txn.put_dead(&c.id)?;
             }
             if c.suppress {
-                txn.suppress(r.channel(), &r.to, c.detail.as_deref().unwrap_or(""))?;
+                let source = match s {
+                    State::Bounced => SuppressionSource::Bounce,
+                    State::Failed => SuppressionSource::Rejected,
+                    _ => SuppressionSource::Provider,
+                };
+                let reason = c.detail.as_deref().unwrap_or("refused by the provider");
+                suppress(txn, now, r.channel(), &r.to, reason, source)?;
             }
             cur.emit(with_detail(
                 message_event(now, &c.id, &r, EventKind::from(s)),
@@ -590,6 +629,7 @@ fn breaker_events(
                 from: None,
                 to: None,
                 body: None,
+                rsvp: None,
             });
         }
     }
@@ -656,11 +696,14 @@ fn apply_update<T: Txn>(
         _ => false,
     };
     if u.suppress {
-        txn.suppress(
-            r.channel(),
-            &r.to,
-            u.detail.as_deref().unwrap_or("reported by the provider"),
-        )?;
+        let source = match u.kind {
+            UpdateKind::Bounced => SuppressionSource::Bounce,
+            UpdateKind::Complained => SuppressionSource::Complaint,
+            UpdateKind::Failed => SuppressionSource::Rejected,
+            _ => SuppressionSource::Provider,
+        };
+        let reason = u.detail.as_deref().unwrap_or("reported by the provider");
+        suppress(txn, now, r.channel(), &r.to, reason, source)?;
     }
     Ok(changed)
 }
@@ -718,11 +761,44 @@ fn status<T: Txn>(
     })
 }
 
+/// The canonical key of `raw` under the store's rules; `None` for a spelling that is not
+/// a recipient of `channel` (an inbound sender in an unexpected form: no message can have
+/// been sent to it, so it matches nothing).
+fn recipient_key<T: Txn>(txn: &T, channel: Channel, raw: &str) -> Option<RecipientKey> {
+    recipients::key(channel, raw, &txn.recipient_rules())
+}
+
+/// Puts `raw` on the suppression list, unless it is already there (the first entry says
+/// since when and why).
+fn suppress<T: Txn>(
+    txn: &mut T,
+    now: UnixMillis,
+    channel: Channel,
+    raw: &str,
+    reason: &str,
+    source: SuppressionSource,
+) -> Result<bool, T::Error> {
+    let Some(key) = recipient_key(txn, channel, raw) else {
+        return Ok(false);
+    };
+    if txn.suppression(channel, &key)?.is_none() {
+        let entry = Suppression {
+            recipient: raw.to_string(),
+            reason: reason.to_string(),
+            source,
+            at: now,
+        };
+        txn.suppress(channel, &key, &entry)?;
+    }
+    Ok(true)
+}
+
 fn inbound_reply<T: Txn>(
     txn: &mut T,
     now: UnixMillis,
     provider: &str,
     m: &InboundMessage,
+    rsvp: Option<&Rsvp>,
     cur: &mut Cursor,
 ) -> Result<OpResult, T::Error> {
     if let Some(pid) = &m.provider_message_id
@@ -730,21 +806,40 @@ fn inbound_reply<T: Txn>(
     {
         return Ok(OpResult::Ignored);
     }
-    let latest = match txn.latest(m.channel, &m.from)? {
+    let key = recipient_key(txn, m.channel, &m.from);
+    let latest = match &key {
+        Some(key) => txn.latest(m.channel, key)?,
+        None => None,
+    };
+    let latest = match latest {
         Some(id) => txn.message(&id)?.map(|r| (id, r)),
         None => None,
     };
-    let detail = match m.opt_out {
-        Some(true) => {
-            txn.suppress(m.channel, &m.from, "the recipient opted out")?;
+    let detail = match (m.opt_out, &key) {
+        (Some(true), Some(_)) => {
+            let reason = "the recipient opted out";
+            suppress(
+                txn,
+                now,
+                m.channel,
+                &m.from,
+                reason,
+                SuppressionSource::OptOut,
+            )?;
             Some("opt-out: the sender is now on the suppression list".to_string())
         }
-        Some(false) => {
-            txn.unsuppress(m.channel, &m.from)?;
+        (Some(false), Some(key)) => {
+            txn.unsuppress(m.channel, key)?;
             Some("opt-in: the sender is off the suppression list".to_string())
         }
-        None => None,
+        (Some(_), None) => Some(format!(
+            "opt-out or opt-in from {:?}, which is not a {} recipient: nothing to change",
+            m.from, m.channel
+        )),
+        (None, _) => None,
     };
+    // A STOP is never an answer, whatever the caller read.
+    let rsvp = rsvp.filter(|_| m.opt_out != Some(true)).cloned();
     cur.emit(Event {
         seq: 0,
         at: now,
@@ -759,6 +854,7 @@ fn inbound_reply<T: Txn>(
         from: Some(m.from.clone()),
         to: Some(m.to.clone()),
         body: Some(m.body.clone()),
+        rsvp,
     });
     Ok(OpResult::Done)
 }
@@ -863,8 +959,10 @@ fn prune<T: Txn>(
         if r.state == State::Dead {
             txn.remove_dead(&id)?;
         }
-        if txn.latest(r.channel(), &r.to)? == Some(id) {
-            txn.remove_latest(r.channel(), &r.to)?;
+        if let Some(key) = recipient_key(txn, r.channel(), &r.to)
+            && txn.latest(r.channel(), &key)? == Some(id)
+        {
+            txn.remove_latest(r.channel(), &key)?;
         }
         txn.remove_message(&id)?;
         let i = Counts::index(r.state);

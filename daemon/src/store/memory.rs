@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use herald_plugin_api::{Channel, Event, StatusUpdate, UnixMillis};
+use herald_plugin_api::{Channel, Event, RecipientKey, RecipientRules, StatusUpdate, UnixMillis};
 
 use super::check::{self, Audit};
 use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
-use super::{BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError};
+use super::recipients::{self, KeyedWith};
+use super::{BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression};
 
 /// An ordered map with an undo log for the running batch.
 #[derive(Debug)]
@@ -69,9 +70,9 @@ impl<K: Ord + Clone, V: Clone> Table<K, V> {
     }
 }
 
-/// A recipient as the suppression list and the reply index compare it.
-fn recipient(channel: Channel, to: &str) -> (u8, String) {
-    (channel as u8, to.to_ascii_lowercase())
+/// A recipient as the suppression list and the reply index key it.
+fn recipient(channel: Channel, key: &RecipientKey) -> (u8, String) {
+    (channel as u8, key.as_str().to_string())
 }
 
 #[derive(Debug, Default)]
@@ -83,7 +84,7 @@ struct Tables {
     provider_ids: Table<(String, String), MsgId>,
     dead: Table<MsgId, ()>,
     finished: Table<(UnixMillis, MsgId), ()>,
-    suppression: Table<(u8, String), String>,
+    suppression: Table<(u8, String), Suppression>,
     latest: Table<(u8, String), MsgId>,
     held: Table<HeldKey, HeldUpdates>,
     seen: Table<(String, String), UnixMillis>,
@@ -119,6 +120,8 @@ struct State {
     counts: Counts,
     /// Created on first use; a restart (`restart`) shares it, a new store has its own.
     epoch: String,
+    /// How the recipient-keyed entries are keyed; `None`: schema 1 (see `recipients`).
+    keyed_with: Option<KeyedWith>,
 }
 
 /// The in-memory engine. Cheap to create; see the module doc.
@@ -128,15 +131,72 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store keying recipients with the default rules.
     pub fn new() -> MemoryStore {
-        MemoryStore::default()
+        MemoryStore::with_rules(RecipientRules::default())
+    }
+
+    /// An empty store keying recipients with `rules` (`[recipients]`).
+    pub fn with_rules(rules: RecipientRules) -> MemoryStore {
+        let store = MemoryStore::default();
+        store.lock().keyed_with = Some(KeyedWith::current(rules));
+        store
     }
 
     /// A new store on the same data: what a restarted daemon would find.
     pub fn restart(&self) -> MemoryStore {
-        MemoryStore {
+        let rules = self.rules();
+        self.restart_with(rules)
+    }
+
+    /// A restart with `rules`: entries keyed otherwise (another schema, other rules) are
+    /// keyed again first, as a persistent engine does at open.
+    pub fn restart_with(&self, rules: RecipientRules) -> MemoryStore {
+        let store = MemoryStore {
             state: Arc::clone(&self.state),
+        };
+        let mut state = store.lock();
+        let want = KeyedWith::current(rules);
+        if state.keyed_with != Some(want) {
+            rekey(&mut state.tables, &rules);
+            state.keyed_with = Some(want);
         }
+        drop(state);
+        store
+    }
+
+    fn rules(&self) -> RecipientRules {
+        self.lock().keyed_with.map(|k| k.rules).unwrap_or_default()
+    }
+
+    /// Writes an entry the way schema 1 did (the raw recipient lower-cased in ASCII, the
+    /// reason only) and marks the store schema 1, as a data dir of an older heraldd.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn plant_legacy(&self, entry: &super::Legacy) {
+        let mut state = self.lock();
+        let t = &mut state.tables;
+        match entry {
+            super::Legacy::Suppressed {
+                channel,
+                to,
+                reason,
+            } => {
+                let key = to.to_ascii_lowercase();
+                let value = Suppression {
+                    recipient: key.clone(),
+                    reason: reason.clone(),
+                    source: super::SuppressionSource::Provider,
+                    at: 0,
+                };
+                t.suppression.insert((*channel as u8, key), value);
+            }
+            super::Legacy::Latest { channel, to, id } => {
+                t.latest
+                    .insert((*channel as u8, to.to_ascii_lowercase()), *id);
+            }
+        }
+        every_table!(&mut state.tables, keep);
+        state.keyed_with = None;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -182,15 +242,53 @@ impl MemoryStore {
     }
 }
 
+/// Keys every suppression and latest entry again under `rules` (see `recipients`).
+fn rekey(t: &mut Tables, rules: &RecipientRules) {
+    let suppression = std::mem::take(&mut t.suppression.map);
+    for ((byte, old), entry) in suppression {
+        let key = match recipients::channel_of(byte) {
+            Some(channel) => recipients::rekey(channel, &old, &entry.recipient, rules),
+            None => old,
+        };
+        let merged = match t.suppression.map.remove(&(byte, key.clone())) {
+            Some(other) => recipients::merge_suppression(other, entry),
+            None => entry,
+        };
+        t.suppression.map.insert((byte, key), merged);
+    }
+    let latest = std::mem::take(&mut t.latest.map);
+    for ((byte, old), id) in latest {
+        // The message's own `to` is the best spelling; an entry whose message is gone
+        // points nowhere and is dropped.
+        let Some(record) = t.records.map.get(&id) else {
+            continue;
+        };
+        let key = match recipients::channel_of(byte) {
+            Some(channel) => recipients::rekey(channel, &old, &record.to, rules),
+            None => old,
+        };
+        let merged = match t.latest.map.get(&(byte, key.clone())) {
+            Some(other) => recipients::merge_latest(*other, id),
+            None => id,
+        };
+        t.latest.map.insert((byte, key), merged);
+    }
+}
+
 /// This engine's [`Txn`]: the maps themselves (the store's lock is held).
 struct MemTxn<'a> {
     t: &'a mut Tables,
     seq: &'a mut u64,
     counts: &'a mut Counts,
+    rules: RecipientRules,
 }
 
 impl Txn for MemTxn<'_> {
     type Error = StoreError;
+
+    fn recipient_rules(&self) -> RecipientRules {
+        self.rules
+    }
 
     fn message(&mut self, id: &MsgId) -> Result<Option<Record>, StoreError> {
         Ok(self.t.records.get(id).cloned())
@@ -311,29 +409,47 @@ impl Txn for MemTxn<'_> {
             .collect())
     }
 
-    fn is_suppressed(&mut self, channel: Channel, to: &str) -> Result<bool, StoreError> {
-        Ok(self.t.suppression.contains(&recipient(channel, to)))
+    fn suppression(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<Suppression>, StoreError> {
+        Ok(self.t.suppression.get(&recipient(channel, key)).cloned())
     }
-    fn suppress(&mut self, channel: Channel, to: &str, reason: &str) -> Result<(), StoreError> {
+    fn suppress(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+        entry: &Suppression,
+    ) -> Result<(), StoreError> {
         self.t
             .suppression
-            .insert(recipient(channel, to), reason.to_string());
+            .insert(recipient(channel, key), entry.clone());
         Ok(())
     }
-    fn unsuppress(&mut self, channel: Channel, to: &str) -> Result<(), StoreError> {
-        self.t.suppression.remove(&recipient(channel, to));
+    fn unsuppress(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), StoreError> {
+        self.t.suppression.remove(&recipient(channel, key));
         Ok(())
     }
 
-    fn latest(&mut self, channel: Channel, to: &str) -> Result<Option<MsgId>, StoreError> {
-        Ok(self.t.latest.get(&recipient(channel, to)).copied())
+    fn latest(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<MsgId>, StoreError> {
+        Ok(self.t.latest.get(&recipient(channel, key)).copied())
     }
-    fn put_latest(&mut self, channel: Channel, to: &str, id: &MsgId) -> Result<(), StoreError> {
-        self.t.latest.insert(recipient(channel, to), *id);
+    fn put_latest(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+        id: &MsgId,
+    ) -> Result<(), StoreError> {
+        self.t.latest.insert(recipient(channel, key), *id);
         Ok(())
     }
-    fn remove_latest(&mut self, channel: Channel, to: &str) -> Result<(), StoreError> {
-        self.t.latest.remove(&recipient(channel, to));
+    fn remove_latest(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), StoreError> {
+        self.t.latest.remove(&recipient(channel, key));
         Ok(())
     }
 
@@ -464,10 +580,12 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let state = &mut *guard;
         let (seq, counts) = (state.seq, state.counts);
+        let rules = state.keyed_with.map(|k| k.rules).unwrap_or_default();
         let mut txn = MemTxn {
             t: &mut state.tables,
             seq: &mut state.seq,
             counts: &mut state.counts,
+            rules,
         };
         match lifecycle::apply_batch(&mut txn, now, ops, seq, counts) {
             Ok(batch) => {

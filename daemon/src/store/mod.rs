@@ -59,10 +59,11 @@ pub mod check;
 mod conformance;
 pub mod lifecycle;
 pub mod memory;
+pub mod recipients;
 pub mod sled_store;
 
 use herald_plugin_api::{
-    Channel, Content, Event, EventKind, InboundMessage, State, StatusUpdate, UnixMillis,
+    Channel, Content, Event, EventKind, InboundMessage, Rsvp, State, StatusUpdate, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +141,48 @@ impl Record {
             && self.tags == m.tags
             && (self.send_at == m.send_at || (stored_now && new_now))
     }
+}
+
+/// What put a recipient on the suppression list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SuppressionSource {
+    /// A provider reported a hard bounce.
+    Bounce,
+    /// The recipient marked a message as spam.
+    Complaint,
+    /// A provider refused the recipient when sending (e.g. an unreachable number).
+    Rejected,
+    /// The recipient sent an opt-out keyword (STOP).
+    OptOut,
+    /// A provider asked for it otherwise.
+    Provider,
+    /// An operator added it.
+    Operator,
+}
+
+impl SuppressionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionSource::Bounce => "bounce",
+            SuppressionSource::Complaint => "complaint",
+            SuppressionSource::Rejected => "rejected",
+            SuppressionSource::OptOut => "opt_out",
+            SuppressionSource::Provider => "provider",
+            SuppressionSource::Operator => "operator",
+        }
+    }
+}
+
+/// One entry of the suppression list, stored under the recipient's canonical key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// The recipient as it was written when it was suppressed (a message's `to`, an inbound
+    /// sender): kept so the entry can be keyed again if the key rules change.
+    pub recipient: String,
+    pub reason: String,
+    pub source: SuppressionSource,
+    /// When it was suppressed (0 for entries stored before this was recorded).
+    pub at: UnixMillis,
 }
 
 /// A validated message ready to be stored.
@@ -245,10 +288,12 @@ pub enum Op {
         provider: String,
         update: StatusUpdate,
     },
-    /// A reply from a recipient, tagged like the latest message sent to that sender.
+    /// A reply from a recipient, tagged like the latest message sent to that sender; `rsvp`
+    /// is the reply read as an RSVP (by `rsvp`, outside the store), dropped for an opt-out.
     Inbound {
         provider: String,
         inbound: InboundMessage,
+        rsvp: Option<Rsvp>,
     },
     /// Checks every message against the index entries its state requires and the counts
     /// against a recount; with `repair`, fixes what it found (see [`check`]).
@@ -371,6 +416,23 @@ pub trait Store: Send + Sync + 'static {
     /// only when the data directory is replaced (and `seq` numbers start over). Streams
     /// show it so a resuming client can tell a `seq` of another log from one of this log.
     fn epoch(&self) -> String;
+}
+
+/// An entry a test writes the way an older heraldd (recipient schema 1, see
+/// [`recipients`]) did, to prove an engine re-keys it at start.
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Legacy {
+    Suppressed {
+        channel: Channel,
+        to: String,
+        reason: String,
+    },
+    Latest {
+        channel: Channel,
+        to: String,
+        id: MsgId,
+    },
 }
 
 /// Damage a test does to a stopped (or idle) store's indexes on purpose, the way an

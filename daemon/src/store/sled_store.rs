@@ -3,14 +3,19 @@
 //! Trees (keys are big-endian so byte order is time/seq order):
 //! `records` id → record · `schedule` due ++ id → () · `leases` id → until ·
 //! `idem` key → id ++ expires · `pids` provider 0 pid → id · `dead` id → () ·
-//! `finished` at ++ id → () · `suppression` channel ++ recipient → reason ·
+//! `finished` at ++ id → () · `suppression` channel ++ recipient key → entry ·
 //! `events` first seq → a block of up to 64 consecutive events · `held` `m` ++ id or
 //! `p` ++ provider 0 pid → webhook updates waiting for their message ·
-//! `latest` channel ++ recipient → id (for tagging replies) · `seen` provider 0 key → at
+//! `latest` channel ++ recipient key → id (for tagging replies) · `seen` provider 0 key → at
 //! and `seen_at` at ++ provider 0 key (webhook de-duplication) · `breakers` provider →
-//! breaker state · `meta` "seq"/"counts".
+//! breaker state · `meta` "seq"/"counts"/"epoch"/"recipients".
 //!
-//! Values are postcard with a leading format-version byte. A whole batch is one sled
+//! Values are postcard with a leading format-version byte (a suppression entry's is
+//! [`SUPPRESSION_VERSION`]). Recipient keys are canonical keys (`store::recipients`);
+//! `meta` "recipients" says how they were keyed, and a store keyed otherwise (an older data
+//! dir wrote the raw recipient lower-cased, and the reason alone as the value) is keyed
+//! again at open, in small transactions, the marker written last: re-keying is
+//! idempotent, so a start killed half way re-keys again. A whole batch is one sled
 //! transaction over all trees (one transaction per message measured ~3,300 msg/s here; a
 //! batch amortises it), running the shared state machine through [`SledTxn`], this
 //! engine's [`Txn`]. sled's transactions cannot scan a range, so the range reads a batch
@@ -26,7 +31,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herald_plugin_api::{Channel, Event, StatusUpdate, UnixMillis};
+use herald_plugin_api::{Channel, Event, RecipientKey, RecipientRules, StatusUpdate, UnixMillis};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{
@@ -36,9 +41,102 @@ use sled::{Transactional, Tree};
 
 use super::check::{self, Audit};
 use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
-use super::{BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError};
+use super::recipients::{self, KeyedWith};
+use super::{
+    BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression,
+    SuppressionSource,
+};
 
 const FORMAT_VERSION: u8 = 1;
+
+/// The version byte of a [`Suppression`] value (schema 1 stored the bare reason).
+const SUPPRESSION_VERSION: u8 = 2;
+
+/// The version byte of an event block since events carry `rsvp` (blocks of version
+/// [`FORMAT_VERSION`] hold [`EventV1`]s).
+const EVENTS_VERSION: u8 = 2;
+
+/// An event as blocks of [`FORMAT_VERSION`] stored it: before `rsvp`.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct EventV1 {
+    seq: u64,
+    at: UnixMillis,
+    message_id: Option<String>,
+    kind: herald_plugin_api::EventKind,
+    channel: Option<Channel>,
+    provider: Option<String>,
+    provider_message_id: Option<String>,
+    attempt: Option<u32>,
+    detail: Option<String>,
+    tags: Vec<String>,
+    from: Option<String>,
+    to: Option<String>,
+    body: Option<String>,
+}
+
+impl From<EventV1> for Event {
+    fn from(e: EventV1) -> Event {
+        Event {
+            seq: e.seq,
+            at: e.at,
+            message_id: e.message_id,
+            kind: e.kind,
+            channel: e.channel,
+            provider: e.provider,
+            provider_message_id: e.provider_message_id,
+            attempt: e.attempt,
+            detail: e.detail,
+            tags: e.tags,
+            from: e.from,
+            to: e.to,
+            body: e.body,
+            rsvp: None,
+        }
+    }
+}
+
+fn enc_events(block: &[Event]) -> Vec<u8> {
+    let out = vec![EVENTS_VERSION];
+    postcard::to_extend(block, out).unwrap_or_else(|_| vec![EVENTS_VERSION])
+}
+
+fn dec_events(bytes: &[u8]) -> Result<Vec<Event>, StoreError> {
+    let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("event block: {e}"));
+    match bytes.split_first() {
+        Some((&EVENTS_VERSION, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+        Some((&FORMAT_VERSION, rest)) => Ok(postcard::from_bytes::<Vec<EventV1>>(rest)
+            .map_err(corrupt)?
+            .into_iter()
+            .map(Event::from)
+            .collect()),
+        _ => dec(bytes, "event block"),
+    }
+}
+
+/// Entries re-keyed per transaction at open.
+const REKEY_CHUNK: usize = 512;
+
+fn enc_suppression(entry: &Suppression) -> Vec<u8> {
+    let out = vec![SUPPRESSION_VERSION];
+    postcard::to_extend(entry, out).unwrap_or_else(|_| vec![SUPPRESSION_VERSION])
+}
+
+/// A suppression value: a [`Suppression`], or schema 1's bare reason (`key` standing in
+/// for the recipient, whose spelling it did not keep).
+fn dec_suppression(bytes: &[u8], key: &str) -> Suppression {
+    if let Some((&SUPPRESSION_VERSION, rest)) = bytes.split_first()
+        && let Ok(entry) = postcard::from_bytes::<Suppression>(rest)
+    {
+        return entry;
+    }
+    Suppression {
+        recipient: key.to_string(),
+        reason: String::from_utf8_lossy(bytes).into_owned(),
+        source: SuppressionSource::Provider,
+        at: 0,
+    }
+}
 
 /// Events per block in the `events` tree. A batch writes its events as a few blocks rather
 /// than one key each: sled's cost is per insert, and a batch emits thousands of events.
@@ -109,12 +207,22 @@ fn pid_key(provider: &str, pid: &str) -> Vec<u8> {
     k
 }
 
-/// `channel ++ lower-cased recipient`: the `suppression` and `latest` key.
-fn recipient_key(channel: Channel, to: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + to.len());
-    k.push(channel as u8);
-    k.extend(to.bytes().map(|b| b.to_ascii_lowercase()));
+/// `channel ++ recipient key`: the `suppression` and `latest` key.
+fn recipient_key(channel: Channel, key: &RecipientKey) -> Vec<u8> {
+    raw_recipient_key(channel as u8, key.as_str())
+}
+
+fn raw_recipient_key(channel: u8, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(channel);
+    k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// A `suppression` / `latest` key split into its channel byte and recipient key.
+fn split_recipient_key(k: &[u8]) -> Option<(u8, String)> {
+    let (&channel, rest) = k.split_first()?;
+    Some((channel, String::from_utf8_lossy(rest).into_owned()))
 }
 
 fn held_key(key: HeldFor<'_>) -> Vec<u8> {
@@ -195,6 +303,8 @@ pub struct SledStore {
     last_seq: AtomicU64,
     /// `meta` "epoch": created with the store, never changed.
     epoch: String,
+    /// How recipients are keyed (`[recipients]`); the stored entries are keyed so at open.
+    rules: RecipientRules,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -237,8 +347,29 @@ impl SledStore {
         dir.join("conf").is_file()
     }
 
-    /// Opens (or creates) the store in `dir`. `cache_capacity` bounds sled's page cache.
+    /// Opens (or creates) the store in `dir` with the default recipient rules.
+    /// `cache_capacity` bounds sled's page cache.
     pub fn open(dir: &Path, cache_capacity: u64) -> Result<SledStore, StoreError> {
+        SledStore::open_with(dir, cache_capacity, RecipientRules::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, keying recipients with `rules`: entries keyed
+    /// otherwise are keyed again first (see the module comment).
+    pub fn open_with(
+        dir: &Path,
+        cache_capacity: u64,
+        rules: RecipientRules,
+    ) -> Result<SledStore, StoreError> {
+        let store = SledStore::open_unkeyed(dir, cache_capacity, rules)?;
+        store.rekey_recipients(REKEY_CHUNK, None)?;
+        Ok(store)
+    }
+
+    fn open_unkeyed(
+        dir: &Path,
+        cache_capacity: u64,
+        rules: RecipientRules,
+    ) -> Result<SledStore, StoreError> {
         let removed = remove_partial_snapshots(dir).map_err(|e| StoreError::Io(e.to_string()))?;
         if removed > 0 {
             tracing::warn!(removed, dir = %dir.display(), "removed a partial sled snapshot left by a kill during start-up");
@@ -281,6 +412,7 @@ impl SledStore {
             committed: Mutex::new((0, Counts::default())),
             last_seq: AtomicU64::new(0),
             epoch: String::new(),
+            rules,
         };
         store.epoch = store.open_epoch()?;
         let mut seq = match store.meta.get("seq").map_err(io)? {
@@ -292,7 +424,7 @@ impl SledStore {
             None => 0,
         };
         if let Some((_, v)) = store.events.last().map_err(io)? {
-            let block: Vec<Event> = dec(&v, "event block")?;
+            let block = dec_events(&v)?;
             if let Some(last) = block.last() {
                 seq = seq.max(last.seq);
             }
@@ -317,6 +449,176 @@ impl SledStore {
         self.meta.insert("epoch", epoch.as_bytes()).map_err(io)?;
         self.db.flush().map_err(io)?;
         Ok(epoch)
+    }
+
+    /// Keys the `suppression` and `latest` entries again when `meta` "recipients" says they
+    /// were keyed otherwise, `chunk` entries per transaction, and then writes the marker.
+    /// `stop_after` (tests) stops after that many transactions, as a kill would: returns
+    /// whether it finished.
+    fn rekey_recipients(
+        &self,
+        chunk: usize,
+        stop_after: Option<usize>,
+    ) -> Result<bool, StoreError> {
+        let want = enc(&KeyedWith::current(self.rules));
+        if self.meta.get("recipients").map_err(io)?.as_deref() == Some(&want[..]) {
+            return Ok(true);
+        }
+        let fresh = self.suppression.is_empty() && self.latest.is_empty();
+        if !fresh {
+            tracing::info!(
+                suppressed = self.suppression.len(),
+                latest = self.latest.len(),
+                "keying recipients of the suppression list and the reply index again"
+            );
+        }
+        let mut steps = 0;
+        for latest in [false, true] {
+            let tree = if latest {
+                &self.latest
+            } else {
+                &self.suppression
+            };
+            let mut after: Option<sled::IVec> = None;
+            loop {
+                if stop_after.is_some_and(|n| steps >= n) {
+                    return Ok(false);
+                }
+                let range = match &after {
+                    Some(k) => tree.range::<&[u8], _>((
+                        std::ops::Bound::Excluded(k.as_ref()),
+                        std::ops::Bound::Unbounded,
+                    )),
+                    None => tree.iter(),
+                };
+                let mut entries = Vec::with_capacity(chunk);
+                for kv in range.take(chunk) {
+                    entries.push(kv.map_err(io)?);
+                }
+                let Some((last, _)) = entries.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                if latest {
+                    self.rekey_latest(&entries)?;
+                } else {
+                    self.rekey_suppression(&entries)?;
+                }
+                steps += 1;
+            }
+        }
+        self.meta.insert("recipients", want).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(true)
+    }
+
+    /// One transaction of re-keyed suppression entries.
+    fn rekey_suppression(&self, entries: &[(sled::IVec, sled::IVec)]) -> Result<(), StoreError> {
+        let rules = self.rules;
+        let result = self.suppression.transaction(|t| {
+            for (k, v) in entries {
+                let Some((byte, old)) = split_recipient_key(k) else {
+                    continue;
+                };
+                let entry = dec_suppression(v, &old);
+                let key = match recipients::channel_of(byte) {
+                    Some(channel) => recipients::rekey(channel, &old, &entry.recipient, &rules),
+                    None => old.clone(),
+                };
+                let new_k = raw_recipient_key(byte, &key);
+                let merged = if new_k[..] == k[..] {
+                    entry
+                } else {
+                    t.remove(k)?;
+                    match t.get(&new_k)? {
+                        Some(other) => {
+                            recipients::merge_suppression(dec_suppression(&other, &key), entry)
+                        }
+                        None => entry,
+                    }
+                };
+                t.insert(new_k, enc_suppression(&merged))?;
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        });
+        result.map_err(|e: TransactionError<StoreError>| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => io(e),
+        })
+    }
+
+    /// One transaction of re-keyed "latest message" entries: keyed by their message's `to`;
+    /// an entry whose message is gone is dropped.
+    fn rekey_latest(&self, entries: &[(sled::IVec, sled::IVec)]) -> Result<(), StoreError> {
+        let rules = self.rules;
+        let mut plan = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            let Some((byte, old)) = split_recipient_key(k) else {
+                continue;
+            };
+            let Ok(id) = <MsgId>::try_from(v.as_ref()) else {
+                continue;
+            };
+            let new_k = match self.records.get(id).map_err(io)? {
+                Some(r) => {
+                    let record: Record = dec(&r, "record")?;
+                    let key = match recipients::channel_of(byte) {
+                        Some(channel) => recipients::rekey(channel, &old, &record.to, &rules),
+                        None => old,
+                    };
+                    Some(raw_recipient_key(byte, &key))
+                }
+                None => None,
+            };
+            plan.push((k.clone(), new_k, id));
+        }
+        let result = self.latest.transaction(|t| {
+            for (k, new_k, id) in &plan {
+                let Some(new_k) = new_k else {
+                    t.remove(k)?;
+                    continue;
+                };
+                if new_k[..] == k[..] {
+                    continue;
+                }
+                t.remove(k)?;
+                let merged = match t.get(new_k)? {
+                    Some(other) => match <MsgId>::try_from(other.as_ref()) {
+                        Ok(other) => recipients::merge_latest(other, *id),
+                        Err(_) => *id,
+                    },
+                    None => *id,
+                };
+                t.insert(&new_k[..], &merged[..])?;
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        });
+        result.map_err(|e: TransactionError<StoreError>| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => io(e),
+        })
+    }
+
+    /// Writes an entry the way schema 1 did and removes the marker, as the data dir of an
+    /// older heraldd (see [`super::Legacy`]). Not flushed: the caller flushes.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn plant_legacy(&self, entry: &super::Legacy) -> Result<(), StoreError> {
+        match entry {
+            super::Legacy::Suppressed {
+                channel,
+                to,
+                reason,
+            } => {
+                let k = raw_recipient_key(*channel as u8, &to.to_ascii_lowercase());
+                self.suppression.insert(k, reason.as_bytes()).map_err(io)?;
+            }
+            super::Legacy::Latest { channel, to, id } => {
+                let k = raw_recipient_key(*channel as u8, &to.to_ascii_lowercase());
+                self.latest.insert(k, &id[..]).map_err(io)?;
+            }
+        }
+        self.meta.remove("recipients").map_err(io)?;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Counts)> {
@@ -384,7 +686,7 @@ impl SledStore {
         let mut events = 0;
         for kv in self.events.iter().take(limit) {
             let (k, v) = kv.map_err(io)?;
-            let block: Vec<Event> = dec(&v, "event block")?;
+            let block = dec_events(&v)?;
             // Whole blocks only: the newest event of the block decides.
             if block.last().is_none_or(|e| e.at >= before) {
                 break;
@@ -468,7 +770,7 @@ impl SledStore {
         ];
         let result = trees[..].transaction(|t| {
             // The closure may run again on a conflict: start from the read-ahead each time.
-            let mut txn = SledTxn::new(t, ahead.clone(), seq, counts)?;
+            let mut txn = SledTxn::new(t, ahead.clone(), seq, counts, self.rules)?;
             lifecycle::apply_batch(&mut txn, now, ops, seq, counts)
         });
         let batch = result.map_err(|e| match e {
@@ -491,9 +793,20 @@ impl SledStore {
     #[cfg(any(test, feature = "test-support"))]
     #[allow(clippy::disallowed_methods)] // test support, never on a tokio worker
     pub fn open_when_unlocked(dir: &Path, cache_capacity: u64) -> Result<SledStore, StoreError> {
+        SledStore::open_with_when_unlocked(dir, cache_capacity, RecipientRules::default())
+    }
+
+    /// [`SledStore::open_when_unlocked`] with recipient rules.
+    #[cfg(any(test, feature = "test-support"))]
+    #[allow(clippy::disallowed_methods)] // test support, never on a tokio worker
+    pub fn open_with_when_unlocked(
+        dir: &Path,
+        cache_capacity: u64,
+        rules: RecipientRules,
+    ) -> Result<SledStore, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match SledStore::open(dir, cache_capacity) {
+            match SledStore::open_with(dir, cache_capacity, rules) {
                 Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -590,6 +903,7 @@ struct SledTxn<'a> {
     /// The stored seq and counts: `finish` writes only what changed.
     seq: u64,
     counts: Counts,
+    rules: RecipientRules,
 }
 
 type TxError = ConflictableTransactionError<StoreError>;
@@ -618,6 +932,7 @@ impl<'a> SledTxn<'a> {
         ahead: ReadAhead,
         seq: u64,
         counts: Counts,
+        rules: RecipientRules,
     ) -> Result<SledTxn<'a>, TxError> {
         let [
             records,
@@ -662,6 +977,7 @@ impl<'a> SledTxn<'a> {
             ahead,
             seq,
             counts,
+            rules,
         })
     }
 
@@ -675,6 +991,10 @@ impl<'a> SledTxn<'a> {
 
 impl Txn for SledTxn<'_> {
     type Error = TxError;
+
+    fn recipient_rules(&self) -> RecipientRules {
+        self.rules
+    }
 
     fn message(&mut self, id: &MsgId) -> Result<Option<Record>, TxError> {
         match self.records.get(id).map_err(unab)? {
@@ -797,46 +1117,60 @@ impl Txn for SledTxn<'_> {
             .ok_or_else(|| unprepared("finished_before"))
     }
 
-    fn is_suppressed(&mut self, channel: Channel, to: &str) -> Result<bool, TxError> {
+    fn suppression(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<Suppression>, TxError> {
         if !self.suppression_possible {
-            return Ok(false);
+            return Ok(None);
         }
         Ok(self
             .suppression
-            .get(recipient_key(channel, to))
+            .get(recipient_key(channel, key))
             .map_err(unab)?
-            .is_some())
+            .map(|v| dec_suppression(&v, key.as_str())))
     }
-    fn suppress(&mut self, channel: Channel, to: &str, reason: &str) -> Result<(), TxError> {
+    fn suppress(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+        entry: &Suppression,
+    ) -> Result<(), TxError> {
         self.suppression_possible = true;
         self.suppression
-            .insert(recipient_key(channel, to), reason.as_bytes())
+            .insert(recipient_key(channel, key), enc_suppression(entry))
             .map_err(unab)?;
         Ok(())
     }
-    fn unsuppress(&mut self, channel: Channel, to: &str) -> Result<(), TxError> {
+    fn unsuppress(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), TxError> {
         self.suppression
-            .remove(recipient_key(channel, to))
+            .remove(recipient_key(channel, key))
             .map_err(unab)?;
         Ok(())
     }
 
-    fn latest(&mut self, channel: Channel, to: &str) -> Result<Option<MsgId>, TxError> {
+    fn latest(&mut self, channel: Channel, key: &RecipientKey) -> Result<Option<MsgId>, TxError> {
         Ok(self
             .latest
-            .get(recipient_key(channel, to))
+            .get(recipient_key(channel, key))
             .map_err(unab)?
             .and_then(|v| <MsgId>::try_from(v.as_ref()).ok()))
     }
-    fn put_latest(&mut self, channel: Channel, to: &str, id: &MsgId) -> Result<(), TxError> {
+    fn put_latest(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+        id: &MsgId,
+    ) -> Result<(), TxError> {
         self.latest
-            .insert(recipient_key(channel, to), &id[..])
+            .insert(recipient_key(channel, key), &id[..])
             .map_err(unab)?;
         Ok(())
     }
-    fn remove_latest(&mut self, channel: Channel, to: &str) -> Result<(), TxError> {
+    fn remove_latest(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), TxError> {
         self.latest
-            .remove(recipient_key(channel, to))
+            .remove(recipient_key(channel, key))
             .map_err(unab)?;
         Ok(())
     }
@@ -929,7 +1263,7 @@ impl Txn for SledTxn<'_> {
     fn finish(&mut self, events: &[Event], seq: u64, counts: &Counts) -> Result<(), TxError> {
         for block in events.chunks(EVENTS_PER_BLOCK) {
             self.events
-                .insert(&be8(block[0].seq)[..], enc(block))
+                .insert(&be8(block[0].seq)[..], enc_events(block))
                 .map_err(unab)?;
         }
         if seq != self.seq {
@@ -1008,7 +1342,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for kv in self.events.range(start..) {
             let (_, v) = kv.map_err(io)?;
-            let block: Vec<Event> = dec(&v, "event block")?;
+            let block = dec_events(&v)?;
             out.extend(block.into_iter().filter(|e| e.seq >= from));
             if out.len() >= limit {
                 out.truncate(limit);
@@ -1097,6 +1431,123 @@ mod tests {
 
     fn open(dir: &Path) -> SledStore {
         SledStore::open_when_unlocked(dir, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn rekeying_killed_half_way_ends_correct_at_the_next_start() {
+        use crate::store::Legacy;
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let spellings = [
+            "Dee Ray <Dee@Example.com>",
+            "DEE@example.com",
+            "dee@example.com",
+            "Eve <eve@example.com>",
+            "fay@EXAMPLE.org",
+            "Gus <gus@example.net>",
+            "hal@example.io",
+            "not an address",
+        ];
+        for (i, to) in spellings.iter().enumerate() {
+            s.plant_legacy(&Legacy::Suppressed {
+                channel: Channel::Email,
+                to: to.to_string(),
+                reason: format!("bounce {i}"),
+            })
+            .unwrap();
+        }
+        s.plant_legacy(&Legacy::Suppressed {
+            channel: Channel::Sms,
+            to: "+1 (415) 555-0100".into(),
+            reason: "opted out".into(),
+        })
+        .unwrap();
+        s.flush().unwrap();
+        drop(s);
+        // A start killed after two small transactions: some entries re-keyed, some not,
+        // no marker.
+        let s = loop {
+            match SledStore::open_unkeyed(dir.path(), 1 << 20, RecipientRules::default()) {
+                Err(StoreError::Locked(_)) => std::thread::yield_now(),
+                other => break other.unwrap(),
+            }
+        };
+        assert!(!s.rekey_recipients(2, Some(2)).unwrap());
+        assert!(s.meta.get("recipients").unwrap().is_none());
+        s.flush().unwrap();
+        drop(s);
+        let s = open(dir.path());
+        let keys: Vec<(u8, String)> = s
+            .suppression
+            .iter()
+            .map(|kv| split_recipient_key(&kv.unwrap().0).unwrap())
+            .collect();
+        let want: Vec<(u8, String)> = [
+            (Channel::Email, "dee@example.com"),
+            (Channel::Email, "eve@example.com"),
+            (Channel::Email, "fay@example.org"),
+            (Channel::Email, "gus@example.net"),
+            (Channel::Email, "hal@example.io"),
+            (Channel::Email, "not an address"),
+            (Channel::Sms, "+14155550100"),
+        ]
+        .iter()
+        .map(|(c, k)| (*c as u8, k.to_string()))
+        .collect();
+        let mut sorted = want.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        for kv in s.suppression.iter() {
+            let (_, v) = kv.unwrap();
+            assert_eq!(v[0], SUPPRESSION_VERSION, "every value in the new format");
+        }
+        assert!(s.meta.get("recipients").unwrap().is_some());
+        let m = NewMessage {
+            to: "+1 415 555 0100".into(),
+            ..msg("x")
+        };
+        let r = s.commit(1, &[Op::Accept(m.clone())]).unwrap();
+        assert!(!r.scheduled);
+        assert_eq!(s.get(&m.id).unwrap().unwrap().state, State::Suppressed);
+    }
+
+    #[test]
+    fn event_blocks_written_before_rsvp_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let old = EventV1 {
+            seq: 1,
+            at: 5,
+            message_id: None,
+            kind: herald_plugin_api::EventKind::Inbound,
+            channel: Some(Channel::Sms),
+            provider: Some("tw".into()),
+            provider_message_id: None,
+            attempt: None,
+            detail: None,
+            tags: vec!["t".into()],
+            from: Some("+14155550100".into()),
+            to: Some("+15005550006".into()),
+            body: Some("YES".into()),
+        };
+        s.events.insert(be8(1), enc(&vec![old])).unwrap();
+        s.meta.insert("seq", &be8(1)[..]).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let s = open(dir.path());
+        s.commit(
+            6,
+            &[Op::Note {
+                kind: herald_plugin_api::EventKind::ConfigReloaded,
+                detail: "x".into(),
+            }],
+        )
+        .unwrap();
+        let events = s.events_from(1, 10).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].body.as_deref(), Some("YES"));
+        assert_eq!(events[0].rsvp, None);
+        assert_eq!(events[1].seq, 2);
     }
 
     #[test]
@@ -1189,6 +1640,7 @@ mod tests {
                         provider_message_id: Some("SM9".into()),
                         opt_out: None,
                     },
+                    rsvp: None,
                 },
             ],
         )

@@ -19,9 +19,10 @@
 //!
 //! What remains is trimmed; it is empty when the email had nothing of its own.
 //!
-//! Behind the kit's `reply` feature, which a plugin that receives email enables. Not called
-//! yet: Resend's `email.received` webhook carries no body (the text comes from its
-//! received-email API, which needs a fetch the webhook step cannot make yet), and the
+//! Behind the kit's `reply` feature, which a plugin that receives email enables. No plugin
+//! receives an email's text yet: Resend's `email.received` webhook carries no body (the
+//! text comes from its received-email API, which needs a fetch the webhook step cannot
+//! make; the resend plugin reports an empty body rather than the subject), and the
 //! sendgrid plugin takes no Inbound Parse posts yet.
 //!
 //! Owns: the text rules. Must not: know about RSVPs or the provider payload shapes (the

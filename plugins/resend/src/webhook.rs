@@ -15,8 +15,11 @@
 //! suppression), `email.complained` → complained + suppress, `email.failed` → failed,
 //! `email.suppressed` → failed + suppress (Resend already suppresses the address),
 //! `email.opened` / `email.clicked` → opened / clicked, `email.received` → an inbound
-//! email (bare from / first to addresses; the subject stands in for the body, which the
-//! webhook does not carry). `email.scheduled` says nothing
+//! email (bare from / first to addresses) with an **empty body**: the webhook carries no
+//! text (`EmailReceivedEventData` has the subject, addresses and attachment metadata only;
+//! the text is served by the received-email API, which a webhook step cannot fetch), and
+//! the subject is not the reply — standing it in would let "Re: Yes" read as an answer.
+//! `email.scheduled` says nothing
 //! Herald does not know; `contact.*`, `domain.*`, `suppression.*` and unknown types are
 //! not message events: all are acknowledged and ignored.
 //!
@@ -170,14 +173,14 @@ fn parse_event(
             .map(|a| email_address_part(&a).to_owned())
             .unwrap_or_default();
         // The webhook carries no body (Resend serves it from the receiving API, which a
-        // webhook call cannot fetch): the subject stands in for it.
+        // webhook call cannot fetch), and the subject is not the reply: the body is empty.
         return Ok((
             vec![],
             vec![InboundMessage {
                 channel: Channel::Email,
                 from,
                 to,
-                body: str_at(&["subject"]).unwrap_or_default(),
+                body: String::new(),
                 provider_message_id: str_at(&["email_id"]),
                 opt_out: None,
             }],
@@ -634,7 +637,7 @@ mod tests {
                 channel: Channel::Email,
                 from: "b@y.io".into(),
                 to: "rsvp@example.com".into(),
-                body: "Re: YES".into(),
+                body: String::new(),
                 provider_message_id: Some("in_1".into()),
                 opt_out: None,
             }]

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod diskfull;
 mod examples;
+mod guests;
 mod lifecycle;
 mod limits;
 mod node_client;

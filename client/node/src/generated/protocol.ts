@@ -65,9 +65,14 @@ export type ErrorCode = "invalid_field" | "no_route" | "too_large" | "idempotenc
 
 /**
  * One entry of the durable event log. `seq` is strictly increasing and never reused.
- * `from`, `to` and `body` are set on `inbound` events only.
+ * `from`, `to`, `body` and `rsvp` are set on `inbound` events only.
  */
-export type Event = { seq: number, at: number, message_id: string | null, kind: EventKind, channel: Channel | null, provider: string | null, provider_message_id: string | null, attempt: number | null, detail: string | null, tags: Array<string>, from: string | null, to: string | null, body: string | null, };
+export type Event = { seq: number, at: number, message_id: string | null, kind: EventKind, channel: Channel | null, provider: string | null, provider_message_id: string | null, attempt: number | null, detail: string | null, tags: Array<string>, from: string | null, to: string | null, body: string | null, 
+/**
+ * On `inbound` events: the reply read as an RSVP (yes / no / maybe and a headcount),
+ * when it reads as one; never a guess.
+ */
+rsvp: Rsvp | null, };
 
 /**
  * What an event reports. The first twelve mirror [`State`]; append only.
@@ -139,6 +144,17 @@ export type Request = { "send": SendMessage } | { "send_batch": Array<SendMessag
  * A server frame body. Variant order is wire format: append only.
  */
 export type Response = { "accepted": Accepted } | { "batch_accepted": Array<BatchItem> } | { "message": MessageView } | { "cancelled": { id: string, } } | { "subscribed": { first_seq: number, last_seq: number, epoch: string, } } | { "event": Event } | "unsubscribed" | { "stats": Stats } | { "reloaded": { detail: string, } } | { "dead_list": Array<MessageView> } | { "requeued": { count: number, } } | { "error": ErrorBody } | { "store_checked": StoreCheck } | { "token": { token: string, expires_at: number, } };
+
+/**
+ * A structured RSVP read from a reply: the answer, and how many people it counts when the
+ * reply says so (`no` counts 0; a bare `yes` says nothing about the number).
+ */
+export type Rsvp = { answer: RsvpAnswer, headcount?: number | null, };
+
+/**
+ * A guest's answer to an invitation, read from a reply.
+ */
+export type RsvpAnswer = "yes" | "no" | "maybe";
 
 /**
  * A message to send, as a host application describes it.
