@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -25,11 +25,13 @@ impl Answer {
     }
 }
 
+/// One request on a new connection; an empty `body` sends none (as `Empty` would).
 async fn send(
     port: u16,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+    body: Bytes,
 ) -> hyper::Response<Incoming> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
@@ -46,7 +48,7 @@ async fn send(
         req = req.header(*k, *v);
     }
     sender
-        .send_request(req.body(Empty::<Bytes>::new()).expect("request"))
+        .send_request(req.body(Full::new(body)).expect("request"))
         .await
         .expect("send request")
 }
@@ -60,19 +62,7 @@ fn header_list(r: &hyper::Response<Incoming>) -> Vec<(String, String)> {
 
 /// A request whose answer is read to the end (with a minute's deadline).
 pub async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let r = send(port, method, path, headers).await;
-        let status = r.status().as_u16();
-        let headers = header_list(&r);
-        let body = r.into_body().collect().await.expect("read body").to_bytes();
-        Answer {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    })
-    .await
-    .expect("an answer within a minute")
+    answer(port, method, path, headers, Bytes::new()).await
 }
 
 pub async fn get(port: u16, path: &str) -> Answer {
@@ -82,25 +72,18 @@ pub async fn get(port: u16, path: &str) -> Answer {
 /// A POST of `body` (a provider's webhook), its answer read to the end (a minute's
 /// deadline).
 pub async fn post(port: u16, path: &str, headers: &[(&str, &str)], body: String) -> Answer {
+    answer(port, "POST", path, headers, Bytes::from(body)).await
+}
+
+async fn answer(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Answer {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let tcp = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect to the daemon's listener");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("http handshake");
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("host", format!("127.0.0.1:{port}"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = sender
-            .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
-            .await
-            .expect("send request");
+        let r = send(port, method, path, headers, body).await;
         let status = r.status().as_u16();
         let headers = header_list(&r);
         let body = r.into_body().collect().await.expect("read body").to_bytes();
@@ -138,7 +121,7 @@ impl Sse {
     pub async fn open(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Sse, Answer> {
         let mut all = vec![("accept", "text/event-stream")];
         all.extend_from_slice(headers);
-        let r = send(port, "GET", path, &all).await;
+        let r = send(port, "GET", path, &all, Bytes::new()).await;
         let status = r.status().as_u16();
         let headers = header_list(&r);
         if status != 200 {
