@@ -825,7 +825,7 @@ async fn handle(shared: &Shared, request: Request) -> Response {
             Request::SuppressionCheck {
                 channel,
                 recipients,
-            } => suppression::check(&*shared.store, channel, recipients),
+            } => suppression::check(&*shared.store, channel, recipients, shared.max_frame),
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => Err(ErrorBody::new(
                 ErrorCode::Internal,
                 "subscriptions are handled by the connection",

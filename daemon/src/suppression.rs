@@ -181,11 +181,13 @@ pub async fn remove(
     Ok(Response::SuppressionRemoved { entry })
 }
 
-/// `suppression_check`: one status per recipient, in order.
+/// `suppression_check`: one status per recipient, in order; refused with `too_large` when
+/// the answer would not fit a frame (long spellings and reasons: check fewer at once).
 pub fn check(
     store: &dyn Store,
     channel: Channel,
     recipients: Vec<String>,
+    max_frame: u32,
 ) -> Result<Response, ErrorBody> {
     if recipients.len() > MAX_PAGE {
         return Err(ErrorBody::field(
@@ -213,5 +215,105 @@ pub fn check(
             entry,
         });
     }
+    // JSON is the larger encoding; size by it.
+    let size = serde_json::to_vec(&out).map_or(usize::MAX, |b| b.len());
+    let budget = (max_frame as usize).saturating_sub(1024);
+    if size > budget {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the answer for {} recipients would be {size} bytes, more than a frame \
+                 (daemon.max_frame); check fewer at once",
+                out.len()
+            ),
+        ));
+    }
     Ok(Response::SuppressionChecked(out))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn store_with(n: usize) -> MemoryStore {
+        let s = MemoryStore::new();
+        let ops: Vec<Op> = (0..n)
+            .map(|i| Op::Suppress {
+                channel: Channel::Email,
+                recipient: format!("User {i:03} <USER{i:03}@example.org>"),
+                reason: "r".repeat(400),
+            })
+            .collect();
+        s.commit(1, &ops).unwrap();
+        s
+    }
+
+    fn page(r: Response) -> (Vec<WireEntry>, Option<SuppressionCursor>) {
+        match r {
+            Response::SuppressionList { entries, next } => (entries, next),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_page_is_bounded_by_its_limit_and_by_a_frame_and_goes_on_from_its_cursor() {
+        let s = store_with(30);
+        for bad in [0, 1001] {
+            let e = list(&s, None, Some(bad), 1 << 20).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("limit"));
+        }
+        let (first, next) = page(list(&s, None, Some(10), 1 << 20).unwrap());
+        assert_eq!(first.len(), 10);
+        assert_eq!(first[0].key, "user000@example.org");
+        assert_eq!(first[0].recipient, "User 000 <USER000@example.org>");
+        assert_eq!(first[0].source, WireSource::Operator);
+        let next = next.unwrap();
+        assert_eq!(next.key, "user009@example.org");
+        let (rest, end) = page(list(&s, Some(next), None, 1 << 20).unwrap());
+        assert_eq!(rest.len(), 20);
+        assert_eq!(rest[0].key, "user010@example.org");
+        assert_eq!(end, None, "the list ended before the limit");
+        // A small frame cuts the page, and its cursor goes on from the last entry sent.
+        let (cut, next) = page(list(&s, None, Some(30), 8 * 1024).unwrap());
+        assert!(cut.len() < 30 && !cut.is_empty(), "{}", cut.len());
+        assert_eq!(next.unwrap().key, cut.last().unwrap().key);
+    }
+
+    #[test]
+    fn check_names_the_bad_recipient_and_refuses_an_answer_beyond_a_frame() {
+        let s = store_with(3);
+        let e = check(
+            &s,
+            Channel::Email,
+            vec!["a@example.org".into(), "nope".into()],
+            1 << 20,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("recipients[1]"));
+        let too_many = vec!["a@example.org".to_string(); MAX_PAGE + 1];
+        let e = check(&s, Channel::Email, too_many, 1 << 20).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("recipients"));
+        let Response::SuppressionChecked(out) = check(
+            &s,
+            Channel::Email,
+            vec!["user001@EXAMPLE.org".into(), "b@example.org".into()],
+            1 << 20,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(out[0].key, "user001@example.org");
+        assert_eq!(out[0].entry.as_ref().unwrap().reason, "r".repeat(400));
+        assert_eq!(out[1].entry, None);
+        let e = check(
+            &s,
+            Channel::Email,
+            vec!["user001@example.org".into(); 10],
+            4 * 1024,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
+    }
 }
