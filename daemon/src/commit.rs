@@ -104,8 +104,8 @@ enum Refused {
 /// outcome would send it again (and leave the message leased until a restart). Recovery
 /// runs once, at start, after the start-up space check. New messages stop below the
 /// reserve. Below the critical level everything else waits too — claims (the queue stays
-/// put), cancels, webhook updates (providers retry), notes and pruning — keeping the last
-/// of the space for outcomes.
+/// put), cancels, webhook updates (providers retry), notes, the operator's suppression-list
+/// changes and pruning — keeping the last of the space for outcomes.
 fn refusal(op: &Op, level: Level, failed: bool) -> Option<Refused> {
     match op {
         Op::Complete(_) | Op::Recover => None,

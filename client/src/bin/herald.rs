@@ -844,6 +844,32 @@ mod tests {
     }
 
     #[test]
+    fn override_suppression_is_off_unless_asked() {
+        let sms = ["--channel", "sms", "--to", "+14155550100", "--body", "b"];
+        assert!(!build(&sms).unwrap().override_suppression);
+        let forced = build(&[&sms[..], &["--override-suppression"]].concat()).unwrap();
+        assert!(forced.override_suppression);
+    }
+
+    #[test]
+    fn suppression_commands_need_their_arguments() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["herald", "suppression"], args].concat());
+        assert!(parse(&["add", "email", "a@example.org", "--reason", "r"]).is_ok());
+        let no_reason = parse(&["add", "email", "a@example.org"])
+            .unwrap_err()
+            .to_string();
+        assert!(no_reason.contains("--reason"), "{no_reason}");
+        assert!(parse(&["add", "fax", "a@example.org", "--reason", "r"]).is_err());
+        assert!(
+            parse(&["check", "email"]).is_err(),
+            "at least one recipient"
+        );
+        assert!(parse(&["list", "--limit", "0"]).is_err());
+        assert!(parse(&["remove", "sms", "+14155550100"]).is_ok());
+    }
+
+    #[test]
     fn send_at_parses_offsets() {
         assert_eq!(parse_rfc3339("1970-01-01T01:00:01+01:00"), Ok(1000));
         assert!(parse_rfc3339("tomorrow").is_err());
