@@ -43,6 +43,7 @@ pub fn message(i: u64) -> SendMessage {
         tags: vec!["bench".into(), "invite".into()],
         idempotency_key: None,
         send_at: None,
+        override_suppression: false,
     }
 }
 

@@ -18,6 +18,7 @@
 //!         tags: vec!["rsvp".into()],
 //!         idempotency_key: None,
 //!         send_at: None,
+//!         override_suppression: false,
 //!     })
 //!     .await?;
 //! println!("queued {}", ack.id);
@@ -35,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use herald_plugin_api::Event;
+use herald_plugin_api::{Channel, Event};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -43,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use protocol::{
     Accepted, BatchItem, ClientFrame, Codec, ErrorBody, Filter, Hello, MessageView,
     PROTOCOL_VERSION, ProtocolError, Request, Response, SendMessage, ServerFrame, Stats,
-    StoreCheck, Welcome,
+    StoreCheck, SuppressionCursor, SuppressionEntry, SuppressionStatus, Welcome,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +361,77 @@ impl Client {
             .await?
         {
             Response::Token { token, expires_at } => Ok((token, expires_at)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A page of the suppression list after `after` (the previous page's cursor), at most
+    /// `limit` entries (default 100, at most 1000); the cursor of the next page, if any.
+    pub async fn suppression_list(
+        &self,
+        after: Option<SuppressionCursor>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<SuppressionEntry>, Option<SuppressionCursor>), ClientError> {
+        match self.call(Request::SuppressionList { after, limit }).await? {
+            Response::SuppressionList { entries, next } => Ok((entries, next)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Puts `recipient` on `channel`'s suppression list; the entry, and whether this call
+    /// added it (false: it was there already, and its entry stays).
+    pub async fn suppression_add(
+        &self,
+        channel: Channel,
+        recipient: &str,
+        reason: &str,
+    ) -> Result<(SuppressionEntry, bool), ClientError> {
+        match self
+            .call(Request::SuppressionAdd {
+                channel,
+                recipient: recipient.to_string(),
+                reason: reason.to_string(),
+            })
+            .await?
+        {
+            Response::SuppressionAdded { entry, added } => Ok((entry, added)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Takes `recipient` (any spelling) off `channel`'s suppression list; the entry
+    /// removed, `None` when it was not on it.
+    pub async fn suppression_remove(
+        &self,
+        channel: Channel,
+        recipient: &str,
+    ) -> Result<Option<SuppressionEntry>, ClientError> {
+        match self
+            .call(Request::SuppressionRemove {
+                channel,
+                recipient: recipient.to_string(),
+            })
+            .await?
+        {
+            Response::SuppressionRemoved { entry } => Ok(entry),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Whether each recipient (at most 1000) is on `channel`'s suppression list.
+    pub async fn suppression_check(
+        &self,
+        channel: Channel,
+        recipients: Vec<String>,
+    ) -> Result<Vec<SuppressionStatus>, ClientError> {
+        match self
+            .call(Request::SuppressionCheck {
+                channel,
+                recipients,
+            })
+            .await?
+        {
+            Response::SuppressionChecked(list) => Ok(list),
             other => Err(unexpected(other)),
         }
     }

@@ -83,5 +83,6 @@ pub fn validate(m: SendMessage, live: &Live, now: UnixMillis) -> Result<NewMessa
         send_at: m.send_at,
         ttl_ms: retry.ttl_ms,
         idempotency_window_ms: live.config.daemon.idempotency_window_ms,
+        override_suppression: m.override_suppression,
     })
 }

@@ -104,8 +104,8 @@ enum Refused {
 /// outcome would send it again (and leave the message leased until a restart). Recovery
 /// runs once, at start, after the start-up space check. New messages stop below the
 /// reserve. Below the critical level everything else waits too — claims (the queue stays
-/// put), cancels, webhook updates (providers retry), notes and pruning — keeping the last
-/// of the space for outcomes.
+/// put), cancels, webhook updates (providers retry), notes, the operator's suppression-list
+/// changes and pruning — keeping the last of the space for outcomes.
 fn refusal(op: &Op, level: Level, failed: bool) -> Option<Refused> {
     match op {
         Op::Complete(_) | Op::Recover => None,
@@ -116,6 +116,8 @@ fn refusal(op: &Op, level: Level, failed: bool) -> Option<Refused> {
         | Op::Status { .. }
         | Op::Inbound { .. }
         | Op::Note { .. }
+        | Op::Suppress { .. }
+        | Op::Unsuppress { .. }
         | Op::Prune { .. } => (level == Level::Critical).then_some(Refused::Space(level)),
         // A repair writes little (it re-queues or re-indexes what is already stored); a
         // check alone writes nothing.
@@ -797,6 +799,27 @@ mod tests {
         fn dead(&self, limit: usize) -> Result<Vec<(MsgId, Record)>, StoreError> {
             self.inner.dead(limit)
         }
+        fn recipient_key(
+            &self,
+            channel: herald_plugin_api::Channel,
+            recipient: &str,
+        ) -> Option<herald_plugin_api::RecipientKey> {
+            self.inner.recipient_key(channel, recipient)
+        }
+        fn suppression(
+            &self,
+            channel: herald_plugin_api::Channel,
+            key: &herald_plugin_api::RecipientKey,
+        ) -> Result<Option<crate::store::Suppression>, StoreError> {
+            self.inner.suppression(channel, key)
+        }
+        fn suppressions(
+            &self,
+            after: Option<(herald_plugin_api::Channel, &str)>,
+            limit: usize,
+        ) -> Result<Vec<crate::store::SuppressionEntry>, StoreError> {
+            self.inner.suppressions(after, limit)
+        }
         fn breakers(
             &self,
         ) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError> {
@@ -817,6 +840,7 @@ mod tests {
             send_at: None,
             ttl_ms: 60_000,
             idempotency_window_ms: 1_000,
+            override_suppression: false,
         }
     }
 

@@ -40,6 +40,7 @@ use crate::events;
 use crate::live::{Live, LiveCell};
 use crate::store::{MsgId, NewMessage, Op, OpResult, Record, Store, id_string, parse_id};
 use crate::store_check;
+use crate::suppression;
 
 /// Requests one connection may have in flight; the reader waits beyond that.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -436,7 +437,7 @@ async fn subscription(
     tokio::join!(feed, forward);
 }
 
-fn commit_error(e: CommitError) -> ErrorBody {
+pub(crate) fn commit_error(e: CommitError) -> ErrorBody {
     match e {
         CommitError::Closed => ErrorBody::new(
             ErrorCode::ShuttingDown,
@@ -568,7 +569,33 @@ async fn send_one(shared: &Shared, m: SendMessage) -> Result<Accepted, ErrorBody
         }
         room_for(shared, stored_size(&new))?;
     }
-    accepted(shared.committer.submit(Op::Accept(new)).await)
+    let overriding = overrides(shared, &new);
+    let result = accepted(shared.committer.submit(Op::Accept(new)).await);
+    if let (true, Ok(a)) = (overriding, &result) {
+        log_override(a);
+    }
+    result
+}
+
+/// Whether `m` overrides the suppression of its recipient (a read before the accept, for
+/// the log only: the accept transaction decides, and its `queued` event records it).
+fn overrides(shared: &Shared, m: &NewMessage) -> bool {
+    let channel = m.content.channel();
+    m.override_suppression
+        && shared
+            .store
+            .recipient_key(channel, &m.to)
+            .is_some_and(|k| matches!(shared.store.suppression(channel, &k), Ok(Some(_))))
+}
+
+/// An overridden suppression is logged by message id, never by address.
+fn log_override(a: &Accepted) {
+    if !a.duplicate {
+        tracing::info!(
+            id = %a.id,
+            "override_suppression: accepted for a recipient on the suppression list"
+        );
+    }
 }
 
 async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchItem>, ErrorBody> {
@@ -604,13 +631,27 @@ async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchIt
         .iter()
         .filter_map(|v| v.as_ref().ok().cloned().map(Op::Accept))
         .collect();
+    let overriding: Vec<bool> = validated
+        .iter()
+        .flatten()
+        .map(|m| overrides(shared, m))
+        .collect();
+    let mut overriding = overriding.into_iter();
     let mut results = shared.committer.submit_all(ops).await.into_iter();
     Ok(validated
         .into_iter()
         .map(|v| match v {
-            Ok(_) => match accepted(results.next().unwrap_or(Err(CommitError::Closed))) {
-                Ok(a) => BatchItem::Accepted(a),
-                Err(e) => BatchItem::Error(e),
+            Ok(_) => match (
+                accepted(results.next().unwrap_or(Err(CommitError::Closed))),
+                overriding.next().unwrap_or(false),
+            ) {
+                (Ok(a), overrode) => {
+                    if overrode {
+                        log_override(&a);
+                    }
+                    BatchItem::Accepted(a)
+                }
+                (Err(e), _) => BatchItem::Error(e),
             },
             Err(e) => BatchItem::Error(e),
         })
@@ -761,6 +802,30 @@ async fn handle(shared: &Shared, request: Request) -> Response {
                 admin,
                 ttl_ms,
             } => crate::realtime::mint_token(&shared.live.current(), tags, ids, admin, ttl_ms),
+            Request::SuppressionList { after, limit } => {
+                suppression::list(&*shared.store, after, limit, shared.max_frame)
+            }
+            Request::SuppressionAdd {
+                channel,
+                recipient,
+                reason,
+            } => {
+                suppression::add(
+                    &*shared.store,
+                    &shared.committer,
+                    channel,
+                    recipient,
+                    reason,
+                )
+                .await
+            }
+            Request::SuppressionRemove { channel, recipient } => {
+                suppression::remove(&*shared.store, &shared.committer, channel, recipient).await
+            }
+            Request::SuppressionCheck {
+                channel,
+                recipients,
+            } => suppression::check(&*shared.store, channel, recipients, shared.max_frame),
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => Err(ErrorBody::new(
                 ErrorCode::Internal,
                 "subscriptions are handled by the connection",

@@ -27,5 +27,6 @@ pub mod rsvp;
 pub mod space;
 pub mod store;
 pub mod store_check;
+pub mod suppression;
 pub mod transport;
 pub mod webhooks;

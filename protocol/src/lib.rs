@@ -115,6 +115,12 @@ pub struct SendMessage {
     /// Deliver no earlier than this time.
     #[serde(default)]
     pub send_at: Option<UnixMillis>,
+    /// Send even if the recipient is on the suppression list: for transactional messages
+    /// the host must deliver anyway (a password reset, a receipt). The `queued` event of
+    /// such a message says the suppression was overridden.
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
+    #[serde(default)]
+    pub override_suppression: bool,
 }
 
 /// Which events a subscription receives. Empty lists match everything.
@@ -204,6 +210,32 @@ pub enum Request {
         admin: bool,
         #[serde(default)]
         ttl_ms: Option<u64>,
+    },
+    /// A page of the suppression list in (channel, key) order: the entries after `after`
+    /// (the previous page's `next`), at most `limit` (default 100, at most 1000).
+    #[cfg_attr(feature = "typescript", ts(optional_fields = nullable))]
+    SuppressionList {
+        #[serde(default)]
+        after: Option<SuppressionCursor>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Puts `recipient` on `channel`'s suppression list (source `operator`). A recipient
+    /// already on it keeps its entry.
+    SuppressionAdd {
+        channel: Channel,
+        recipient: String,
+        reason: String,
+    },
+    /// Takes `recipient` (any spelling of it) off `channel`'s suppression list.
+    SuppressionRemove {
+        channel: Channel,
+        recipient: String,
+    },
+    /// Whether each of `recipients` (at most 1000) is on `channel`'s suppression list.
+    SuppressionCheck {
+        channel: Channel,
+        recipients: Vec<String>,
     },
 }
 
@@ -618,6 +650,80 @@ pub enum Response {
         token: String,
         expires_at: UnixMillis,
     },
+    /// A page of the suppression list; `next` is the cursor of the following page, absent
+    /// when this page ends the list.
+    SuppressionList {
+        entries: Vec<SuppressionEntry>,
+        next: Option<SuppressionCursor>,
+    },
+    /// The answer to `suppression_add`: the recipient's entry, and whether this request
+    /// added it (false: it was on the list already, and its entry stays).
+    SuppressionAdded {
+        entry: SuppressionEntry,
+        added: bool,
+    },
+    /// The answer to `suppression_remove`: the entry removed, absent when the recipient
+    /// was not on the list.
+    SuppressionRemoved {
+        entry: Option<SuppressionEntry>,
+    },
+    /// The answer to `suppression_check`: one status per recipient, in request order.
+    SuppressionChecked(Vec<SuppressionStatus>),
+}
+
+/// What put a recipient on the suppression list. Append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionSource {
+    /// A provider reported a hard bounce.
+    Bounce,
+    /// The recipient marked a message as spam.
+    Complaint,
+    /// A provider refused the recipient when sending.
+    Rejected,
+    /// The recipient sent an opt-out keyword (STOP).
+    OptOut,
+    /// A provider asked for it otherwise.
+    Provider,
+    /// An operator added it (`suppression_add`).
+    Operator,
+}
+
+/// One entry of the suppression list.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressionEntry {
+    pub channel: Channel,
+    /// The recipient as it was written when it was suppressed.
+    pub recipient: String,
+    /// The recipient's canonical key: every spelling of one recipient has the same key,
+    /// and the list holds one entry per key.
+    pub key: String,
+    pub reason: String,
+    pub source: SuppressionSource,
+    /// When it was suppressed (Unix ms; 0 for entries stored before this was recorded).
+    pub at: UnixMillis,
+}
+
+/// Where a page of the suppression list starts: after this (channel, key).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressionCursor {
+    pub channel: Channel,
+    pub key: String,
+}
+
+/// One recipient of a `suppression_check`.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressionStatus {
+    /// The recipient as the request wrote it.
+    pub recipient: String,
+    /// Its canonical key.
+    pub key: String,
+    /// Its entry, when it is on the list.
+    pub entry: Option<SuppressionEntry>,
 }
 
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
@@ -764,13 +870,14 @@ mod tests {
                 tags: vec!["rsvp".into()],
                 idempotency_key: Some("k1".into()),
                 send_at: None,
+                override_suppression: false,
             }),
         }
     }
 
     #[test]
     fn postcard_golden_bytes() {
-        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b3100"]
+        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b310000"]
             .assert_eq(&hex(&encode(Codec::Postcard, &sample_send()).unwrap()));
         let ev = ServerFrame {
             id: 3,
@@ -926,7 +1033,7 @@ mod tests {
 
     #[test]
     fn json_shapes() {
-        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null}}}"#]]
+        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_send()).unwrap()).unwrap());
         // Optional fields may be omitted by hand-written JSON clients.
         let f: ClientFrame = decode(
@@ -1000,6 +1107,113 @@ mod tests {
         "#]]
         .assert_eq(&report.to_string());
         assert_eq!(report.unrepaired(), 0);
+    }
+
+    #[test]
+    fn suppression_shapes() {
+        // Appended variants: the earlier encodings above are unchanged.
+        let entry = SuppressionEntry {
+            channel: Channel::Email,
+            recipient: "Ann <ANN@x.io>".into(),
+            key: "ann@x.io".into(),
+            reason: "asked".into(),
+            source: SuppressionSource::Operator,
+            at: 1_700_000_000_000,
+        };
+        let requests = [
+            Request::SuppressionList {
+                after: Some(SuppressionCursor {
+                    channel: Channel::Email,
+                    key: "ann@x.io".into(),
+                }),
+                limit: Some(2),
+            },
+            Request::SuppressionAdd {
+                channel: Channel::Sms,
+                recipient: "+14155550100".into(),
+                reason: "r".into(),
+            },
+            Request::SuppressionRemove {
+                channel: Channel::Sms,
+                recipient: "+14155550100".into(),
+            },
+            Request::SuppressionCheck {
+                channel: Channel::Email,
+                recipients: vec!["a@x.io".into()],
+            },
+        ];
+        let hexes: Vec<String> = requests
+            .iter()
+            .map(|r| hex(&encode(Codec::Postcard, r).unwrap()))
+            .collect();
+        expect![[r#"
+            [
+                "0c010008616e6e40782e696f0102",
+                "0d010c2b31343135353535303130300172",
+                "0e010c2b3134313535353530313030",
+                "0f0001066140782e696f",
+            ]
+        "#]]
+        .assert_debug_eq(&hexes);
+        let responses = [
+            Response::SuppressionList {
+                entries: vec![entry.clone()],
+                next: None,
+            },
+            Response::SuppressionAdded {
+                entry: entry.clone(),
+                added: true,
+            },
+            Response::SuppressionRemoved { entry: None },
+            Response::SuppressionChecked(vec![SuppressionStatus {
+                recipient: "ANN@x.io".into(),
+                key: "ann@x.io".into(),
+                entry: Some(entry),
+            }]),
+        ];
+        let json: Vec<String> = responses
+            .iter()
+            .map(|r| String::from_utf8(encode(Codec::Json, r).unwrap()).unwrap())
+            .collect();
+        expect![[r#"
+            [
+                "{\"suppression_list\":{\"entries\":[{\"channel\":\"email\",\"recipient\":\"Ann <ANN@x.io>\",\"key\":\"ann@x.io\",\"reason\":\"asked\",\"source\":\"operator\",\"at\":1700000000000}],\"next\":null}}",
+                "{\"suppression_added\":{\"entry\":{\"channel\":\"email\",\"recipient\":\"Ann <ANN@x.io>\",\"key\":\"ann@x.io\",\"reason\":\"asked\",\"source\":\"operator\",\"at\":1700000000000},\"added\":true}}",
+                "{\"suppression_removed\":{\"entry\":null}}",
+                "{\"suppression_checked\":[{\"recipient\":\"ANN@x.io\",\"key\":\"ann@x.io\",\"entry\":{\"channel\":\"email\",\"recipient\":\"Ann <ANN@x.io>\",\"key\":\"ann@x.io\",\"reason\":\"asked\",\"source\":\"operator\",\"at\":1700000000000}}]}",
+            ]
+        "#]].assert_debug_eq(&json);
+        let hexes: Vec<String> = responses
+            .iter()
+            .map(|r| hex(&encode(Codec::Postcard, r).unwrap()))
+            .collect();
+        expect![[r#"
+            [
+                "0e01000e416e6e203c414e4e40782e696f3e08616e6e40782e696f0561736b65640580d095ffbc3100",
+                "0f000e416e6e203c414e4e40782e696f3e08616e6e40782e696f0561736b65640580d095ffbc3101",
+                "1000",
+                "110108414e4e40782e696f08616e6e40782e696f01000e416e6e203c414e4e40782e696f3e08616e6e40782e696f0561736b65640580d095ffbc31",
+            ]
+        "#]].assert_debug_eq(&hexes);
+        // Hand-written JSON may leave out the optional fields.
+        let f: ClientFrame = decode(
+            Codec::Json,
+            br#"{"id":1,"request":{"suppression_list":{}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f.request,
+            Request::SuppressionList {
+                after: None,
+                limit: None
+            }
+        );
+        let f: ClientFrame = decode(
+            Codec::Json,
+            br#"{"id":1,"request":{"send":{"to":"a@b.io","content":{"email":{"subject":"Hi","text":"x"}},"override_suppression":true}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(f.request, Request::Send(m) if m.override_suppression));
     }
 
     #[test]

@@ -440,6 +440,7 @@ pub fn email(to: &str, subject: &str) -> SendMessage {
         tags: vec![],
         idempotency_key: None,
         send_at: None,
+        override_suppression: false,
     }
 }
 
@@ -453,6 +454,7 @@ pub fn sms(to: &str, body: &str) -> SendMessage {
         tags: vec![],
         idempotency_key: None,
         send_at: None,
+        override_suppression: false,
     }
 }
 

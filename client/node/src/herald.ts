@@ -6,6 +6,7 @@ import { Connection, type ConnectionOptions } from "./connection.js";
 import { HeraldConnectionError, HeraldError } from "./errors.js";
 import {
   type Accepted,
+  type Channel,
   type Filter,
   type MessageView,
   type Request,
@@ -13,6 +14,9 @@ import {
   type SendMessage,
   type Stats,
   type StoreCheck,
+  type SuppressionCursor,
+  type SuppressionEntry,
+  type SuppressionStatus,
   type Welcome,
 } from "./generated/protocol.js";
 import { resolveSocket } from "./socket.js";
@@ -31,7 +35,7 @@ export interface ConnectOptions {
 }
 
 /** A message: recipient, content (which decides the channel) and tags. */
-export type Message = Omit<SendMessage, "idempotency_key" | "send_at">;
+export type Message = Omit<SendMessage, "idempotency_key" | "send_at" | "override_suppression">;
 
 export interface SendOptions {
   /**
@@ -41,6 +45,12 @@ export interface SendOptions {
   idempotencyKey?: string;
   /** Deliver no earlier than this (a `Date`, or Unix milliseconds). */
   sendAt?: Date | number;
+  /**
+   * Send even if the recipient is on the suppression list: for transactional messages the
+   * host must deliver anyway (a password reset, a receipt). The message's `queued` event
+   * then says the suppression was overridden.
+   */
+  overrideSuppression?: boolean;
 }
 
 /** One message of a batch, with its own send options. */
@@ -70,6 +80,7 @@ function wire(message: Message, options: SendOptions): SendMessage {
     tags: message.tags ?? [],
     idempotency_key: options.idempotencyKey ?? null,
     send_at: unixMillis(options.sendAt),
+    override_suppression: options.overrideSuppression ?? false,
   };
 }
 
@@ -163,10 +174,11 @@ export class Herald {
    */
   async sendBatch(entries: readonly BatchEntry[]): Promise<Array<Accepted | HeraldError>> {
     const items = await this.ask(
-      { send_batch: entries.map(({ idempotencyKey, sendAt, ...message }) => {
+      { send_batch: entries.map(({ idempotencyKey, sendAt, overrideSuppression, ...message }) => {
         const options: SendOptions = {};
         if (idempotencyKey !== undefined) options.idempotencyKey = idempotencyKey;
         if (sendAt !== undefined) options.sendAt = sendAt;
+        if (overrideSuppression !== undefined) options.overrideSuppression = overrideSuppression;
         return wire(message, options);
       }) },
       "batch_accepted",
@@ -232,6 +244,53 @@ export class Herald {
    */
   async checkStore(options: { dryRun?: boolean } = {}): Promise<StoreCheck> {
     return this.ask({ check_store: { dry_run: options.dryRun ?? false } }, "store_checked");
+  }
+
+  /**
+   * A page of the suppression list in (channel, key) order: at most `limit` entries
+   * (default 100, at most 1000) after the cursor `after` (the previous page's `next`).
+   * `next` is null when this page ends the list.
+   */
+  async suppressionList(
+    o: { after?: SuppressionCursor | null; limit?: number } = {},
+  ): Promise<{ entries: SuppressionEntry[]; next: SuppressionCursor | null }> {
+    return this.ask(
+      { suppression_list: { after: o.after ?? null, limit: o.limit ?? null } },
+      "suppression_list",
+    );
+  }
+
+  /**
+   * Puts `recipient` on `channel`'s suppression list (source `operator`), once on disk.
+   * `added` is false when it was on the list already (its entry stays). Rejects with
+   * `invalid_field` (`recipient`, `reason`).
+   */
+  async suppressionAdd(
+    channel: Channel,
+    recipient: string,
+    reason: string,
+  ): Promise<{ entry: SuppressionEntry; added: boolean }> {
+    return this.ask({ suppression_add: { channel, recipient, reason } }, "suppression_added");
+  }
+
+  /**
+   * Takes `recipient` (any spelling of it) off `channel`'s suppression list; resolves with
+   * the entry removed, or null when it was not on the list.
+   */
+  async suppressionRemove(channel: Channel, recipient: string): Promise<SuppressionEntry | null> {
+    return (await this.ask({ suppression_remove: { channel, recipient } }, "suppression_removed"))
+      .entry;
+  }
+
+  /** Whether each recipient (at most 1000) is on `channel`'s suppression list, in order. */
+  async suppressionCheck(
+    channel: Channel,
+    recipients: readonly string[],
+  ): Promise<SuppressionStatus[]> {
+    return this.ask(
+      { suppression_check: { channel, recipients: [...recipients] } },
+      "suppression_checked",
+    );
   }
 
   /**

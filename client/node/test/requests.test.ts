@@ -175,6 +175,61 @@ test("checkStore reports a consistent store, with or without repairs", async () 
   }
 });
 
+test("the suppression list: add, check, list by pages, override on a send, remove", async () => {
+  const { entry, added } = await herald.suppressionAdd("email", "Zed <ZED@Example.org>", "asked");
+  assert.equal(added, true);
+  assert.deepEqual(
+    [entry.channel, entry.recipient, entry.key, entry.reason, entry.source],
+    ["email", "Zed <ZED@Example.org>", "zed@example.org", "asked", "operator"],
+  );
+  const again = await herald.suppressionAdd("email", "zed@example.org", "twice");
+  assert.deepEqual(again, { entry, added: false });
+  await herald.suppressionAdd("email", "yan@example.org", "asked too");
+  const [zed, other] = await herald.suppressionCheck("email", ["zed@EXAMPLE.org", "x@example.org"]);
+  assert.deepEqual(zed?.entry, entry);
+  assert.equal(other?.entry, null);
+  assert.equal(other?.key, "x@example.org");
+  const first = await herald.suppressionList({ limit: 1 });
+  assert.equal(first.entries.length, 1);
+  assert.ok(first.next !== null);
+  const rest = await herald.suppressionList({ after: first.next, limit: 1000 });
+  const keys = [...first.entries, ...rest.entries].map((e) => e.key);
+  assert.ok(keys.includes("zed@example.org") && keys.includes("yan@example.org"), `${keys}`);
+  assert.equal(rest.next, null);
+  await assert.rejects(herald.suppressionAdd("sms", "0415", "x"), (e: unknown) => {
+    assert.ok(e instanceof HeraldError);
+    assert.equal(e.code, "invalid_field");
+    assert.equal(e.field, "recipient");
+    return true;
+  });
+
+  const blocked = await herald.send(email("zed@example.org"));
+  await eventually("the send to be suppressed", async () =>
+    (await herald.get(blocked.id)).state === "suppressed" ? true : undefined,
+  );
+  const forced = await herald.send(email("zed@example.org", "Your receipt"), {
+    overrideSuppression: true,
+  });
+  await eventually("the overriding send to be sent", async () =>
+    (await herald.get(forced.id)).state === "sent" ? true : undefined,
+  );
+  const [batched] = await herald.sendBatch([
+    { ...email("yan@example.org", "Your receipt"), overrideSuppression: true },
+  ]);
+  assert.ok(batched !== undefined && !(batched instanceof HeraldError));
+  await eventually("the overriding batch entry to be sent", async () =>
+    (await herald.get(batched.id)).state === "sent" ? true : undefined,
+  );
+
+  assert.deepEqual(await herald.suppressionRemove("email", "ZED@example.org"), entry);
+  assert.equal(await herald.suppressionRemove("email", "zed@example.org"), null);
+  await herald.suppressionRemove("email", "yan@example.org");
+  const back = await herald.send(email("zed@example.org", "Welcome back"));
+  await eventually("the send after the removal to be sent", async () =>
+    (await herald.get(back.id)).state === "sent" ? true : undefined,
+  );
+});
+
 test("reload applies a valid config and refuses an invalid one", async () => {
   const detail = await herald.reload();
   assert.match(detail, /hook/);

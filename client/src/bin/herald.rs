@@ -17,7 +17,7 @@ use herald_plugin_api::{
     Attachment, Channel, Content, EmailContent, Event, EventKind, PushContent, PushPriority,
     SmsContent,
 };
-use herald_protocol::{Filter, MessageView, SendMessage, Stats};
+use herald_protocol::{Filter, MessageView, SendMessage, Stats, SuppressionEntry};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -59,6 +59,12 @@ enum Command {
         #[command(subcommand)]
         command: DeadCommand,
     },
+    /// The suppression list: recipients nothing is sent to (bounces, complaints, opt-outs,
+    /// operators), unless a send overrides it (`send --override-suppression`).
+    Suppression {
+        #[command(subcommand)]
+        command: SuppressionCommand,
+    },
     /// Operator commands.
     Admin {
         #[command(subcommand)]
@@ -75,6 +81,39 @@ enum AdminCommand {
         /// Only report; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SuppressionCommand {
+    /// List every entry (channel, recipient, source, since when, reason).
+    List {
+        /// At most this many entries.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+    },
+    /// Put a recipient on the list (source operator). One already on it keeps its entry.
+    Add {
+        #[arg(value_enum)]
+        channel: ChannelArg,
+        /// Email address, E.164 number or device token, as a send's --to.
+        recipient: String,
+        /// Why (kept with the entry).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Take a recipient (any spelling of it) off the list.
+    Remove {
+        #[arg(value_enum)]
+        channel: ChannelArg,
+        recipient: String,
+    },
+    /// Say, for each recipient, whether it is on the list.
+    Check {
+        #[arg(value_enum)]
+        channel: ChannelArg,
+        #[arg(required = true)]
+        recipients: Vec<String>,
     },
 }
 
@@ -164,6 +203,10 @@ struct SendArgs {
     /// Deliver no earlier than this time (RFC 3339, e.g. 2026-12-24T18:00:00+01:00).
     #[arg(long, value_parser = parse_rfc3339)]
     send_at: Option<u64>,
+    /// Send even if the recipient is on the suppression list (transactional messages the
+    /// host must deliver anyway).
+    #[arg(long)]
+    override_suppression: bool,
 }
 
 #[derive(Args, Debug)]
@@ -354,6 +397,7 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
         tags: a.tags,
         idempotency_key: a.idempotency_key,
         send_at: a.send_at,
+        override_suppression: a.override_suppression,
     })
 }
 
@@ -596,6 +640,7 @@ async fn query(client: Client, command: Command, as_json: bool) -> Result<()> {
                 }
             }
         },
+        Command::Suppression { command } => suppression(&client, command, as_json).await?,
         Command::Admin {
             command: AdminCommand::CheckStore { dry_run },
         } => {
@@ -607,6 +652,105 @@ async fn query(client: Client, command: Command, as_json: bool) -> Result<()> {
             }
             if report.unrepaired() > 0 {
                 bail!("{} store problems are not repaired", report.unrepaired());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_entry(e: &SuppressionEntry) {
+    let spelled = if e.recipient == e.key {
+        String::new()
+    } else {
+        format!(" ({})", e.recipient)
+    };
+    let source = serde_json::to_value(e.source)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!(
+        "{} {}{spelled} {source} since {}: {}",
+        e.channel,
+        e.key,
+        time(e.at),
+        e.reason
+    );
+}
+
+async fn suppression(client: &Client, command: SuppressionCommand, as_json: bool) -> Result<()> {
+    match command {
+        SuppressionCommand::List { limit } => {
+            let mut left = limit.unwrap_or(u64::MAX);
+            let mut after = None;
+            while left > 0 {
+                let page = u32::try_from(left.min(1000)).unwrap_or(1000);
+                let (entries, next) = client.suppression_list(after, Some(page)).await?;
+                for e in &entries {
+                    if as_json {
+                        print_json(e)?;
+                    } else {
+                        print_entry(e);
+                    }
+                }
+                left = left.saturating_sub(entries.len() as u64);
+                match next {
+                    Some(n) if !entries.is_empty() => after = Some(n),
+                    _ => break,
+                }
+            }
+        }
+        SuppressionCommand::Add {
+            channel: ch,
+            recipient,
+            reason,
+        } => {
+            let (entry, added) = client
+                .suppression_add(channel(ch), &recipient, &reason)
+                .await?;
+            if as_json {
+                print_json(&json!({"added": added, "entry": entry}))?;
+            } else {
+                if added {
+                    println!("added:");
+                } else {
+                    println!("already on the list (its entry stays):");
+                }
+                print_entry(&entry);
+            }
+        }
+        SuppressionCommand::Remove {
+            channel: ch,
+            recipient,
+        } => {
+            let entry = client.suppression_remove(channel(ch), &recipient).await?;
+            if as_json {
+                print_json(&json!({"removed": entry.is_some(), "entry": entry}))?;
+            } else {
+                match &entry {
+                    Some(e) => {
+                        println!("removed:");
+                        print_entry(e);
+                    }
+                    None => println!("{recipient} was not on the {} list", channel(ch)),
+                }
+            }
+        }
+        SuppressionCommand::Check {
+            channel: ch,
+            recipients,
+        } => {
+            for status in client.suppression_check(channel(ch), recipients).await? {
+                if as_json {
+                    print_json(&status)?;
+                } else {
+                    match &status.entry {
+                        Some(e) => {
+                            print!("{} suppressed: ", status.recipient);
+                            print_entry(e);
+                        }
+                        None => println!("{} not suppressed", status.recipient),
+                    }
+                }
             }
         }
     }
@@ -697,6 +841,32 @@ mod tests {
                 "{extra:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn override_suppression_is_off_unless_asked() {
+        let sms = ["--channel", "sms", "--to", "+14155550100", "--body", "b"];
+        assert!(!build(&sms).unwrap().override_suppression);
+        let forced = build(&[&sms[..], &["--override-suppression"]].concat()).unwrap();
+        assert!(forced.override_suppression);
+    }
+
+    #[test]
+    fn suppression_commands_need_their_arguments() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["herald", "suppression"], args].concat());
+        assert!(parse(&["add", "email", "a@example.org", "--reason", "r"]).is_ok());
+        let no_reason = parse(&["add", "email", "a@example.org"])
+            .unwrap_err()
+            .to_string();
+        assert!(no_reason.contains("--reason"), "{no_reason}");
+        assert!(parse(&["add", "fax", "a@example.org", "--reason", "r"]).is_err());
+        assert!(
+            parse(&["check", "email"]).is_err(),
+            "at least one recipient"
+        );
+        assert!(parse(&["list", "--limit", "0"]).is_err());
+        assert!(parse(&["remove", "sms", "+14155550100"]).is_ok());
     }
 
     #[test]

@@ -21,7 +21,8 @@ use herald_plugin_api::{
 use super::check::Problem;
 use super::{
     BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, Legacy, MemoryStore,
-    MsgId, NewMessage, Op, OpResult, SledStore, Store, id_string, new_id,
+    MsgId, NewMessage, Op, OpResult, SledStore, Store, SuppressionEntry, SuppressionSource,
+    id_string, new_id,
 };
 
 /// How the suite makes, restarts and damages the stores of one engine.
@@ -132,6 +133,8 @@ conformance!(
     status_updates_forward_only_and_deduplicated,
     inbound_replies_tagged_like_the_latest_message,
     suppression_opt_out_and_opt_in,
+    operator_suppression_add_list_check_remove,
+    override_suppression_sends_to_a_suppressed_recipient,
     recipients_compare_by_canonical_key,
     strict_email_case_keeps_local_parts_apart,
     legacy_recipients_are_keyed_again_at_start,
@@ -169,6 +172,7 @@ fn msg(key: Option<&str>, body: &str) -> NewMessage {
         send_at: None,
         ttl_ms: 60_000,
         idempotency_window_ms: 1_000,
+        override_suppression: false,
     }
 }
 
@@ -186,6 +190,7 @@ fn email(to: &str) -> NewMessage {
         send_at: None,
         ttl_ms: 60_000,
         idempotency_window_ms: 1_000,
+        override_suppression: false,
     }
 }
 
@@ -1029,6 +1034,173 @@ fn suppression_opt_out_and_opt_in<E: Engine>(mut e: E) {
         .unwrap();
     assert_eq!(r.results[0], OpResult::Done);
     assert_eq!(state(&s, &later.id), State::Suppressed);
+    assert_consistent(&s);
+}
+
+fn operator_suppress(channel: Channel, recipient: &str, reason: &str) -> Op {
+    Op::Suppress {
+        channel,
+        recipient: recipient.into(),
+        reason: reason.into(),
+    }
+}
+
+fn suppression_result(r: &OpResult) -> (Option<SuppressionEntry>, bool) {
+    match r {
+        OpResult::Suppression { entry, changed } => (entry.clone(), *changed),
+        other => panic!("not a suppression result: {other:?}"),
+    }
+}
+
+fn operator_suppression_add_list_check_remove<E: Engine>(mut e: E) {
+    let s = e.open();
+    // An operator's entry: source operator, the recipient as written, keyed canonically.
+    let r = s
+        .commit(
+            5,
+            &[operator_suppress(
+                Channel::Email,
+                "Ann Lee <ANN@Example.com>",
+                "asked by phone",
+            )],
+        )
+        .unwrap();
+    assert!(r.events.is_empty(), "the list is not message state");
+    let (entry, changed) = suppression_result(&r.results[0]);
+    let entry = entry.unwrap();
+    assert!(changed);
+    assert_eq!(entry.channel, Channel::Email);
+    assert_eq!(entry.key, "ann@example.com");
+    assert_eq!(entry.entry.recipient, "Ann Lee <ANN@Example.com>");
+    assert_eq!(entry.entry.reason, "asked by phone");
+    assert_eq!(entry.entry.source, SuppressionSource::Operator);
+    assert_eq!(entry.entry.at, 5);
+    // Another spelling is the same entry: adding it changes nothing, the first stays.
+    let r = s
+        .commit(
+            6,
+            &[operator_suppress(
+                Channel::Email,
+                "ann@example.com",
+                "again",
+            )],
+        )
+        .unwrap();
+    let (again, changed) = suppression_result(&r.results[0]);
+    assert!(!changed);
+    assert_eq!(again.unwrap(), entry);
+    // Check through the canonical key, from any spelling.
+    let key = s.recipient_key(Channel::Email, "ann@example.com").unwrap();
+    assert_eq!(key.as_str(), "ann@example.com");
+    assert_eq!(
+        s.suppression(Channel::Email, &key).unwrap(),
+        Some(entry.entry.clone())
+    );
+    let other = s.recipient_key(Channel::Sms, TO).unwrap();
+    assert_eq!(s.suppression(Channel::Sms, &other).unwrap(), None);
+    assert_eq!(s.recipient_key(Channel::Sms, "not a number"), None);
+    // A send to it is suppressed.
+    let blocked = email("ann@EXAMPLE.com");
+    s.commit(7, &[Op::Accept(blocked.clone())]).unwrap();
+    assert_eq!(state(&s, &blocked.id), State::Suppressed);
+    // More entries, on two channels, listed in (channel, key) order, page by page.
+    let mut ops = vec![];
+    for i in 0..5 {
+        ops.push(operator_suppress(
+            Channel::Email,
+            &format!("user{i}@example.org"),
+            "bulk",
+        ));
+    }
+    ops.push(operator_suppress(Channel::Sms, TO, "by hand"));
+    s.commit(8, &ops).unwrap();
+    let s = e.reopen(s);
+    let all = s.suppressions(None, 100).unwrap();
+    assert_eq!(all.len(), 7);
+    let mut sorted: Vec<_> = all
+        .iter()
+        .map(|x| (x.channel as u8, x.key.clone()))
+        .collect();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        all.iter()
+            .map(|x| (x.channel as u8, x.key.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!(all.contains(&entry), "persists across a restart");
+    let mut paged = vec![];
+    let mut after: Option<(Channel, String)> = None;
+    loop {
+        let page = s
+            .suppressions(after.as_ref().map(|(c, k)| (*c, k.as_str())), 3)
+            .unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some((last.channel, last.key.clone()));
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    // Remove through another spelling; removing again changes nothing.
+    let r = s
+        .commit(
+            9,
+            &[Op::Unsuppress {
+                channel: Channel::Email,
+                recipient: "ANN@example.com".into(),
+            }],
+        )
+        .unwrap();
+    assert!(r.events.is_empty());
+    let (removed, changed) = suppression_result(&r.results[0]);
+    assert!(changed);
+    assert_eq!(removed.unwrap(), entry);
+    let r = s
+        .commit(
+            10,
+            &[Op::Unsuppress {
+                channel: Channel::Email,
+                recipient: "ann@example.com".into(),
+            }],
+        )
+        .unwrap();
+    assert_eq!(suppression_result(&r.results[0]), (None, false));
+    let s = e.reopen(s);
+    assert_eq!(s.suppression(Channel::Email, &key).unwrap(), None);
+    assert_eq!(s.suppressions(None, 100).unwrap().len(), 6);
+    let welcome = email("Ann Lee <ann@example.com>");
+    accept(&s, 11, &welcome);
+    assert_eq!(state(&s, &welcome.id), State::Queued);
+    assert_consistent(&s);
+}
+
+fn override_suppression_sends_to_a_suppressed_recipient<E: Engine>(mut e: E) {
+    let s = e.open();
+    s.commit(1, &[operator_suppress(Channel::Sms, TO, "test")])
+        .unwrap();
+    let m = NewMessage {
+        override_suppression: true,
+        ..msg(None, "your code is 123456")
+    };
+    let r = s.commit(2, &[Op::Accept(m.clone())]).unwrap();
+    assert!(r.scheduled);
+    assert_eq!(kinds(&r.events), [EventKind::Queued]);
+    assert!(
+        r.events[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("override_suppression")
+    );
+    assert_eq!(state(&s, &m.id), State::Queued);
+    assert_eq!(claim(&s, 3, 10).len(), 1);
+    // Without a suppression the override is not worth a word.
+    let mail = NewMessage {
+        override_suppression: true,
+        ..email("someone@example.org")
+    };
+    let r = s.commit(4, &[Op::Accept(mail)]).unwrap();
+    assert_eq!(r.events[0].detail, None);
     assert_consistent(&s);
 }
 

@@ -23,7 +23,7 @@ use herald_plugin_api::{
 use super::check::{self, Audit};
 use super::{
     BreakerRecord, Claimed, Completion, Counts, MsgId, NewMessage, Op, OpResult, Record,
-    StoreError, Suppression, SuppressionSource, id_string, recipients,
+    StoreError, Suppression, SuppressionEntry, SuppressionSource, id_string, recipients,
 };
 
 /// Whose held webhook updates: a message's (the update arrived while it was being sent),
@@ -366,6 +366,12 @@ pub fn apply<T: Txn>(
         Op::Check { repair } => {
             check::check(txn, now, *repair, cur).map(|r| OpResult::Checked(Box::new(r)))
         }
+        Op::Suppress {
+            channel,
+            recipient,
+            reason,
+        } => operator_suppress(txn, now, *channel, recipient, reason),
+        Op::Unsuppress { channel, recipient } => operator_unsuppress(txn, *channel, recipient),
     }
 }
 
@@ -408,10 +414,17 @@ fn accept<T: Txn>(
         last_error: None,
     };
     cur.counts.moved(None, State::Queued);
-    cur.emit(message_event(now, &m.id, &r, EventKind::Queued));
-    if let Some(key) = recipient_key(txn, r.channel(), &r.to)
-        && txn.suppression(r.channel(), &key)?.is_some()
-    {
+    let suppressed = match recipient_key(txn, r.channel(), &r.to) {
+        Some(key) => txn.suppression(r.channel(), &key)?.is_some(),
+        None => false,
+    };
+    // An override is recorded on the `queued` event only when it mattered.
+    let overridden = suppressed && m.override_suppression;
+    cur.emit(with_detail(
+        message_event(now, &m.id, &r, EventKind::Queued),
+        overridden.then(|| OVERRIDDEN.to_string()),
+    ));
+    if suppressed && !overridden {
         transition(txn, cur, now, &m.id, &mut r, State::Suppressed)?;
         r.last_error = Some("the recipient is on the suppression list".into());
         cur.emit(with_detail(
@@ -428,6 +441,11 @@ fn accept<T: Txn>(
         duplicate: false,
     })
 }
+
+/// The `queued` event's detail of a message sent with `override_suppression` to a
+/// recipient on the suppression list.
+pub const OVERRIDDEN: &str =
+    "override_suppression: the recipient is on the suppression list; sent anyway";
 
 fn claim<T: Txn>(
     txn: &mut T,
@@ -791,6 +809,72 @@ fn suppress<T: Txn>(
         txn.suppress(channel, &key, &entry)?;
     }
     Ok(true)
+}
+
+/// `Op::Suppress`: an operator's entry, unless the recipient is already on the list.
+fn operator_suppress<T: Txn>(
+    txn: &mut T,
+    now: UnixMillis,
+    channel: Channel,
+    raw: &str,
+    reason: &str,
+) -> Result<OpResult, T::Error> {
+    let Some(key) = recipient_key(txn, channel, raw) else {
+        return Ok(OpResult::Suppression {
+            entry: None,
+            changed: false,
+        });
+    };
+    let (entry, changed) = match txn.suppression(channel, &key)? {
+        Some(existing) => (existing, false),
+        None => {
+            let entry = Suppression {
+                recipient: raw.to_string(),
+                reason: reason.to_string(),
+                source: SuppressionSource::Operator,
+                at: now,
+            };
+            txn.suppress(channel, &key, &entry)?;
+            (entry, true)
+        }
+    };
+    Ok(OpResult::Suppression {
+        entry: Some(SuppressionEntry {
+            channel,
+            key: key.into_string(),
+            entry,
+        }),
+        changed,
+    })
+}
+
+/// `Op::Unsuppress`: removes the entry of any spelling of the recipient.
+fn operator_unsuppress<T: Txn>(
+    txn: &mut T,
+    channel: Channel,
+    raw: &str,
+) -> Result<OpResult, T::Error> {
+    let Some(key) = recipient_key(txn, channel, raw) else {
+        return Ok(OpResult::Suppression {
+            entry: None,
+            changed: false,
+        });
+    };
+    let Some(entry) = txn.suppression(channel, &key)? else {
+        return Ok(OpResult::Suppression {
+            entry: None,
+            changed: false,
+        });
+    };
+    txn.unsuppress(channel, &key)?;
+    Ok(OpResult::Suppression {
+        entry: Some(SuppressionEntry {
+            channel,
+            key: key.into_string(),
+            entry,
+        }),
+        changed: true,
+    })
 }
 
 fn inbound_reply<T: Txn>(

@@ -18,7 +18,10 @@ use herald_plugin_api::{Channel, Event, RecipientKey, RecipientRules, StatusUpda
 use super::check::{self, Audit};
 use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
 use super::recipients::{self, KeyedWith};
-use super::{BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression};
+use super::{
+    BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression,
+    SuppressionEntry,
+};
 
 /// An ordered map with an undo log for the running batch.
 #[derive(Debug)]
@@ -687,5 +690,48 @@ impl Store for MemoryStore {
 
     fn breakers(&self) -> Result<BTreeMap<String, BreakerRecord>, StoreError> {
         Ok(self.lock().tables.breakers.map.clone())
+    }
+
+    fn recipient_key(&self, channel: Channel, recipient: &str) -> Option<RecipientKey> {
+        recipients::key(channel, recipient, &self.rules())
+    }
+
+    fn suppression(
+        &self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<Suppression>, StoreError> {
+        Ok(self
+            .lock()
+            .tables
+            .suppression
+            .get(&recipient(channel, key))
+            .cloned())
+    }
+
+    fn suppressions(
+        &self,
+        after: Option<(Channel, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SuppressionEntry>, StoreError> {
+        let state = self.lock();
+        let start = match after {
+            Some((channel, key)) => Bound::Excluded((channel as u8, key.to_string())),
+            None => Bound::Unbounded,
+        };
+        Ok(state
+            .tables
+            .suppression
+            .map
+            .range((start, Bound::Unbounded))
+            .filter_map(|((byte, key), entry)| {
+                Some(SuppressionEntry {
+                    channel: recipients::channel_of(*byte)?,
+                    key: key.clone(),
+                    entry: entry.clone(),
+                })
+            })
+            .take(limit)
+            .collect())
     }
 }

@@ -9,7 +9,7 @@
 //! multi-row statements). Durability comes from [`Store::flush`], which the committer
 //! calls before anything is acknowledged or published. Reads are in domain terms too
 //! (`get`, `events_from`, `first_seq`, `last_seq`, `next_due`, `counts`, `dead`,
-//! `breakers`).
+//! `breakers`, `suppression`, `suppressions`).
 //!
 //! # Engines
 //!
@@ -63,7 +63,8 @@ pub mod recipients;
 pub mod sled_store;
 
 use herald_plugin_api::{
-    Channel, Content, Event, EventKind, InboundMessage, Rsvp, State, StatusUpdate, UnixMillis,
+    Channel, Content, Event, EventKind, InboundMessage, RecipientKey, Rsvp, State, StatusUpdate,
+    UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +199,9 @@ pub struct NewMessage {
     pub ttl_ms: u64,
     /// How long the idempotency key is honoured.
     pub idempotency_window_ms: u64,
+    /// Send even if the recipient is on the suppression list (`SendMessage::
+    /// override_suppression`); the `queued` event says so when it mattered.
+    pub override_suppression: bool,
 }
 
 /// The end of one delivery attempt, as decided by the dispatcher.
@@ -300,6 +304,29 @@ pub enum Op {
     Check {
         repair: bool,
     },
+    /// An operator puts `recipient` on the suppression list (source `operator`). An entry
+    /// already there stays as it is (the first entry says since when and why):
+    /// [`OpResult::Suppression`] says which. No event: the list is not message state.
+    Suppress {
+        channel: Channel,
+        recipient: String,
+        reason: String,
+    },
+    /// An operator takes `recipient` (any spelling of it) off the suppression list.
+    /// [`OpResult::Suppression`] carries the entry removed, if there was one. No event.
+    Unsuppress {
+        channel: Channel,
+        recipient: String,
+    },
+}
+
+/// One entry of the suppression list with where it is stored: its channel and the
+/// recipient's canonical key (the list's order, and a page's cursor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionEntry {
+    pub channel: Channel,
+    pub key: String,
+    pub entry: Suppression,
 }
 
 /// A leased message handed to the dispatcher.
@@ -335,6 +362,13 @@ pub enum OpResult {
     /// A duplicate or backward webhook update: nothing changed.
     Ignored,
     Checked(Box<CheckReport>),
+    /// `Suppress` / `Unsuppress`: the entry stored (or removed) under the recipient's key,
+    /// and whether the op changed the list. `None` for an `Unsuppress` of a recipient that
+    /// was not on it, or one that is not a recipient of the channel.
+    Suppression {
+        entry: Option<SuppressionEntry>,
+        changed: bool,
+    },
 }
 
 /// Counts of messages per state (index = position in [`State::ALL`]).
@@ -411,6 +445,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// The stored breaker state of every provider that ever opened or closed one.
     fn breakers(&self) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError>;
+
+    /// The canonical key of `recipient` on `channel` under the rules this store's
+    /// recipient-keyed entries are keyed with; `None` when it is not a recipient of the
+    /// channel.
+    fn recipient_key(&self, channel: Channel, recipient: &str) -> Option<RecipientKey>;
+
+    /// The suppression entry stored under `key`, if any.
+    fn suppression(
+        &self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<Suppression>, StoreError>;
+
+    /// The suppression list in (channel, key) order: the entries after `after` (a previous
+    /// page's last `(channel, key)`), at most `limit`.
+    fn suppressions(
+        &self,
+        after: Option<(Channel, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SuppressionEntry>, StoreError>;
 
     /// The store's epoch: a random id created with the store and kept in it, so it changes
     /// only when the data directory is replaced (and `seq` numbers start over). Streams

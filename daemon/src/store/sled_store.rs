@@ -44,7 +44,7 @@ use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
 use super::recipients::{self, KeyedWith};
 use super::{
     BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression,
-    SuppressionSource,
+    SuppressionEntry, SuppressionSource,
 };
 
 const FORMAT_VERSION: u8 = 1;
@@ -1402,6 +1402,55 @@ impl Store for SledStore {
         }
         Ok(out)
     }
+
+    fn recipient_key(&self, channel: Channel, recipient: &str) -> Option<RecipientKey> {
+        recipients::key(channel, recipient, &self.rules)
+    }
+
+    fn suppression(
+        &self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<Suppression>, StoreError> {
+        Ok(self
+            .suppression
+            .get(recipient_key(channel, key))
+            .map_err(io)?
+            .map(|v| dec_suppression(&v, key.as_str())))
+    }
+
+    fn suppressions(
+        &self,
+        after: Option<(Channel, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SuppressionEntry>, StoreError> {
+        let start = match after {
+            Some((channel, key)) => {
+                std::ops::Bound::Excluded(raw_recipient_key(channel as u8, key))
+            }
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for kv in self.suppression.range((start, std::ops::Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(io)?;
+            let Some((byte, key)) = split_recipient_key(&k) else {
+                continue;
+            };
+            let Some(channel) = recipients::channel_of(byte) else {
+                continue;
+            };
+            let entry = dec_suppression(&v, &key);
+            out.push(SuppressionEntry {
+                channel,
+                key,
+                entry,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// sled-specific tests: the layout (event blocks, every tree emptied by retention) and the
@@ -1426,6 +1475,7 @@ mod tests {
             send_at: None,
             ttl_ms: 60_000,
             idempotency_window_ms: 1_000,
+            override_suppression: false,
         }
     }
 

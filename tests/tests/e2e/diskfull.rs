@@ -139,6 +139,7 @@ fn big_email(i: u64) -> SendMessage {
         tags: vec!["diskfull".into()],
         idempotency_key: None,
         send_at: None,
+        override_suppression: false,
     }
 }
 

@@ -20,4 +20,5 @@ mod realtime;
 mod reload;
 mod smtp;
 mod store_check;
+mod suppression;
 mod webhooks;

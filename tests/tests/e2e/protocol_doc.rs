@@ -85,6 +85,10 @@ wire_names!(request_name, REQUESTS, Request {
     Request::DeadRequeue { .. } => "dead_requeue",
     Request::CheckStore { .. } => "check_store",
     Request::MintToken { .. } => "mint_token",
+    Request::SuppressionList { .. } => "suppression_list",
+    Request::SuppressionAdd { .. } => "suppression_add",
+    Request::SuppressionRemove { .. } => "suppression_remove",
+    Request::SuppressionCheck { .. } => "suppression_check",
 });
 
 wire_names!(response_name, RESPONSES, Response {
@@ -102,6 +106,10 @@ wire_names!(response_name, RESPONSES, Response {
     Response::Error(_) => "error",
     Response::StoreChecked(_) => "store_checked",
     Response::Token { .. } => "token",
+    Response::SuppressionList { .. } => "suppression_list",
+    Response::SuppressionAdded { .. } => "suppression_added",
+    Response::SuppressionRemoved { .. } => "suppression_removed",
+    Response::SuppressionChecked(_) => "suppression_checked",
 });
 
 wire_names!(error_code_name, ERROR_CODES, ErrorCode {

@@ -139,6 +139,7 @@ fn push(to: &str, title: &str, body: &str) -> SendMessage {
         tags: vec![],
         idempotency_key: None,
         send_at: None,
+        override_suppression: false,
     }
 }
 

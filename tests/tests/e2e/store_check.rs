@@ -32,6 +32,7 @@ fn new_message(to: &str) -> NewMessage {
         send_at: None,
         ttl_ms: 3_600_000,
         idempotency_window_ms: 86_400_000,
+        override_suppression: false,
     }
 }
 

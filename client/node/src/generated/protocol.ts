@@ -138,12 +138,12 @@ export type PushPriority = "high" | "normal";
 /**
  * A client request. Variant order is wire format: append only.
  */
-export type Request = { "send": SendMessage } | { "send_batch": Array<SendMessage> } | { "get": { id: string, } } | { "cancel": { id: string, } } | { "subscribe": { filter?: Filter, from_seq?: number | null, } } | { "unsubscribe": { subscription: number, } } | "stats" | "reload" | { "dead_list": { limit?: number | null, } } | { "dead_requeue": { ids: Array<string>, } } | { "check_store": { dry_run: boolean, } } | { "mint_token": { tags: Array<string>, ids: Array<string>, admin: boolean, ttl_ms: number | null, } };
+export type Request = { "send": SendMessage } | { "send_batch": Array<SendMessage> } | { "get": { id: string, } } | { "cancel": { id: string, } } | { "subscribe": { filter?: Filter, from_seq?: number | null, } } | { "unsubscribe": { subscription: number, } } | "stats" | "reload" | { "dead_list": { limit?: number | null, } } | { "dead_requeue": { ids: Array<string>, } } | { "check_store": { dry_run: boolean, } } | { "mint_token": { tags: Array<string>, ids: Array<string>, admin: boolean, ttl_ms: number | null, } } | { "suppression_list": { after?: SuppressionCursor | null, limit?: number | null, } } | { "suppression_add": { channel: Channel, recipient: string, reason: string, } } | { "suppression_remove": { channel: Channel, recipient: string, } } | { "suppression_check": { channel: Channel, recipients: Array<string>, } };
 
 /**
  * A server frame body. Variant order is wire format: append only.
  */
-export type Response = { "accepted": Accepted } | { "batch_accepted": Array<BatchItem> } | { "message": MessageView } | { "cancelled": { id: string, } } | { "subscribed": { first_seq: number, last_seq: number, epoch: string, } } | { "event": Event } | "unsubscribed" | { "stats": Stats } | { "reloaded": { detail: string, } } | { "dead_list": Array<MessageView> } | { "requeued": { count: number, } } | { "error": ErrorBody } | { "store_checked": StoreCheck } | { "token": { token: string, expires_at: number, } };
+export type Response = { "accepted": Accepted } | { "batch_accepted": Array<BatchItem> } | { "message": MessageView } | { "cancelled": { id: string, } } | { "subscribed": { first_seq: number, last_seq: number, epoch: string, } } | { "event": Event } | "unsubscribed" | { "stats": Stats } | { "reloaded": { detail: string, } } | { "dead_list": Array<MessageView> } | { "requeued": { count: number, } } | { "error": ErrorBody } | { "store_checked": StoreCheck } | { "token": { token: string, expires_at: number, } } | { "suppression_list": { entries: Array<SuppressionEntry>, next: SuppressionCursor | null, } } | { "suppression_added": { entry: SuppressionEntry, added: boolean, } } | { "suppression_removed": { entry: SuppressionEntry | null, } } | { "suppression_checked": Array<SuppressionStatus> };
 
 /**
  * A structured RSVP read from a reply: the answer, and how many people it counts when the
@@ -171,7 +171,13 @@ idempotency_key?: string | null,
 /**
  * Deliver no earlier than this time.
  */
-send_at?: number | null, };
+send_at?: number | null, 
+/**
+ * Send even if the recipient is on the suppression list: for transactional messages
+ * the host must deliver anyway (a password reset, a receipt). The `queued` event of
+ * such a message says the suppression was overridden.
+ */
+override_suppression?: boolean, };
 
 export type ServerFrame = { 
 /**
@@ -279,6 +285,51 @@ examples: Array<string>, };
  * A kind of inconsistency `check_store` looks for. Append only.
  */
 export type StoreProblemKind = "sending_without_lease" | "not_scheduled" | "not_in_dead_letters" | "not_finished" | "stale_schedule" | "stale_lease" | "stale_dead_letter" | "counts_wrong";
+
+/**
+ * Where a page of the suppression list starts: after this (channel, key).
+ */
+export type SuppressionCursor = { channel: Channel, key: string, };
+
+/**
+ * One entry of the suppression list.
+ */
+export type SuppressionEntry = { channel: Channel, 
+/**
+ * The recipient as it was written when it was suppressed.
+ */
+recipient: string, 
+/**
+ * The recipient's canonical key: every spelling of one recipient has the same key,
+ * and the list holds one entry per key.
+ */
+key: string, reason: string, source: SuppressionSource, 
+/**
+ * When it was suppressed (Unix ms; 0 for entries stored before this was recorded).
+ */
+at: number, };
+
+/**
+ * What put a recipient on the suppression list. Append only.
+ */
+export type SuppressionSource = "bounce" | "complaint" | "rejected" | "opt_out" | "provider" | "operator";
+
+/**
+ * One recipient of a `suppression_check`.
+ */
+export type SuppressionStatus = { 
+/**
+ * The recipient as the request wrote it.
+ */
+recipient: string, 
+/**
+ * Its canonical key.
+ */
+key: string, 
+/**
+ * Its entry, when it is on the list.
+ */
+entry: SuppressionEntry | null, };
 
 /**
  * The server's answer to [`Hello`], in the chosen codec.
