@@ -102,6 +102,7 @@ fn breaker_for(
                 Transition {
                     generation: r.generation,
                     opened_at: r.opened_at,
+                    trips: r.trips,
                 },
             )),
             _ => Arc::new(Breaker::new(spec.breaker)),

@@ -211,8 +211,12 @@ impl Dispatcher {
                     kind: EventKind::ProviderHalfOpen,
                     generation: 0,
                     reason: format!(
-                        "cooldown of {} ms over: a trial call decides whether {} is healthy",
-                        p.breaker.config().cooldown_ms,
+                        "cooldown of {} ms over: {} decides whether {} is healthy",
+                        p.breaker.cooldown_ms(),
+                        match p.breaker.config().probes {
+                            1 => "a trial call".to_string(),
+                            n => format!("{n} trial calls"),
+                        },
                         p.name
                     ),
                 }),
@@ -312,7 +316,8 @@ impl Moves {
     /// for the completion.
     fn moved(&mut self, p: &Provider, moved: Option<Transition>, reason: &str) {
         let Some(t) = moved else { return };
-        let cooldown_ms = p.breaker.config().cooldown_ms;
+        let cooldown_ms = p.breaker.config().cooldown_after(t.trips);
+        let probes = p.breaker.config().probes;
         let (kind, detail) = match t.opened_at {
             Some(_) => {
                 tracing::warn!(
@@ -323,7 +328,13 @@ impl Moves {
                 );
                 (
                     EventKind::ProviderOpened,
-                    format!("{reason} (calls paused for {cooldown_ms} ms, then one trial call)"),
+                    format!(
+                        "{reason} (calls paused for {cooldown_ms} ms, then {})",
+                        match probes {
+                            1 => "one trial call".to_string(),
+                            n => format!("{n} trial calls"),
+                        }
+                    ),
                 )
             }
             None => {
@@ -340,6 +351,7 @@ impl Moves {
                 plugin: p.plugin.clone(),
                 generation: t.generation,
                 opened_at: t.opened_at,
+                trips: t.trips,
             },
         ));
         self.events.push(BreakerEvent {

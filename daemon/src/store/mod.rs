@@ -253,6 +253,10 @@ pub struct BreakerRecord {
     pub generation: u64,
     /// When the breaker (last) opened; `None` while closed.
     pub opened_at: Option<UnixMillis>,
+    /// Openings since it last closed: the grown cooldown (0 in records written before it
+    /// was kept; read as 1 while open).
+    #[serde(default)]
+    pub trips: u32,
 }
 
 /// A mutation, applied by [`Store::commit`] in a batch.

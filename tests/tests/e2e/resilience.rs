@@ -1,0 +1,239 @@
+//! Providers misbehaving, end to end: the real daemon with `webhook` providers posting to
+//! [`MockProvider`]s whose answers the tests switch at run time. Each test asserts on what
+//! the mocks received (counts, and request times only as lower bounds) and on the events
+//! and states of the messages — never on how fast the daemon is.
+//!
+//! Covered: the circuit breaker's failure-ratio trip over a rolling window, its cooldown
+//! doubling on repeated trips up to `max_cooldown` (kept across a SIGKILL), and `probes`
+//! (every trial call must succeed before it closes).
+
+use std::time::Duration;
+
+use herald_client::Client;
+use herald_plugin_api::{Event, EventKind};
+use herald_protocol::Filter;
+use herald_tests::mock::{MockProvider, Reply};
+use herald_tests::{Daemon, email, events_until};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A `webhook` provider `name` posting to `mock`, with extra lines (e.g. `breaker = {..}`).
+fn provider(name: &str, mock: &MockProvider, extra: &str) -> String {
+    format!(
+        "[[providers]]\nname = \"{name}\"\nplugin = \"webhook\"\nurl = \"{}/{name}\"\n{extra}\n\n",
+        mock.url()
+    )
+}
+
+/// Two providers routed for email: `primary` (with `extra`) then `backup`.
+fn two(primary: &MockProvider, extra: &str, backup: &MockProvider) -> herald_tests::Builder {
+    Daemon::builder().config(&format!(
+        "{}{}[routes]\nemail = [\"primary\", \"backup\"]\n",
+        provider("primary", primary, extra),
+        provider("backup", backup, "")
+    ))
+}
+
+/// Sends one email and waits until it is sent; returns the provider that took it.
+async fn sent_via(client: &Client, to: &str) -> String {
+    let ack = client.send(email(to, "resilience")).await.unwrap();
+    let events = events_until(client, &ack.id, &["sent", "failed", "dead", "expired"], T).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind.as_str(), "sent", "{events:#?}");
+    last.provider.clone().unwrap()
+}
+
+/// The first `n` breaker events (opened, half-open, closed) of the log.
+async fn breaker_events(client: &Client, n: usize) -> Vec<Event> {
+    let filter = Filter {
+        kinds: vec![
+            EventKind::ProviderOpened,
+            EventKind::ProviderHalfOpen,
+            EventKind::ProviderClosed,
+        ],
+        ..Filter::default()
+    };
+    let mut sub = client.subscribe(filter, Some(0)).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < n {
+        let e = tokio::time::timeout(T, sub.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("only {} breaker events: {got:#?}", got.len()))
+            .unwrap()
+            .unwrap();
+        got.push(e);
+    }
+    got
+}
+
+async fn breaker_of(client: &Client, name: &str) -> String {
+    let stats = client.stats().await.unwrap();
+    stats
+        .providers
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.breaker.clone())
+        .unwrap_or_else(|| panic!("no provider {name} in {stats:?}"))
+}
+
+fn refused() -> Reply {
+    Reply::new(401, r#"{"error":"bad key"}"#)
+}
+
+/// Failures that alternate with successes never make two in a row, yet half of the last
+/// four calls failed: the ratio trips the breaker, and the backup takes the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_ratio_over_the_window_opens_the_breaker() {
+    let primary = MockProvider::start().await;
+    let backup = MockProvider::start().await;
+    for ok in [true, false, true, false] {
+        primary.push(if ok { Reply::new(200, "{}") } else { refused() });
+    }
+    let daemon = two(
+        &primary,
+        "breaker = { failures = 100, ratio = 0.5, window = 4, min_calls = 4, cooldown = \"1h\" }",
+        &backup,
+    )
+    .start()
+    .await;
+    let client = daemon.client().await;
+    let mut via = Vec::new();
+    for i in 0..4 {
+        via.push(sent_via(&client, &format!("g{i}@example.org")).await);
+        if i < 3 {
+            assert_eq!(breaker_of(&client, "primary").await, "closed", "after {i}");
+        }
+    }
+    assert_eq!(via, ["primary", "backup", "primary", "backup"]);
+    assert_eq!(breaker_of(&client, "primary").await, "open");
+    let opened = breaker_events(&client, 1).await;
+    assert_eq!(opened[0].kind, EventKind::ProviderOpened);
+    assert_eq!(opened[0].provider.as_deref(), Some("primary"));
+
+    assert_eq!(sent_via(&client, "g5@example.org").await, "backup");
+    assert_eq!(primary.count(), 4, "the open breaker kept the fifth away");
+}
+
+/// A provider that keeps failing its trial calls is given ever longer cooldowns — 300 ms,
+/// 600 ms, 1200 ms, then held at `max_cooldown` — and the grown cooldown survives a
+/// SIGKILL (it is stored with the breaker). Times are checked as lower bounds only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cooldown_doubles_with_every_failed_trial_up_to_max_cooldown() {
+    let primary = MockProvider::start().await;
+    let backup = MockProvider::start().await;
+    primary.set_default(refused());
+    let mut daemon = two(
+        &primary,
+        "breaker = { failures = 1, cooldown = \"300ms\", max_cooldown = \"1200ms\" }",
+        &backup,
+    )
+    .start()
+    .await;
+    let client = daemon.client().await;
+    let mut n = 0;
+    // Keep traffic flowing (to the backup) until primary got its opening call and three
+    // failed trials.
+    while primary.count() < 4 {
+        assert_eq!(
+            sent_via(&client, &format!("g{n}@example.org")).await,
+            "backup"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = primary.requests();
+    for (i, min) in [300, 600, 1200].into_iter().enumerate() {
+        let gap = calls[i + 1].at - calls[i].at;
+        assert!(
+            gap >= Duration::from_millis(min),
+            "trial {} came {gap:?} after the call before it, sooner than the {min} ms cooldown",
+            i + 1
+        );
+    }
+    let events = breaker_events(&client, 7).await;
+    let opened: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::ProviderOpened)
+        .map(|e| e.detail.as_deref().unwrap())
+        .collect();
+    assert_eq!(opened.len(), 4, "{events:#?}");
+    for (detail, ms) in opened.iter().zip([300, 600, 1200, 1200]) {
+        assert!(
+            detail.contains(&format!("calls paused for {ms} ms")),
+            "{detail}"
+        );
+    }
+
+    // After a SIGKILL the breaker is still open with the grown cooldown: its next trial
+    // says so.
+    daemon.kill();
+    daemon.spawn();
+    daemon.wait_ready().await;
+    let client = daemon.client().await;
+    assert_eq!(breaker_of(&client, "primary").await, "open");
+    while primary.count() < 5 {
+        assert_eq!(
+            sent_via(&client, &format!("g{n}@example.org")).await,
+            "backup"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = breaker_events(&client, 9).await;
+    let half_open = events
+        .iter()
+        .rfind(|e| e.kind == EventKind::ProviderHalfOpen)
+        .unwrap();
+    assert!(
+        half_open
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("cooldown of 1200 ms over"),
+        "{half_open:?}"
+    );
+    let calls = primary.requests();
+    assert!(calls[4].at - calls[3].at >= Duration::from_millis(1200));
+}
+
+/// With `probes = 2`, one successful trial does not close the breaker; the second does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_probe_must_succeed_before_the_breaker_closes() {
+    let primary = MockProvider::start().await;
+    let backup = MockProvider::start().await;
+    primary.push(refused());
+    let daemon = two(
+        &primary,
+        "breaker = { failures = 1, cooldown = \"200ms\", probes = 2 }",
+        &backup,
+    )
+    .start()
+    .await;
+    let client = daemon.client().await;
+    assert_eq!(sent_via(&client, "a@example.org").await, "backup");
+    assert_eq!(breaker_of(&client, "primary").await, "open");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sent_via(&client, "b@example.org").await, "primary");
+    assert_eq!(
+        breaker_of(&client, "primary").await,
+        "half_open",
+        "one probe of two succeeded"
+    );
+    assert_eq!(sent_via(&client, "c@example.org").await, "primary");
+    assert_eq!(breaker_of(&client, "primary").await, "closed");
+    let kinds: Vec<EventKind> = breaker_events(&client, 4)
+        .await
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::ProviderOpened,
+            EventKind::ProviderHalfOpen,
+            EventKind::ProviderHalfOpen,
+            EventKind::ProviderClosed
+        ]
+    );
+    assert_eq!(primary.count(), 3);
+}
