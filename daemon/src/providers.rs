@@ -46,6 +46,23 @@ pub struct Provider {
     pub rate: Option<RateLimiter>,
     pub timeout_ms: u64,
     pub counters: Arc<Counters>,
+    /// Until when (Unix ms; 0: never) the provider asked for no calls at all (a 429 with
+    /// `Retry-After`, a quota). Shared with the provider a reload replaces.
+    pub pause: Arc<AtomicU64>,
+}
+
+impl Provider {
+    /// Until when the provider is paused, if it is at `now`.
+    pub fn paused_until(&self, now: u64) -> Option<u64> {
+        let until = self.pause.load(Ordering::Relaxed);
+        (until > now).then_some(until)
+    }
+
+    /// Pauses the provider until `until` (a later pause already set stays). Returns
+    /// whether this extended the pause.
+    pub fn pause_until(&self, until: u64) -> bool {
+        self.pause.fetch_max(until, Ordering::Relaxed) < until
+    }
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +175,7 @@ impl Routing {
                 rate: spec.rate_limit.map(|r| RateLimiter::new(r, now)),
                 timeout_ms: spec.timeout_ms,
                 counters: old.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
+                pause: old.map(|p| Arc::clone(&p.pause)).unwrap_or_default(),
             };
             providers.insert(spec.name.clone(), Arc::new(provider));
         }

@@ -2,7 +2,8 @@
 //! slots), runs each through its channel's route, and commits the outcome.
 //!
 //! For one message: try the route's providers in order, skipping those whose breaker is
-//! open and waiting for rate-limit tokens; run the plugin's sans-IO exchange (plugin calls
+//! open or that are paused (a 429's `Retry-After`: `Provider::pause`, for every message) and
+//! waiting for rate-limit tokens; run the plugin's sans-IO exchange (plugin calls
 //! inline when the manifest says `blocking: false`, else on the blocking pool; requests
 //! through `transport`); then hand the run to [`verdict::decide`], the pure function that
 //! says what it means (`Accepted` → sent/delivered, `Rejected` → failed/bounced with no
@@ -195,6 +196,14 @@ impl Dispatcher {
         let mut breakers = Moves::default();
         for p in &route {
             let now = clock::now_ms();
+            if let Some(until) = p.paused_until(now) {
+                run.push(Tried {
+                    provider: p.name.clone(),
+                    webhooks: p.manifest.webhooks,
+                    result: TryResult::Paused { until },
+                });
+                continue;
+            }
             match p.breaker.admission(now) {
                 Admission::Refused => {
                     run.push(Tried {
@@ -245,6 +254,9 @@ impl Dispatcher {
                         breakers.moved(p, p.breaker.failure(now), reason);
                     } else {
                         p.breaker.neutral();
+                    }
+                    if let Some(ms) = verdict::pause_ms(&outcome) {
+                        breakers.paused(p, now, ms, reason);
                     }
                     Counters::bump(&p.counters.retries);
                 }
@@ -312,6 +324,25 @@ struct Moves {
 }
 
 impl Moves {
+    /// Pauses `p` for `ms` after it announced a provider-wide wait, and reports it (once
+    /// per extension: deliveries in flight that meet the same limit add nothing).
+    fn paused(&mut self, p: &Provider, now: u64, ms: u64, reason: &str) {
+        let until = now.saturating_add(ms);
+        if !p.pause_until(until) {
+            return;
+        }
+        tracing::warn!(provider = %p.name, pause_ms = ms, %reason, "provider paused: no calls to it until its limit resets");
+        self.events.push(BreakerEvent {
+            provider: p.name.clone(),
+            kind: EventKind::ProviderPaused,
+            generation: 0,
+            reason: format!(
+                "{reason}: no calls to {} for {ms} ms (until {until})",
+                p.name
+            ),
+        });
+    }
+
     /// Logs a breaker that opened or closed and keeps it (and its event, with `reason`)
     /// for the completion.
     fn moved(&mut self, p: &Provider, moved: Option<Transition>, reason: &str) {

@@ -236,7 +236,7 @@ pub struct Completion {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerEvent {
     pub provider: String,
-    /// `ProviderHalfOpen`, `ProviderOpened` or `ProviderClosed`.
+    /// `ProviderHalfOpen`, `ProviderOpened`, `ProviderClosed` or `ProviderPaused`.
     pub kind: EventKind,
     /// For opened/closed: the generation of the matching record in `Completion::breakers`.
     pub generation: u64,

@@ -5,7 +5,9 @@
 //!
 //! Covered: the circuit breaker's failure-ratio trip over a rolling window, its cooldown
 //! doubling on repeated trips up to `max_cooldown` (kept across a SIGKILL), and `probes`
-//! (every trial call must succeed before it closes).
+//! (every trial call must succeed before it closes); a 429 with `Retry-After` pausing the
+//! provider for every message (they wait, or go to the next provider, without using up
+//! attempts), visible in `stats` and as a `provider_paused` event.
 
 use std::time::Duration;
 
@@ -236,4 +238,112 @@ async fn every_probe_must_succeed_before_the_breaker_closes() {
         ]
     );
     assert_eq!(primary.count(), 3);
+}
+
+/// A 429 with `Retry-After: 2` pauses the provider for every message: the messages sent
+/// meanwhile wait (deferred, no attempt used) and no request reaches the provider until
+/// two seconds after the 429 — checked against the mock's own request times, as a lower
+/// bound — then all are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_the_provider_for_every_message() {
+    let mock = MockProvider::start().await;
+    mock.push(Reply::new(429, r#"{"error":"slow down"}"#).header("retry-after", "2"));
+    let daemon = Daemon::builder()
+        .config(&format!(
+            "{}[routes]\nemail = [\"only\"]\n",
+            provider("only", &mock, "")
+        ))
+        .start()
+        .await;
+    let client = daemon.client().await;
+    let first = client
+        .send(email("a@example.org", "first"))
+        .await
+        .unwrap()
+        .id;
+    events_until(&client, &first, &["deferred"], T).await;
+    let mut ids = vec![first];
+    for i in 0..4 {
+        let ack = client
+            .send(email(&format!("g{i}@example.org"), "meanwhile"))
+            .await
+            .unwrap();
+        ids.push(ack.id);
+    }
+    for id in &ids {
+        let events = events_until(&client, id, &["sent", "failed", "dead", "expired"], T).await;
+        let last = events.last().unwrap();
+        assert_eq!(last.kind.as_str(), "sent", "{events:#?}");
+        assert_eq!(
+            last.attempt,
+            Some(1),
+            "waiting used no attempt: {events:#?}"
+        );
+    }
+    let calls = mock.requests();
+    assert_eq!(calls.len(), 6, "one 429, then each message once");
+    for (i, c) in calls.iter().enumerate().skip(1) {
+        let after = c.at - calls[0].at;
+        assert!(
+            after >= Duration::from_secs(2),
+            "request {i} came {after:?} after the 429 with Retry-After: 2"
+        );
+    }
+    let paused = breaker_events_of(&client, EventKind::ProviderPaused, 1).await;
+    assert_eq!(paused[0].provider.as_deref(), Some("only"));
+    assert!(
+        paused[0].detail.as_deref().unwrap().contains("2000 ms"),
+        "{paused:?}"
+    );
+}
+
+/// With a second provider in the route, a paused provider's messages go there at once —
+/// without another request to the paused one — and `stats` shows until when it is paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_provider_hands_its_messages_to_the_next_one_and_stats_show_it() {
+    let primary = MockProvider::start().await;
+    let backup = MockProvider::start().await;
+    primary.push(Reply::new(429, r#"{"error":"daily quota"}"#).header("retry-after", "3600"));
+    let daemon = two(&primary, "", &backup).start().await;
+    let client = daemon.client().await;
+    let before = herald_tests::now_ms();
+    for i in 0..3 {
+        assert_eq!(
+            sent_via(&client, &format!("g{i}@example.org")).await,
+            "backup"
+        );
+    }
+    assert_eq!(primary.count(), 1, "no call to the paused provider");
+    let stats = client.stats().await.unwrap();
+    let p = stats
+        .providers
+        .iter()
+        .find(|p| p.name == "primary")
+        .unwrap();
+    let until = p.paused_until.expect("paused");
+    assert!(until >= before + 3_600_000, "{until} vs {before}");
+    assert_eq!(
+        p.breaker, "closed",
+        "a rate limit says nothing about health"
+    );
+    let b = stats.providers.iter().find(|p| p.name == "backup").unwrap();
+    assert_eq!(b.paused_until, None);
+}
+
+async fn breaker_events_of(client: &Client, kind: EventKind, n: usize) -> Vec<Event> {
+    let filter = Filter {
+        kinds: vec![kind],
+        ..Filter::default()
+    };
+    let mut sub = client.subscribe(filter, Some(0)).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < n {
+        let e = tokio::time::timeout(T, sub.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("only {} {kind} events", got.len()))
+            .unwrap()
+            .unwrap();
+        got.push(e);
+    }
+    got
 }
