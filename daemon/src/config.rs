@@ -23,7 +23,14 @@ use crate::space::MinFree;
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../etc/herald.toml");
 
 /// Keys of a `[[providers]]` table that the host owns; every other key goes to the plugin.
-pub const HOST_PROVIDER_KEYS: [&str; 5] = ["name", "plugin", "rate_limit", "breaker", "timeout"];
+pub const HOST_PROVIDER_KEYS: [&str; 6] = [
+    "name",
+    "plugin",
+    "rate_limit",
+    "breaker",
+    "timeout",
+    "failover_after",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -280,6 +287,9 @@ pub struct ProviderSpec {
     pub rate_limit: Option<RateLimit>,
     pub breaker: BreakerConfig,
     pub timeout_ms: u64,
+    /// After this many transient failures of one message here (counted by its attempts),
+    /// the message's next attempt starts at the route's next provider; `None`: never.
+    pub failover_after: Option<u32>,
 }
 
 impl std::fmt::Debug for ProviderSpec {
@@ -291,6 +301,7 @@ impl std::fmt::Debug for ProviderSpec {
             .field("rate_limit", &self.rate_limit)
             .field("breaker", &self.breaker)
             .field("timeout_ms", &self.timeout_ms)
+            .field("failover_after", &self.failover_after)
             .finish()
     }
 }
@@ -827,6 +838,17 @@ impl RawConfig {
                 }
                 Some(_) => return Err(format!("{at}: timeout must be a duration like \"30s\"")),
             };
+            let failover_after = match table.remove("failover_after") {
+                None => None,
+                Some(v) => Some(
+                    v.as_integer()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            format!("{at}: failover_after must be a positive integer")
+                        })?,
+                ),
+            };
             let mut settings = serde_json::Map::new();
             let mut env_keys = BTreeSet::new();
             for (k, v) in table {
@@ -845,6 +867,7 @@ impl RawConfig {
                 rate_limit,
                 breaker,
                 timeout_ms,
+                failover_after,
             });
         }
 
@@ -1257,6 +1280,25 @@ mod tests {
         assert_eq!(p.rate_limit.unwrap().per_sec, 2.0);
         assert_eq!(p.breaker.failures, 3);
         assert_eq!(p.breaker.max_cooldown_ms, 300_000, "the default cap");
+        assert_eq!(p.failover_after, None);
+        let c = Config::parse(
+            &text.replace("rate_limit", "failover_after = 3\n            rate_limit"),
+            "t",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].failover_after, Some(3));
+        let err = Config::parse(
+            &text.replace("rate_limit", "failover_after = 0\n            rate_limit"),
+            "t",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("failover_after must be a positive integer"),
+            "{err}"
+        );
         assert!(!format!("{p:?}").contains("re_123"), "Debug hides values");
 
         let err = Config::parse(text, "t", &no_env).unwrap_err().to_string();

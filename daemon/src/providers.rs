@@ -45,6 +45,8 @@ pub struct Provider {
     pub breaker: Arc<Breaker>,
     pub rate: Option<RateLimiter>,
     pub timeout_ms: u64,
+    /// `failover_after`: see [`crate::dispatch::verdict::failover_start`].
+    pub failover_after: Option<u32>,
     pub counters: Arc<Counters>,
     /// Until when (Unix ms; 0: never) the provider asked for no calls at all (a 429 with
     /// `Retry-After`, a quota). Shared with the provider a reload replaces.
@@ -174,6 +176,7 @@ impl Routing {
                 breaker: breaker_for(spec, old, stored),
                 rate: spec.rate_limit.map(|r| RateLimiter::new(r, now)),
                 timeout_ms: spec.timeout_ms,
+                failover_after: spec.failover_after,
                 counters: old.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
                 pause: old.map(|p| Arc::clone(&p.pause)).unwrap_or_default(),
             };
@@ -237,6 +240,7 @@ mod tests {
             rate_limit: None,
             breaker: Default::default(),
             timeout_ms: 1000,
+            failover_after: None,
         };
         let err = check_keys(&spec, &manifest).unwrap_err();
         assert!(

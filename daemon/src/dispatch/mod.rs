@@ -1,7 +1,8 @@
 //! The dispatcher: leases due messages in batches (as many as there are free delivery
 //! slots), runs each through its channel's route, and commits the outcome.
 //!
-//! For one message: try the route's providers in order, skipping those whose breaker is
+//! For one message: try the route's providers in order (from the one `failover_after` says
+//! this attempt starts at), skipping those whose breaker is
 //! open or that are paused (a 429's `Retry-After`: `Provider::pause`, for every message) and
 //! waiting for rate-limit tokens; run the plugin's sans-IO exchange (plugin calls
 //! inline when the manifest says `blocking: false`, else on the blocking pool; requests
@@ -194,7 +195,9 @@ impl Dispatcher {
             .unwrap_or_default();
         let mut run: Vec<Tried> = Vec::with_capacity(route.len());
         let mut breakers = Moves::default();
-        for p in &route {
+        let failover: Vec<Option<u32>> = route.iter().map(|p| p.failover_after).collect();
+        let start = verdict::failover_start(&failover, attempt);
+        for p in route.iter().cycle().skip(start).take(route.len()) {
             let now = clock::now_ms();
             if let Some(until) = p.paused_until(now) {
                 run.push(Tried {

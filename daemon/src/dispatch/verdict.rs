@@ -76,6 +76,26 @@ pub fn pause_ms(outcome: &Outcome) -> Option<u64> {
     }
 }
 
+/// Where in its route (an index) attempt `attempt` of a message starts, given each
+/// provider's `failover_after`: a message stays on a provider for that many attempts (each
+/// of which failed transiently, or the message would be done), then moves on to the next,
+/// wrapping around after the last. A provider without `failover_after` keeps it. Counted
+/// from the message's attempts, which are stored, so it holds across restarts; an attempt
+/// no provider took (every breaker open, a pause) does not count.
+pub fn failover_start(failover_after: &[Option<u32>], attempt: u32) -> usize {
+    let mut left = attempt.saturating_sub(1);
+    let mut i = 0;
+    while let Some(Some(n)) = failover_after.get(i) {
+        let n = (*n).max(1);
+        if left < n {
+            break;
+        }
+        left -= n;
+        i = (i + 1) % failover_after.len();
+    }
+    i
+}
+
 /// What happens to the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -706,6 +726,20 @@ mod tests {
             Some("resend"),
             "resend: 429 rate_limit_exceeded",
         );
+    }
+
+    #[test]
+    fn failover_after_moves_the_message_on_after_n_attempts_and_wraps_around() {
+        let starts = |f: &[Option<u32>]| (1..=9).map(|a| failover_start(f, a)).collect::<Vec<_>>();
+        assert_eq!(starts(&[None, None]), [0; 9], "never by default");
+        assert_eq!(starts(&[Some(2), None]), [0, 0, 1, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(starts(&[Some(2), Some(1)]), [0, 0, 1, 0, 0, 1, 0, 0, 1]);
+        assert_eq!(
+            starts(&[Some(1), Some(1), Some(1)]),
+            [0, 1, 2, 0, 1, 2, 0, 1, 2]
+        );
+        assert_eq!(starts(&[Some(3)]), [0; 9], "a route of one");
+        assert_eq!(failover_start(&[], 5), 0);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! doubling on repeated trips up to `max_cooldown` (kept across a SIGKILL), and `probes`
 //! (every trial call must succeed before it closes); a 429 with `Retry-After` pausing the
 //! provider for every message (they wait, or go to the next provider, without using up
-//! attempts), visible in `stats` and as a `provider_paused` event.
+//! attempts), visible in `stats` and as a `provider_paused` event; `failover_after` moving
+//! a message whose provider keeps failing transiently on to the next one, and an outage of
+//! every provider ending with every message delivered, none dead or failed.
 
 use std::time::Duration;
 
@@ -346,4 +348,90 @@ async fn breaker_events_of(client: &Client, kind: EventKind, n: usize) -> Vec<Ev
         got.push(e);
     }
     got
+}
+
+fn unavailable() -> Reply {
+    Reply::new(503, r#"{"error":"overloaded"}"#)
+}
+
+/// A primary answering 503 keeps a message for `failover_after = 2` attempts; the third
+/// goes to the backup, which delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_after_n_transient_failures_moves_the_message_to_the_backup() {
+    let primary = MockProvider::start().await;
+    let backup = MockProvider::start().await;
+    primary.set_default(unavailable());
+    let daemon = two(
+        &primary,
+        "failover_after = 2\nbreaker = { failures = 100 }",
+        &backup,
+    )
+    .retry("max_attempts = 5")
+    .start()
+    .await;
+    let client = daemon.client().await;
+    let ack = client
+        .send(email("a@example.org", "failover"))
+        .await
+        .unwrap();
+    let events = events_until(&client, &ack.id, &["sent", "failed", "dead", "expired"], T).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "queued", "sending", "deferred", "sending", "deferred", "sending", "sent"
+        ],
+        "{events:#?}"
+    );
+    let sent = events.last().unwrap();
+    assert_eq!(
+        (sent.provider.as_deref(), sent.attempt),
+        (Some("backup"), Some(3))
+    );
+    assert_eq!(primary.count(), 2);
+    assert_eq!(backup.count(), 1);
+}
+
+/// Both providers down (503): messages move between them and, once both breakers are
+/// open, wait without using up attempts; nothing ends dead or failed, and every message is
+/// delivered once the primary is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_provider_down_nothing_dies_and_all_are_delivered_once_one_returns() {
+    let primary = MockProvider::start().await;
+    let backup = MockProvider::start().await;
+    primary.set_default(unavailable());
+    backup.set_default(unavailable());
+    let breaker = "failover_after = 1\nbreaker = { failures = 2, cooldown = \"200ms\", max_cooldown = \"400ms\" }";
+    let daemon = Daemon::builder()
+        .config(&format!(
+            "{}{}[routes]\nemail = [\"primary\", \"backup\"]\n",
+            provider("primary", &primary, breaker),
+            provider("backup", &backup, breaker)
+        ))
+        .retry("max_attempts = 8")
+        .start()
+        .await;
+    let client = daemon.client().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            client
+                .send(email(&format!("g{i}@example.org"), "outage"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Both breakers open: a provider-wide outage.
+    breaker_events_of(&client, EventKind::ProviderOpened, 2).await;
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.active, 3, "all still waiting: {stats:?}");
+    primary.set_default(Reply::new(200, "{}"));
+    for id in &ids {
+        let events = events_until(&client, id, &["sent", "failed", "dead", "expired"], T).await;
+        let last = events.last().unwrap();
+        assert_eq!(last.kind.as_str(), "sent", "{events:#?}");
+        assert_eq!(last.provider.as_deref(), Some("primary"));
+    }
+    herald_tests::assert_idle(&client).await;
 }
