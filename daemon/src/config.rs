@@ -23,13 +23,15 @@ use crate::space::MinFree;
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../etc/herald.toml");
 
 /// Keys of a `[[providers]]` table that the host owns; every other key goes to the plugin.
-pub const HOST_PROVIDER_KEYS: [&str; 6] = [
+pub const HOST_PROVIDER_KEYS: [&str; 8] = [
     "name",
     "plugin",
     "rate_limit",
     "breaker",
     "timeout",
     "failover_after",
+    "max_in_flight",
+    "burst",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +292,8 @@ pub struct ProviderSpec {
     /// After this many transient failures of one message here (counted by its attempts),
     /// the message's next attempt starts at the route's next provider; `None`: never.
     pub failover_after: Option<u32>,
+    /// The most requests to this provider at once (`None`: only the daemon's concurrency).
+    pub max_in_flight: Option<u32>,
 }
 
 impl std::fmt::Debug for ProviderSpec {
@@ -302,6 +306,7 @@ impl std::fmt::Debug for ProviderSpec {
             .field("breaker", &self.breaker)
             .field("timeout_ms", &self.timeout_ms)
             .field("failover_after", &self.failover_after)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
     }
 }
@@ -849,6 +854,28 @@ impl RawConfig {
                         })?,
                 ),
             };
+            let positive = |v: toml::Value, key: &str| {
+                v.as_integer()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{at}: {key} must be a positive integer"))
+            };
+            let max_in_flight = table
+                .remove("max_in_flight")
+                .map(|v| positive(v, "max_in_flight"))
+                .transpose()?;
+            let rate_limit = match (rate_limit, table.remove("burst")) {
+                (limit, None) => limit,
+                (Some(limit), Some(v)) => Some(RateLimit {
+                    burst: f64::from(positive(v, "burst")?),
+                    ..limit
+                }),
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "{at}: burst sizes the token bucket of rate_limit; set rate_limit too"
+                    ));
+                }
+            };
             let mut settings = serde_json::Map::new();
             let mut env_keys = BTreeSet::new();
             for (k, v) in table {
@@ -868,6 +895,7 @@ impl RawConfig {
                 breaker,
                 timeout_ms,
                 failover_after,
+                max_in_flight,
             });
         }
 
@@ -1288,6 +1316,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.providers[0].failover_after, Some(3));
+        let c = Config::parse(
+            &text.replace(
+                "rate_limit",
+                "max_in_flight = 4\n            burst = 20\n            rate_limit",
+            ),
+            "t",
+            &env,
+        )
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.max_in_flight, Some(4));
+        let rate = p.rate_limit.unwrap();
+        assert_eq!((rate.per_sec, rate.burst), (2.0, 20.0));
+        let err = Config::parse(
+            &text.replace("rate_limit = \"2/s\"", "burst = 20"),
+            "t",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set rate_limit too"), "{err}");
         let err = Config::parse(
             &text.replace("rate_limit", "failover_after = 0\n            rate_limit"),
             "t",

@@ -47,6 +47,9 @@ pub struct Provider {
     pub timeout_ms: u64,
     /// `failover_after`: see [`crate::dispatch::verdict::failover_start`].
     pub failover_after: Option<u32>,
+    /// `max_in_flight`: a permit per request to the provider (shared with the provider a
+    /// reload replaces, when the limit stays).
+    pub in_flight: Option<(u32, Arc<tokio::sync::Semaphore>)>,
     pub counters: Arc<Counters>,
     /// Until when (Unix ms; 0: never) the provider asked for no calls at all (a 429 with
     /// `Retry-After`, a quota). Shared with the provider a reload replaces.
@@ -177,6 +180,12 @@ impl Routing {
                 rate: spec.rate_limit.map(|r| RateLimiter::new(r, now)),
                 timeout_ms: spec.timeout_ms,
                 failover_after: spec.failover_after,
+                in_flight: spec.max_in_flight.map(|max| {
+                    match old.and_then(|p| p.in_flight.as_ref()) {
+                        Some((n, s)) if *n == max => (max, Arc::clone(s)),
+                        _ => (max, Arc::new(tokio::sync::Semaphore::new(max as usize))),
+                    }
+                }),
                 counters: old.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
                 pause: old.map(|p| Arc::clone(&p.pause)).unwrap_or_default(),
             };
@@ -241,6 +250,7 @@ mod tests {
             breaker: Default::default(),
             timeout_ms: 1000,
             failover_after: None,
+            max_in_flight: None,
         };
         let err = check_keys(&spec, &manifest).unwrap_err();
         assert!(

@@ -3,8 +3,8 @@
 //!
 //! For one message: try the route's providers in order (from the one `failover_after` says
 //! this attempt starts at), skipping those whose breaker is
-//! open or that are paused (a 429's `Retry-After`: `Provider::pause`, for every message) and
-//! waiting for rate-limit tokens; run the plugin's sans-IO exchange (plugin calls
+//! open or that are paused (a 429's `Retry-After`: `Provider::pause`, for every message),
+//! waiting for rate-limit tokens and for a place under the provider's `max_in_flight`; run the plugin's sans-IO exchange (plugin calls
 //! inline when the manifest says `blocking: false`, else on the blocking pool; requests
 //! through `transport`); then hand the run to [`verdict::decide`], the pure function that
 //! says what it means (`Accepted` → sent/delivered, `Rejected` → failed/bounced with no
@@ -237,6 +237,11 @@ impl Dispatcher {
             if let Some(rate) = &p.rate {
                 rate.acquire().await;
             }
+            // `max_in_flight`: wait for a free place (the semaphore is never closed).
+            let _place = match &p.in_flight {
+                Some((_, places)) => Arc::clone(places).acquire_owned().await.ok(),
+                None => None,
+            };
             let started = clock::instant();
             let outcome = exchange(&self.transports, p, &delivery).await;
             p.counters.call_latency.observe(started.elapsed());

@@ -9,7 +9,8 @@
 //! provider for every message (they wait, or go to the next provider, without using up
 //! attempts), visible in `stats` and as a `provider_paused` event; `failover_after` moving
 //! a message whose provider keeps failing transiently on to the next one, and an outage of
-//! every provider ending with every message delivered, none dead or failed.
+//! every provider ending with every message delivered, none dead or failed; and
+//! `max_in_flight` holding the requests a provider sees at once.
 
 use std::time::Duration;
 
@@ -434,4 +435,39 @@ async fn with_every_provider_down_nothing_dies_and_all_are_delivered_once_one_re
         assert_eq!(last.provider.as_deref(), Some("primary"));
     }
     herald_tests::assert_idle(&client).await;
+}
+
+/// Twelve messages at once to a provider with `max_in_flight = 2` that answers slowly:
+/// the mock never has more than two requests in hand, and all are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_caps_the_concurrent_requests_a_provider_sees() {
+    let mock = MockProvider::start().await;
+    let mut slow = Reply::new(200, "{}");
+    slow.delay = Duration::from_millis(200);
+    mock.set_default(slow);
+    let daemon = Daemon::builder()
+        .config(&format!(
+            "{}[routes]\nemail = [\"only\"]\n",
+            provider("only", &mock, "max_in_flight = 2")
+        ))
+        .start()
+        .await;
+    let client = daemon.client().await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(
+            client
+                .send(email(&format!("g{i}@example.org"), "capped"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in &ids {
+        let events = events_until(&client, id, &["sent", "failed", "dead", "expired"], T).await;
+        assert_eq!(events.last().unwrap().kind.as_str(), "sent", "{events:#?}");
+    }
+    assert_eq!(mock.count(), 12);
+    let max = mock.max_in_flight();
+    assert!((1..=2).contains(&max), "{max} requests at once");
 }
