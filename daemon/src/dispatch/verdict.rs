@@ -8,7 +8,8 @@
 //!
 //! The rules: `Accepted` → sent (or delivered); `Rejected` → failed or bounced, no
 //! fallback (another provider will not fix a bad address); `Retry` → the same provider
-//! later, with backoff (dead after `max_attempts`, expired past the TTL);
+//! later, with backoff (dead after `max_attempts`; a retry due after the TTL is deferred to
+//! the TTL and expired by the claim then, never before its time);
 //! `ProviderFailure` → the next provider of the route, and when every provider failed the
 //! message is retried the same way. A provider-wide wait (`Retry` without breaker and with
 //! `after_ms`: a 429's `Retry-After`, a quota) pauses that provider and is like a provider
@@ -322,8 +323,10 @@ pub fn decide(
         // Every breaker is open or provider paused: wait for the first to take a call.
         (reopen.map(|t| t.saturating_sub(now)), notes.join("; "))
     };
-    let due = now.saturating_add(wait.unwrap_or(UNCALLED_WAIT_MS).max(UNCALLED_MIN_WAIT_MS));
-    if due >= expires_at {
+    let due = now
+        .saturating_add(wait.unwrap_or(UNCALLED_WAIT_MS).max(UNCALLED_MIN_WAIT_MS))
+        .min(expires_at);
+    if now >= expires_at {
         Verdict::Expired {
             attempt_used: false,
             provider: paused_by,
@@ -539,15 +542,27 @@ mod tests {
     }
 
     #[test]
-    fn retry_past_the_ttl_is_expired() {
+    fn a_retry_past_the_ttl_is_deferred_to_the_ttl_and_expires_only_then() {
         let v = decide_at(&[called("resend", retry(Some(60_000)))], 1, NOW + 10_000);
+        assert_eq!(
+            v,
+            Verdict::Deferred {
+                due: NOW + 10_000,
+                attempt_used: true,
+                provider: Some("resend".into()),
+                detail: "resend: 503".into(),
+            },
+            "deferred first, to when the TTL has passed (the claim then expires it)"
+        );
+        let v = decide_at(&[called("resend", retry(None))], 1, NOW);
         assert_eq!(
             v,
             Verdict::Expired {
                 attempt_used: true,
                 provider: Some("resend".into()),
                 detail: "resend: 503".into(),
-            }
+            },
+            "the TTL has passed"
         );
     }
 
@@ -643,8 +658,20 @@ mod tests {
         assert!(matches!(v, Verdict::Deferred { due, .. } if due == NOW + 100));
         let v = decide_at(&[open("resend", None)], 1, LATER);
         assert!(matches!(v, Verdict::Deferred { due, .. } if due == NOW + 1_000));
-        // Half-opening only after the message's time-to-live.
+        // Half-opening only after the message's time-to-live: deferred to the TTL.
         let v = decide_at(&run, 1, NOW + 2_000);
+        assert!(
+            matches!(
+                v,
+                Verdict::Deferred {
+                    due,
+                    attempt_used: false,
+                    ..
+                } if due == NOW + 2_000
+            ),
+            "{v:?}"
+        );
+        let v = decide_at(&run, 1, NOW);
         assert!(
             matches!(
                 v,
@@ -757,10 +784,11 @@ mod tests {
         let v = decide_at(&[], 1, NOW + 500);
         assert!(matches!(
             v,
-            Verdict::Expired {
+            Verdict::Deferred {
+                due,
                 attempt_used: false,
                 ..
-            }
+            } if due == NOW + 500
         ));
     }
 

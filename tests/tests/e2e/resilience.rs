@@ -10,7 +10,8 @@
 //! attempts), visible in `stats` and as a `provider_paused` event; `failover_after` moving
 //! a message whose provider keeps failing transiently on to the next one, and an outage of
 //! every provider ending with every message delivered, none dead or failed; and
-//! `max_in_flight` holding the requests a provider sees at once.
+//! `max_in_flight` holding the requests a provider sees at once; a retry due after the
+//! message's TTL showing `deferred` and expiring only once the TTL has passed.
 
 use std::time::Duration;
 
@@ -470,4 +471,39 @@ async fn max_in_flight_caps_the_concurrent_requests_a_provider_sees() {
     assert_eq!(mock.count(), 12);
     let max = mock.max_in_flight();
     assert!((1..=2).contains(&max), "{max} requests at once");
+}
+
+/// A 503 asking for a retry in a minute, for a message with a 2 s TTL: the message is
+/// `deferred` first and `expired` only once its TTL has passed (a lower bound on the event
+/// times), with no second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_past_the_ttl_is_deferred_and_expires_only_when_the_ttl_has_passed() {
+    let mock = MockProvider::start().await;
+    mock.set_default(unavailable().header("retry-after", "60"));
+    let daemon = Daemon::builder()
+        .config(&format!(
+            "{}[routes]\nemail = [\"only\"]\n",
+            provider("only", &mock, "")
+        ))
+        .retry("ttl = \"2s\"")
+        .start()
+        .await;
+    let client = daemon.client().await;
+    let ack = client
+        .send(email("a@example.org", "short-lived"))
+        .await
+        .unwrap();
+    let events = events_until(&client, &ack.id, &["sent", "failed", "dead", "expired"], T).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["queued", "sending", "deferred", "expired"],
+        "{events:#?}"
+    );
+    let lived = events[3].at - events[0].at;
+    assert!(
+        lived >= 2_000,
+        "expired {lived} ms after it was queued, TTL 2 s"
+    );
+    assert_eq!(mock.count(), 1);
 }
