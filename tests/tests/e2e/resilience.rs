@@ -176,7 +176,8 @@ async fn the_cooldown_doubles_with_every_failed_trial_up_to_max_cooldown() {
     daemon.spawn();
     daemon.wait_ready().await;
     let client = daemon.client().await;
-    assert_eq!(breaker_of(&client, "primary").await, "open");
+    // Open, or already half-open if this machine took longer than the cooldown.
+    assert_ne!(breaker_of(&client, "primary").await, "closed");
     while primary.count() < 5 {
         assert_eq!(
             sent_via(&client, &format!("g{n}@example.org")).await,
@@ -217,7 +218,8 @@ async fn every_probe_must_succeed_before_the_breaker_closes() {
     .await;
     let client = daemon.client().await;
     assert_eq!(sent_via(&client, "a@example.org").await, "backup");
-    assert_eq!(breaker_of(&client, "primary").await, "open");
+    // Open, or already half-open if this machine took longer than the cooldown.
+    assert_ne!(breaker_of(&client, "primary").await, "closed");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(sent_via(&client, "b@example.org").await, "primary");
     assert_eq!(
