@@ -2,14 +2,14 @@
 //! slots), runs each through its channel's route, and commits the outcome.
 //!
 //! For one message: try the route's providers in order (from the one `failover_after` says
-//! this attempt starts at), skipping those whose breaker is
-//! open or that are paused (a 429's `Retry-After`: `Provider::pause`, for every message),
-//! waiting for rate-limit tokens and for a place under the provider's `max_in_flight`; run the plugin's sans-IO exchange (plugin calls
-//! inline when the manifest says `blocking: false`, else on the blocking pool; requests
-//! through `transport`); then hand the run to [`verdict::decide`], the pure function that
-//! says what it means (`Accepted` → sent/delivered, `Rejected` → failed/bounced with no
-//! fallback, `ProviderFailure` → next provider, `Retry` → deferred with backoff, or
-//! dead/expired), and commit its completion.
+//! this attempt starts at), skipping those whose breaker is open or that are paused (a
+//! 429's `Retry-After`: `Provider::pause`, for every message), waiting for rate-limit
+//! tokens and for a place under the provider's `max_in_flight`; run the plugin's sans-IO
+//! exchange (plugin calls inline when the manifest says `blocking: false`, else on the
+//! blocking pool; requests through `transport`); then hand the run to [`verdict::decide`],
+//! the pure function that says what it means (`Accepted` → sent/delivered, `Rejected` →
+//! failed/bounced with no fallback, `ProviderFailure` → next provider, `Retry` → deferred
+//! with backoff, or dead/expired), and commit its completion.
 //!
 //! Owns: concurrency bound, the I/O of a delivery, breaker bookkeeping. Must not: touch
 //! storage except through the committer, do I/O other than through `transport`, or decide
@@ -207,18 +207,39 @@ impl Dispatcher {
                 });
                 continue;
             }
-            match p.breaker.admission(now) {
-                Admission::Refused => {
-                    run.push(Tried {
-                        provider: p.name.clone(),
-                        webhooks: p.manifest.webhooks,
-                        result: TryResult::BreakerOpen {
-                            retry_at: p.breaker.retry_at(),
-                        },
-                    });
-                    continue;
+            let admission = p.breaker.admission(now);
+            if admission == Admission::Refused {
+                run.push(Tried {
+                    provider: p.name.clone(),
+                    webhooks: p.manifest.webhooks,
+                    result: TryResult::BreakerOpen {
+                        retry_at: p.breaker.retry_at(),
+                    },
+                });
+                continue;
+            }
+            if let Some(rate) = &p.rate {
+                rate.acquire().await;
+            }
+            // `max_in_flight`: wait for a free place (the semaphore is never closed).
+            let _place = match &p.in_flight {
+                Some((_, places)) => Arc::clone(places).acquire_owned().await.ok(),
+                None => None,
+            };
+            // A 429 met by another delivery while this one waited pauses it too.
+            if let Some(until) = p.paused_until(clock::now_ms()) {
+                if admission == Admission::Trial {
+                    p.breaker.neutral();
                 }
-                Admission::Trial => breakers.events.push(BreakerEvent {
+                run.push(Tried {
+                    provider: p.name.clone(),
+                    webhooks: p.manifest.webhooks,
+                    result: TryResult::Paused { until },
+                });
+                continue;
+            }
+            if admission == Admission::Trial {
+                breakers.events.push(BreakerEvent {
                     provider: p.name.clone(),
                     kind: EventKind::ProviderHalfOpen,
                     generation: 0,
@@ -231,17 +252,8 @@ impl Dispatcher {
                         },
                         p.name
                     ),
-                }),
-                Admission::Closed => {}
+                });
             }
-            if let Some(rate) = &p.rate {
-                rate.acquire().await;
-            }
-            // `max_in_flight`: wait for a free place (the semaphore is never closed).
-            let _place = match &p.in_flight {
-                Some((_, places)) => Arc::clone(places).acquire_owned().await.ok(),
-                None => None,
-            };
             let started = clock::instant();
             let outcome = exchange(&self.transports, p, &delivery).await;
             p.counters.call_latency.observe(started.elapsed());
