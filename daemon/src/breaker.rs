@@ -1,12 +1,17 @@
-//! Circuit breaker per provider: after `failures` consecutive failures the provider is cut
-//! off for `cooldown`; then one trial call decides whether it closes again.
+//! Circuit breaker per provider. It opens after `failures` consecutive failures, or when
+//! the share of failures among the last `window` calls reaches `ratio` (once at least
+//! `min_calls` were made); an open breaker refuses calls for its cooldown, then admits
+//! `probes` trial calls, all of which must succeed to close it. A failed trial opens it
+//! again with the cooldown doubled (a "trip" more), up to `max_cooldown`; closing resets it.
 //!
 //! Owns only the breaker state machine, with `now` passed in. Does not decide what counts
 //! as a failure (dispatch maps outcomes to `success` / `failure` / `neutral`) and does not
 //! store anything: a call that opens or closes the breaker returns a [`Transition`], which
 //! dispatch persists with the delivery's outcome, and [`Breaker::restored`] brings it back
-//! after a restart, so a provider that was down is not hammered again by a fresh start.
+//! after a restart (with its trips, so a grown cooldown survives), so a provider that was
+//! down is not hammered again by a fresh start.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use herald_plugin_api::UnixMillis;
@@ -35,17 +40,23 @@ impl BreakerState {
 pub enum Admission {
     /// Closed: calls go through.
     Closed,
-    /// Half-open: this call is the one trial.
+    /// Half-open: this call is one of the trials.
     Trial,
-    /// Open (or a trial is already in flight).
+    /// Open (or every trial is already admitted).
     Refused,
 }
 
 #[derive(Debug)]
 struct Inner {
     consecutive: u32,
+    /// The outcomes of the latest calls while closed (`true`: a failure), at most `window`.
+    recent: VecDeque<bool>,
     opened_at: Option<UnixMillis>,
-    trial_in_flight: bool,
+    /// Openings since the breaker last closed (1 for the first); sets the cooldown.
+    trips: u32,
+    /// Trial calls admitted since the cooldown ended, and how many of them succeeded.
+    trials: u32,
+    trials_ok: u32,
     /// Counts transitions, so writes from concurrent deliveries can be ordered.
     generation: u64,
 }
@@ -57,6 +68,9 @@ pub struct Transition {
     pub generation: u64,
     /// When it opened; `None` once it closed.
     pub opened_at: Option<UnixMillis>,
+    /// Openings since it last closed (0 once closed): the cooldown is
+    /// `cooldown · 2^(trips-1)`, capped at `max_cooldown`.
+    pub trips: u32,
 }
 
 #[derive(Debug)]
@@ -71,7 +85,28 @@ impl Inner {
         Transition {
             generation: self.generation,
             opened_at: self.opened_at,
+            trips: self.trips,
         }
+    }
+
+    fn open(&mut self, now: UnixMillis) -> Transition {
+        self.opened_at = Some(now);
+        self.trips = self.trips.saturating_add(1);
+        self.trials = 0;
+        self.trials_ok = 0;
+        self.consecutive = 0;
+        self.recent.clear();
+        self.transition()
+    }
+}
+
+impl BreakerConfig {
+    /// The cooldown after the `trips`-th opening in a row.
+    pub fn cooldown_after(&self, trips: u32) -> u64 {
+        let doubled = self
+            .cooldown_ms
+            .saturating_mul(1u64 << trips.saturating_sub(1).min(40));
+        doubled.min(self.max_cooldown_ms.max(self.cooldown_ms))
     }
 }
 
@@ -82,20 +117,28 @@ impl Breaker {
             Transition {
                 generation: 0,
                 opened_at: None,
+                trips: 0,
             },
         )
     }
 
     /// A breaker in the state of its last transition (from storage, or from the breaker a
-    /// reload replaces). An open breaker comes back open, with its cooldown running from
-    /// when it opened.
+    /// reload replaces). An open breaker comes back open, with its cooldown (grown by its
+    /// trips) running from when it opened.
     pub fn restored(cfg: BreakerConfig, last: Transition) -> Breaker {
         Breaker {
             cfg,
             inner: Mutex::new(Inner {
                 consecutive: 0,
+                recent: VecDeque::new(),
                 opened_at: last.opened_at,
-                trial_in_flight: false,
+                trips: if last.opened_at.is_some() {
+                    last.trips.max(1)
+                } else {
+                    0
+                },
+                trials: 0,
+                trials_ok: 0,
                 generation: last.generation,
             }),
         }
@@ -111,6 +154,7 @@ impl Breaker {
         Transition {
             generation: i.generation,
             opened_at: i.opened_at,
+            trips: i.trips,
         }
     }
 
@@ -118,17 +162,22 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The cooldown of the current opening (that of a first opening while closed).
+    pub fn cooldown_ms(&self) -> u64 {
+        self.cfg.cooldown_after(self.lock().trips.max(1))
+    }
+
     pub fn state(&self, now: UnixMillis) -> BreakerState {
         let i = self.lock();
         match i.opened_at {
             None => BreakerState::Closed,
-            Some(at) if now >= at + self.cfg.cooldown_ms => BreakerState::HalfOpen,
+            Some(at) if now >= at + self.cfg.cooldown_after(i.trips) => BreakerState::HalfOpen,
             Some(_) => BreakerState::Open,
         }
     }
 
-    /// Whether a call may go to the provider now. In half-open state only one trial call
-    /// is admitted at a time.
+    /// Whether a call may go to the provider now. In half-open state at most `probes`
+    /// trial calls are admitted.
     pub fn admit(&self, now: UnixMillis) -> bool {
         self.admission(now) != Admission::Refused
     }
@@ -138,8 +187,10 @@ impl Breaker {
         let mut i = self.lock();
         match i.opened_at {
             None => Admission::Closed,
-            Some(at) if now >= at + self.cfg.cooldown_ms && !i.trial_in_flight => {
-                i.trial_in_flight = true;
+            Some(at)
+                if now >= at + self.cfg.cooldown_after(i.trips) && i.trials < self.cfg.probes =>
+            {
+                i.trials += 1;
                 Admission::Trial
             }
             Some(_) => Admission::Refused,
@@ -148,53 +199,93 @@ impl Breaker {
 
     /// When an open breaker will admit a trial call.
     pub fn retry_at(&self) -> Option<UnixMillis> {
-        self.lock().opened_at.map(|at| at + self.cfg.cooldown_ms)
+        let i = self.lock();
+        i.opened_at.map(|at| at + self.cfg.cooldown_after(i.trips))
     }
 
     /// A call that shows the provider healthy. Returns the transition if it closed the
-    /// breaker.
+    /// breaker (the last of its `probes` trials succeeded).
     pub fn success(&self) -> Option<Transition> {
         let mut i = self.lock();
+        if i.opened_at.is_none() {
+            i.consecutive = 0;
+            push_recent(&mut i.recent, false, self.cfg.window);
+            return None;
+        }
+        if i.trials == 0 {
+            // A call admitted before the breaker opened: says nothing about the trials.
+            return None;
+        }
+        i.trials_ok += 1;
+        if i.trials_ok < self.cfg.probes {
+            return None;
+        }
+        i.opened_at = None;
+        i.trips = 0;
+        i.trials = 0;
+        i.trials_ok = 0;
         i.consecutive = 0;
-        i.trial_in_flight = false;
-        i.opened_at.take()?;
+        i.recent.clear();
         Some(i.transition())
     }
 
     /// A call that counts against the provider. Returns the transition if the breaker
-    /// opened, or stayed open with a new cooldown.
+    /// opened, or opened again after a failed trial (with a longer cooldown).
     pub fn failure(&self, now: UnixMillis) -> Option<Transition> {
         let mut i = self.lock();
-        if i.trial_in_flight || i.opened_at.is_some() {
-            // The trial failed (or a call admitted before opening came back): stay open.
-            i.opened_at = Some(now);
-            i.trial_in_flight = false;
-            return Some(i.transition());
+        if i.opened_at.is_some() {
+            if i.trials == 0 {
+                // A call admitted before the breaker opened came back: it is open already.
+                return None;
+            }
+            return Some(i.open(now));
         }
         i.consecutive += 1;
-        if i.consecutive < self.cfg.failures {
+        push_recent(&mut i.recent, true, self.cfg.window);
+        let by_ratio = self.cfg.ratio.is_some_and(|ratio| {
+            let calls = i.recent.len();
+            let failed = i.recent.iter().filter(|f| **f).count();
+            calls >= self.cfg.min_calls as usize && failed as f64 >= ratio * calls as f64
+        });
+        if i.consecutive < self.cfg.failures && !by_ratio {
             return None;
         }
-        i.opened_at = Some(now);
-        Some(i.transition())
+        Some(i.open(now))
     }
 
-    /// A call that says nothing about health (429): a trial ends without a verdict.
+    /// A call that says nothing about health (429): a trial ends without a verdict, and
+    /// its place goes to the next call.
     pub fn neutral(&self) {
-        self.lock().trial_in_flight = false;
+        let mut i = self.lock();
+        if i.opened_at.is_some() && i.trials > i.trials_ok {
+            i.trials -= 1;
+        }
     }
+}
+
+fn push_recent(recent: &mut VecDeque<bool>, failed: bool, window: u32) {
+    if recent.len() >= window as usize {
+        recent.pop_front();
+    }
+    recent.push_back(failed);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn cfg(failures: u32, cooldown_ms: u64) -> BreakerConfig {
+        BreakerConfig {
+            failures,
+            cooldown_ms,
+            max_cooldown_ms: cooldown_ms,
+            ..BreakerConfig::default()
+        }
+    }
+
     #[test]
     fn opens_after_threshold_and_recovers_through_one_trial() {
-        let b = Breaker::new(BreakerConfig {
-            failures: 3,
-            cooldown_ms: 1000,
-        });
+        let b = Breaker::new(cfg(3, 1000));
         for _ in 0..2 {
             assert!(b.admit(0));
             b.failure(0);
@@ -220,11 +311,8 @@ mod tests {
 
     #[test]
     fn only_opening_and_closing_are_transitions_and_restore_brings_them_back() {
-        let cfg = BreakerConfig {
-            failures: 2,
-            cooldown_ms: 1000,
-        };
-        let b = Breaker::new(cfg);
+        let c = cfg(2, 1000);
+        let b = Breaker::new(c);
         assert_eq!(b.success(), None, "closed stays closed");
         assert_eq!(b.failure(0), None, "below the threshold");
         let opened = b.failure(5).expect("opened");
@@ -232,15 +320,22 @@ mod tests {
             opened,
             Transition {
                 generation: 1,
-                opened_at: Some(5)
+                opened_at: Some(5),
+                trips: 1,
             }
+        );
+        assert_eq!(
+            b.failure(6),
+            None,
+            "a late failure while open changes nothing"
         );
         assert!(b.admit(1005));
         let again = b.failure(1006).expect("a failed trial re-opens");
         assert_eq!(again.opened_at, Some(1006));
+        assert_eq!(again.trips, 2);
         assert!(again.generation > opened.generation);
 
-        let r = Breaker::restored(cfg, b.snapshot());
+        let r = Breaker::restored(c, b.snapshot());
         assert_eq!(
             r.state(1500),
             BreakerState::Open,
@@ -249,7 +344,7 @@ mod tests {
         assert_eq!(r.retry_at(), Some(2006));
         assert!(r.admit(2006));
         let closed = r.success().expect("closed");
-        assert_eq!(closed.opened_at, None);
+        assert_eq!((closed.opened_at, closed.trips), (None, 0));
         assert!(
             closed.generation > again.generation,
             "generations keep rising"
@@ -259,13 +354,107 @@ mod tests {
 
     #[test]
     fn success_resets_the_count() {
-        let b = Breaker::new(BreakerConfig {
-            failures: 2,
-            cooldown_ms: 1000,
-        });
+        let b = Breaker::new(cfg(2, 1000));
         b.failure(0);
         b.success();
         b.failure(0);
         assert_eq!(b.state(0), BreakerState::Closed);
+    }
+
+    #[test]
+    fn the_failure_ratio_over_the_window_trips_it_once_there_are_enough_calls() {
+        let b = Breaker::new(BreakerConfig {
+            failures: 100,
+            ratio: Some(0.5),
+            window: 4,
+            min_calls: 4,
+            ..cfg(100, 1000)
+        });
+        // Alternating: never two failures in a row.
+        assert_eq!(b.success(), None);
+        assert_eq!(b.failure(1), None, "1 of 2 calls, below min_calls");
+        assert_eq!(b.success(), None);
+        let t = b
+            .failure(3)
+            .expect("2 of 4 calls failed: ratio 0.5 reached");
+        assert_eq!((t.opened_at, t.trips), (Some(3), 1));
+
+        // The window rolls: old failures leave it.
+        let b = Breaker::new(BreakerConfig {
+            failures: 100,
+            ratio: Some(0.5),
+            window: 4,
+            min_calls: 4,
+            ..cfg(100, 1000)
+        });
+        b.failure(0);
+        for _ in 0..4 {
+            b.success();
+        }
+        assert_eq!(b.failure(1), None, "1 of the last 4 failed");
+        assert_eq!(b.state(1), BreakerState::Closed);
+    }
+
+    #[test]
+    fn the_cooldown_doubles_with_every_failed_trial_up_to_the_cap_and_survives_a_restore() {
+        let c = BreakerConfig {
+            max_cooldown_ms: 3_000,
+            ..cfg(1, 1000)
+        };
+        let b = Breaker::new(c);
+        let t = b.failure(0).unwrap();
+        assert_eq!(b.retry_at(), Some(1_000));
+        assert_eq!(t.trips, 1);
+        assert!(b.admit(1_000));
+        b.failure(1_000);
+        assert_eq!(b.retry_at(), Some(3_000), "2 s after the second trip");
+        assert!(!b.admit(2_999));
+        assert!(b.admit(3_000));
+        b.failure(3_000);
+        assert_eq!(b.retry_at(), Some(6_000), "4 s capped at 3 s");
+        let r = Breaker::restored(c, b.snapshot());
+        assert_eq!(r.retry_at(), Some(6_000), "the grown cooldown is restored");
+        assert!(r.admit(6_000));
+        r.success().expect("closed");
+        // Closing resets the growth.
+        r.failure(10_000).unwrap();
+        assert_eq!(r.retry_at(), Some(11_000));
+    }
+
+    #[test]
+    fn every_probe_must_succeed_to_close() {
+        let b = Breaker::new(BreakerConfig {
+            probes: 2,
+            ..cfg(1, 100)
+        });
+        b.failure(0).unwrap();
+        assert_eq!(b.admission(100), Admission::Trial);
+        assert_eq!(b.admission(100), Admission::Trial);
+        assert_eq!(b.admission(100), Admission::Refused, "two probes at most");
+        assert_eq!(b.success(), None, "one of two");
+        assert_eq!(b.state(101), BreakerState::HalfOpen);
+        assert!(b.success().is_some(), "both succeeded: closed");
+        assert_eq!(b.state(101), BreakerState::Closed);
+
+        b.failure(200).unwrap();
+        assert!(b.admit(400));
+        assert!(b.admit(400));
+        assert_eq!(b.success(), None);
+        assert!(
+            b.failure(401).is_some(),
+            "the second probe failed: open again"
+        );
+        assert_eq!(b.state(402), BreakerState::Open);
+
+        // A neutral answer (429) gives its probe's place back.
+        let b = Breaker::new(BreakerConfig {
+            probes: 1,
+            ..cfg(1, 100)
+        });
+        b.failure(0).unwrap();
+        assert!(b.admit(100));
+        assert!(!b.admit(100));
+        b.neutral();
+        assert!(b.admit(100));
     }
 }

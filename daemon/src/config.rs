@@ -23,7 +23,16 @@ use crate::space::MinFree;
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../etc/herald.toml");
 
 /// Keys of a `[[providers]]` table that the host owns; every other key goes to the plugin.
-pub const HOST_PROVIDER_KEYS: [&str; 5] = ["name", "plugin", "rate_limit", "breaker", "timeout"];
+pub const HOST_PROVIDER_KEYS: [&str; 8] = [
+    "name",
+    "plugin",
+    "rate_limit",
+    "breaker",
+    "timeout",
+    "failover_after",
+    "max_in_flight",
+    "burst",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -238,8 +247,20 @@ pub struct RateLimit {
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker.
     pub failures: u32,
-    /// How long an open breaker refuses calls before one trial call.
+    /// How long an open breaker refuses calls before its first trial calls.
     pub cooldown_ms: u64,
+    /// The cap of the cooldown, which doubles with every trip that follows a failed trial
+    /// (at least `cooldown_ms`).
+    pub max_cooldown_ms: u64,
+    /// Opens when at least this share of the last `window` calls failed (and at least
+    /// `min_calls` were made); `None`: only consecutive failures trip it.
+    pub ratio: Option<f64>,
+    /// The rolling window of calls the ratio is taken over.
+    pub window: u32,
+    /// The fewest calls in the window before the ratio can trip.
+    pub min_calls: u32,
+    /// Trial calls admitted once the cooldown is over; all must succeed to close.
+    pub probes: u32,
 }
 
 impl Default for BreakerConfig {
@@ -247,6 +268,11 @@ impl Default for BreakerConfig {
         BreakerConfig {
             failures: 5,
             cooldown_ms: 30_000,
+            max_cooldown_ms: 300_000,
+            ratio: None,
+            window: 20,
+            min_calls: 10,
+            probes: 1,
         }
     }
 }
@@ -263,6 +289,11 @@ pub struct ProviderSpec {
     pub rate_limit: Option<RateLimit>,
     pub breaker: BreakerConfig,
     pub timeout_ms: u64,
+    /// After this many transient failures of one message here (counted by its attempts),
+    /// the message's next attempt starts at the route's next provider; `None`: never.
+    pub failover_after: Option<u32>,
+    /// The most requests to this provider at once (`None`: only the daemon's concurrency).
+    pub max_in_flight: Option<u32>,
 }
 
 impl std::fmt::Debug for ProviderSpec {
@@ -274,6 +305,8 @@ impl std::fmt::Debug for ProviderSpec {
             .field("rate_limit", &self.rate_limit)
             .field("breaker", &self.breaker)
             .field("timeout_ms", &self.timeout_ms)
+            .field("failover_after", &self.failover_after)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
     }
 }
@@ -359,6 +392,79 @@ fn parse_rate(s: &str) -> Result<RateLimit, String> {
         per_sec,
         burst: per_sec.max(1.0),
     })
+}
+
+/// Parses a provider's `breaker = { ... }` table.
+fn parse_breaker(mut b: toml::Table) -> Result<BreakerConfig, String> {
+    let mut cfg = BreakerConfig::default();
+    let positive = |b: &mut toml::Table, key: &str| -> Result<Option<u32>, String> {
+        b.remove(key)
+            .map(|v| {
+                v.as_integer()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("breaker.{key} must be a positive integer"))
+            })
+            .transpose()
+    };
+    let duration = |b: &mut toml::Table, key: &str| -> Result<Option<u64>, String> {
+        b.remove(key)
+            .map(|v| {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| format!("breaker.{key} must be a duration like \"30s\""))?;
+                parse_duration_ms(s).map_err(|e| format!("breaker.{key} {e}"))
+            })
+            .transpose()
+    };
+    if let Some(n) = positive(&mut b, "failures")? {
+        cfg.failures = n;
+    }
+    if let Some(ms) = duration(&mut b, "cooldown")? {
+        cfg.cooldown_ms = ms;
+    }
+    let max_cooldown = duration(&mut b, "max_cooldown")?;
+    cfg.max_cooldown_ms = max_cooldown.unwrap_or(cfg.max_cooldown_ms.max(cfg.cooldown_ms));
+    if cfg.max_cooldown_ms < cfg.cooldown_ms {
+        return Err(format!(
+            "breaker.max_cooldown ({} ms) is shorter than breaker.cooldown ({} ms)",
+            cfg.max_cooldown_ms, cfg.cooldown_ms
+        ));
+    }
+    if let Some(v) = b.remove("ratio") {
+        let r = v
+            .as_float()
+            .or_else(|| v.as_integer().map(|n| n as f64))
+            .filter(|r| *r > 0.0 && *r <= 1.0)
+            .ok_or("breaker.ratio must be a number in (0, 1], like 0.5")?;
+        cfg.ratio = Some(r);
+    }
+    if let Some(n) = positive(&mut b, "window")? {
+        cfg.window = n;
+    }
+    if let Some(n) = positive(&mut b, "min_calls")? {
+        cfg.min_calls = n;
+    } else {
+        cfg.min_calls = cfg.min_calls.min(cfg.window);
+    }
+    if cfg.min_calls > cfg.window {
+        return Err(format!(
+            "breaker.min_calls ({}) exceeds breaker.window ({}): the ratio could never trip",
+            cfg.min_calls, cfg.window
+        ));
+    }
+    if cfg.window > 10_000 {
+        return Err("breaker.window is at most 10000 calls".into());
+    }
+    if let Some(n) = positive(&mut b, "probes")? {
+        cfg.probes = n;
+    }
+    if let Some(k) = b.keys().next() {
+        return Err(format!(
+            "unknown breaker key {k:?} (failures, cooldown, max_cooldown, ratio, window, min_calls, probes)"
+        ));
+    }
+    Ok(cfg)
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -721,30 +827,8 @@ impl RawConfig {
             };
             let breaker = match table.remove("breaker") {
                 None => BreakerConfig::default(),
-                Some(toml::Value::Table(mut b)) => {
-                    let mut cfg = BreakerConfig::default();
-                    if let Some(v) = b.remove("failures") {
-                        cfg.failures = v
-                            .as_integer()
-                            .and_then(|n| u32::try_from(n).ok())
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| {
-                                format!("{at}: breaker.failures must be a positive integer")
-                            })?;
-                    }
-                    if let Some(v) = b.remove("cooldown") {
-                        let s = v.as_str().ok_or_else(|| {
-                            format!("{at}: breaker.cooldown must be a duration like \"30s\"")
-                        })?;
-                        cfg.cooldown_ms = parse_duration_ms(s)
-                            .map_err(|e| format!("{at}: breaker.cooldown {e}"))?;
-                    }
-                    if let Some(k) = b.keys().next() {
-                        return Err(format!(
-                            "{at}: unknown breaker key {k:?} (failures, cooldown)"
-                        ));
-                    }
-                    cfg
+                Some(toml::Value::Table(b)) => {
+                    parse_breaker(b).map_err(|e| format!("{at}: {e}"))?
                 }
                 Some(_) => {
                     return Err(format!(
@@ -758,6 +842,39 @@ impl RawConfig {
                     parse_duration_ms(&s).map_err(|e| format!("{at}: timeout {e}"))?
                 }
                 Some(_) => return Err(format!("{at}: timeout must be a duration like \"30s\"")),
+            };
+            let failover_after = match table.remove("failover_after") {
+                None => None,
+                Some(v) => Some(
+                    v.as_integer()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            format!("{at}: failover_after must be a positive integer")
+                        })?,
+                ),
+            };
+            let positive = |v: toml::Value, key: &str| {
+                v.as_integer()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{at}: {key} must be a positive integer"))
+            };
+            let max_in_flight = table
+                .remove("max_in_flight")
+                .map(|v| positive(v, "max_in_flight"))
+                .transpose()?;
+            let rate_limit = match (rate_limit, table.remove("burst")) {
+                (limit, None) => limit,
+                (Some(limit), Some(v)) => Some(RateLimit {
+                    burst: f64::from(positive(v, "burst")?),
+                    ..limit
+                }),
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "{at}: burst sizes the token bucket of rate_limit; set rate_limit too"
+                    ));
+                }
             };
             let mut settings = serde_json::Map::new();
             let mut env_keys = BTreeSet::new();
@@ -777,6 +894,8 @@ impl RawConfig {
                 rate_limit,
                 breaker,
                 timeout_ms,
+                failover_after,
+                max_in_flight,
             });
         }
 
@@ -1188,6 +1307,47 @@ mod tests {
         assert!(p.env_keys.contains("api_key") && !p.env_keys.contains("from"));
         assert_eq!(p.rate_limit.unwrap().per_sec, 2.0);
         assert_eq!(p.breaker.failures, 3);
+        assert_eq!(p.breaker.max_cooldown_ms, 300_000, "the default cap");
+        assert_eq!(p.failover_after, None);
+        let c = Config::parse(
+            &text.replace("rate_limit", "failover_after = 3\n            rate_limit"),
+            "t",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].failover_after, Some(3));
+        let c = Config::parse(
+            &text.replace(
+                "rate_limit",
+                "max_in_flight = 4\n            burst = 20\n            rate_limit",
+            ),
+            "t",
+            &env,
+        )
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.max_in_flight, Some(4));
+        let rate = p.rate_limit.unwrap();
+        assert_eq!((rate.per_sec, rate.burst), (2.0, 20.0));
+        let err = Config::parse(
+            &text.replace("rate_limit = \"2/s\"", "burst = 20"),
+            "t",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set rate_limit too"), "{err}");
+        let err = Config::parse(
+            &text.replace("rate_limit", "failover_after = 0\n            rate_limit"),
+            "t",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("failover_after must be a positive integer"),
+            "{err}"
+        );
         assert!(!format!("{p:?}").contains("re_123"), "Debug hides values");
 
         let err = Config::parse(text, "t", &no_env).unwrap_err().to_string();
@@ -1195,5 +1355,54 @@ mod tests {
             err.contains("RESEND_KEY") && err.contains("export"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn breaker_keys_are_parsed_and_checked() {
+        let with = |b: &str| {
+            let text = format!(
+                "[[providers]]\nname = \"dev\"\nplugin = \"outbox\"\nbreaker = {b}\n[routes]\nemail = [\"dev\"]\n"
+            );
+            Config::parse(&text, "t", &no_env).map(|c| c.providers[0].breaker)
+        };
+        let b = with(
+            r#"{ failures = 3, ratio = 0.5, window = 8, min_calls = 4, cooldown = "2s", max_cooldown = "1m", probes = 2 }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            BreakerConfig {
+                failures: 3,
+                cooldown_ms: 2_000,
+                max_cooldown_ms: 60_000,
+                ratio: Some(0.5),
+                window: 8,
+                min_calls: 4,
+                probes: 2,
+            }
+        );
+        assert_eq!(b.cooldown_after(1), 2_000);
+        assert_eq!(b.cooldown_after(3), 8_000);
+        assert_eq!(b.cooldown_after(30), 60_000);
+        let b = with(r#"{ cooldown = "10m", window = 4 }"#).unwrap();
+        assert_eq!(
+            (b.max_cooldown_ms, b.min_calls),
+            (600_000, 4),
+            "the cap is at least the cooldown; min_calls at most the window"
+        );
+        for (bad, says) in [
+            ("{ ratio = 1.5 }", "ratio"),
+            ("{ ratio = 0 }", "ratio"),
+            ("{ window = 4, min_calls = 5 }", "min_calls"),
+            (
+                r#"{ cooldown = "1m", max_cooldown = "30s" }"#,
+                "max_cooldown",
+            ),
+            ("{ probes = 0 }", "probes"),
+            ("{ trips = 2 }", "unknown breaker key"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

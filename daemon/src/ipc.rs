@@ -681,6 +681,7 @@ fn stats(shared: &Shared) -> Stats {
                 retries: p.counters.retries.load(Ordering::Relaxed),
                 failures: p.counters.failures.load(Ordering::Relaxed),
                 rejected: p.counters.rejected.load(Ordering::Relaxed),
+                paused_until: p.paused_until(now),
             })
             .collect(),
         storage: shared.committer.storage(),

@@ -45,7 +45,29 @@ pub struct Provider {
     pub breaker: Arc<Breaker>,
     pub rate: Option<RateLimiter>,
     pub timeout_ms: u64,
+    /// `failover_after`: see [`crate::dispatch::verdict::failover_start`].
+    pub failover_after: Option<u32>,
+    /// `max_in_flight`: a permit per request to the provider (shared with the provider a
+    /// reload replaces, when the limit stays).
+    pub in_flight: Option<(u32, Arc<tokio::sync::Semaphore>)>,
     pub counters: Arc<Counters>,
+    /// Until when (Unix ms; 0: never) the provider asked for no calls at all (a 429 with
+    /// `Retry-After`, a quota). Shared with the provider a reload replaces.
+    pub pause: Arc<AtomicU64>,
+}
+
+impl Provider {
+    /// Until when the provider is paused, if it is at `now`.
+    pub fn paused_until(&self, now: u64) -> Option<u64> {
+        let until = self.pause.load(Ordering::Relaxed);
+        (until > now).then_some(until)
+    }
+
+    /// Pauses the provider until `until` (a later pause already set stays). Returns
+    /// whether this extended the pause.
+    pub fn pause_until(&self, until: u64) -> bool {
+        self.pause.fetch_max(until, Ordering::Relaxed) < until
+    }
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +124,7 @@ fn breaker_for(
                 Transition {
                     generation: r.generation,
                     opened_at: r.opened_at,
+                    trips: r.trips,
                 },
             )),
             _ => Arc::new(Breaker::new(spec.breaker)),
@@ -156,7 +179,15 @@ impl Routing {
                 breaker: breaker_for(spec, old, stored),
                 rate: spec.rate_limit.map(|r| RateLimiter::new(r, now)),
                 timeout_ms: spec.timeout_ms,
+                failover_after: spec.failover_after,
+                in_flight: spec.max_in_flight.map(|max| {
+                    match old.and_then(|p| p.in_flight.as_ref()) {
+                        Some((n, s)) if *n == max => (max, Arc::clone(s)),
+                        _ => (max, Arc::new(tokio::sync::Semaphore::new(max as usize))),
+                    }
+                }),
                 counters: old.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
+                pause: old.map(|p| Arc::clone(&p.pause)).unwrap_or_default(),
             };
             providers.insert(spec.name.clone(), Arc::new(provider));
         }
@@ -218,6 +249,8 @@ mod tests {
             rate_limit: None,
             breaker: Default::default(),
             timeout_ms: 1000,
+            failover_after: None,
+            max_in_flight: None,
         };
         let err = check_keys(&spec, &manifest).unwrap_err();
         assert!(

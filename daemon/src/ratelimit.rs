@@ -1,5 +1,6 @@
-//! Token-bucket rate limit per provider (`rate_limit = "10/s"`). A delivery waits for a
-//! token rather than failing: the limit shapes traffic, it does not drop it.
+//! Token-bucket rate limit per provider (`rate_limit = "10/s"`, `burst = N` tokens at most,
+//! by default one second's worth). A delivery waits for a token rather than failing: the
+//! limit shapes traffic, it does not drop it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -65,5 +66,27 @@ mod tests {
         assert_eq!(wait.as_millis(), 500);
         assert!(r.try_take(499).is_err());
         assert!(r.try_take(500).is_ok());
+    }
+
+    #[test]
+    fn a_larger_burst_lets_that_many_go_at_once_then_the_rate_holds() {
+        let r = RateLimiter::new(
+            RateLimit {
+                per_sec: 1.0,
+                burst: 5.0,
+            },
+            0,
+        );
+        for _ in 0..5 {
+            assert!(r.try_take(0).is_ok());
+        }
+        assert!(r.try_take(0).is_err());
+        assert!(r.try_take(1_000).is_ok());
+        assert!(r.try_take(1_000).is_err());
+        // Idle for long, the bucket holds no more than the burst.
+        for _ in 0..5 {
+            assert!(r.try_take(60_000).is_ok());
+        }
+        assert!(r.try_take(60_000).is_err());
     }
 }

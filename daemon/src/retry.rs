@@ -22,7 +22,9 @@ pub fn backoff_ms(
     jitter.max(hint_ms.unwrap_or(0))
 }
 
-/// What happens to a message whose attempt `attempt` failed transiently.
+/// What happens to a message whose attempt `attempt` failed transiently. A retry that
+/// would come after the message's time-to-live is still `deferred` — to `expires_at`, where
+/// the claim expires it: a message expires only once its TTL has truly passed.
 pub fn after_failure(
     policy: &RetryPolicy,
     attempt: u32,
@@ -34,12 +36,11 @@ pub fn after_failure(
     if attempt >= policy.max_attempts {
         return (State::Dead, None);
     }
-    let due = now.saturating_add(backoff_ms(policy, attempt, hint_ms, rng));
-    if due >= expires_at {
-        (State::Expired, None)
-    } else {
-        (State::Deferred, Some(due))
+    if now >= expires_at {
+        return (State::Expired, None);
     }
+    let due = now.saturating_add(backoff_ms(policy, attempt, hint_ms, rng));
+    (State::Deferred, Some(due.min(expires_at)))
 }
 
 #[cfg(test)]
@@ -86,6 +87,11 @@ mod tests {
         );
         assert_eq!(
             after_failure(&P, 1, 0, 100_000, Some(200_000), &mut rng),
+            (State::Deferred, Some(100_000)),
+            "deferred to the end of its TTL, where it expires"
+        );
+        assert_eq!(
+            after_failure(&P, 1, 100_000, 100_000, None, &mut rng),
             (State::Expired, None)
         );
         let (s, due) = after_failure(&P, 1, 50, 100_000, None, &mut rng);

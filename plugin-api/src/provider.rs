@@ -347,6 +347,9 @@ pub enum Outcome {
     },
     /// Try the same provider again later (timeout, 5xx, 429). `after_ms` is the provider's
     /// wait hint. `breaker: false` for signals that say nothing about provider health (429).
+    /// `breaker: false` *with* `after_ms` is a provider-wide wait (a rate limit's or a
+    /// quota's `Retry-After`): the daemon pauses the whole provider instance until then, for
+    /// every message, and the message waits or moves on without using up an attempt.
     Retry {
         #[serde(default)]
         after_ms: Option<u64>,

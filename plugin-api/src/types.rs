@@ -298,10 +298,14 @@ pub enum EventKind {
     /// The provider reports that delivery is delayed (Resend `email.delivery_delayed`,
     /// SendGrid `deferred`); the message's state does not change.
     Delayed,
+    /// A provider announced a provider-wide wait (429 with `Retry-After`, a daily quota):
+    /// no call goes to it until then, for any message. `provider` names it, `detail` says
+    /// why and for how long.
+    ProviderPaused,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::Queued,
         EventKind::Sending,
         EventKind::Sent,
@@ -325,6 +329,7 @@ impl EventKind {
         EventKind::ProviderHalfOpen,
         EventKind::ProviderClosed,
         EventKind::Delayed,
+        EventKind::ProviderPaused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -340,6 +345,7 @@ impl EventKind {
             EventKind::ProviderHalfOpen => "provider_half_open",
             EventKind::ProviderClosed => "provider_closed",
             EventKind::Delayed => "delayed",
+            EventKind::ProviderPaused => "provider_paused",
             other => other.state().map(State::as_str).unwrap_or("unknown"),
         }
     }
@@ -373,7 +379,8 @@ impl EventKind {
             | EventKind::ProviderOpened
             | EventKind::ProviderHalfOpen
             | EventKind::ProviderClosed
-            | EventKind::Delayed => return None,
+            | EventKind::Delayed
+            | EventKind::ProviderPaused => return None,
         })
     }
 }

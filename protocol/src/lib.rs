@@ -405,6 +405,10 @@ pub struct ProviderStats {
     pub retries: u64,
     pub failures: u64,
     pub rejected: u64,
+    /// Until when (Unix ms) the provider is paused after it announced a provider-wide wait
+    /// (429 with `Retry-After`, a quota); `None` when it takes calls.
+    #[serde(default)]
+    pub paused_until: Option<u64>,
 }
 
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
@@ -950,6 +954,7 @@ mod tests {
                     retries: 0,
                     failures: 0,
                     rejected: 0,
+                    paused_until: None,
                 }],
                 storage: StorageStats {
                     state: StorageState::Low,
@@ -966,9 +971,9 @@ mod tests {
     fn stats_golden_bytes() {
         // `storage` is the last field of `Stats`, and `storage_full` /
         // `storage_unavailable` the last error codes.
-        expect!["0407020002020102640901e8070103646576066f7574626f7806636c6f73656401000000018080408080800180804001036c6f77"]
+        expect!["0407020002020102640901e8070103646576066f7574626f7806636c6f7365640100000000018080408080800180804001036c6f77"]
             .assert_eq(&hex(&encode(Codec::Postcard, &sample_stats()).unwrap()));
-        expect![[r#"{"id":4,"response":{"stats":{"states":[["queued",2],["sent",1]],"active":2,"max_queue":100,"last_seq":9,"connections":1,"uptime_ms":1000,"providers":[{"name":"dev","plugin":"outbox","breaker":"closed","accepted":1,"retries":0,"failures":0,"rejected":0}],"storage":{"state":"low","free_bytes":1048576,"min_free_bytes":2097152,"critical_bytes":1048576,"detail":"low"}}}}"#]]
+        expect![[r#"{"id":4,"response":{"stats":{"states":[["queued",2],["sent",1]],"active":2,"max_queue":100,"last_seq":9,"connections":1,"uptime_ms":1000,"providers":[{"name":"dev","plugin":"outbox","breaker":"closed","accepted":1,"retries":0,"failures":0,"rejected":0,"paused_until":null}],"storage":{"state":"low","free_bytes":1048576,"min_free_bytes":2097152,"critical_bytes":1048576,"detail":"low"}}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_stats()).unwrap()).unwrap());
         let full = ServerFrame {
             id: 5,

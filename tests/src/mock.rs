@@ -24,6 +24,8 @@ pub struct Recorded {
     /// Lower-case names.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// When the request (its body read) arrived.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -73,6 +75,9 @@ struct State {
     rules: Vec<Rule>,
     default: Option<Reply>,
     counter: u64,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// Handle to a running mock server. Dropping it leaves the server running until the test
@@ -174,6 +179,11 @@ impl MockProvider {
         self.lock().requests.len()
     }
 
+    /// The most requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.lock().max_in_flight
+    }
+
     /// Waits until at least `n` requests arrived; panics after `timeout`.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -219,6 +229,7 @@ impl MockProvider {
             version,
             headers,
             body,
+            at: std::time::Instant::now(),
         };
         let reply = {
             let mut s = self.lock();
@@ -231,6 +242,8 @@ impl MockProvider {
                 .or_else(|| s.default.clone())
                 .unwrap_or_else(|| Reply::new(200, format!(r#"{{"id":"mock-{n}"}}"#)));
             s.requests.push(rec);
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
             reply
         };
         self.changed.notify_waiters();
@@ -238,6 +251,7 @@ impl MockProvider {
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
+        self.lock().in_flight -= 1;
         let mut resp = hyper::Response::builder().status(reply.status);
         for (n, v) in &reply.headers {
             resp = resp.header(n, v);

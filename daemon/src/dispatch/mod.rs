@@ -1,13 +1,15 @@
 //! The dispatcher: leases due messages in batches (as many as there are free delivery
 //! slots), runs each through its channel's route, and commits the outcome.
 //!
-//! For one message: try the route's providers in order, skipping those whose breaker is
-//! open and waiting for rate-limit tokens; run the plugin's sans-IO exchange (plugin calls
-//! inline when the manifest says `blocking: false`, else on the blocking pool; requests
-//! through `transport`); then hand the run to [`verdict::decide`], the pure function that
-//! says what it means (`Accepted` → sent/delivered, `Rejected` → failed/bounced with no
-//! fallback, `ProviderFailure` → next provider, `Retry` → deferred with backoff, or
-//! dead/expired), and commit its completion.
+//! For one message: try the route's providers in order (from the one `failover_after` says
+//! this attempt starts at), skipping those whose breaker is open or that are paused (a
+//! 429's `Retry-After`: `Provider::pause`, for every message), waiting for rate-limit
+//! tokens and for a place under the provider's `max_in_flight`; run the plugin's sans-IO
+//! exchange (plugin calls inline when the manifest says `blocking: false`, else on the
+//! blocking pool; requests through `transport`); then hand the run to [`verdict::decide`],
+//! the pure function that says what it means (`Accepted` → sent/delivered, `Rejected` →
+//! failed/bounced with no fallback, `ProviderFailure` → next provider, `Retry` → deferred
+//! with backoff, or dead/expired), and commit its completion.
 //!
 //! Owns: concurrency bound, the I/O of a delivery, breaker bookkeeping. Must not: touch
 //! storage except through the committer, do I/O other than through `transport`, or decide
@@ -193,33 +195,64 @@ impl Dispatcher {
             .unwrap_or_default();
         let mut run: Vec<Tried> = Vec::with_capacity(route.len());
         let mut breakers = Moves::default();
-        for p in &route {
+        let failover: Vec<Option<u32>> = route.iter().map(|p| p.failover_after).collect();
+        let start = verdict::failover_start(&failover, attempt);
+        for p in route.iter().cycle().skip(start).take(route.len()) {
             let now = clock::now_ms();
-            match p.breaker.admission(now) {
-                Admission::Refused => {
-                    run.push(Tried {
-                        provider: p.name.clone(),
-                        webhooks: p.manifest.webhooks,
-                        result: TryResult::BreakerOpen {
-                            retry_at: p.breaker.retry_at(),
-                        },
-                    });
-                    continue;
+            if let Some(until) = p.paused_until(now) {
+                run.push(Tried {
+                    provider: p.name.clone(),
+                    webhooks: p.manifest.webhooks,
+                    result: TryResult::Paused { until },
+                });
+                continue;
+            }
+            let admission = p.breaker.admission(now);
+            if admission == Admission::Refused {
+                run.push(Tried {
+                    provider: p.name.clone(),
+                    webhooks: p.manifest.webhooks,
+                    result: TryResult::BreakerOpen {
+                        retry_at: p.breaker.retry_at(),
+                    },
+                });
+                continue;
+            }
+            if let Some(rate) = &p.rate {
+                rate.acquire().await;
+            }
+            // `max_in_flight`: wait for a free place (the semaphore is never closed).
+            let _place = match &p.in_flight {
+                Some((_, places)) => Arc::clone(places).acquire_owned().await.ok(),
+                None => None,
+            };
+            // A 429 met by another delivery while this one waited pauses it too.
+            if let Some(until) = p.paused_until(clock::now_ms()) {
+                if admission == Admission::Trial {
+                    p.breaker.neutral();
                 }
-                Admission::Trial => breakers.events.push(BreakerEvent {
+                run.push(Tried {
+                    provider: p.name.clone(),
+                    webhooks: p.manifest.webhooks,
+                    result: TryResult::Paused { until },
+                });
+                continue;
+            }
+            if admission == Admission::Trial {
+                breakers.events.push(BreakerEvent {
                     provider: p.name.clone(),
                     kind: EventKind::ProviderHalfOpen,
                     generation: 0,
                     reason: format!(
-                        "cooldown of {} ms over: a trial call decides whether {} is healthy",
-                        p.breaker.config().cooldown_ms,
+                        "cooldown of {} ms over: {} decides whether {} is healthy",
+                        p.breaker.cooldown_ms(),
+                        match p.breaker.config().probes {
+                            1 => "a trial call".to_string(),
+                            n => format!("{n} trial calls"),
+                        },
                         p.name
                     ),
-                }),
-                Admission::Closed => {}
-            }
-            if let Some(rate) = &p.rate {
-                rate.acquire().await;
+                });
             }
             let started = clock::instant();
             let outcome = exchange(&self.transports, p, &delivery).await;
@@ -241,6 +274,9 @@ impl Dispatcher {
                         breakers.moved(p, p.breaker.failure(now), reason);
                     } else {
                         p.breaker.neutral();
+                    }
+                    if let Some(ms) = verdict::pause_ms(&outcome) {
+                        breakers.paused(p, now, ms, reason);
                     }
                     Counters::bump(&p.counters.retries);
                 }
@@ -308,11 +344,31 @@ struct Moves {
 }
 
 impl Moves {
+    /// Pauses `p` for `ms` after it announced a provider-wide wait, and reports it (once
+    /// per extension: deliveries in flight that meet the same limit add nothing).
+    fn paused(&mut self, p: &Provider, now: u64, ms: u64, reason: &str) {
+        let until = now.saturating_add(ms);
+        if !p.pause_until(until) {
+            return;
+        }
+        tracing::warn!(provider = %p.name, pause_ms = ms, %reason, "provider paused: no calls to it until its limit resets");
+        self.events.push(BreakerEvent {
+            provider: p.name.clone(),
+            kind: EventKind::ProviderPaused,
+            generation: 0,
+            reason: format!(
+                "{reason}: no calls to {} for {ms} ms (until {until})",
+                p.name
+            ),
+        });
+    }
+
     /// Logs a breaker that opened or closed and keeps it (and its event, with `reason`)
     /// for the completion.
     fn moved(&mut self, p: &Provider, moved: Option<Transition>, reason: &str) {
         let Some(t) = moved else { return };
-        let cooldown_ms = p.breaker.config().cooldown_ms;
+        let cooldown_ms = p.breaker.config().cooldown_after(t.trips);
+        let probes = p.breaker.config().probes;
         let (kind, detail) = match t.opened_at {
             Some(_) => {
                 tracing::warn!(
@@ -323,7 +379,13 @@ impl Moves {
                 );
                 (
                     EventKind::ProviderOpened,
-                    format!("{reason} (calls paused for {cooldown_ms} ms, then one trial call)"),
+                    format!(
+                        "{reason} (calls paused for {cooldown_ms} ms, then {})",
+                        match probes {
+                            1 => "one trial call".to_string(),
+                            n => format!("{n} trial calls"),
+                        }
+                    ),
                 )
             }
             None => {
@@ -340,6 +402,7 @@ impl Moves {
                 plugin: p.plugin.clone(),
                 generation: t.generation,
                 opened_at: t.opened_at,
+                trips: t.trips,
             },
         ));
         self.events.push(BreakerEvent {

@@ -8,11 +8,15 @@
 //!
 //! The rules: `Accepted` → sent (or delivered); `Rejected` → failed or bounced, no
 //! fallback (another provider will not fix a bad address); `Retry` → the same provider
-//! later, with backoff (dead after `max_attempts`, expired past the TTL);
+//! later, with backoff (dead after `max_attempts`; a retry due after the TTL is deferred to
+//! the TTL and expired by the claim then, never before its time);
 //! `ProviderFailure` → the next provider of the route, and when every provider failed the
-//! message is retried the same way. When no provider was called at all (every breaker
-//! open, or no route) the attempt is given back — an outage must not use up
-//! `max_attempts` — and the message waits for the first breaker to half-open.
+//! message is retried the same way. A provider-wide wait (`Retry` without breaker and with
+//! `after_ms`: a 429's `Retry-After`, a quota) pauses that provider and is like a provider
+//! not called: the route goes on. When no provider was called at all (every breaker open or
+//! provider paused, or no route) the attempt is given back — an outage or a rate limit must
+//! not use up `max_attempts` — and the message waits for the first breaker to half-open or
+//! pause to end.
 //!
 //! Owns: that policy. Must not: do I/O, read the clock, or touch breakers and counters
 //! (`dispatch::deliver` does, as it calls providers).
@@ -46,12 +50,51 @@ pub enum TryResult {
     BreakerOpen {
         retry_at: Option<UnixMillis>,
     },
+    /// Not called: it asked for no calls until `until` (see [`pause_ms`]).
+    Paused {
+        until: UnixMillis,
+    },
     Called(Outcome),
 }
 
 /// Whether the route goes on to its next provider after `outcome`.
 pub fn next_provider(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::ProviderFailure { .. })
+    matches!(outcome, Outcome::ProviderFailure { .. }) || pause_ms(outcome).is_some()
+}
+
+/// How long the provider asked for no calls at all, when `outcome` is a provider-wide wait:
+/// a `Retry` that says nothing about health (`breaker: false`) but names a time — a 429's
+/// `Retry-After`, a quota's reset. A 429 without a time (Twilio's concurrency limit, an
+/// APNs per-device limit) is retried per message instead.
+pub fn pause_ms(outcome: &Outcome) -> Option<u64> {
+    match outcome {
+        Outcome::Retry {
+            breaker: false,
+            after_ms: Some(ms),
+            ..
+        } if *ms > 0 => Some(*ms),
+        _ => None,
+    }
+}
+
+/// Where in its route (an index) attempt `attempt` of a message starts, given each
+/// provider's `failover_after`: a message stays on a provider for that many attempts (each
+/// of which failed transiently, or the message would be done), then moves on to the next,
+/// wrapping around after the last. A provider without `failover_after` keeps it. Counted
+/// from the message's attempts, which are stored, so it holds across restarts; an attempt
+/// no provider took (every breaker open, a pause) does not count.
+pub fn failover_start(failover_after: &[Option<u32>], attempt: u32) -> usize {
+    let mut left = attempt.saturating_sub(1);
+    let mut i = 0;
+    while let Some(Some(n)) = failover_after.get(i) {
+        let n = (*n).max(1);
+        if left < n {
+            break;
+        }
+        left -= n;
+        i = (i + 1) % failover_after.len();
+    }
+    i
 }
 
 /// What happens to the message.
@@ -190,14 +233,32 @@ pub fn decide(
 ) -> Verdict {
     let mut notes: Vec<String> = Vec::new();
     let mut called = false;
+    // Until when the providers not called refuse calls; the provider that paused.
+    let mut reopen: Option<UnixMillis> = None;
+    let mut paused_by: Option<String> = None;
+    let mut wait_for = |at: UnixMillis| reopen = Some(reopen.map_or(at, |r| r.min(at)));
     for t in run {
         let outcome = match &t.result {
-            TryResult::BreakerOpen { .. } => {
+            TryResult::BreakerOpen { retry_at } => {
                 notes.push(format!("{}: circuit open", t.provider));
+                if let Some(at) = retry_at {
+                    wait_for(*at);
+                }
+                continue;
+            }
+            TryResult::Paused { until } => {
+                notes.push(format!("{}: paused by its rate limit", t.provider));
+                wait_for(*until);
                 continue;
             }
             TryResult::Called(outcome) => outcome,
         };
+        if let (Some(ms), Outcome::Retry { reason, .. }) = (pause_ms(outcome), outcome) {
+            notes.push(format!("{}: {reason}", t.provider));
+            wait_for(now.saturating_add(ms));
+            paused_by.get_or_insert_with(|| t.provider.clone());
+            continue;
+        }
         called = true;
         match outcome {
             Outcome::Accepted {
@@ -259,28 +320,23 @@ pub fn decide(
     let (wait, detail) = if run.is_empty() {
         (None, format!("no route for channel {channel}"))
     } else {
-        // Every breaker is open: wait for the first to admit a trial call.
-        let reopen = run
-            .iter()
-            .filter_map(|t| match t.result {
-                TryResult::BreakerOpen { retry_at } => retry_at,
-                TryResult::Called(_) => None,
-            })
-            .min();
+        // Every breaker is open or provider paused: wait for the first to take a call.
         (reopen.map(|t| t.saturating_sub(now)), notes.join("; "))
     };
-    let due = now.saturating_add(wait.unwrap_or(UNCALLED_WAIT_MS).max(UNCALLED_MIN_WAIT_MS));
-    if due >= expires_at {
+    let due = now
+        .saturating_add(wait.unwrap_or(UNCALLED_WAIT_MS).max(UNCALLED_MIN_WAIT_MS))
+        .min(expires_at);
+    if now >= expires_at {
         Verdict::Expired {
             attempt_used: false,
-            provider: None,
+            provider: paused_by,
             detail,
         }
     } else {
         Verdict::Deferred {
             due,
             attempt_used: false,
-            provider: None,
+            provider: paused_by,
             detail,
         }
     }
@@ -486,15 +542,27 @@ mod tests {
     }
 
     #[test]
-    fn retry_past_the_ttl_is_expired() {
+    fn a_retry_past_the_ttl_is_deferred_to_the_ttl_and_expires_only_then() {
         let v = decide_at(&[called("resend", retry(Some(60_000)))], 1, NOW + 10_000);
+        assert_eq!(
+            v,
+            Verdict::Deferred {
+                due: NOW + 10_000,
+                attempt_used: true,
+                provider: Some("resend".into()),
+                detail: "resend: 503".into(),
+            },
+            "deferred first, to when the TTL has passed (the claim then expires it)"
+        );
+        let v = decide_at(&[called("resend", retry(None))], 1, NOW);
         assert_eq!(
             v,
             Verdict::Expired {
                 attempt_used: true,
                 provider: Some("resend".into()),
                 detail: "resend: 503".into(),
-            }
+            },
+            "the TTL has passed"
         );
     }
 
@@ -590,8 +658,20 @@ mod tests {
         assert!(matches!(v, Verdict::Deferred { due, .. } if due == NOW + 100));
         let v = decide_at(&[open("resend", None)], 1, LATER);
         assert!(matches!(v, Verdict::Deferred { due, .. } if due == NOW + 1_000));
-        // Half-opening only after the message's time-to-live.
+        // Half-opening only after the message's time-to-live: deferred to the TTL.
         let v = decide_at(&run, 1, NOW + 2_000);
+        assert!(
+            matches!(
+                v,
+                Verdict::Deferred {
+                    due,
+                    attempt_used: false,
+                    ..
+                } if due == NOW + 2_000
+            ),
+            "{v:?}"
+        );
+        let v = decide_at(&run, 1, NOW);
         assert!(
             matches!(
                 v,
@@ -602,6 +682,91 @@ mod tests {
             ),
             "{v:?}"
         );
+    }
+
+    fn rate_limited(after_ms: Option<u64>) -> Outcome {
+        Outcome::Retry {
+            after_ms,
+            reason: "429 rate_limit_exceeded".into(),
+            breaker: false,
+        }
+    }
+
+    #[test]
+    fn a_provider_wide_wait_moves_on_or_waits_without_using_the_attempt() {
+        assert_eq!(pause_ms(&rate_limited(Some(2_000))), Some(2_000));
+        assert_eq!(
+            pause_ms(&rate_limited(None)),
+            None,
+            "no time named: per message"
+        );
+        assert_eq!(pause_ms(&retry(Some(2_000))), None, "a 503 is not a pause");
+        assert!(next_provider(&rate_limited(Some(2_000))));
+        assert!(!next_provider(&rate_limited(None)));
+
+        // The next provider takes it.
+        let v = decide_at(
+            &[
+                called("resend", rate_limited(Some(2_000))),
+                called("sendgrid", accepted("sg_1", false)),
+            ],
+            1,
+            LATER,
+        );
+        assert!(matches!(v, Verdict::Sent { ref provider, .. } if provider == "sendgrid"));
+        // Alone, or with the others open or paused: wait for the first to take calls again,
+        // even on the last attempt.
+        let v = decide_at(&[called("resend", rate_limited(Some(2_000)))], 3, LATER);
+        assert_eq!(
+            v,
+            Verdict::Deferred {
+                due: NOW + 2_000,
+                attempt_used: false,
+                provider: Some("resend".into()),
+                detail: "resend: 429 rate_limit_exceeded".into(),
+            }
+        );
+        let run = [
+            Tried {
+                provider: "resend".into(),
+                webhooks: true,
+                result: TryResult::Paused { until: NOW + 9_000 },
+            },
+            open("sendgrid", Some(NOW + 4_000)),
+        ];
+        let v = decide_at(&run, 3, LATER);
+        assert_eq!(
+            v,
+            Verdict::Deferred {
+                due: NOW + 4_000,
+                attempt_used: false,
+                provider: None,
+                detail: "resend: paused by its rate limit; sendgrid: circuit open".into(),
+            }
+        );
+        // A 429 without a time is retried per message, with the attempt used.
+        let v = decide_at(&[called("resend", rate_limited(None))], 1, LATER);
+        assert_deferred(
+            &v,
+            0,
+            1_000,
+            Some("resend"),
+            "resend: 429 rate_limit_exceeded",
+        );
+    }
+
+    #[test]
+    fn failover_after_moves_the_message_on_after_n_attempts_and_wraps_around() {
+        let starts = |f: &[Option<u32>]| (1..=9).map(|a| failover_start(f, a)).collect::<Vec<_>>();
+        assert_eq!(starts(&[None, None]), [0; 9], "never by default");
+        assert_eq!(starts(&[Some(2), None]), [0, 0, 1, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(starts(&[Some(2), Some(1)]), [0, 0, 1, 0, 0, 1, 0, 0, 1]);
+        assert_eq!(
+            starts(&[Some(1), Some(1), Some(1)]),
+            [0, 1, 2, 0, 1, 2, 0, 1, 2]
+        );
+        assert_eq!(starts(&[Some(3)]), [0; 9], "a route of one");
+        assert_eq!(failover_start(&[], 5), 0);
     }
 
     #[test]
@@ -619,10 +784,11 @@ mod tests {
         let v = decide_at(&[], 1, NOW + 500);
         assert!(matches!(
             v,
-            Verdict::Expired {
+            Verdict::Deferred {
+                due,
                 attempt_used: false,
                 ..
-            }
+            } if due == NOW + 500
         ));
     }
 

@@ -1210,6 +1210,7 @@ fn breaker_events_report_only_the_newest_transition<E: Engine>(mut e: E) {
         plugin: "twilio".into(),
         generation,
         opened_at,
+        trips: u32::from(opened_at.is_some()),
     };
     let ev = |kind, generation| BreakerEvent {
         provider: "tw".into(),
@@ -1305,6 +1306,7 @@ fn breakers_by_generation_survive_a_restart<E: Engine>(mut e: E) {
         plugin: plugin.into(),
         generation,
         opened_at,
+        trips: u32::from(opened_at.is_some()),
     };
     // For a message that is not there: the breakers are stored all the same.
     let outcome = |breakers: Vec<(String, BreakerRecord)>| {

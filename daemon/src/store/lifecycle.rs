@@ -618,7 +618,7 @@ fn take_held<T: Txn>(txn: &mut T, key: HeldFor<'_>) -> Result<HeldUpdates, T::Er
     Ok(held)
 }
 
-/// Emits a completion's breaker events: a half-open trial always, an opening or closing
+/// Emits a completion's breaker events: a half-open trial or a pause always, an opening or closing
 /// only when its record was the newest (a stale transition from a concurrent delivery
 /// would report a state the breaker is no longer in).
 fn breaker_events(
@@ -628,10 +628,12 @@ fn breaker_events(
     cur: &mut Cursor,
 ) {
     for b in &c.breaker_events {
-        let current = b.kind == EventKind::ProviderHalfOpen
-            || stored_now
-                .iter()
-                .any(|(p, g)| **p == b.provider && *g == b.generation);
+        let current = matches!(
+            b.kind,
+            EventKind::ProviderHalfOpen | EventKind::ProviderPaused
+        ) || stored_now
+            .iter()
+            .any(|(p, g)| **p == b.provider && *g == b.generation);
         if current {
             cur.emit(Event {
                 seq: 0,

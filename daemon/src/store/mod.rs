@@ -240,7 +240,7 @@ pub struct Completion {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerEvent {
     pub provider: String,
-    /// `ProviderHalfOpen`, `ProviderOpened` or `ProviderClosed`.
+    /// `ProviderHalfOpen`, `ProviderOpened`, `ProviderClosed` or `ProviderPaused`.
     pub kind: EventKind,
     /// For opened/closed: the generation of the matching record in `Completion::breakers`.
     pub generation: u64,
@@ -257,6 +257,10 @@ pub struct BreakerRecord {
     pub generation: u64,
     /// When the breaker (last) opened; `None` while closed.
     pub opened_at: Option<UnixMillis>,
+    /// Openings since it last closed: the grown cooldown (0 in records written before it
+    /// was kept; read as 1 while open).
+    #[serde(default)]
+    pub trips: u32,
 }
 
 /// A mutation, applied by [`Store::commit`] in a batch.

@@ -153,6 +153,26 @@ fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
     out
 }
 
+/// A breaker record, or one written before `trips` was kept (which postcard cannot read
+/// as the longer struct).
+fn dec_breaker(bytes: &[u8]) -> Result<BreakerRecord, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct BreakerRecordV1 {
+        plugin: String,
+        generation: u64,
+        opened_at: Option<UnixMillis>,
+    }
+    dec::<BreakerRecord>(bytes, "breaker").or_else(|e| {
+        let v1: BreakerRecordV1 = dec(bytes, "breaker").map_err(|_| e)?;
+        Ok(BreakerRecord {
+            plugin: v1.plugin,
+            generation: v1.generation,
+            opened_at: v1.opened_at,
+            trips: 0,
+        })
+    })
+}
+
 fn dec<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, rest)) => {
@@ -1232,7 +1252,7 @@ impl Txn for SledTxn<'_> {
 
     fn breaker(&mut self, provider: &str) -> Result<Option<BreakerRecord>, TxError> {
         match self.breakers.get(provider.as_bytes()).map_err(unab)? {
-            Some(v) => Ok(Some(dec(&v, "breaker")?)),
+            Some(v) => Ok(Some(dec_breaker(&v)?)),
             None => Ok(None),
         }
     }
@@ -1398,7 +1418,7 @@ impl Store for SledStore {
             let (k, v) = kv.map_err(io)?;
             let name = String::from_utf8(k.to_vec())
                 .map_err(|_| StoreError::Corrupt("breaker key is not UTF-8".into()))?;
-            out.insert(name, dec(&v, "breaker")?);
+            out.insert(name, dec_breaker(&v)?);
         }
         Ok(out)
     }
@@ -1481,6 +1501,28 @@ mod tests {
 
     fn open(dir: &Path) -> SledStore {
         SledStore::open_when_unlocked(dir, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn breaker_records_written_before_trips_are_read_and_new_ones_keep_them() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            plugin: &'a str,
+            generation: u64,
+            opened_at: Option<UnixMillis>,
+        }
+        let old = enc(&V1 {
+            plugin: "twilio",
+            generation: 7,
+            opened_at: Some(42),
+        });
+        let r = dec_breaker(&old).unwrap();
+        assert_eq!(
+            (r.plugin.as_str(), r.generation, r.opened_at, r.trips),
+            ("twilio", 7, Some(42), 0)
+        );
+        let new = BreakerRecord { trips: 3, ..r };
+        assert_eq!(dec_breaker(&enc(&new)).unwrap(), new);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod protocol_rules;
 mod providers;
 mod realtime;
 mod reload;
+mod resilience;
 mod smtp;
 mod store_check;
 mod suppression;

@@ -390,7 +390,11 @@ async fn resend_rate_limit_is_retried_after_retry_after_with_the_same_idempotenc
         "{:?}",
         events[2]
     );
-    assert_eq!(events[3].attempt, Some(2));
+    assert_eq!(
+        events[3].attempt,
+        Some(1),
+        "a rate limit pauses the provider without using up an attempt"
+    );
     assert_eq!(
         events[4].provider_message_id.as_deref(),
         Some("0b0cf9a2-2f6e-4d6c-9d39-3cfa3a4f1d7e")

@@ -77,7 +77,7 @@ rsvp: Rsvp | null, };
 /**
  * What an event reports. The first twelve mirror [`State`]; append only.
  */
-export type EventKind = "queued" | "sending" | "sent" | "delivered" | "bounced" | "complained" | "failed" | "deferred" | "dead" | "cancelled" | "expired" | "suppressed" | "opened" | "clicked" | "inbound" | "config_reloaded" | "config_rejected" | "storage_low" | "storage_ok" | "provider_opened" | "provider_half_open" | "provider_closed" | "delayed";
+export type EventKind = "queued" | "sending" | "sent" | "delivered" | "bounced" | "complained" | "failed" | "deferred" | "dead" | "cancelled" | "expired" | "suppressed" | "opened" | "clicked" | "inbound" | "config_reloaded" | "config_rejected" | "storage_low" | "storage_ok" | "provider_opened" | "provider_half_open" | "provider_closed" | "delayed" | "provider_paused";
 
 /**
  * Which events a subscription receives. Empty lists match everything.
@@ -110,7 +110,12 @@ export type ProviderStats = { name: string, plugin: string,
 /**
  * `closed`, `open` or `half_open`.
  */
-breaker: string, accepted: number, retries: number, failures: number, rejected: number, };
+breaker: string, accepted: number, retries: number, failures: number, rejected: number, 
+/**
+ * Until when (Unix ms) the provider is paused after it announced a provider-wide wait
+ * (429 with `Retry-After`, a quota); `None` when it takes calls.
+ */
+paused_until: number | null, };
 
 /**
  * Push notification content. A push with neither title nor body is a data-only
