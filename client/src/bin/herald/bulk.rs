@@ -301,7 +301,7 @@ async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
             println!("rejected line {line}: {e}");
         }
         println!(
-            "campaign {campaign}: {total} messages: {accepted} accepted, {duplicate} duplicate (accepted before), {rejected} rejected; {} rows invalid, not sent ({:.0} messages/s)",
+            "campaign {campaign}: {total} messages: {accepted} accepted, {duplicate} duplicate (accepted before), {rejected} rejected; {} rows invalid (not sent); {:.0} messages/s",
             bad.len(),
             if secs > 0.0 { total as f64 / secs } else { 0.0 }
         );
@@ -435,4 +435,49 @@ async fn status(a: StatusArgs, socket: &Path, as_json: bool) -> Result<()> {
         }
     }
     bail!("the daemon closed the connection")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, v: serde_json::Value) -> herald_plugin_api::Event {
+        let mut v = v;
+        v["seq"] = seq.into();
+        v["at"] = 0.into();
+        serde_json::from_value(v).expect("an event")
+    }
+
+    #[test]
+    fn status_keeps_each_message_latest_state_and_each_guest_latest_answer() {
+        let mut c = Campaign::default();
+        for (seq, e) in [
+            json!({"kind": "queued", "message_id": "a"}),
+            json!({"kind": "queued", "message_id": "b"}),
+            json!({"kind": "sending", "message_id": "a"}),
+            json!({"kind": "deferred", "message_id": "a"}),
+            json!({"kind": "sent", "message_id": "b"}),
+            json!({"kind": "delivered", "message_id": "b"}),
+            json!({"kind": "opened", "message_id": "b"}),
+            json!({"kind": "inbound", "from": "+14155550100", "rsvp": {"answer": "no"}}),
+            json!({"kind": "inbound", "from": "+14155550100", "rsvp": {"answer": "yes", "headcount": 2}}),
+            json!({"kind": "inbound", "from": "c@example.org", "rsvp": {"answer": "maybe"}}),
+            json!({"kind": "inbound", "from": "d@example.org", "body": "which hotel?"}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            c.fold(&event(seq as u64 + 1, e));
+        }
+        assert_eq!(
+            c.counts().into_iter().collect::<Vec<_>>(),
+            [("deferred", 1), ("delivered", 1)]
+        );
+        let (answers, coming) = c.answers();
+        assert_eq!(
+            answers.into_iter().collect::<Vec<_>>(),
+            [("maybe", 1), ("yes", 1)]
+        );
+        assert_eq!((coming, c.replies), (2, 4));
+    }
 }
