@@ -11,6 +11,7 @@ use herald_plugin_api::State;
 use herald_tests::Daemon;
 use herald_tests::mock::{MockProvider, Reply};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 const TEMPLATE: &str = r#"
 campaign = "w42-invite"
@@ -222,4 +223,34 @@ async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice()
     assert_eq!(status["messages"], 497, "{status}");
     assert_eq!(status["states"]["sent"], 497, "{status}");
     assert_eq!(status["partial"], false, "{status}");
+
+    // --watch prints the counts again as the campaign's events arrive.
+    let mut watch = daemon.cli();
+    watch.args(["--json", "bulk", "status", "w42-invite", "--watch"]);
+    let mut watch = tokio::process::Command::from(watch)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut next_status = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), out.next_line())
+            .await
+            .expect("a status line in time")
+            .unwrap()
+            .expect("the watcher still running");
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next_status().await["messages"], 497);
+    let mut late = herald_tests::sms("+14155559999", "Also invited");
+    late.tags = vec!["campaign:w42-invite".into()];
+    client.send(late).await.unwrap();
+    loop {
+        let s = next_status().await;
+        if s["states"]["sent"] == 498 {
+            assert_eq!(s["messages"], 498, "{s}");
+            break;
+        }
+    }
+    watch.kill().await.unwrap();
 }
