@@ -234,10 +234,8 @@ async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {per_sec:>10} {msg} ({elapsed}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({elapsed}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
     let (mut accepted, mut duplicate, mut rejected) = (0u64, 0u64, 0u64);
@@ -282,10 +280,12 @@ async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
                 }))?;
             }
         }
-        bar.inc(batch.len() as u64);
+        let secs = started.elapsed().as_secs_f64().max(0.001);
         bar.set_message(format!(
-            "accepted {accepted}, duplicate {duplicate}, rejected {rejected}"
+            "{:.0}/s, accepted {accepted}, duplicate {duplicate}, rejected {rejected}",
+            (bar.position() + batch.len() as u64) as f64 / secs
         ));
+        bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
