@@ -186,3 +186,25 @@ fn the_example_in_etc_renders() {
     assert!(ok.iter().any(|r| r.channel() == Channel::Email));
     assert!(ok.iter().any(|r| r.channel() == Channel::Sms));
 }
+
+#[test]
+fn optional_columns_are_tested_with_is_defined_and_filters_work() {
+    let src = r#"
+campaign = "c"
+channel = "sms"
+key = "id"
+[sms]
+body = "{{ name|upper }}{% if plus_one is defined %} and {{ plus_one }}{% endif %}: table {{ table|default('TBD') }}"
+"#;
+    let t = Template::parse(src, None).unwrap();
+    show(
+        &t,
+        "id,name,plus_one,phone\n1,Ann,Bo,+14155550100\n2,Cy,,+14155550101\n",
+        expect![[r#"
+            line 2 key 1 sms
+              {"to":"+14155550100","content":{"sms":{"from":null,"body":"ANN and Bo: table TBD","media_urls":[]}},"tags":["campaign:c"],"idempotency_key":"c:1:sms","send_at":null}
+            line 3 key 2 sms
+              {"to":"+14155550101","content":{"sms":{"from":null,"body":"CY: table TBD","media_urls":[]}},"tags":["campaign:c"],"idempotency_key":"c:2:sms","send_at":null}
+        "#]],
+    );
+}
