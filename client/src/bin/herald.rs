@@ -5,6 +5,9 @@
 //! is short; errors go to stderr with a non-zero exit status.
 #![allow(clippy::print_stdout)]
 
+#[path = "herald/bulk.rs"]
+mod bulk;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,6 +67,11 @@ enum Command {
     Suppression {
         #[command(subcommand)]
         command: SuppressionCommand,
+    },
+    /// One message per row of a guest list, from a template; a campaign's progress.
+    Bulk {
+        #[command(subcommand)]
+        command: bulk::BulkCommand,
     },
     /// Operator commands.
     Admin {
@@ -539,6 +547,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bulk { command } => bulk::run(command, &cli.socket, as_json).await,
         other => {
             let client = Client::connect(&cli.socket).await?;
             query(client, other, as_json).await
@@ -549,7 +558,7 @@ async fn run(cli: Cli) -> Result<()> {
 /// Every command but `send`.
 async fn query(client: Client, command: Command, as_json: bool) -> Result<()> {
     match command {
-        Command::Send(_) => bail!("send is handled by run()"),
+        Command::Send(_) | Command::Bulk { .. } => bail!("handled by run()"),
         Command::Get { id } => {
             let m = client.get(&id).await?;
             if as_json {
