@@ -17,6 +17,8 @@
 //!   engine of fast unit tests.
 //! - [`sled_store::SledStore`]: the embedded default. **Only `sled_store` knows sled
 //!   exists.**
+//! - [`postgres::PgStore`]: several daemons, one queue, in one PostgreSQL database (see
+//!   the design note below and its module doc). **Only `store::postgres` knows SQL.**
 //!
 //! Both are key-value engines: they implement the domain-level transaction
 //! [`lifecycle::Txn`] and let [`lifecycle::apply_batch`] run the state machine, so they
@@ -59,6 +61,7 @@ pub mod check;
 mod conformance;
 pub mod lifecycle;
 pub mod memory;
+pub mod postgres;
 pub mod recipients;
 pub mod sled_store;
 
@@ -69,6 +72,7 @@ use serde::{Deserialize, Serialize};
 
 pub use check::CheckReport;
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use sled_store::SledStore;
 
 /// A message id: a ULID's 16 bytes (time-ordered, so storage keys cluster by age).
