@@ -151,3 +151,88 @@ async fn sigkill_under_load_on_postgres_loses_no_acknowledged_message() {
         assert_eq!(e.seq, expected, "gap in the event log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_daemons_on_one_database_deliver_each_message_exactly_once() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let a = on_postgres(&db, &mock).start().await;
+    let b = on_postgres(&db, &mock).start().await;
+
+    // 8 concurrent sends with one idempotency key, through both daemons: one message.
+    let mut same = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let client = if i % 2 == 0 {
+            a.client().await
+        } else {
+            b.client().await
+        };
+        same.spawn(async move {
+            let mut m = email("once@example.org", "one key");
+            m.idempotency_key = Some("the-one-key".into());
+            client.send(m).await.unwrap()
+        });
+    }
+    let mut ids = HashSet::new();
+    let mut fresh = 0;
+    while let Some(r) = same.join_next().await {
+        let r = r.unwrap();
+        fresh += usize::from(!r.duplicate);
+        ids.insert(r.id);
+    }
+    assert_eq!(
+        (ids.len(), fresh),
+        (1, 1),
+        "one message, accepted once: {ids:?}"
+    );
+
+    // 2,000 messages, half through each daemon.
+    let mut senders = tokio::task::JoinSet::new();
+    for (n, daemon) in [&a, &b].into_iter().enumerate() {
+        for conn in 0..2 {
+            let client = daemon.client().await;
+            senders.spawn(async move {
+                let mut sent = Vec::new();
+                for i in 0..500 {
+                    let to = format!("d{n}-c{conn}-{i}@example.org");
+                    sent.push(client.send(email(&to, "shared queue")).await.unwrap().id);
+                }
+                sent
+            });
+        }
+    }
+    let mut all: HashSet<String> = ids.clone();
+    while let Some(r) = senders.join_next().await {
+        all.extend(r.unwrap());
+    }
+    assert_eq!(all.len(), 2_001);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while mock.count() < all.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} delivered",
+            mock.count(),
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Settle, then count: each message exactly once at the provider.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut delivered: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter_map(|r| r.json()["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(delivered.len(), all.len(), "no message delivered twice");
+    delivered.sort();
+    delivered.dedup();
+    let delivered: HashSet<String> = delivered.into_iter().collect();
+    assert_eq!(delivered, all);
+    // Both daemons read the same counts from the database.
+    let (sa, sb) = (
+        a.client().await.stats().await.unwrap(),
+        b.client().await.stats().await.unwrap(),
+    );
+    assert_eq!(sa.active, 0);
+    assert_eq!(sa.states, sb.states);
+}
