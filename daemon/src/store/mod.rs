@@ -416,6 +416,16 @@ pub trait Store: Send + Sync + 'static {
     /// The stored breaker state of every provider that ever opened or closed one.
     fn breakers(&self) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError>;
 
+    /// For engines several daemons write to: sends on `wake` whenever any daemon appended
+    /// events (a wake-up only; it may be late or lost, so the reader polls too) and returns
+    /// true — the committer then publishes the log as the store holds it, every daemon's
+    /// events in seq order, not only its own batches. False (the default): this process
+    /// is the only writer.
+    fn notify_appends(&self, wake: std::sync::mpsc::Sender<()>) -> bool {
+        let _ = wake;
+        false
+    }
+
     /// The store's epoch: a random id created with the store and kept in it, so it changes
     /// only when the data directory is replaced (and `seq` numbers start over). Streams
     /// show it so a resuming client can tell a `seq` of another log from one of this log.

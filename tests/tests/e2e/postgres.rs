@@ -236,3 +236,84 @@ async fn two_daemons_on_one_database_deliver_each_message_exactly_once() {
     assert_eq!(sa.active, 0);
     assert_eq!(sa.states, sb.states);
 }
+
+/// Reads `n` events from `sub`.
+async fn next_events(
+    sub: &mut herald_client::Subscription,
+    n: usize,
+) -> Vec<herald_plugin_api::Event> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = tokio::time::timeout(Duration::from_secs(30), sub.next_event())
+            .await
+            .expect("no event within 30 s")
+            .expect("stream open")
+            .expect("event");
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_one_daemon_sees_the_other_daemons_events() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let a = on_postgres(&db, &mock).start().await;
+    let b = on_postgres(&db, &mock).start().await;
+    let on_a = a.client().await;
+    let on_b = b.client().await;
+
+    let mut sub = on_a.subscribe(Filter::default(), None).await.unwrap();
+    let id = on_b
+        .send(email("bo@example.org", "sent through B"))
+        .await
+        .unwrap()
+        .id;
+    // queued, sending, sent: whoever delivered it, A's live stream shows all three.
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &herald_plugin_api::Event| {
+        e.kind == herald_plugin_api::EventKind::Sent && e.message_id.as_deref() == Some(&id)
+    }) {
+        seen.extend(next_events(&mut sub, 1).await);
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e.kind == herald_plugin_api::EventKind::Queued
+                && e.message_id.as_deref() == Some(&id)),
+        "{seen:?}"
+    );
+    for w in seen.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "no gap in the live stream");
+    }
+    let last = seen.last().unwrap().seq;
+    drop(sub);
+
+    // Resume on A after a reconnect: B's later events, from where it left off, no gap.
+    let more = on_b
+        .send(email("cy@example.org", "while away"))
+        .await
+        .unwrap()
+        .id;
+    mock.wait_for(2, Duration::from_secs(30)).await;
+    let mut sub = on_a
+        .subscribe(Filter::default(), Some(last + 1))
+        .await
+        .unwrap();
+    let mut resumed: Vec<herald_plugin_api::Event> = Vec::new();
+    while !resumed.iter().any(|e| {
+        e.kind == herald_plugin_api::EventKind::Sent && e.message_id.as_deref() == Some(&more)
+    }) {
+        resumed.extend(next_events(&mut sub, 1).await);
+    }
+    assert_eq!(resumed[0].seq, last + 1);
+    for w in resumed.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1);
+    }
+    assert!(
+        resumed
+            .iter()
+            .any(|e| e.kind == herald_plugin_api::EventKind::Queued
+                && e.message_id.as_deref() == Some(more.as_str())),
+        "{resumed:?}"
+    );
+}

@@ -185,6 +185,8 @@ impl std::fmt::Debug for Bridge {
 pub struct PgStore {
     bridge: Bridge,
     pool: Pool,
+    /// For the LISTEN connection (outside the pool: it stays open).
+    config: tokio_postgres::Config,
     rules: RecipientRules,
     epoch: String,
     /// The last seq and counts read or written, for when a read fails.
@@ -214,7 +216,7 @@ impl PgStore {
         config.connect_timeout(Duration::from_secs(10));
         let bridge = Bridge::new()?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -230,6 +232,7 @@ impl PgStore {
         let store = PgStore {
             bridge,
             pool,
+            config,
             rules,
             epoch: String::new(),
             last_seq: AtomicU64::new(0),
@@ -1105,6 +1108,62 @@ impl Store for PgStore {
 
     fn epoch(&self) -> String {
         self.epoch.clone()
+    }
+
+    /// `LISTEN herald_events` on a connection of its own, reconnecting after a loss; each
+    /// notification (every commit with events, by any daemon) becomes a wake-up.
+    fn notify_appends(&self, wake: std::sync::mpsc::Sender<()>) -> bool {
+        let config = self.config.clone();
+        let Some(rt) = &self.bridge.rt else {
+            return false;
+        };
+        rt.spawn(async move {
+            loop {
+                if let Ok((client, mut conn)) = config.connect(tokio_postgres::NoTls).await {
+                    let listen = async {
+                        client.batch_execute("LISTEN herald_events").await?;
+                        // Whatever was appended while not listening.
+                        Ok::<_, tokio_postgres::Error>(())
+                    };
+                    let driver = async {
+                        while let Some(message) =
+                            std::future::poll_fn(|cx| conn.poll_message(cx)).await
+                        {
+                            match message {
+                                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                    if wake.send(()).is_err() {
+                                        return true;
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        false
+                    };
+                    let (listened, done) = tokio::join!(
+                        async {
+                            let r = listen.await;
+                            let _ = wake.send(());
+                            r
+                        },
+                        driver
+                    );
+                    if done {
+                        return;
+                    }
+                    if let Err(e) = listened {
+                        tracing::warn!(error = %e, "LISTEN herald_events failed; polling only");
+                    }
+                    drop(client);
+                }
+                if wake.send(()).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        true
     }
 }
 
