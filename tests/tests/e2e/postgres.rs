@@ -317,3 +317,85 @@ async fn a_subscriber_on_one_daemon_sees_the_other_daemons_events() {
         "{resumed:?}"
     );
 }
+
+fn signal(daemon: &Daemon, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(daemon.pid().to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig}");
+}
+
+/// Daemon A leases messages and stalls (SIGSTOP) past the lease: B returns them to the
+/// queue and delivers them; when A wakes and its provider calls finally answer, its late
+/// completions (an old fencing token) change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_daemons_leases_go_to_the_other_and_its_late_completions_change_nothing() {
+    let db = TestDb::new();
+    let slow = MockProvider::start().await;
+    let fast = MockProvider::start().await;
+    slow.hold();
+    let a = on_postgres(&db, &slow).start().await;
+    let on_a = a.client().await;
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let to = format!("stalled{i}@example.org");
+        ids.insert(on_a.send(email(&to, "leased by A")).await.unwrap().id);
+    }
+    // A has claimed every one: its calls hang at the held provider.
+    slow.wait_for(20, Duration::from_secs(30)).await;
+    signal(&a, "STOP");
+
+    let b = Daemon::builder()
+        .env("HERALD_PG_URL", &db.url)
+        .config(&format!(
+            "[[providers]]\nname = \"hookb\"\nplugin = \"webhook\"\nurl = \"{}/notify\"\n\n[routes]\nemail = [\"hookb\"]\nsms = [\"hookb\"]\npush = [\"hookb\"]\n\n[store]\nkind = \"postgres\"\nurl = \"${{HERALD_PG_URL}}\"\nlease = \"2s\"\n",
+            fast.url()
+        ))
+        .start()
+        .await;
+    // B returns the expired leases and delivers everything.
+    let got = fast.wait_for(20, Duration::from_secs(60)).await;
+    let at_b: HashSet<String> = got
+        .iter()
+        .filter_map(|r| r.json()["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(at_b, ids);
+    let on_b = b.client().await;
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while on_b.get(id).await.unwrap().state != State::Sent {
+            assert!(tokio::time::Instant::now() < deadline, "{id} not sent by B");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A wakes; its calls answer; its completions are stale.
+    signal(&a, "CONT");
+    slow.release();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &ids {
+        let m = on_b.get(id).await.unwrap();
+        assert_eq!(
+            (m.state, m.provider.as_deref()),
+            (State::Sent, Some("hookb")),
+            "{id}: B's outcome stands"
+        );
+    }
+    // One `sent` per message in the shared log.
+    let mut sub = on_b.subscribe(Filter::default(), Some(0)).await.unwrap();
+    let last = sub.last_seq;
+    let log = next_events(&mut sub, last as usize).await;
+    for id in &ids {
+        let sent = log
+            .iter()
+            .filter(|e| {
+                e.kind == herald_plugin_api::EventKind::Sent
+                    && e.message_id.as_deref() == Some(id.as_str())
+            })
+            .count();
+        assert_eq!(sent, 1, "{id}");
+    }
+    drop(a);
+}
