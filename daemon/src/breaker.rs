@@ -101,6 +101,20 @@ impl Breaker {
         }
     }
 
+    /// Takes on a transition another daemon stored (a shared store), when it is newer than
+    /// this breaker's own last one; returns whether it did.
+    pub fn adopt(&self, last: Transition) -> bool {
+        let mut i = self.lock();
+        if last.generation <= i.generation {
+            return false;
+        }
+        i.generation = last.generation;
+        i.opened_at = last.opened_at;
+        i.consecutive = 0;
+        i.trial_in_flight = false;
+        true
+    }
+
     pub fn config(&self) -> BreakerConfig {
         self.cfg
     }
@@ -188,6 +202,30 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adopts_only_a_newer_transition() {
+        let cfg = BreakerConfig {
+            failures: 2,
+            cooldown_ms: 1000,
+        };
+        let b = Breaker::new(cfg);
+        assert!(b.adopt(Transition {
+            generation: 3,
+            opened_at: Some(10),
+        }));
+        assert_eq!(b.state(20), BreakerState::Open);
+        assert!(!b.adopt(Transition {
+            generation: 3,
+            opened_at: None,
+        }));
+        assert_eq!(b.state(20), BreakerState::Open, "not newer: ignored");
+        assert!(b.adopt(Transition {
+            generation: 4,
+            opened_at: None,
+        }));
+        assert_eq!(b.state(20), BreakerState::Closed);
+    }
 
     #[test]
     fn opens_after_threshold_and_recovers_through_one_trial() {

@@ -175,6 +175,54 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         Some(addr) => Some(admin::bind(addr).await?),
         None => None,
     };
+    // On a shared store, a breaker another daemon opened or closed is adopted here too: its
+    // transition events arrive through the shared log.
+    if shared_store {
+        let mut rx = committer.events();
+        let store = Arc::clone(&store);
+        let live = Arc::clone(&live);
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(batch) => {
+                        if !batch.iter().any(|e| {
+                            matches!(
+                                e.kind,
+                                herald_plugin_api::EventKind::ProviderOpened
+                                    | herald_plugin_api::EventKind::ProviderClosed
+                            )
+                        }) {
+                            continue;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                let stored = match store.breakers() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the shared breaker states");
+                        continue;
+                    }
+                };
+                for p in live.current().routing.providers.values() {
+                    if let Some(r) = stored.get(&p.name)
+                        && r.plugin == p.plugin
+                        && p.breaker.adopt(crate::breaker::Transition {
+                            generation: r.generation,
+                            opened_at: r.opened_at,
+                        })
+                    {
+                        tracing::info!(
+                            provider = %p.name,
+                            open = r.opened_at.is_some(),
+                            "adopted a breaker transition stored by another daemon"
+                        );
+                    }
+                }
+            }
+        });
+    }
     let listener = ipc::bind(&d.socket, d.socket_mode).map_err(|e| anyhow!(e))?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     // On a store several daemons share, a daemon that died leaves its leases behind: every

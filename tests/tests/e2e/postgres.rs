@@ -399,3 +399,65 @@ async fn a_stalled_daemons_leases_go_to_the_other_and_its_late_completions_chang
     }
     drop(a);
 }
+
+/// A breaker one daemon opens is open on the other (which never called the provider).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opened_by_one_daemon_is_open_for_the_other() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    mock.set_default(herald_tests::mock::Reply::new(503, "{}"));
+    let builder = || {
+        Daemon::builder()
+            .env("HERALD_PG_URL", &db.url)
+            // A failed message waits an hour: nothing is due again during the test.
+            .retry("base = \"1h\"")
+            .retry("cap = \"1h\"")
+            .config(&format!(
+                "[[providers]]\nname = \"hook\"\nplugin = \"webhook\"\nurl = \"{}/notify\"\nbreaker = {{ failures = 2, cooldown = \"1h\" }}\n\n[routes]\nemail = [\"hook\"]\n\n[store]\nkind = \"postgres\"\nurl = \"${{HERALD_PG_URL}}\"\nlease = \"30s\"\n",
+                mock.url()
+            ))
+    };
+    let a = builder().start().await;
+    let b = builder().start().await;
+    let breaker = |stats: herald_protocol::Stats| {
+        stats
+            .providers
+            .iter()
+            .find(|p| p.name == "hook")
+            .map(|p| p.breaker.clone())
+            .unwrap()
+    };
+    let on_b = b.client().await;
+    assert_eq!(breaker(on_b.stats().await.unwrap()), "closed");
+    // B sleeps while A fails twice and opens its breaker.
+    signal(&b, "STOP");
+    let on_a = a.client().await;
+    for i in 0..2 {
+        let to = format!("down{i}@example.org");
+        on_a.send(email(&to, "provider down")).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while breaker(on_a.stats().await.unwrap()) != "open" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A's breaker never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = mock.count();
+    signal(&b, "CONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while breaker(on_b.stats().await.unwrap()) != "open" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never adopted A's open breaker:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        mock.count(),
+        calls,
+        "B opened nothing itself: it never called"
+    );
+}
