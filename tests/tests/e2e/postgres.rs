@@ -14,19 +14,22 @@ use herald_tests::pg::TestDb;
 use herald_tests::{Builder, Daemon, email};
 
 /// A daemon on `db` (the URL through `${HERALD_PG_URL}`, as an operator writes it), with
-/// a short lease so a killed daemon's claims come back within seconds.
-fn on_postgres(db: &TestDb, mock: &MockProvider) -> Builder {
+/// a lease of `lease`: short where a killed daemon's claims must come back within seconds,
+/// long where a delivery slowed by a busy machine must not be taken back (and repeated).
+fn on_postgres(db: &TestDb, mock: &MockProvider, lease: &str) -> Builder {
     Daemon::builder()
         .webhook_provider(mock)
         .env("HERALD_PG_URL", &db.url)
-        .config("[store]\nkind = \"postgres\"\nurl = \"${HERALD_PG_URL}\"\npool_size = 4\nlease = \"2s\"\n")
+        .config(&format!(
+            "[store]\nkind = \"postgres\"\nurl = \"${{HERALD_PG_URL}}\"\npool_size = 4\nlease = \"{lease}\"\n"
+        ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_and_delivers_with_the_store_in_postgres() {
     let db = TestDb::new();
     let mock = MockProvider::start().await;
-    let daemon = on_postgres(&db, &mock).start().await;
+    let daemon = on_postgres(&db, &mock, "60s").start().await;
     let client = daemon.client().await;
     let mut sub = client.subscribe(Filter::default(), None).await.unwrap();
     let id = client
@@ -51,7 +54,7 @@ async fn sends_and_delivers_with_the_store_in_postgres() {
 
     // The message lives in the database, not in the data dir: a second daemon with a data
     // dir of its own on the same database finds it.
-    let other = on_postgres(&db, &mock).start().await;
+    let other = on_postgres(&db, &mock, "60s").start().await;
     let seen = other.client().await.get(&id).await.unwrap();
     assert!(
         matches!(seen.state, State::Sent | State::Delivered),
@@ -64,7 +67,7 @@ async fn sends_and_delivers_with_the_store_in_postgres() {
 async fn sigkill_under_load_on_postgres_loses_no_acknowledged_message() {
     let db = TestDb::new();
     let mock = MockProvider::start().await;
-    let mut daemon = on_postgres(&db, &mock).start().await;
+    let mut daemon = on_postgres(&db, &mock, "2s").start().await;
 
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut senders = Vec::new();
@@ -156,8 +159,8 @@ async fn sigkill_under_load_on_postgres_loses_no_acknowledged_message() {
 async fn two_daemons_on_one_database_deliver_each_message_exactly_once() {
     let db = TestDb::new();
     let mock = MockProvider::start().await;
-    let a = on_postgres(&db, &mock).start().await;
-    let b = on_postgres(&db, &mock).start().await;
+    let a = on_postgres(&db, &mock, "60s").start().await;
+    let b = on_postgres(&db, &mock, "60s").start().await;
 
     // 8 concurrent sends with one idempotency key, through both daemons: one message.
     let mut same = tokio::task::JoinSet::new();
@@ -258,8 +261,8 @@ async fn next_events(
 async fn a_subscriber_on_one_daemon_sees_the_other_daemons_events() {
     let db = TestDb::new();
     let mock = MockProvider::start().await;
-    let a = on_postgres(&db, &mock).start().await;
-    let b = on_postgres(&db, &mock).start().await;
+    let a = on_postgres(&db, &mock, "60s").start().await;
+    let b = on_postgres(&db, &mock, "60s").start().await;
     let on_a = a.client().await;
     let on_b = b.client().await;
 
@@ -336,7 +339,7 @@ async fn a_stalled_daemons_leases_go_to_the_other_and_its_late_completions_chang
     let slow = MockProvider::start().await;
     let fast = MockProvider::start().await;
     slow.hold();
-    let a = on_postgres(&db, &slow).start().await;
+    let a = on_postgres(&db, &slow, "2s").start().await;
     let on_a = a.client().await;
     let mut ids = HashSet::new();
     for i in 0..20 {
