@@ -61,6 +61,25 @@ async fn sends_and_delivers_with_the_store_in_postgres() {
         "{:?}",
         seen.state
     );
+
+    // `heraldd --check-store` checks the database (not a sled dir) once its daemon stopped,
+    // while the other daemon keeps running on it.
+    let mut daemon = daemon;
+    daemon.kill();
+    let out = std::process::Command::new(herald_tests::heraldd_path())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .arg("--check-store")
+        .env("HERALD_PG_URL", &db.url)
+        .env("HERALD_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("store consistent: 1 messages checked"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
