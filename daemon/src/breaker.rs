@@ -144,6 +144,27 @@ impl Breaker {
         }
     }
 
+    /// Takes on a transition another daemon stored (a shared store), when it is newer than
+    /// this breaker's own last one; returns whether it did.
+    pub fn adopt(&self, last: Transition) -> bool {
+        let mut i = self.lock();
+        if last.generation <= i.generation {
+            return false;
+        }
+        i.generation = last.generation;
+        i.opened_at = last.opened_at;
+        i.trips = if last.opened_at.is_some() {
+            last.trips.max(1)
+        } else {
+            0
+        };
+        i.consecutive = 0;
+        i.recent.clear();
+        i.trials = 0;
+        i.trials_ok = 0;
+        true
+    }
+
     pub fn config(&self) -> BreakerConfig {
         self.cfg
     }
@@ -281,6 +302,29 @@ mod tests {
             max_cooldown_ms: cooldown_ms,
             ..BreakerConfig::default()
         }
+    }
+
+    #[test]
+    fn adopts_only_a_newer_transition() {
+        let b = Breaker::new(cfg(2, 1000));
+        assert!(b.adopt(Transition {
+            generation: 3,
+            opened_at: Some(10),
+            trips: 2,
+        }));
+        assert_eq!(b.state(20), BreakerState::Open);
+        assert!(!b.adopt(Transition {
+            generation: 3,
+            opened_at: None,
+            trips: 0,
+        }));
+        assert_eq!(b.state(20), BreakerState::Open, "not newer: ignored");
+        assert!(b.adopt(Transition {
+            generation: 4,
+            opened_at: None,
+            trips: 0,
+        }));
+        assert_eq!(b.state(20), BreakerState::Closed);
     }
 
     #[test]

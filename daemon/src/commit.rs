@@ -378,9 +378,33 @@ impl Committer {
         let (to_flush, flush_rx) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
         let flush_store = Arc::clone(&store);
         let flush_health = Arc::clone(&health);
+        // A store other daemons write to: its log, not this daemon's batches, is what is
+        // published (see `log_follower`); the flusher only wakes the follower.
+        let (log_wake, log_woken) = std::sync::mpsc::channel();
+        let publish = if store.notify_appends(log_wake.clone()) {
+            let follow_store = Arc::clone(&store);
+            let follow_health = Arc::clone(&health);
+            let follow_wake = Arc::clone(&wake);
+            let follow_events = events.clone();
+            std::thread::Builder::new()
+                .name("herald-log".into())
+                .spawn(move || {
+                    log_follower(
+                        follow_store,
+                        log_woken,
+                        durable_tx,
+                        follow_events,
+                        follow_wake,
+                        follow_health,
+                    )
+                })?;
+            Publish::Wake(log_wake)
+        } else {
+            Publish::Batches(durable_tx)
+        };
         let flusher = std::thread::Builder::new()
             .name("herald-flush".into())
-            .spawn(move || flusher(flush_store, flush_rx, durable_tx, events, flush_health))?;
+            .spawn(move || flusher(flush_store, flush_rx, publish, events, flush_health))?;
         let writer_health = Arc::clone(&health);
         let handle = std::thread::Builder::new()
             .name("herald-commit".into())
@@ -643,10 +667,69 @@ fn writer(
     }
 }
 
+/// How durable batches reach subscribers.
+enum Publish {
+    /// This daemon is the store's only writer: its batches, in order, are the log.
+    Batches(watch::Sender<u64>),
+    /// Other daemons write too: wake the log follower, which publishes the store's log.
+    Wake(std::sync::mpsc::Sender<()>),
+}
+
+/// Between polls of a shared log when no wake-up comes.
+const LOG_POLL: Duration = Duration::from_millis(250);
+
+/// Publishes a shared store's log in seq order — every daemon's events — as it becomes
+/// visible: woken by this daemon's flushes and the store's notifications, polling as the
+/// fallback. The store's seq order is its commit order, so reading from the last
+/// published seq never skips an event that commits late. Wakes the dispatcher when
+/// another daemon queued something.
+fn log_follower(
+    store: Arc<dyn Store>,
+    woken: std::sync::mpsc::Receiver<()>,
+    durable: watch::Sender<u64>,
+    events: broadcast::Sender<Arc<[Event]>>,
+    dispatch: Arc<Notify>,
+    health: Arc<Health>,
+) {
+    let mut next = *durable.borrow() + 1;
+    while !health.stopped.load(Ordering::SeqCst) {
+        match woken.recv_timeout(LOG_POLL) {
+            Ok(()) => while woken.try_recv().is_ok() {},
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        loop {
+            let page = match store.events_from(next, 512) {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the shared event log failed; retrying");
+                    break;
+                }
+            };
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            let full = page.len() == 512;
+            if page
+                .iter()
+                .any(|e| e.kind == herald_plugin_api::EventKind::Queued)
+            {
+                dispatch.notify_one();
+            }
+            next = last + 1;
+            durable.send_replace(last);
+            let _ = events.send(page.into());
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
 fn flusher(
     store: Arc<dyn Store>,
     rx: std::sync::mpsc::Receiver<Committed>,
-    durable: watch::Sender<u64>,
+    publish: Publish,
     events: broadcast::Sender<Arc<[Event]>>,
     health: Arc<Health>,
 ) {
@@ -681,8 +764,15 @@ fn flusher(
             Ok(()) => {
                 for batch in pending.drain(..) {
                     if let Some(last) = batch.events.last() {
-                        durable.send_replace(last.seq);
-                        let _ = events.send(batch.events.into());
+                        match &publish {
+                            Publish::Batches(durable) => {
+                                durable.send_replace(last.seq);
+                                let _ = events.send(batch.events.into());
+                            }
+                            Publish::Wake(wake) => {
+                                let _ = wake.send(());
+                            }
+                        }
                     }
                     for (reply, result) in batch.replies {
                         let _ = reply.send(Ok(result));

@@ -115,6 +115,15 @@ struct RawRetry {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<String>,
+    url: Option<String>,
+    pool_size: Option<usize>,
+    lease: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawInbound {
     rsvp: Option<RsvpConfig>,
 }
@@ -138,6 +147,8 @@ pub struct RawConfig {
     recipients: RecipientRules,
     #[serde(default)]
     inbound: RawInbound,
+    #[serde(default)]
+    store: RawStore,
 }
 
 /// `[inbound.rsvp]` as written, and the keyword table built from it (at load and reload:
@@ -193,6 +204,35 @@ pub struct WebhooksConfig {
     /// HTTP connections the public listener serves at once (webhooks and browser streams);
     /// past it the listener stops accepting until one closes.
     pub max_connections: usize,
+}
+
+/// `[store]`: where messages, the queue and the event log live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// The embedded default: sled under `daemon.data_dir` (one daemon).
+    Sled,
+    /// A PostgreSQL database several daemons share (`store::postgres`).
+    Postgres {
+        /// The connection URL, usually from `${HERALD_PG_URL}`. Holds a password: never
+        /// logged (`Debug` prints `***`; `store::postgres::redact` gives a loggable form).
+        url: Secret,
+        /// Connections in the pool.
+        pool_size: usize,
+        /// How long a claimed message stays leased to the daemon sending it; past it any
+        /// daemon may take it back (it must outlast a provider call).
+        lease_ms: u64,
+    },
+}
+
+impl StoreConfig {
+    /// How long the dispatcher leases what it claims.
+    pub fn lease_ms(&self) -> u64 {
+        match self {
+            // One daemon: leases matter only across a restart, which returns them all.
+            StoreConfig::Sled => 5 * 60_000,
+            StoreConfig::Postgres { lease_ms, .. } => *lease_ms,
+        }
+    }
 }
 
 /// The default `webhooks.max_connections`.
@@ -324,6 +364,8 @@ pub struct Config {
     pub routes: BTreeMap<Channel, Vec<String>>,
     /// How recipients are compared (`[recipients]`); the store keys with it from start.
     pub recipients: RecipientRules,
+    /// The storage engine (`[store]`); fixed at start.
+    pub store: StoreConfig,
     /// How replies are read as RSVPs (`[inbound.rsvp]`; absent: every built-in table).
     pub rsvp: RsvpSetting,
 }
@@ -736,6 +778,7 @@ impl RawConfig {
             None => None,
             Some(r) => Some(validate_realtime(r, env, &duration)?),
         };
+        let store = validate_store(self.store, env, &duration)?;
         let admin = match self.admin {
             None => None,
             Some(a) => Some(validate_admin(a)?),
@@ -944,8 +987,54 @@ impl RawConfig {
             providers,
             routes,
             recipients: self.recipients,
+            store,
             rsvp,
         })
+    }
+}
+
+fn validate_store(
+    s: RawStore,
+    env: &dyn Fn(&str) -> Option<String>,
+    duration: &DurationKey,
+) -> Result<StoreConfig, String> {
+    match s.kind.as_deref().unwrap_or("sled") {
+        "sled" => {
+            if s.url.is_some() || s.pool_size.is_some() || s.lease.is_some() {
+                return Err(
+                    "store.url, store.pool_size and store.lease apply to kind = \"postgres\" only"
+                        .into(),
+                );
+            }
+            Ok(StoreConfig::Sled)
+        }
+        "postgres" => {
+            let raw = s.url.ok_or(
+                "store.kind = \"postgres\" needs store.url, e.g. url = \"${HERALD_PG_URL}\"",
+            )?;
+            let (url, _) = resolve_env(&raw, env, "store.url")?;
+            if url.trim().is_empty() {
+                return Err("store.url is empty".into());
+            }
+            let pool_size = s.pool_size.unwrap_or(8);
+            if !(2..=256).contains(&pool_size) {
+                return Err("store.pool_size must be between 2 and 256".into());
+            }
+            let lease_ms = duration(s.lease, "store.lease", 60_000)?;
+            if lease_ms < 1_000 {
+                return Err(
+                    "store.lease must be at least 1s (it must outlast a provider call)".into(),
+                );
+            }
+            Ok(StoreConfig::Postgres {
+                url: Secret::new(url),
+                pool_size,
+                lease_ms,
+            })
+        }
+        other => Err(format!(
+            "store.kind {other:?} is not one of \"sled\", \"postgres\""
+        )),
     }
 }
 
@@ -1172,6 +1261,57 @@ mod tests {
         ] {
             let err = parse(&format!("{extra}\n{MIN}")).unwrap_err();
             assert!(err.contains(needle), "{extra:?} → {err}");
+        }
+    }
+
+    #[test]
+    fn store_section() {
+        const URL: &str = "postgresql://herald:s3cret@db.example/herald";
+        let env = |k: &str| (k == "HERALD_PG_URL").then(|| URL.to_string());
+        let with = |extra: &str| {
+            Config::parse(&format!("{extra}\n{MIN}"), "t", &env).map_err(|e| e.to_string())
+        };
+        let c = with("").unwrap();
+        assert_eq!(c.store, StoreConfig::Sled, "sled by default");
+        assert_eq!(c.store.lease_ms(), 300_000);
+        let c = with("[store]\nkind = \"postgres\"\nurl = \"${HERALD_PG_URL}\"").unwrap();
+        let StoreConfig::Postgres {
+            url,
+            pool_size,
+            lease_ms,
+        } = &c.store
+        else {
+            panic!("{:?}", c.store);
+        };
+        assert_eq!((url.expose(), *pool_size, *lease_ms), (URL, 8, 60_000));
+        assert!(
+            !format!("{:?}", c.store).contains("s3cret"),
+            "Debug hides the URL"
+        );
+        let c = with(
+            "[store]\nkind = \"postgres\"\nurl = \"${HERALD_PG_URL}\"\npool_size = 3\nlease = \"30s\"",
+        )
+        .unwrap();
+        assert_eq!(c.store.lease_ms(), 30_000);
+        for (extra, needle) in [
+            ("[store]\nkind = \"postgres\"", "needs store.url"),
+            ("[store]\nkind = \"mysql\"", "not one of"),
+            ("[store]\nurl = \"x\"", "kind = \"postgres\" only"),
+            (
+                "[store]\nkind = \"postgres\"\nurl = \"${UNSET}\"",
+                "export UNSET",
+            ),
+            (
+                "[store]\nkind = \"postgres\"\nurl = \"x\"\npool_size = 1",
+                "pool_size",
+            ),
+            (
+                "[store]\nkind = \"postgres\"\nurl = \"x\"\nlease = \"10ms\"",
+                "store.lease",
+            ),
+        ] {
+            let err = with(extra).unwrap_err();
+            assert!(err.contains(needle), "{extra}: {err}");
         }
     }
 

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin;
 use crate::clock;
 use crate::commit::{CommitError, Committer};
-use crate::config::{Config, DaemonConfig};
+use crate::config::{Config, DaemonConfig, StoreConfig};
 use crate::dispatch::Dispatcher;
 use crate::ipc::{self, ReloadRequest, Shared};
 use crate::live::{Live, LiveCell};
@@ -34,7 +34,7 @@ use crate::providers::Routing;
 use crate::realtime;
 use crate::reload::Reloader;
 use crate::space::{self, Space};
-use crate::store::{BreakerRecord, Op, OpResult, SledStore, Store};
+use crate::store::{BreakerRecord, Op, OpResult, PgStore, SledStore, Store};
 use crate::store_check;
 use crate::transport::Transports;
 use crate::webhooks::WebhookServer;
@@ -80,10 +80,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let db_dir = store_dir(&d);
     let cache = d.cache_capacity;
     let rules = config.recipients;
-    let opened =
-        tokio::task::spawn_blocking(move || SledStore::open_with(&db_dir, cache, rules)).await?;
+    let store_config = config.store.clone();
+    let lease_ms = store_config.lease_ms();
+    let shared_store = matches!(store_config, StoreConfig::Postgres { .. });
+    let opened = match store_config {
+        StoreConfig::Sled => {
+            tokio::task::spawn_blocking(move || {
+                SledStore::open_with(&db_dir, cache, rules).map(|s| Arc::new(s) as Arc<dyn Store>)
+            })
+            .await?
+        }
+        StoreConfig::Postgres { url, pool_size, .. } => {
+            let shown = crate::store::postgres::redact(url.expose());
+            tracing::info!(url = %shown, pool_size, "opening the PostgreSQL store");
+            let opened = tokio::task::spawn_blocking(move || {
+                PgStore::open(url.expose(), pool_size, rules).map(|s| Arc::new(s) as Arc<dyn Store>)
+            })
+            .await?;
+            Ok(opened.with_context(|| format!("cannot open the PostgreSQL store at {shown}"))?)
+        }
+    };
     let store: Arc<dyn Store> = match opened {
-        Ok(s) => Arc::new(s),
+        Ok(s) => s,
         Err(e) => {
             // Opening writes too: a filesystem that filled meanwhile gets the same message.
             if let Ok(m) = space::measure(&d.data_dir) {
@@ -157,8 +175,80 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         Some(addr) => Some(admin::bind(addr).await?),
         None => None,
     };
+    // On a shared store, a breaker another daemon opened or closed is adopted here too: its
+    // transition events arrive through the shared log.
+    if shared_store {
+        let mut rx = committer.events();
+        let store = Arc::clone(&store);
+        let live = Arc::clone(&live);
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(batch) => {
+                        if !batch.iter().any(|e| {
+                            matches!(
+                                e.kind,
+                                herald_plugin_api::EventKind::ProviderOpened
+                                    | herald_plugin_api::EventKind::ProviderClosed
+                            )
+                        }) {
+                            continue;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                let stored = match store.breakers() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the shared breaker states");
+                        continue;
+                    }
+                };
+                for p in live.current().routing.providers.values() {
+                    if let Some(r) = stored.get(&p.name)
+                        && r.plugin == p.plugin
+                        && p.breaker.adopt(crate::breaker::Transition {
+                            generation: r.generation,
+                            opened_at: r.opened_at,
+                            trips: r.trips,
+                        })
+                    {
+                        tracing::info!(
+                            provider = %p.name,
+                            open = r.opened_at.is_some(),
+                            "adopted a breaker transition stored by another daemon"
+                        );
+                    }
+                }
+            }
+        });
+    }
     let listener = ipc::bind(&d.socket, d.socket_mode).map_err(|e| anyhow!(e))?;
     let (shutdown_tx, shutdown) = watch::channel(false);
+    // On a store several daemons share, a daemon that died leaves its leases behind: every
+    // daemon returns expired ones to the queue, periodically (at start it did once).
+    if shared_store {
+        let committer = committer.clone();
+        let mut shutdown = shutdown.clone();
+        let every = Duration::from_millis((lease_ms / 4).clamp(500, 30_000));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => return,
+                }
+                match committer.submit(Op::Recover).await {
+                    Ok(OpResult::Recovered(n)) if n > 0 => tracing::warn!(
+                        requeued = n,
+                        "re-queued messages whose lease expired (a daemon stopped while sending them)"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "returning expired leases failed"),
+                }
+            }
+        });
+    }
     let metrics = Arc::new(Metrics::default());
     let metrics_follower =
         tokio::spawn(Arc::clone(&metrics).follow(Arc::clone(&store), committer.clone()));
@@ -232,6 +322,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             transports,
             concurrency: d.concurrency,
             shutdown_grace: Duration::from_millis(d.shutdown_grace_ms),
+            lease_ms,
         }
         .run(shutdown.clone()),
     );

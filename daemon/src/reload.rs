@@ -114,6 +114,11 @@ impl Reloader {
             kept.push("admin");
             config.admin = old.config.admin.clone();
         }
+        // The store is opened at start.
+        if config.store != old.config.store {
+            kept.push("store");
+            config.store = old.config.store.clone();
+        }
         // The store keyed its entries with the running rules at start.
         if config.recipients != old.config.recipients {
             kept.push("recipients.email_case");

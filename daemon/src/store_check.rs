@@ -92,14 +92,31 @@ pub enum OfflineError {
     Open { dir: PathBuf, source: StoreError },
     #[error("checking the store in {dir} failed: {source}")]
     Check { dir: PathBuf, source: StoreError },
+    /// The PostgreSQL store (`url` redacted).
+    #[error("cannot open the PostgreSQL store at {url}: {source}")]
+    OpenShared { url: String, source: StoreError },
+    #[error("checking the PostgreSQL store at {url} failed: {source}")]
+    CheckShared { url: String, source: StoreError },
 }
 
 /// `heraldd --check-store`: opens the store of a stopped daemon, checks and repairs it.
 /// Refuses when a daemon serves the config's socket or holds the store, and when there is
-/// no store (it never creates one).
+/// no store (it never creates one). On PostgreSQL (`[store] kind = "postgres"`) it checks the
+/// shared database (creating the schema if missing, as a daemon's start would).
 pub fn check_stopped(config: &Config) -> Result<StoreCheck, OfflineError> {
     let d = &config.daemon;
     ipc::refuse_if_served(&d.socket).map_err(OfflineError::InUse)?;
+    if let crate::config::StoreConfig::Postgres { url, pool_size, .. } = &config.store {
+        // A check runs in the same serialised transactions as every daemon's batches, so
+        // other daemons on the database may keep running; this one's socket is free.
+        let shown = crate::store::postgres::redact(url.expose());
+        let store = crate::store::PgStore::open(url.expose(), *pool_size, config.recipients)
+            .map_err(|source| OfflineError::OpenShared {
+                url: shown.clone(),
+                source,
+            })?;
+        return offline(&store).map_err(|source| OfflineError::CheckShared { url: shown, source });
+    }
     let dir = daemon::store_dir(d);
     if !SledStore::exists(&dir) {
         return Err(OfflineError::NoStore {

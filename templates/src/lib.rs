@@ -404,6 +404,7 @@ impl Template {
                     tags: tags.clone(),
                     idempotency_key: Some(idem),
                     send_at: None,
+                    override_suppression: false,
                 },
             });
         }

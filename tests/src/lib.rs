@@ -18,6 +18,7 @@
 pub mod http;
 pub mod mock;
 pub mod node;
+pub mod pg;
 pub mod raw;
 pub mod smtp;
 pub mod tools;

@@ -36,10 +36,6 @@ use crate::store::{
 use crate::transport::Transports;
 use verdict::{Tried, TryResult};
 
-/// How long a lease lasts. Leases matter only across a restart (every lease is then
-/// expired at once), so this is informational for a single daemon.
-const LEASE_MS: u64 = 5 * 60_000;
-
 /// Most messages leased in one claim.
 const CLAIM_BATCH: usize = 1024;
 
@@ -53,6 +49,9 @@ pub struct Dispatcher {
     pub transports: Arc<Transports>,
     pub concurrency: usize,
     pub shutdown_grace: Duration,
+    /// How long a claim leases its messages (`StoreConfig::lease_ms`): on a store several
+    /// daemons share, past it another daemon may take a message back.
+    pub lease_ms: u64,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -100,7 +99,7 @@ impl Dispatcher {
                 .committer
                 .submit(Op::Claim {
                     limit: want,
-                    lease_ms: LEASE_MS,
+                    lease_ms: this.lease_ms,
                 })
                 .await
             {

@@ -21,13 +21,16 @@ use herald_plugin_api::{
 use super::check::Problem;
 use super::{
     BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, Legacy, MemoryStore,
-    MsgId, NewMessage, Op, OpResult, SledStore, Store, SuppressionEntry, SuppressionSource,
-    id_string, new_id,
+    MsgId, NewMessage, Op, OpResult, PgStore, SledStore, Store, SuppressionEntry,
+    SuppressionSource, id_string, new_id,
 };
 
 /// How the suite makes, restarts and damages the stores of one engine.
 pub(super) trait Engine {
     type Store: Store;
+    /// Whether several daemons share the store: `Op::Recover` then returns only expired
+    /// leases (another daemon may hold the live ones), not every lease.
+    const SHARED: bool = false;
     /// A new, empty store.
     fn open(&mut self) -> Self::Store;
     /// The same data after a restart: closed and opened again (persistent engines), or
@@ -105,6 +108,44 @@ impl Engine for Sled {
     }
 }
 
+/// A PostgreSQL database of its own per test (see `tests/src/pg.rs` for the server).
+pub(super) struct Pg {
+    db: super::postgres::test_pg::TestDb,
+}
+
+impl Pg {
+    fn new() -> Pg {
+        Pg {
+            db: super::postgres::test_pg::TestDb::new(),
+        }
+    }
+}
+
+impl Engine for Pg {
+    type Store = PgStore;
+    const SHARED: bool = true;
+    fn open(&mut self) -> PgStore {
+        self.open_with(RecipientRules::default())
+    }
+    fn reopen(&mut self, store: PgStore) -> PgStore {
+        drop(store);
+        self.open()
+    }
+    fn damage(&mut self, store: &PgStore, damage: Damage) {
+        store.damage(&damage).unwrap();
+    }
+    fn open_with(&mut self, rules: RecipientRules) -> PgStore {
+        PgStore::open(&self.db.url, 4, rules).unwrap()
+    }
+    fn reopen_with(&mut self, store: PgStore, rules: RecipientRules) -> PgStore {
+        drop(store);
+        self.open_with(rules)
+    }
+    fn plant_legacy(&mut self, store: &PgStore, entry: Legacy) {
+        store.plant_legacy(&entry).unwrap();
+    }
+}
+
 /// One `#[test]` per case and engine: `store::conformance::memory::cancel`, ….
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -113,6 +154,9 @@ macro_rules! conformance {
         }
         mod sled {
             $(#[test] fn $case() { super::$case(super::Sled::new()) })*
+        }
+        mod postgres {
+            $(#[test] fn $case() { super::$case(super::Pg::new()) })*
         }
     };
 }
@@ -128,6 +172,7 @@ conformance!(
     stale_completions_change_nothing,
     requeue_from_the_dead_letters,
     recover_after_a_restart,
+    recover_leaves_live_leases_to_other_daemons,
     held_webhook_outrunning_the_send,
     held_webhook_for_a_provider_id_not_yet_known,
     status_updates_forward_only_and_deduplicated,
@@ -738,7 +783,8 @@ fn recover_after_a_restart<E: Engine>(mut e: E) {
     claim_one(&s, 0, &a.id);
     accept(&s, 1, &b);
     let s = e.reopen(s);
-    let r = s.commit(50, &[Op::Recover]).unwrap();
+    // Past the lease (1 s): every engine returns it.
+    let r = s.commit(1_050, &[Op::Recover]).unwrap();
     assert_eq!(r.results, vec![OpResult::Recovered(1)]);
     assert!(r.scheduled);
     assert_eq!(kinds(&r.events), [EventKind::Queued]);
@@ -752,16 +798,50 @@ fn recover_after_a_restart<E: Engine>(mut e: E) {
     let rec = s.get(&a.id).unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.due_at, rec.lease_until),
-        (State::Queued, 50, None)
+        (State::Queued, 1_050, None)
     );
     assert_eq!(s.counts().get(State::Sending), 0);
     assert_eq!(s.counts().get(State::Queued), 2);
-    let c = claim(&s, 50, 10);
+    let c = claim(&s, 1_050, 10);
     assert_eq!(c.len(), 2);
     let again = c.iter().find(|c| c.id == a.id).unwrap();
     assert_eq!(again.record.attempt, 2, "the interrupted attempt counts");
-    let r = s.commit(60, &[Op::Recover]).unwrap();
+    let r = s.commit(2_060, &[Op::Recover]).unwrap();
     assert_eq!(r.results, vec![OpResult::Recovered(2)]);
+    assert_consistent(&s);
+}
+
+/// A store one daemon serves returns every lease at start (none can be live); a shared
+/// store returns only expired ones, and a live lease's completion still applies.
+fn recover_leaves_live_leases_to_other_daemons<E: Engine>(mut e: E) {
+    let s = e.open();
+    let a = msg(None, "in flight elsewhere");
+    accept(&s, 0, &a);
+    let c = claim_one(&s, 0, &a.id);
+    let r = s.commit(50, &[Op::Recover]).unwrap();
+    if E::SHARED {
+        assert_eq!(r.results, vec![OpResult::Recovered(0)]);
+        assert!(r.events.is_empty());
+        assert_eq!(state(&s, &a.id), State::Sending);
+        complete(&s, 60, done(&c, State::Sent, Some("p1")));
+        assert_eq!(state(&s, &a.id), State::Sent);
+    } else {
+        assert_eq!(r.results, vec![OpResult::Recovered(1)]);
+        assert_eq!(state(&s, &a.id), State::Queued);
+        let r = s
+            .commit(60, &[Op::Complete(done(&c, State::Sent, Some("p1")))])
+            .unwrap();
+        assert_eq!(r.results, vec![OpResult::WrongState(State::Queued)]);
+        let again = claim_one(&s, 70, &a.id);
+        complete(&s, 80, done(&again, State::Sent, Some("p1")));
+    }
+    // At the lease's expiry it is returned everywhere.
+    let b = msg(None, "abandoned");
+    accept(&s, 100, &b);
+    claim_one(&s, 100, &b.id);
+    let r = s.commit(1_100, &[Op::Recover]).unwrap();
+    assert_eq!(r.results, vec![OpResult::Recovered(1)]);
+    assert_eq!(state(&s, &b.id), State::Queued);
     assert_consistent(&s);
 }
 
@@ -1595,8 +1675,9 @@ fn check_requeues_sending_without_a_lease<E: Engine>(mut e: E) {
     assert_eq!(report.problems[0].examples, vec![lost]);
     assert!(events.is_empty());
     assert_eq!(state(&s, &lost), State::Sending);
-    // Recovery alone never finds it: it looks at the leases.
-    let r = s.commit(11, &[Op::Recover]).unwrap();
+    // Recovery alone never finds it: it looks at the leases (at their expiry, so a
+    // shared engine, which returns only expired leases, returns the other one too).
+    let r = s.commit(1_000, &[Op::Recover]).unwrap();
     assert_eq!(
         r.results,
         vec![OpResult::Recovered(1)],
@@ -1604,7 +1685,7 @@ fn check_requeues_sending_without_a_lease<E: Engine>(mut e: E) {
     );
     assert_eq!(state(&s, &lost), State::Sending);
 
-    let (report, events) = check(&s, 12, true);
+    let (report, events) = check(&s, 1_001, true);
     assert_eq!(found(&report, Problem::SendingWithoutLease), (1, 1));
     assert_eq!(report.unrepaired(), 0);
     assert_eq!(kinds(&events), [EventKind::Queued]);
@@ -1616,10 +1697,10 @@ fn check_requeues_sending_without_a_lease<E: Engine>(mut e: E) {
     let rec = s.get(&lost).unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.lease_until, rec.due_at),
-        (State::Queued, None, 12)
+        (State::Queued, None, 1_001)
     );
     assert_eq!(s.counts().get(State::Sending), 0);
-    let c = claim(&s, 12, 10);
+    let c = claim(&s, 1_001, 10);
     assert!(c.iter().any(|c| c.id == lost), "dispatchable again");
     assert_consistent(&s);
 }

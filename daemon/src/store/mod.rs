@@ -17,6 +17,8 @@
 //!   engine of fast unit tests.
 //! - [`sled_store::SledStore`]: the embedded default. **Only `sled_store` knows sled
 //!   exists.**
+//! - [`postgres::PgStore`]: several daemons, one queue, in one PostgreSQL database (see
+//!   the design note below and its module doc). **Only `store::postgres` knows SQL.**
 //!
 //! Both are key-value engines: they implement the domain-level transaction
 //! [`lifecycle::Txn`] and let [`lifecycle::apply_batch`] run the state machine, so they
@@ -59,6 +61,7 @@ pub mod check;
 mod conformance;
 pub mod lifecycle;
 pub mod memory;
+pub mod postgres;
 pub mod recipients;
 pub mod sled_store;
 
@@ -70,6 +73,7 @@ use serde::{Deserialize, Serialize};
 
 pub use check::CheckReport;
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use sled_store::SledStore;
 
 /// A message id: a ULID's 16 bytes (time-ordered, so storage keys cluster by age).
@@ -469,6 +473,16 @@ pub trait Store: Send + Sync + 'static {
         after: Option<(Channel, &str)>,
         limit: usize,
     ) -> Result<Vec<SuppressionEntry>, StoreError>;
+
+    /// For engines several daemons write to: sends on `wake` whenever any daemon appended
+    /// events (a wake-up only; it may be late or lost, so the reader polls too) and returns
+    /// true — the committer then publishes the log as the store holds it, every daemon's
+    /// events in seq order, not only its own batches. False (the default): this process
+    /// is the only writer.
+    fn notify_appends(&self, wake: std::sync::mpsc::Sender<()>) -> bool {
+        let _ = wake;
+        false
+    }
 
     /// The store's epoch: a random id created with the store and kept in it, so it changes
     /// only when the data directory is replaced (and `seq` numbers start over). Streams

@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod node_client;
 mod plugins;
+mod postgres;
 mod protocol_doc;
 mod protocol_rules;
 mod providers;

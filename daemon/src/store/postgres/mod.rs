@@ -1,0 +1,1397 @@
+//! The PostgreSQL engine: several daemons, one queue, in one PostgreSQL database.
+//!
+//! # Layout
+//! Tables (see `schema`): a `messages` table (record per message), a narrow `queue` of
+//! waiting messages only (a row leaves it when the message is claimed or cancelled),
+//! `leases` (the lease expiry is the claim's fencing token), `idempotency` keys in their own
+//! uniquely keyed table, provider ids, dead letters, finished-by-time, suppression, the
+//! latest message per recipient, held webhook updates, seen webhook ids, shared `breakers`,
+//! and the append-only `events` log; `herald_meta` holds the seq counter, the per-state
+//! counts, the epoch and how recipients are keyed. Values are postcard, like sled's.
+//!
+//! # Transactions and seq
+//! Every [`Store::commit`] is one SQL transaction that first locks the `herald_meta` row
+//! (`FOR UPDATE`): batches of all daemons are serialised, so the seq numbers a batch takes
+//! are gap-free and seq order is commit order — a subscriber reading `events_from(n)` can
+//! never skip an event that commits late. The batch then runs the shared state machine
+//! ([`lifecycle::apply_batch`]) over a [`Txn`] whose methods are SQL statements (prepared
+//! once per connection); claims read the queue `FOR UPDATE SKIP LOCKED`. A completion
+//! applies only when the stored lease expiry (the fencing token a claim hands out) still
+//! matches: a late completion from a daemon that lost its lease changes nothing.
+//! `COMMIT` runs with `synchronous_commit = on`, so `flush` has nothing left to do.
+//! Each commit with events sends `NOTIFY herald_events` (delivered at commit).
+//!
+//! # Recovery
+//! `Op::Recover` returns only *expired* leases to the queue (`Txn::leased` lists leases
+//! whose expiry is at or before `now`): another daemon may hold the live ones. The daemon
+//! runs it at start and periodically.
+//!
+//! # Sync over async
+//! [`Store`] is a sync trait, called from the committer's plain thread and from tokio
+//! worker threads (the IPC handlers read counts and records). The engine owns a small
+//! multi-thread tokio runtime of its own (the driver's connections run on it); every call
+//! blocks on it with `Runtime::block_on` — from a thread that is not inside a runtime, or,
+//! when the caller is inside one (blocking there would panic), from a scoped thread spawned
+//! for the call. Nothing of the caller's runtime is used.
+//!
+//! Owns: everything that knows SQL. **Only `store::postgres` knows SQL.** Must not: decide
+//! the state machine (that is `lifecycle`), or log the connection URL (it holds a secret:
+//! [`redact`] gives the loggable form).
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use herald_plugin_api::{Channel, Event, RecipientKey, RecipientRules, StatusUpdate, UnixMillis};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::check::{self, Audit};
+use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
+use super::recipients::{self, KeyedWith};
+use super::{
+    BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression,
+    SuppressionEntry,
+};
+
+/// The version byte in front of every postcard value.
+const FORMAT: u8 = 1;
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // postcard into a Vec cannot fail for our types.
+    postcard::to_extend(v, vec![FORMAT]).unwrap_or_else(|_| vec![FORMAT])
+}
+
+fn dec<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+        }
+        _ => Err(StoreError::Corrupt(format!("{what}: unknown format"))),
+    }
+}
+
+pub(crate) fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Io(format!("postgres: {e}"))
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Io(format!("postgres connection pool: {e}"))
+}
+
+fn id_of(bytes: &[u8]) -> Result<MsgId, StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("a message id of {} bytes", bytes.len())))
+}
+
+fn ms(v: i64) -> UnixMillis {
+    v.max(0) as UnixMillis
+}
+
+fn big(v: UnixMillis) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn counts_of(v: Vec<i64>) -> Counts {
+    let mut c = Counts::default();
+    for (slot, n) in c.0.iter_mut().zip(v) {
+        *slot = ms(n);
+    }
+    c
+}
+
+fn counts_sql(c: &Counts) -> Vec<i64> {
+    c.0.iter().map(|n| big(*n)).collect()
+}
+
+/// A connection string with its password (and anything after `password=`/`:…@`) hidden,
+/// for logs.
+pub fn redact(url: &str) -> String {
+    match tokio_postgres::Config::from_str(url) {
+        Ok(c) => {
+            let host = c
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.to_string_lossy().to_string(),
+                })
+                .unwrap_or_default();
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            format!(
+                "postgresql://{}{}@{host}:{port}/{}",
+                c.get_user().unwrap_or(""),
+                if c.get_password().is_some() {
+                    ":***"
+                } else {
+                    ""
+                },
+                c.get_dbname().unwrap_or("")
+            )
+        }
+        Err(_) => "<an unparsable PostgreSQL URL>".to_string(),
+    }
+}
+
+/// The engine's own runtime, which every call blocks on (see the module doc).
+pub(crate) struct Bridge {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Bridge {
+    fn new() -> Result<Bridge, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("herald-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                StoreError::Internal(format!("cannot start the PostgreSQL runtime: {e}"))
+            })?;
+        Ok(Bridge { rt: Some(rt) })
+    }
+
+    /// Runs `f` to completion on the engine's runtime. Call only from a thread outside
+    /// any runtime ([`PgStore::off_runtime`] sees to it).
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            None => unreachable!("the runtime lives as long as the store"),
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // Dropping a runtime from inside another one panics; this never blocks.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bridge")
+    }
+}
+
+/// The PostgreSQL engine. See the module doc.
+pub struct PgStore {
+    bridge: Bridge,
+    pool: Pool,
+    /// For the LISTEN connection (outside the pool: it stays open).
+    config: tokio_postgres::Config,
+    rules: RecipientRules,
+    epoch: String,
+    /// The last seq and counts read or written, for when a read fails.
+    last_seq: AtomicU64,
+    counts: Mutex<Counts>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` with up to `pool_size` connections, migrates the schema (or
+    /// refuses a newer one) and keys recipient entries again if `rules` changed.
+    pub fn open(url: &str, pool_size: usize, rules: RecipientRules) -> Result<PgStore, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("the PostgreSQL URL is not valid: {e}")))?;
+        // Acknowledged means committed durably, whatever the server's default.
+        config.options("-c synchronous_commit=on");
+        if config.get_application_name().is_none() {
+            config.application_name("heraldd");
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        let bridge = Bridge::new()?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(15)))
+            .wait_timeout(Some(Duration::from_secs(60)))
+            .build()
+            .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
+        let store = PgStore {
+            bridge,
+            pool,
+            config,
+            rules,
+            epoch: String::new(),
+            last_seq: AtomicU64::new(0),
+            counts: Mutex::new(Counts::default()),
+        };
+        off_runtime(move || store.start())
+    }
+
+    /// Migrates, reads the epoch, keys recipients again when needed.
+    fn start(mut self) -> Result<PgStore, StoreError> {
+        let client = self.client()?;
+        let fresh_epoch = format!("{:016x}", rand::random::<u64>());
+        schema::migrate(
+            &self.bridge,
+            &client,
+            &fresh_epoch,
+            &enc(&KeyedWith::current(self.rules)),
+        )?;
+        self.rekey_if_needed(&client)?;
+        let row = self
+            .bridge
+            .block_on(client.query_one("SELECT epoch, seq, counts FROM herald_meta", &[]))
+            .map_err(db)?;
+        self.epoch = row.get(0);
+        self.last_seq.store(ms(row.get(1)), Ordering::Relaxed);
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = counts_of(row.get(2));
+        drop(client);
+        Ok(self)
+    }
+
+    fn client(&self) -> Result<Object, StoreError> {
+        self.bridge.block_on(self.pool.get()).map_err(pool_err)
+    }
+}
+
+/// Runs `f` where blocking on the engine's runtime is allowed: here, or on a scoped thread
+/// when the caller is itself inside a tokio runtime (a blocking call there would panic).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|p| std::panic::resume_unwind(p))
+    } else {
+        f()
+    }
+}
+
+impl PgStore {
+    /// Keys every suppression and latest row again when the stored rules (or the schema
+    /// of recipient keys) differ from this daemon's, in one transaction.
+    fn rekey_if_needed(&self, client: &Object) -> Result<(), StoreError> {
+        let want = KeyedWith::current(self.rules);
+        let rules = self.rules;
+        let b = &self.bridge;
+        let r = b.block_on(async {
+            client.batch_execute("BEGIN").await.map_err(db)?;
+            let row = client
+                .query_one(
+                    "SELECT keyed_with FROM herald_meta WHERE id = 1 FOR UPDATE",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            let stored: Option<Vec<u8>> = row.get(0);
+            let stored = stored.and_then(|v| dec::<KeyedWith>(&v, "keyed_with").ok());
+            if stored == Some(want) {
+                return Ok(());
+            }
+            let mut suppression: BTreeMap<(i16, String), Suppression> = BTreeMap::new();
+            for row in client
+                .query(
+                    "SELECT channel, key, entry FROM suppression ORDER BY channel, key",
+                    &[],
+                )
+                .await
+                .map_err(db)?
+            {
+                let byte: i16 = row.get(0);
+                let old: String = row.get(1);
+                let entry: Suppression = dec(row.get::<_, &[u8]>(2), "suppression")?;
+                let key = match recipients::channel_of(byte as u8) {
+                    Some(channel) => recipients::rekey(channel, &old, &entry.recipient, &rules),
+                    None => old,
+                };
+                let merged = match suppression.remove(&(byte, key.clone())) {
+                    Some(other) => recipients::merge_suppression(other, entry),
+                    None => entry,
+                };
+                suppression.insert((byte, key), merged);
+            }
+            let mut latest: BTreeMap<(i16, String), MsgId> = BTreeMap::new();
+            for row in client
+                .query(
+                    "SELECT l.channel, l.key, l.id, m.record FROM latest l \
+                     JOIN messages m ON m.id = l.id ORDER BY l.channel, l.key",
+                    &[],
+                )
+                .await
+                .map_err(db)?
+            {
+                let byte: i16 = row.get(0);
+                let old: String = row.get(1);
+                let id = id_of(row.get(2))?;
+                let record: Record = dec(row.get::<_, &[u8]>(3), "message")?;
+                let key = match recipients::channel_of(byte as u8) {
+                    Some(channel) => recipients::rekey(channel, &old, &record.to, &rules),
+                    None => old,
+                };
+                let merged = match latest.get(&(byte, key.clone())) {
+                    Some(other) => recipients::merge_latest(*other, id),
+                    None => id,
+                };
+                latest.insert((byte, key), merged);
+            }
+            client
+                .batch_execute("DELETE FROM suppression; DELETE FROM latest")
+                .await
+                .map_err(db)?;
+            for ((channel, key), entry) in &suppression {
+                client
+                    .execute(
+                        "INSERT INTO suppression (channel, key, entry) VALUES ($1, $2, $3)",
+                        &[channel, key, &enc(entry)],
+                    )
+                    .await
+                    .map_err(db)?;
+            }
+            for ((channel, key), id) in &latest {
+                client
+                    .execute(
+                        "INSERT INTO latest (channel, key, id) VALUES ($1, $2, $3)",
+                        &[channel, key, &id.as_slice()],
+                    )
+                    .await
+                    .map_err(db)?;
+            }
+            client
+                .execute(
+                    "UPDATE herald_meta SET keyed_with = $1 WHERE id = 1",
+                    &[&enc(&want)],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        });
+        match r {
+            Ok(()) => b.block_on(client.batch_execute("COMMIT")).map_err(db),
+            Err(e) => {
+                let _ = b.block_on(client.batch_execute("ROLLBACK"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `sql` with `params` outside any batch (tests: damage, legacy entries).
+    #[cfg(any(test, feature = "test-support"))]
+    fn execute_now(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        off_runtime(|| {
+            let client = self.client()?;
+            self.bridge
+                .block_on(client.execute(sql, params))
+                .map_err(db)
+        })
+    }
+
+    /// Writes an entry the way recipient schema 1 did (the raw recipient lower-cased in
+    /// ASCII, the reason only) and marks the database schema 1.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn plant_legacy(&self, entry: &super::Legacy) -> Result<(), StoreError> {
+        match entry {
+            super::Legacy::Suppressed {
+                channel,
+                to,
+                reason,
+            } => {
+                let key = to.to_ascii_lowercase();
+                let value = Suppression {
+                    recipient: key.clone(),
+                    reason: reason.clone(),
+                    source: super::SuppressionSource::Provider,
+                    at: 0,
+                };
+                self.execute_now(
+                    "INSERT INTO suppression (channel, key, entry) VALUES ($1, $2, $3) \
+                     ON CONFLICT (channel, key) DO UPDATE SET entry = EXCLUDED.entry",
+                    &[&(*channel as u8 as i16), &key, &enc(&value)],
+                )?;
+            }
+            super::Legacy::Latest { channel, to, id } => {
+                self.execute_now(
+                    "INSERT INTO latest (channel, key, id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (channel, key) DO UPDATE SET id = EXCLUDED.id",
+                    &[
+                        &(*channel as u8 as i16),
+                        &to.to_ascii_lowercase(),
+                        &id.as_slice(),
+                    ],
+                )?;
+            }
+        }
+        self.execute_now("UPDATE herald_meta SET keyed_with = NULL WHERE id = 1", &[])?;
+        Ok(())
+    }
+
+    /// Damages the indexes on purpose (see [`super::Damage`]).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn damage(&self, damage: &super::Damage) -> Result<(), StoreError> {
+        use super::Damage;
+        match damage {
+            Damage::DropLease(id) => {
+                self.execute_now("DELETE FROM leases WHERE id = $1", &[&id.as_slice()])
+            }
+            Damage::DropSchedule(id) => {
+                self.execute_now("DELETE FROM queue WHERE id = $1", &[&id.as_slice()])
+            }
+            Damage::DropDeadLetter(id) => {
+                self.execute_now("DELETE FROM dead WHERE id = $1", &[&id.as_slice()])
+            }
+            Damage::DropFinished(id) => {
+                self.execute_now("DELETE FROM finished WHERE id = $1", &[&id.as_slice()])
+            }
+            Damage::AddSchedule(due, id) => self.execute_now(
+                "INSERT INTO queue (due_at, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&big(*due), &id.as_slice()],
+            ),
+            Damage::AddLease(id, until) => self.execute_now(
+                "INSERT INTO leases (id, until) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET until = EXCLUDED.until",
+                &[&id.as_slice(), &big(*until)],
+            ),
+            Damage::AddDeadLetter(id) => self.execute_now(
+                "INSERT INTO dead (id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&id.as_slice()],
+            ),
+            Damage::SetCounts(counts) => self.execute_now(
+                "UPDATE herald_meta SET counts = $1 WHERE id = 1",
+                &[&counts_sql(counts)],
+            ),
+        }
+        .map(|_| ())
+    }
+
+    /// One batch, in one transaction, on a thread where blocking is allowed.
+    fn commit_here(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
+        let client = self.client()?;
+        let b = &self.bridge;
+        b.block_on(client.batch_execute("BEGIN")).map_err(db)?;
+        let result = (|| {
+            // The counter row, locked until COMMIT: batches of every daemon in turn.
+            let row = b
+                .block_on(client.query_one(
+                    "SELECT seq, counts FROM herald_meta WHERE id = 1 FOR UPDATE",
+                    &[],
+                ))
+                .map_err(db)?;
+            let mut txn = PgTxn {
+                b,
+                c: &client,
+                now,
+                rules: self.rules,
+            };
+            lifecycle::apply_batch(&mut txn, now, ops, ms(row.get(0)), counts_of(row.get(1)))
+        })();
+        match result {
+            Ok(batch) => {
+                b.block_on(client.batch_execute("COMMIT")).map_err(db)?;
+                self.last_seq.store(batch.cursor.seq, Ordering::Relaxed);
+                *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = batch.cursor.counts;
+                Ok(Committed {
+                    results: batch.results,
+                    events: batch.cursor.events,
+                    scheduled: batch.cursor.scheduled,
+                })
+            }
+            Err(e) => {
+                let _ = b.block_on(client.batch_execute("ROLLBACK"));
+                Err(e)
+            }
+        }
+    }
+
+    /// A read outside any batch.
+    fn read<T: Send>(
+        &self,
+        f: impl FnOnce(&Bridge, &Object) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| {
+            let client = self.client()?;
+            f(&self.bridge, &client)
+        })
+    }
+
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        self.read(|b, c| {
+            b.block_on(async {
+                let st = c.prepare_cached(sql).await?;
+                c.query(&st, params).await
+            })
+            .map_err(db)
+        })
+    }
+}
+
+/// The key of a held-updates row: `m` + message id, or `p` + provider length (4 bytes,
+/// big-endian) + provider + provider message id.
+fn held_key(key: HeldFor<'_>) -> Vec<u8> {
+    match key {
+        HeldFor::Message(id) => {
+            let mut k = vec![b'm'];
+            k.extend_from_slice(id);
+            k
+        }
+        HeldFor::ProviderId { provider, pid } => {
+            let mut k = vec![b'p'];
+            k.extend_from_slice(&(provider.len() as u32).to_be_bytes());
+            k.extend_from_slice(provider.as_bytes());
+            k.extend_from_slice(pid.as_bytes());
+            k
+        }
+    }
+}
+
+fn held_key_of(bytes: &[u8]) -> Result<HeldKey, StoreError> {
+    let bad = || StoreError::Corrupt("a held-updates key".into());
+    match bytes.split_first() {
+        Some((b'm', id)) => Ok(HeldKey::Message(id_of(id)?)),
+        Some((b'p', rest)) if rest.len() >= 4 => {
+            let (len, rest) = rest.split_at(4);
+            let len = u32::from_be_bytes(len.try_into().map_err(|_| bad())?) as usize;
+            if rest.len() < len {
+                return Err(bad());
+            }
+            let (provider, pid) = rest.split_at(len);
+            Ok(HeldKey::ProviderId {
+                provider: String::from_utf8(provider.to_vec()).map_err(|_| bad())?,
+                pid: String::from_utf8(pid.to_vec()).map_err(|_| bad())?,
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn channel_sql(channel: Channel) -> i16 {
+    channel as u8 as i16
+}
+
+/// This engine's [`Txn`]: SQL statements in the batch's transaction.
+struct PgTxn<'a> {
+    b: &'a Bridge,
+    c: &'a Object,
+    /// The batch's time: `leased` lists only leases expired by then.
+    now: UnixMillis,
+    rules: RecipientRules,
+}
+
+impl PgTxn<'_> {
+    fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        self.b
+            .block_on(async {
+                let st = self.c.prepare_cached(sql).await?;
+                self.c.execute(&st, params).await
+            })
+            .map_err(db)
+    }
+
+    fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        self.b
+            .block_on(async {
+                let st = self.c.prepare_cached(sql).await?;
+                self.c.query(&st, params).await
+            })
+            .map_err(db)
+    }
+
+    fn row(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+        self.b
+            .block_on(async {
+                let st = self.c.prepare_cached(sql).await?;
+                self.c.query_opt(&st, params).await
+            })
+            .map_err(db)
+    }
+
+    fn id_pairs(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
+        self.rows(sql, params)?
+            .iter()
+            .map(|r| Ok((ms(r.get(0)), id_of(r.get(1))?)))
+            .collect()
+    }
+}
+
+impl Txn for PgTxn<'_> {
+    type Error = StoreError;
+
+    fn recipient_rules(&self) -> RecipientRules {
+        self.rules
+    }
+
+    fn message(&mut self, id: &MsgId) -> Result<Option<Record>, StoreError> {
+        self.row(
+            "SELECT record FROM messages WHERE id = $1",
+            &[&id.as_slice()],
+        )?
+        .map(|r| dec(r.get::<_, &[u8]>(0), "message"))
+        .transpose()
+    }
+    fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), StoreError> {
+        let state = Counts::index(record.state) as i16;
+        self.exec(
+            "INSERT INTO messages (id, state, record) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record",
+            &[&id.as_slice(), &state, &enc(record)],
+        )?;
+        Ok(())
+    }
+    fn remove_message(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.exec("DELETE FROM messages WHERE id = $1", &[&id.as_slice()])?;
+        Ok(())
+    }
+
+    fn schedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO queue (due_at, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&big(due), &id.as_slice()],
+        )?;
+        Ok(())
+    }
+    fn unschedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM queue WHERE due_at = $1 AND id = $2",
+            &[&big(due), &id.as_slice()],
+        )?;
+        Ok(())
+    }
+    fn due(
+        &mut self,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
+        self.id_pairs(
+            "SELECT due_at, id FROM queue WHERE due_at <= $1 ORDER BY due_at, id LIMIT $2 \
+             FOR UPDATE SKIP LOCKED",
+            &[&big(now), &(limit as i64)],
+        )
+    }
+
+    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO leases (id, until) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET until = EXCLUDED.until",
+            &[&id.as_slice(), &big(until)],
+        )?;
+        Ok(())
+    }
+    fn unlease(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.exec("DELETE FROM leases WHERE id = $1", &[&id.as_slice()])?;
+        Ok(())
+    }
+    fn is_leased(&mut self, id: &MsgId) -> Result<bool, StoreError> {
+        Ok(self
+            .row("SELECT 1 FROM leases WHERE id = $1", &[&id.as_slice()])?
+            .is_some())
+    }
+    /// Only leases expired by the batch's `now`: another daemon may hold the live ones.
+    fn leased(&mut self) -> Result<Vec<MsgId>, StoreError> {
+        self.rows(
+            "SELECT id FROM leases WHERE until <= $1 ORDER BY id",
+            &[&big(self.now)],
+        )?
+        .iter()
+        .map(|r| id_of(r.get(0)))
+        .collect()
+    }
+
+    fn idempotency(&mut self, key: &str) -> Result<Option<(MsgId, UnixMillis)>, StoreError> {
+        self.row(
+            "SELECT id, expires_at FROM idempotency WHERE key = $1",
+            &[&key],
+        )?
+        .map(|r| Ok((id_of(r.get(0))?, ms(r.get(1)))))
+        .transpose()
+    }
+    fn put_idempotency(
+        &mut self,
+        key: &str,
+        id: &MsgId,
+        expires: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO idempotency (key, id, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET id = EXCLUDED.id, expires_at = EXCLUDED.expires_at",
+            &[&key, &id.as_slice(), &big(expires)],
+        )?;
+        Ok(())
+    }
+    fn remove_idempotency(&mut self, key: &str) -> Result<(), StoreError> {
+        self.exec("DELETE FROM idempotency WHERE key = $1", &[&key])?;
+        Ok(())
+    }
+
+    fn by_provider_id(&mut self, provider: &str, pid: &str) -> Result<Option<MsgId>, StoreError> {
+        self.row(
+            "SELECT id FROM provider_ids WHERE provider = $1 AND pid = $2",
+            &[&provider, &pid],
+        )?
+        .map(|r| id_of(r.get(0)))
+        .transpose()
+    }
+    fn put_provider_id(&mut self, provider: &str, pid: &str, id: &MsgId) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO provider_ids (provider, pid, id) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider, pid) DO UPDATE SET id = EXCLUDED.id",
+            &[&provider, &pid, &id.as_slice()],
+        )?;
+        Ok(())
+    }
+    fn remove_provider_id(&mut self, provider: &str, pid: &str) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM provider_ids WHERE provider = $1 AND pid = $2",
+            &[&provider, &pid],
+        )?;
+        Ok(())
+    }
+
+    fn put_dead(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO dead (id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&id.as_slice()],
+        )?;
+        Ok(())
+    }
+    fn remove_dead(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.exec("DELETE FROM dead WHERE id = $1", &[&id.as_slice()])?;
+        Ok(())
+    }
+
+    fn put_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO finished (at, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&big(at), &id.as_slice()],
+        )?;
+        Ok(())
+    }
+    fn remove_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM finished WHERE at = $1 AND id = $2",
+            &[&big(at), &id.as_slice()],
+        )?;
+        Ok(())
+    }
+    fn finished_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
+        self.id_pairs(
+            "SELECT at, id FROM finished WHERE at < $1 ORDER BY at, id LIMIT $2",
+            &[&big(before), &(limit as i64)],
+        )
+    }
+
+    fn suppression(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<Suppression>, StoreError> {
+        self.row(
+            "SELECT entry FROM suppression WHERE channel = $1 AND key = $2",
+            &[&channel_sql(channel), &key.as_str()],
+        )?
+        .map(|r| dec(r.get::<_, &[u8]>(0), "suppression"))
+        .transpose()
+    }
+    fn suppress(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+        entry: &Suppression,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO suppression (channel, key, entry) VALUES ($1, $2, $3) \
+             ON CONFLICT (channel, key) DO UPDATE SET entry = EXCLUDED.entry",
+            &[&channel_sql(channel), &key.as_str(), &enc(entry)],
+        )?;
+        Ok(())
+    }
+    fn unsuppress(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM suppression WHERE channel = $1 AND key = $2",
+            &[&channel_sql(channel), &key.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn latest(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<MsgId>, StoreError> {
+        self.row(
+            "SELECT id FROM latest WHERE channel = $1 AND key = $2",
+            &[&channel_sql(channel), &key.as_str()],
+        )?
+        .map(|r| id_of(r.get(0)))
+        .transpose()
+    }
+    fn put_latest(
+        &mut self,
+        channel: Channel,
+        key: &RecipientKey,
+        id: &MsgId,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO latest (channel, key, id) VALUES ($1, $2, $3) \
+             ON CONFLICT (channel, key) DO UPDATE SET id = EXCLUDED.id",
+            &[&channel_sql(channel), &key.as_str(), &id.as_slice()],
+        )?;
+        Ok(())
+    }
+    fn remove_latest(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM latest WHERE channel = $1 AND key = $2",
+            &[&channel_sql(channel), &key.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn held(&mut self, key: HeldFor<'_>) -> Result<HeldUpdates, StoreError> {
+        Ok(self
+            .row("SELECT updates FROM held WHERE key = $1", &[&held_key(key)])?
+            .map(|r| dec(r.get::<_, &[u8]>(0), "held updates"))
+            .transpose()?
+            .unwrap_or_default())
+    }
+    fn set_held(
+        &mut self,
+        key: HeldFor<'_>,
+        updates: &[(UnixMillis, StatusUpdate)],
+    ) -> Result<(), StoreError> {
+        let k = held_key(key);
+        match updates.iter().map(|(at, _)| *at).min() {
+            None => self.exec("DELETE FROM held WHERE key = $1", &[&k])?,
+            Some(oldest) => self.exec(
+                "INSERT INTO held (key, oldest, updates) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO UPDATE SET oldest = EXCLUDED.oldest, updates = EXCLUDED.updates",
+                &[&k, &big(oldest), &enc(&updates.to_vec())],
+            )?,
+        };
+        Ok(())
+    }
+    fn held_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<HeldKey>, StoreError> {
+        self.rows(
+            "SELECT key FROM held WHERE oldest < $1 ORDER BY key LIMIT $2",
+            &[&big(before), &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| held_key_of(r.get(0)))
+        .collect()
+    }
+
+    fn seen(&mut self, provider: &str, key: &str, now: UnixMillis) -> Result<bool, StoreError> {
+        let inserted = self.exec(
+            "INSERT INTO seen (provider, key, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&provider, &key, &big(now)],
+        )?;
+        Ok(inserted == 0)
+    }
+    fn seen_before(
+        &mut self,
+        before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<SeenKey>, StoreError> {
+        Ok(self
+            .rows(
+                "SELECT at, provider, key FROM seen WHERE at < $1 \
+                 ORDER BY at, provider, key LIMIT $2",
+                &[&big(before), &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| SeenKey {
+                at: ms(r.get(0)),
+                provider: r.get(1),
+                key: r.get(2),
+            })
+            .collect())
+    }
+    fn unsee(&mut self, key: &SeenKey) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM seen WHERE provider = $1 AND key = $2 AND at = $3",
+            &[&key.provider, &key.key, &big(key.at)],
+        )?;
+        Ok(())
+    }
+
+    fn breaker(&mut self, provider: &str) -> Result<Option<BreakerRecord>, StoreError> {
+        self.row(
+            "SELECT record FROM breakers WHERE provider = $1",
+            &[&provider],
+        )?
+        .map(|r| dec(r.get::<_, &[u8]>(0), "breaker"))
+        .transpose()
+    }
+    fn put_breaker(&mut self, provider: &str, record: &BreakerRecord) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO breakers (provider, record) VALUES ($1, $2) \
+             ON CONFLICT (provider) DO UPDATE SET record = EXCLUDED.record",
+            &[&provider, &enc(record)],
+        )?;
+        Ok(())
+    }
+
+    fn prune_events(&mut self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
+        // The oldest events, in seq order, up to the first one that is not old enough.
+        self.exec(
+            "DELETE FROM events WHERE seq IN (\
+               SELECT seq FROM events WHERE at < $1 \
+                 AND seq < COALESCE((SELECT min(seq) FROM events WHERE at >= $1), \
+                                    9223372036854775807) \
+               ORDER BY seq LIMIT $2)",
+            &[&big(before), &(limit as i64)],
+        )
+    }
+
+    fn audit(&mut self, counts: &Counts) -> Result<Audit, StoreError> {
+        let messages = self.rows("SELECT id, record FROM messages ORDER BY id", &[])?;
+        let schedule = self.id_pairs("SELECT due_at, id FROM queue", &[])?;
+        let leases = self.rows("SELECT id FROM leases", &[])?;
+        let dead = self.rows("SELECT id FROM dead", &[])?;
+        let finished = self.id_pairs("SELECT at, id FROM finished", &[])?;
+        check::audit(
+            messages
+                .iter()
+                .map(|r| Ok((id_of(r.get(0))?, dec(r.get::<_, &[u8]>(1), "message")?))),
+            schedule.into_iter().map(Ok),
+            leases.iter().map(|r| id_of(r.get(0))),
+            dead.iter().map(|r| id_of(r.get(0))),
+            finished.into_iter().map(Ok),
+            *counts,
+        )
+    }
+
+    fn finish(&mut self, events: &[Event], seq: u64, counts: &Counts) -> Result<(), StoreError> {
+        if !events.is_empty() {
+            let seqs: Vec<i64> = events.iter().map(|e| big(e.seq)).collect();
+            let ats: Vec<i64> = events.iter().map(|e| big(e.at)).collect();
+            let blobs: Vec<Vec<u8>> = events.iter().map(enc).collect();
+            self.exec(
+                "INSERT INTO events (seq, at, event) \
+                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::bytea[])",
+                &[&seqs, &ats, &blobs],
+            )?;
+            // A wake-up for subscribers on every daemon, delivered at COMMIT.
+            self.exec("SELECT pg_notify('herald_events', $1)", &[&seq.to_string()])?;
+        }
+        self.exec(
+            "UPDATE herald_meta SET seq = $1, counts = $2 WHERE id = 1",
+            &[&big(seq), &counts_sql(counts)],
+        )?;
+        Ok(())
+    }
+}
+
+impl Store for PgStore {
+    fn commit(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
+        off_runtime(|| self.commit_here(now, ops))
+    }
+
+    /// A commit is durable when it returns (`synchronous_commit = on`).
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
+        self.query(
+            "SELECT record FROM messages WHERE id = $1",
+            &[&id.as_slice()],
+        )?
+        .first()
+        .map(|r| dec(r.get::<_, &[u8]>(0), "message"))
+        .transpose()
+    }
+
+    fn idempotency_key(&self, key: &str, now: UnixMillis) -> Result<Option<MsgId>, StoreError> {
+        self.query(
+            "SELECT id FROM idempotency WHERE key = $1 AND expires_at > $2",
+            &[&key, &big(now)],
+        )?
+        .first()
+        .map(|r| id_of(r.get(0)))
+        .transpose()
+    }
+
+    fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.query(
+            "SELECT event FROM events WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            &[&big(from), &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| dec(r.get::<_, &[u8]>(0), "event"))
+        .collect()
+    }
+
+    fn first_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .query("SELECT min(seq) FROM events", &[])?
+            .first()
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map_or(0, ms))
+    }
+
+    fn last_seq(&self) -> u64 {
+        match self.query("SELECT seq FROM herald_meta WHERE id = 1", &[]) {
+            Ok(rows) => {
+                let seq = rows.first().map_or(0, |r| ms(r.get(0)));
+                self.last_seq.fetch_max(seq, Ordering::Relaxed);
+                seq
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the last seq; using the last known");
+                self.last_seq.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    fn next_due(&self) -> Result<Option<UnixMillis>, StoreError> {
+        Ok(self
+            .query("SELECT min(due_at) FROM queue", &[])?
+            .first()
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(ms))
+    }
+
+    fn counts(&self) -> Counts {
+        match self.query("SELECT counts FROM herald_meta WHERE id = 1", &[]) {
+            Ok(rows) => {
+                let c = rows
+                    .first()
+                    .map(|r| counts_of(r.get(0)))
+                    .unwrap_or_default();
+                *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = c;
+                c
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the counts; using the last known");
+                *self.counts.lock().unwrap_or_else(|p| p.into_inner())
+            }
+        }
+    }
+
+    fn dead(&self, limit: usize) -> Result<Vec<(MsgId, Record)>, StoreError> {
+        self.query(
+            "SELECT d.id, m.record FROM dead d JOIN messages m ON m.id = d.id \
+             ORDER BY d.id LIMIT $1",
+            &[&(limit as i64)],
+        )?
+        .iter()
+        .map(|r| Ok((id_of(r.get(0))?, dec(r.get::<_, &[u8]>(1), "message")?)))
+        .collect()
+    }
+
+    fn recipient_key(&self, channel: Channel, recipient: &str) -> Option<RecipientKey> {
+        recipients::key(channel, recipient, &self.rules)
+    }
+
+    fn suppression(
+        &self,
+        channel: Channel,
+        key: &RecipientKey,
+    ) -> Result<Option<Suppression>, StoreError> {
+        self.query(
+            "SELECT entry FROM suppression WHERE channel = $1 AND key = $2",
+            &[&channel_sql(channel), &key.as_str()],
+        )?
+        .first()
+        .map(|r| dec(r.get::<_, &[u8]>(0), "suppression"))
+        .transpose()
+    }
+
+    /// In (channel, key) order with keys compared as bytes (`COLLATE "C"`), as the
+    /// key-value engines order them, whatever the database's collation.
+    fn suppressions(
+        &self,
+        after: Option<(Channel, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SuppressionEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match after {
+            None => self.query(
+                "SELECT channel, key, entry FROM suppression \
+                 ORDER BY channel, key COLLATE \"C\" LIMIT $1",
+                &[&limit],
+            )?,
+            Some((channel, key)) => self.query(
+                "SELECT channel, key, entry FROM suppression \
+                 WHERE channel > $1 OR (channel = $1 AND key COLLATE \"C\" > $2 COLLATE \"C\") \
+                 ORDER BY channel, key COLLATE \"C\" LIMIT $3",
+                &[&channel_sql(channel), &key, &limit],
+            )?,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let byte: i16 = r.get(0);
+            let Some(channel) = u8::try_from(byte).ok().and_then(recipients::channel_of) else {
+                continue;
+            };
+            out.push(SuppressionEntry {
+                channel,
+                key: r.get(1),
+                entry: dec(r.get::<_, &[u8]>(2), "suppression")?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn breakers(&self) -> Result<BTreeMap<String, BreakerRecord>, StoreError> {
+        self.query("SELECT provider, record FROM breakers", &[])?
+            .iter()
+            .map(|r| Ok((r.get(0), dec(r.get::<_, &[u8]>(1), "breaker")?)))
+            .collect()
+    }
+
+    fn epoch(&self) -> String {
+        self.epoch.clone()
+    }
+
+    /// `LISTEN herald_events` on a connection of its own, reconnecting after a loss; each
+    /// notification (every commit with events, by any daemon) becomes a wake-up.
+    fn notify_appends(&self, wake: std::sync::mpsc::Sender<()>) -> bool {
+        let config = self.config.clone();
+        let Some(rt) = &self.bridge.rt else {
+            return false;
+        };
+        rt.spawn(async move {
+            loop {
+                if let Ok((client, mut conn)) = config.connect(tokio_postgres::NoTls).await {
+                    let listen = async {
+                        client.batch_execute("LISTEN herald_events").await?;
+                        // Whatever was appended while not listening.
+                        Ok::<_, tokio_postgres::Error>(())
+                    };
+                    let driver = async {
+                        while let Some(message) =
+                            std::future::poll_fn(|cx| conn.poll_message(cx)).await
+                        {
+                            match message {
+                                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                    if wake.send(()).is_err() {
+                                        return true;
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        false
+                    };
+                    let (listened, done) = tokio::join!(
+                        async {
+                            let r = listen.await;
+                            let _ = wake.send(());
+                            r
+                        },
+                        driver
+                    );
+                    if done {
+                        return;
+                    }
+                    if let Err(e) = listened {
+                        tracing::warn!(error = %e, "LISTEN herald_events failed; polling only");
+                    }
+                    drop(client);
+                }
+                if wake.send(()).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "../../../../tests/src/pg.rs"]
+pub(crate) mod test_pg;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::test_pg::TestDb;
+    use super::*;
+    use crate::store::{NewMessage, OpResult, new_id};
+    use herald_plugin_api::{Content, SmsContent};
+
+    fn open(db: &TestDb) -> PgStore {
+        PgStore::open(&db.url, 4, RecipientRules::default()).unwrap()
+    }
+
+    fn sms(body: &str) -> NewMessage {
+        NewMessage {
+            id: new_id(),
+            to: "+14155550100".into(),
+            content: Content::Sms(SmsContent {
+                body: body.into(),
+                ..Default::default()
+            }),
+            tags: vec![],
+            idempotency_key: None,
+            override_suppression: false,
+            send_at: None,
+            ttl_ms: 60_000,
+            idempotency_window_ms: 1_000,
+        }
+    }
+
+    /// The IPC handlers read from tokio workers: no call may panic there, on either
+    /// flavour of runtime.
+    #[test]
+    fn calls_from_inside_a_runtime_do_not_panic() {
+        let db = TestDb::new();
+        for multi in [false, true] {
+            let rt = if multi {
+                tokio::runtime::Builder::new_multi_thread().build().unwrap()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+            };
+            let store = rt.block_on(async { open(&db) });
+            let m = sms("hi");
+            rt.block_on(async {
+                store.commit(1, &[Op::Accept(m.clone())]).unwrap();
+                assert_eq!(store.counts().get(herald_plugin_api::State::Queued), 1);
+                assert!(store.get(&m.id).unwrap().is_some());
+                assert!(store.last_seq() >= 1);
+                store
+                    .commit(2, &[Op::Cancel(m.id)])
+                    .expect("cancel from a runtime");
+            });
+            // Dropped inside a runtime too.
+            rt.block_on(async move { drop(store) });
+        }
+    }
+
+    /// Two daemons committing at once: seqs are gap-free, unique, and in commit order —
+    /// every batch's events are contiguous, so no reader can see seq n+1 before seq n.
+    #[test]
+    fn two_stores_on_one_database_take_gap_free_seqs() {
+        let db = TestDb::new();
+        let a = open(&db);
+        let b = open(&db);
+        assert_eq!(a.epoch(), b.epoch(), "one log, one epoch");
+        let run = |store: &PgStore| {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let ops = [Op::Accept(sms(&format!("{i}a"))), Op::Accept(sms("b"))];
+                let c = store.commit(i, &ops).unwrap();
+                seqs.push(c.events.iter().map(|e| e.seq).collect::<Vec<_>>());
+            }
+            seqs
+        };
+        let batches = std::thread::scope(|s| {
+            let (a, run) = (&a, &run);
+            let ta = s.spawn(move || run(a));
+            let b = &b;
+            let tb = s.spawn(move || run(b));
+            let mut all = ta.join().unwrap();
+            all.extend(tb.join().unwrap());
+            all
+        });
+        let mut seqs: Vec<u64> = batches.iter().flatten().copied().collect();
+        for batch in &batches {
+            assert!(batch.windows(2).all(|w| w[1] == w[0] + 1), "{batch:?}");
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+        let log: Vec<u64> = a
+            .events_from(0, 1000)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(log, seqs);
+        assert_eq!(b.last_seq(), 100);
+        assert_eq!(a.counts().get(herald_plugin_api::State::Queued), 100);
+    }
+
+    /// Two daemons claiming at once never lease one message twice.
+    #[test]
+    fn concurrent_claims_never_share_a_message() {
+        let db = TestDb::new();
+        let a = open(&db);
+        let b = open(&db);
+        let ops: Vec<Op> = (0..60).map(|i| Op::Accept(sms(&i.to_string()))).collect();
+        a.commit(0, &ops).unwrap();
+        let run = |store: &PgStore| {
+            let mut ids = Vec::new();
+            loop {
+                let r = store
+                    .commit(
+                        1,
+                        &[Op::Claim {
+                            limit: 7,
+                            lease_ms: 30_000,
+                        }],
+                    )
+                    .unwrap();
+                match r.results.into_iter().next() {
+                    Some(OpResult::Claimed(c)) if !c.is_empty() => {
+                        ids.extend(c.into_iter().map(|c| c.id))
+                    }
+                    _ => return ids,
+                }
+            }
+        };
+        let claimed = std::thread::scope(|s| {
+            let (a, run) = (&a, &run);
+            let ta = s.spawn(move || run(a));
+            let b = &b;
+            let tb = s.spawn(move || run(b));
+            let mut all = ta.join().unwrap();
+            all.extend(tb.join().unwrap());
+            all
+        });
+        let mut unique = claimed.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!((claimed.len(), unique.len()), (60, 60));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let db = TestDb::new();
+        let s = open(&db);
+        s.execute_now("UPDATE herald_schema SET version = version + 1", &[])
+            .unwrap();
+        drop(s);
+        let err = PgStore::open(&db.url, 2, RecipientRules::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("newer than this heraldd knows"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_url_is_logged_without_its_password() {
+        let r = redact("postgresql://herald:s3cret@db.example:6432/herald");
+        assert_eq!(r, "postgresql://herald:***@db.example:6432/herald");
+        assert!(!redact("host=db user=herald password=s3cret dbname=q").contains("s3cret"));
+        assert!(!redact("postgres://x:s3cret@[bad").contains("s3cret"));
+    }
+}

@@ -1,0 +1,180 @@
+//! The PostgreSQL engine's schema: versioned migrations, applied at open under a
+//! transaction-scoped advisory lock (two daemons starting at once migrate once), and a
+//! refusal to run against a schema newer than this build knows.
+//!
+//! Owns: the tables and their migrations. Must not: hold queries of the state machine
+//! (those live in `super`).
+
+use deadpool_postgres::Object;
+
+use super::{Bridge, db};
+use crate::store::StoreError;
+
+/// The schema version this build writes and reads.
+pub const VERSION: i32 = 1;
+
+/// The advisory lock key migrations run under ("herald" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
+
+/// Migration `n` (1-based) brings the schema from version `n - 1` to `n`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    -- The single counter row: every commit locks it first, so batches are serialised and
+    -- seq order is commit order (a reader never sees seq n+1 before n commits).
+    CREATE TABLE herald_meta (
+        id smallint PRIMARY KEY CHECK (id = 1),
+        seq bigint NOT NULL,
+        counts bigint[] NOT NULL,
+        epoch text NOT NULL,
+        -- How recipient-keyed rows are keyed (postcard `KeyedWith`); NULL: schema 1.
+        keyed_with bytea
+    );
+    -- Every message: its record (postcard), its state for queries.
+    CREATE TABLE messages (
+        id bytea PRIMARY KEY,
+        state smallint NOT NULL,
+        record bytea NOT NULL
+    );
+    -- The hot queue: one row per waiting message (queued or deferred), removed when it
+    -- is claimed or cancelled; only ready rows live here.
+    CREATE TABLE queue (
+        due_at bigint NOT NULL,
+        id bytea NOT NULL,
+        PRIMARY KEY (due_at, id)
+    );
+    -- Leases of messages being sent; `until` is also the claim's fencing token.
+    CREATE TABLE leases (
+        id bytea PRIMARY KEY,
+        until bigint NOT NULL
+    );
+    CREATE INDEX leases_until ON leases (until);
+    -- Idempotency keys outlive queue rows (until the message is pruned).
+    CREATE TABLE idempotency (
+        key text PRIMARY KEY,
+        id bytea NOT NULL,
+        expires_at bigint NOT NULL
+    );
+    CREATE TABLE provider_ids (
+        provider text NOT NULL,
+        pid text NOT NULL,
+        id bytea NOT NULL,
+        PRIMARY KEY (provider, pid)
+    );
+    CREATE TABLE dead (id bytea PRIMARY KEY);
+    CREATE TABLE finished (
+        at bigint NOT NULL,
+        id bytea NOT NULL,
+        PRIMARY KEY (at, id)
+    );
+    CREATE TABLE suppression (
+        channel smallint NOT NULL,
+        key text NOT NULL,
+        entry bytea NOT NULL,
+        PRIMARY KEY (channel, key)
+    );
+    CREATE TABLE latest (
+        channel smallint NOT NULL,
+        key text NOT NULL,
+        id bytea NOT NULL,
+        PRIMARY KEY (channel, key)
+    );
+    -- Webhook updates held until their message can take them.
+    CREATE TABLE held (
+        key bytea PRIMARY KEY,
+        oldest bigint NOT NULL,
+        updates bytea NOT NULL
+    );
+    CREATE INDEX held_oldest ON held (oldest);
+    CREATE TABLE seen (
+        provider text NOT NULL,
+        key text NOT NULL,
+        at bigint NOT NULL,
+        PRIMARY KEY (provider, key)
+    );
+    CREATE INDEX seen_at ON seen (at, provider, key);
+    -- Shared breaker state per provider (only transitions are written).
+    CREATE TABLE breakers (
+        provider text PRIMARY KEY,
+        record bytea NOT NULL
+    );
+    -- The append-only event log.
+    CREATE TABLE events (
+        seq bigint PRIMARY KEY,
+        at bigint NOT NULL,
+        event bytea NOT NULL
+    );
+    "#,
+];
+
+/// Brings the database to [`VERSION`] (creating the meta row with `epoch` and `keyed_with`
+/// on a new database), or refuses a newer one.
+pub(super) fn migrate(
+    b: &Bridge,
+    client: &Object,
+    epoch: &str,
+    keyed_with: &[u8],
+) -> Result<(), StoreError> {
+    b.block_on(async {
+        client.batch_execute("BEGIN").await?;
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS herald_schema (version integer NOT NULL)")
+            .await?;
+        let row = client
+            .query_opt("SELECT version FROM herald_schema", &[])
+            .await?;
+        Ok::<_, tokio_postgres::Error>(row.map(|r| r.get::<_, i32>(0)))
+    })
+    .map_err(|e| {
+        let _ = b.block_on(client.batch_execute("ROLLBACK"));
+        db(e)
+    })
+    .and_then(|found| {
+        let found = found.unwrap_or(0);
+        if found > VERSION {
+            let _ = b.block_on(client.batch_execute("ROLLBACK"));
+            return Err(StoreError::Internal(format!(
+                "the database has Herald schema version {found}, newer than this heraldd knows \
+                 ({VERSION}): upgrade heraldd, or point it at another database"
+            )));
+        }
+        b.block_on(async {
+            for (i, sql) in MIGRATIONS.iter().enumerate() {
+                let v = i as i32 + 1;
+                if v <= found {
+                    continue;
+                }
+                client.batch_execute(sql).await?;
+                if v == 1 {
+                    client
+                        .execute(
+                            "INSERT INTO herald_meta (id, seq, counts, epoch, keyed_with) \
+                             VALUES (1, 0, $1, $2, $3)",
+                            &[&vec![0i64; 12], &epoch, &keyed_with],
+                        )
+                        .await?;
+                }
+            }
+            if found == 0 {
+                client
+                    .execute(
+                        "INSERT INTO herald_schema (version) VALUES ($1)",
+                        &[&VERSION],
+                    )
+                    .await?;
+            } else if found < VERSION {
+                client
+                    .execute("UPDATE herald_schema SET version = $1", &[&VERSION])
+                    .await?;
+            }
+            client.batch_execute("COMMIT").await
+        })
+        .map_err(|e| {
+            let _ = b.block_on(client.batch_execute("ROLLBACK"));
+            db(e)
+        })
+    })
+}

@@ -1,0 +1,485 @@
+//! heraldd on the PostgreSQL store (`[store] kind = "postgres"`), against a real server
+//! (see `herald_tests::pg`), each test on a database of its own: send and deliver through a
+//! mock provider; SIGKILL under load, restart, and every acknowledged message is delivered
+//! with a gap-free event log.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_plugin_api::State;
+use herald_protocol::Filter;
+use herald_tests::mock::MockProvider;
+use herald_tests::pg::TestDb;
+use herald_tests::{Builder, Daemon, email};
+
+/// A daemon on `db` (the URL through `${HERALD_PG_URL}`, as an operator writes it), with
+/// a lease of `lease`: short where a killed daemon's claims must come back within seconds,
+/// long where a delivery slowed by a busy machine must not be taken back (and repeated).
+fn on_postgres(db: &TestDb, mock: &MockProvider, lease: &str) -> Builder {
+    Daemon::builder()
+        .webhook_provider(mock)
+        .env("HERALD_PG_URL", &db.url)
+        .config(&format!(
+            "[store]\nkind = \"postgres\"\nurl = \"${{HERALD_PG_URL}}\"\npool_size = 4\nlease = \"{lease}\"\n"
+        ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_and_delivers_with_the_store_in_postgres() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let daemon = on_postgres(&db, &mock, "60s").start().await;
+    let client = daemon.client().await;
+    let mut sub = client.subscribe(Filter::default(), None).await.unwrap();
+    let id = client
+        .send(email("ann@example.org", "on postgres"))
+        .await
+        .unwrap()
+        .id;
+    let got = mock.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].json()["id"].as_str(), Some(id.as_str()));
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"sent") {
+        let e = tokio::time::timeout(Duration::from_secs(30), sub.next_event())
+            .await
+            .expect("events")
+            .expect("stream open")
+            .expect("event");
+        kinds.push(herald_tests::kinds(std::slice::from_ref(&e))[0]);
+    }
+    assert_eq!(kinds[..3], ["queued", "sending", "sent"]);
+    // The URL is a secret: the log shows it redacted only.
+    assert!(!daemon.log().contains(&db.url), "{}", daemon.log());
+
+    // The message lives in the database, not in the data dir: a second daemon with a data
+    // dir of its own on the same database finds it.
+    let other = on_postgres(&db, &mock, "60s").start().await;
+    let seen = other.client().await.get(&id).await.unwrap();
+    assert!(
+        matches!(seen.state, State::Sent | State::Delivered),
+        "{:?}",
+        seen.state
+    );
+
+    // `heraldd --check-store` checks the database (not a sled dir) once its daemon stopped,
+    // while the other daemon keeps running on it.
+    let mut daemon = daemon;
+    daemon.kill();
+    let out = std::process::Command::new(herald_tests::heraldd_path())
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .arg("--check-store")
+        .env("HERALD_PG_URL", &db.url)
+        .env("HERALD_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("store consistent: 1 messages checked"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_under_load_on_postgres_loses_no_acknowledged_message() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let mut daemon = on_postgres(&db, &mock, "2s").start().await;
+
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut senders = Vec::new();
+    for conn in 0..4 {
+        let client = daemon.client().await;
+        let acked = Arc::clone(&acked);
+        senders.push(tokio::spawn(async move {
+            let mut inflight = tokio::task::JoinSet::new();
+            for i in 0..100_000u32 {
+                if inflight.len() >= 16 {
+                    match inflight.join_next().await {
+                        Some(Ok(Ok(id))) => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        _ => return,
+                    }
+                }
+                let c = client.clone();
+                inflight.spawn(async move {
+                    c.send(email(&format!("guest{conn}-{i}@example.org"), "pg crash"))
+                        .await
+                        .map(|a| a.id)
+                });
+            }
+        }));
+    }
+    // Some acknowledged and some delivered (so leases are live), then pull the plug.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().len() < 400 || mock.count() < 50 {
+        assert!(tokio::time::Instant::now() < deadline, "senders too slow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.kill();
+    for s in senders {
+        let _ = s.await;
+    }
+    let acked: HashSet<String> = acked.lock().unwrap().clone();
+    eprintln!(
+        "killed with {} acknowledged, {} delivered",
+        acked.len(),
+        mock.count()
+    );
+
+    daemon.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let seen: HashSet<String> = mock
+            .requests()
+            .iter()
+            .filter_map(|r| r.json()["id"].as_str().map(String::from))
+            .collect();
+        let missing: Vec<&String> = acked.difference(&seen).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} acknowledged messages never reached the provider, e.g. {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = daemon.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while client.stats().await.unwrap().active > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The whole log, gap-free.
+    let mut sub = client.subscribe(Filter::default(), Some(0)).await.unwrap();
+    let (first, last) = (sub.first_seq, sub.last_seq);
+    assert_eq!(first, 1);
+    for expected in first..=last {
+        let e = tokio::time::timeout(Duration::from_secs(30), sub.next_event())
+            .await
+            .expect("replay stalled")
+            .expect("stream open")
+            .expect("event");
+        assert_eq!(e.seq, expected, "gap in the event log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_daemons_on_one_database_deliver_each_message_exactly_once() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let a = on_postgres(&db, &mock, "60s").start().await;
+    let b = on_postgres(&db, &mock, "60s").start().await;
+
+    // 8 concurrent sends with one idempotency key, through both daemons: one message.
+    let mut same = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let client = if i % 2 == 0 {
+            a.client().await
+        } else {
+            b.client().await
+        };
+        same.spawn(async move {
+            let mut m = email("once@example.org", "one key");
+            m.idempotency_key = Some("the-one-key".into());
+            client.send(m).await.unwrap()
+        });
+    }
+    let mut ids = HashSet::new();
+    let mut fresh = 0;
+    while let Some(r) = same.join_next().await {
+        let r = r.unwrap();
+        fresh += usize::from(!r.duplicate);
+        ids.insert(r.id);
+    }
+    assert_eq!(
+        (ids.len(), fresh),
+        (1, 1),
+        "one message, accepted once: {ids:?}"
+    );
+
+    // 2,000 messages, half through each daemon.
+    let mut senders = tokio::task::JoinSet::new();
+    for (n, daemon) in [&a, &b].into_iter().enumerate() {
+        for conn in 0..2 {
+            let client = daemon.client().await;
+            senders.spawn(async move {
+                let mut sent = Vec::new();
+                for i in 0..500 {
+                    let to = format!("d{n}-c{conn}-{i}@example.org");
+                    sent.push(client.send(email(&to, "shared queue")).await.unwrap().id);
+                }
+                sent
+            });
+        }
+    }
+    let mut all: HashSet<String> = ids.clone();
+    while let Some(r) = senders.join_next().await {
+        all.extend(r.unwrap());
+    }
+    assert_eq!(all.len(), 2_001);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while mock.count() < all.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} delivered",
+            mock.count(),
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Settle, then count: each message exactly once at the provider.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut delivered: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter_map(|r| r.json()["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(delivered.len(), all.len(), "no message delivered twice");
+    delivered.sort();
+    delivered.dedup();
+    let delivered: HashSet<String> = delivered.into_iter().collect();
+    assert_eq!(delivered, all);
+    // Both daemons read the same counts from the database.
+    let (sa, sb) = (
+        a.client().await.stats().await.unwrap(),
+        b.client().await.stats().await.unwrap(),
+    );
+    assert_eq!(sa.active, 0);
+    assert_eq!(sa.states, sb.states);
+}
+
+/// Reads `n` events from `sub`.
+async fn next_events(
+    sub: &mut herald_client::Subscription,
+    n: usize,
+) -> Vec<herald_plugin_api::Event> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = tokio::time::timeout(Duration::from_secs(30), sub.next_event())
+            .await
+            .expect("no event within 30 s")
+            .expect("stream open")
+            .expect("event");
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_one_daemon_sees_the_other_daemons_events() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let a = on_postgres(&db, &mock, "60s").start().await;
+    let b = on_postgres(&db, &mock, "60s").start().await;
+    let on_a = a.client().await;
+    let on_b = b.client().await;
+
+    let mut sub = on_a.subscribe(Filter::default(), None).await.unwrap();
+    let id = on_b
+        .send(email("bo@example.org", "sent through B"))
+        .await
+        .unwrap()
+        .id;
+    // queued, sending, sent: whoever delivered it, A's live stream shows all three.
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &herald_plugin_api::Event| {
+        e.kind == herald_plugin_api::EventKind::Sent && e.message_id.as_deref() == Some(&id)
+    }) {
+        seen.extend(next_events(&mut sub, 1).await);
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e.kind == herald_plugin_api::EventKind::Queued
+                && e.message_id.as_deref() == Some(&id)),
+        "{seen:?}"
+    );
+    for w in seen.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "no gap in the live stream");
+    }
+    let last = seen.last().unwrap().seq;
+    drop(sub);
+
+    // Resume on A after a reconnect: B's later events, from where it left off, no gap.
+    let more = on_b
+        .send(email("cy@example.org", "while away"))
+        .await
+        .unwrap()
+        .id;
+    mock.wait_for(2, Duration::from_secs(30)).await;
+    let mut sub = on_a
+        .subscribe(Filter::default(), Some(last + 1))
+        .await
+        .unwrap();
+    let mut resumed: Vec<herald_plugin_api::Event> = Vec::new();
+    while !resumed.iter().any(|e| {
+        e.kind == herald_plugin_api::EventKind::Sent && e.message_id.as_deref() == Some(&more)
+    }) {
+        resumed.extend(next_events(&mut sub, 1).await);
+    }
+    assert_eq!(resumed[0].seq, last + 1);
+    for w in resumed.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1);
+    }
+    assert!(
+        resumed
+            .iter()
+            .any(|e| e.kind == herald_plugin_api::EventKind::Queued
+                && e.message_id.as_deref() == Some(more.as_str())),
+        "{resumed:?}"
+    );
+}
+
+fn signal(daemon: &Daemon, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(daemon.pid().to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig}");
+}
+
+/// Daemon A leases messages and stalls (SIGSTOP) past the lease: B returns them to the
+/// queue and delivers them; when A wakes and its provider calls finally answer, its late
+/// completions (an old fencing token) change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_daemons_leases_go_to_the_other_and_its_late_completions_change_nothing() {
+    let db = TestDb::new();
+    let slow = MockProvider::start().await;
+    let fast = MockProvider::start().await;
+    slow.hold();
+    let a = on_postgres(&db, &slow, "2s").start().await;
+    let on_a = a.client().await;
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let to = format!("stalled{i}@example.org");
+        ids.insert(on_a.send(email(&to, "leased by A")).await.unwrap().id);
+    }
+    // A has claimed every one: its calls hang at the held provider.
+    slow.wait_for(20, Duration::from_secs(30)).await;
+    signal(&a, "STOP");
+
+    let b = Daemon::builder()
+        .env("HERALD_PG_URL", &db.url)
+        .config(&format!(
+            "[[providers]]\nname = \"hookb\"\nplugin = \"webhook\"\nurl = \"{}/notify\"\n\n[routes]\nemail = [\"hookb\"]\nsms = [\"hookb\"]\npush = [\"hookb\"]\n\n[store]\nkind = \"postgres\"\nurl = \"${{HERALD_PG_URL}}\"\nlease = \"2s\"\n",
+            fast.url()
+        ))
+        .start()
+        .await;
+    // B returns the expired leases and delivers everything.
+    let got = fast.wait_for(20, Duration::from_secs(60)).await;
+    let at_b: HashSet<String> = got
+        .iter()
+        .filter_map(|r| r.json()["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(at_b, ids);
+    let on_b = b.client().await;
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while on_b.get(id).await.unwrap().state != State::Sent {
+            assert!(tokio::time::Instant::now() < deadline, "{id} not sent by B");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A wakes; its calls answer; its completions are stale.
+    signal(&a, "CONT");
+    slow.release();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &ids {
+        let m = on_b.get(id).await.unwrap();
+        assert_eq!(
+            (m.state, m.provider.as_deref()),
+            (State::Sent, Some("hookb")),
+            "{id}: B's outcome stands"
+        );
+    }
+    // One `sent` per message in the shared log.
+    let mut sub = on_b.subscribe(Filter::default(), Some(0)).await.unwrap();
+    let last = sub.last_seq;
+    let log = next_events(&mut sub, last as usize).await;
+    for id in &ids {
+        let sent = log
+            .iter()
+            .filter(|e| {
+                e.kind == herald_plugin_api::EventKind::Sent
+                    && e.message_id.as_deref() == Some(id.as_str())
+            })
+            .count();
+        assert_eq!(sent, 1, "{id}");
+    }
+    drop(a);
+}
+
+/// A breaker one daemon opens is open on the other (which never called the provider).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opened_by_one_daemon_is_open_for_the_other() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    mock.set_default(herald_tests::mock::Reply::new(503, "{}"));
+    let builder = || {
+        Daemon::builder()
+            .env("HERALD_PG_URL", &db.url)
+            // A failed message waits an hour: nothing is due again during the test.
+            .retry("base = \"1h\"")
+            .retry("cap = \"1h\"")
+            .config(&format!(
+                "[[providers]]\nname = \"hook\"\nplugin = \"webhook\"\nurl = \"{}/notify\"\nbreaker = {{ failures = 2, cooldown = \"1h\" }}\n\n[routes]\nemail = [\"hook\"]\n\n[store]\nkind = \"postgres\"\nurl = \"${{HERALD_PG_URL}}\"\nlease = \"30s\"\n",
+                mock.url()
+            ))
+    };
+    let a = builder().start().await;
+    let b = builder().start().await;
+    let breaker = |stats: herald_protocol::Stats| {
+        stats
+            .providers
+            .iter()
+            .find(|p| p.name == "hook")
+            .map(|p| p.breaker.clone())
+            .unwrap()
+    };
+    let on_b = b.client().await;
+    assert_eq!(breaker(on_b.stats().await.unwrap()), "closed");
+    // B sleeps while A fails twice and opens its breaker.
+    signal(&b, "STOP");
+    let on_a = a.client().await;
+    for i in 0..2 {
+        let to = format!("down{i}@example.org");
+        on_a.send(email(&to, "provider down")).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while breaker(on_a.stats().await.unwrap()) != "open" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A's breaker never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = mock.count();
+    signal(&b, "CONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while breaker(on_b.stats().await.unwrap()) != "open" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never adopted A's open breaker:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        mock.count(),
+        calls,
+        "B opened nothing itself: it never called"
+    );
+}
