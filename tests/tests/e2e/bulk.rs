@@ -97,6 +97,24 @@ async fn dry_run_lists_bad_and_suppressed_rows_and_a_killed_run_resumes_without_
         cmd
     };
 
+    // The dry run checks the suppression list: without a daemon it fails, saying why.
+    let out = std::process::Command::new(herald_tests::herald_path())
+        .arg("--socket")
+        .arg(dir.join("nobody-listens.sock"))
+        .args(["bulk", "send"])
+        .arg(dir.join("guests.csv"))
+        .arg("--template")
+        .arg(dir.join("invite.toml"))
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dry-run checks the suppression list"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+
     // Two guests are on the suppression list. The address is written otherwise than in the
     // CSV (the check matches canonical keys); a number has one accepted spelling (E.164:
     // `suppression_add` validates it as a send's `to`, and so does the bulk check).
