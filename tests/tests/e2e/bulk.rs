@@ -1,7 +1,9 @@
 //! `herald bulk send` and `herald bulk status` against the real daemon: a 500-row guest
-//! list with mixed email/SMS rows and 3 bad rows. The dry run lists exactly the bad rows by
-//! line and sends nothing; a real run SIGKILLed halfway and run again delivers each good row
-//! exactly once, with the bodies rendered from the template.
+//! list with mixed email/SMS rows, 3 bad rows and 2 suppressed recipients (put on the list
+//! in another spelling than the CSV's). The dry run lists exactly those 5 rows by line and
+//! sends nothing; a real run SIGKILLed halfway and run again delivers each other row
+//! exactly once, with the bodies rendered from the template; `--override-suppression` then
+//! sends the 2 suppressed ones too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Output, Stdio};
@@ -55,16 +57,23 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-fn invalid_lines(lines: &[Value]) -> Vec<u64> {
+fn lines_with(lines: &[Value], status: &str) -> Vec<u64> {
     lines
         .iter()
-        .filter(|l| l["status"] == "invalid")
+        .filter(|l| l["status"] == status)
         .map(|l| l["line"].as_u64().unwrap())
         .collect()
 }
 
+fn invalid_lines(lines: &[Value]) -> Vec<u64> {
+    lines_with(lines, "invalid")
+}
+
+/// Rows 300 (email) and 301 (SMS), on lines 301 and 302, are on the suppression list.
+const SUPPRESSED_ROWS: [u32; 2] = [300, 301];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice() {
+async fn dry_run_lists_bad_and_suppressed_rows_and_a_killed_run_resumes_without_sending_twice() {
     let mock = MockProvider::start().await;
     // The provider refuses (retryably) until told otherwise, and the queue holds 100: the
     // first run stalls at exactly 100 accepted messages, where it is killed.
@@ -88,11 +97,75 @@ async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice()
         cmd
     };
 
-    // The dry run: exactly the 3 bad rows, by line; nothing sent; exit status 1.
+    // The dry run checks the suppression list: without a daemon it fails, saying why.
+    let out = std::process::Command::new(herald_tests::herald_path())
+        .arg("--socket")
+        .arg(dir.join("nobody-listens.sock"))
+        .args(["bulk", "send"])
+        .arg(dir.join("guests.csv"))
+        .arg("--template")
+        .arg(dir.join("invite.toml"))
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dry-run checks the suppression list"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    // Two guests are on the suppression list. The address is written otherwise than in the
+    // CSV (the check matches canonical keys); a number has one accepted spelling (E.164:
+    // `suppression_add` validates it as a send's `to`, and so does the bulk check).
+    for (channel, spelling) in [
+        ("email", "Guest 300 <GUEST300@Example.ORG>"),
+        ("sms", "+14155550301"),
+    ] {
+        let out = daemon
+            .cli()
+            .args(["suppression", "add", channel, spelling])
+            .args(["--reason", "asked by phone"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    // The dry run: exactly the 3 bad rows and the 2 suppressed ones, by line; nothing
+    // sent; exit status 1.
     let out = bulk(&["--dry-run", "--preview", "2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let lines = json_lines(&out);
     assert_eq!(invalid_lines(&lines), vec![101, 251, 401], "{lines:?}");
+    assert_eq!(
+        lines_with(&lines, "suppressed"),
+        vec![301, 302],
+        "{lines:?}"
+    );
+    let suppressed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["status"] == "suppressed")
+        .map(|l| {
+            (
+                l["recipient"].as_str().unwrap(),
+                l["channel"].as_str().unwrap(),
+                l["source"].as_str().unwrap(),
+                l["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        suppressed,
+        [
+            (
+                "guest300@example.org",
+                "email",
+                "operator",
+                "asked by phone"
+            ),
+            ("+14155550301", "sms", "operator", "asked by phone"),
+        ]
+    );
     let previews: Vec<_> = lines
         .iter()
         .filter(|l| l.get("preview").is_some())
@@ -105,8 +178,32 @@ async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice()
     let summary = lines.last().unwrap();
     assert_eq!(
         (&summary["messages"], &summary["email"], &summary["sms"]),
-        (&Value::from(497), &Value::from(247), &Value::from(250)),
+        (&Value::from(495), &Value::from(246), &Value::from(249)),
         "{summary}"
+    );
+    assert_eq!(summary["suppressed"], 2, "{summary}");
+    // The same in words, as an operator reads it.
+    let mut words = daemon.cli();
+    words
+        .args(["bulk", "send"])
+        .arg(dir.join("guests.csv"))
+        .arg("--template")
+        .arg(dir.join("invite.toml"))
+        .arg("--dry-run");
+    let out = words.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("suppressed ("))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "line 301: guest300@example.org: suppressed (operator: asked by phone)",
+            "line 302: +14155550301: suppressed (operator: asked by phone)",
+        ],
+        "{text}"
     );
     let client = daemon.client().await;
     assert_eq!(
@@ -143,10 +240,11 @@ async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice()
     assert_eq!(out.status.code(), Some(1), "3 rows were invalid: {out:?}");
     let lines = json_lines(&out);
     assert_eq!(invalid_lines(&lines), vec![101, 251, 401]);
+    assert_eq!(lines_with(&lines, "suppressed"), vec![301, 302]);
     let count = |s: &str| lines.iter().filter(|l| l["status"] == s).count();
     assert_eq!(
         (count("duplicate"), count("accepted"), count("rejected")),
-        (100, 397, 0),
+        (100, 395, 0),
         "{:?}",
         lines.last()
     );
@@ -157,7 +255,7 @@ async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice()
         let s = client.stats().await.unwrap();
         if s.active == 0 {
             let sent = s.states.iter().find(|(st, _)| *st == State::Sent);
-            assert_eq!(sent.map(|(_, n)| *n), Some(497), "{s:?}");
+            assert_eq!(sent.map(|(_, n)| *n), Some(495), "{s:?}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{s:?}");
@@ -174,11 +272,19 @@ async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice()
             .insert(j["id"].as_str().unwrap().to_string());
         bodies.insert(to, j);
     }
-    assert_eq!(ids_by_to.len(), 497, "one recipient per good row");
+    assert_eq!(ids_by_to.len(), 495, "one recipient per good row");
     for (to, ids) in &ids_by_to {
         assert_eq!(ids.len(), 1, "{to} got {ids:?}: a row was sent twice");
     }
-    for i in (1..=500u32).filter(|i| ![100, 250, 400].contains(i)) {
+    for &i in &SUPPRESSED_ROWS {
+        let to = if i % 2 == 0 {
+            format!("guest{i}@example.org")
+        } else {
+            format!("+1415555{i:04}")
+        };
+        assert!(!bodies.contains_key(&to), "{to} is suppressed");
+    }
+    for i in (1..=500u32).filter(|i| ![100, 250, 400].contains(i) && !SUPPRESSED_ROWS.contains(i)) {
         let (to, expected) = if i % 2 == 0 {
             (
                 format!("guest{i}@example.org"),
@@ -220,8 +326,8 @@ async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let status = &json_lines(&out)[0];
-    assert_eq!(status["messages"], 497, "{status}");
-    assert_eq!(status["states"]["sent"], 497, "{status}");
+    assert_eq!(status["messages"], 495, "{status}");
+    assert_eq!(status["states"]["sent"], 495, "{status}");
     assert_eq!(status["partial"], false, "{status}");
 
     // --watch prints the counts again as the campaign's events arrive.
@@ -241,16 +347,50 @@ async fn dry_run_lists_bad_rows_and_a_killed_run_resumes_without_sending_twice()
             .expect("the watcher still running");
         serde_json::from_str(&line).unwrap()
     };
-    assert_eq!(next_status().await["messages"], 497);
+    assert_eq!(next_status().await["messages"], 495);
     let mut late = herald_tests::sms("+14155559999", "Also invited");
     late.tags = vec!["campaign:w42-invite".into()];
     client.send(late).await.unwrap();
     loop {
         let s = next_status().await;
-        if s["states"]["sent"] == 498 {
-            assert_eq!(s["messages"], 498, "{s}");
+        if s["states"]["sent"] == 496 {
+            assert_eq!(s["messages"], 496, "{s}");
             break;
         }
     }
     watch.kill().await.unwrap();
+
+    // --override-suppression sends the 2 suppressed rows as well (still listed); the rest
+    // is answered duplicate.
+    let mut forced = bulk(&["--override-suppression"]);
+    let out = tokio::task::spawn_blocking(move || forced.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "3 rows were invalid: {out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines_with(&lines, "overridden"), vec![301, 302]);
+    assert_eq!(lines_with(&lines, "suppressed"), Vec::<u64>::new());
+    let count = |s: &str| lines.iter().filter(|l| l["status"] == s).count();
+    assert_eq!(
+        (count("duplicate"), count("accepted"), count("rejected")),
+        (495, 2, 0),
+        "{:?}",
+        lines.last()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let tos: BTreeSet<String> = mock
+            .requests()
+            .iter()
+            .map(|r| r.json()["to"].as_str().unwrap().to_string())
+            .collect();
+        if tos.contains("guest300@example.org") && tos.contains("+14155550301") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the overridden rows were not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,8 +1,10 @@
 //! `herald bulk`: one message per row of a guest list, rendered from a template
 //! (`herald-templates`), and the campaign's progress.
 //!
-//! `bulk send` renders and checks every row before sending anything; the real run sends the
-//! good rows with pipelined `send_batch` calls on one connection and reports the bad ones.
+//! `bulk send` renders and checks every row before sending anything — the daemon's content
+//! rules, then the suppression list (`suppression_check`, per channel, on the connection the
+//! sends use) — and the real run sends the good rows with pipelined `send_batch` calls on
+//! that connection and reports the bad and the suppressed ones.
 //! Every message carries an idempotency key derived from the campaign and the row, so a
 //! re-run after an interruption sends only what the daemon has not yet accepted — nothing is
 //! remembered locally. `bulk status` folds the retained events tagged `campaign:<id>`.
@@ -19,7 +21,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use herald_client::{Client, ClientError};
 use herald_plugin_api::{Channel, Content, EventKind, RsvpAnswer, State};
-use herald_protocol::{BatchItem, ErrorCode, Filter};
+use herald_protocol::{BatchItem, ErrorCode, Filter, SuppressionEntry};
 use herald_templates::{Rendered, RowError, Template, read_rows, render_all};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -29,8 +31,10 @@ use super::print_json;
 #[derive(Subcommand, Debug)]
 pub enum BulkCommand {
     /// Send one message per row of GUESTS (CSV with a header line, or .ndjson/.jsonl),
-    /// rendered from a template. Every row is checked first; bad rows are listed with their
-    /// line numbers and not sent. Exits 1 when any row was bad or refused.
+    /// rendered from a template. Every row is checked first: bad rows and rows whose
+    /// recipient is on the suppression list are listed with their line numbers and not sent.
+    /// Needs heraldd running, --dry-run included (it checks the suppression list). Exits 1
+    /// when any row was bad, suppressed or refused.
     Send(SendArgs),
     /// Per-state counts of a campaign's messages and the RSVP answers received (from the
     /// events the daemon retains).
@@ -47,9 +51,15 @@ pub struct SendArgs {
     /// The campaign id (overrides the template's `campaign`).
     #[arg(long)]
     campaign: Option<String>,
-    /// Check and list; send nothing.
+    /// Check and list (bad rows, suppressed recipients); send nothing. Still needs heraldd
+    /// running: the suppression list is the daemon's.
     #[arg(long)]
     dry_run: bool,
+    /// Send to suppressed recipients too (sets override_suppression on their messages; they
+    /// are still listed). Only for transactional sends a guest must get anyway (a changed
+    /// venue, a cancellation) — never for invitations or marketing.
+    #[arg(long)]
+    override_suppression: bool,
     /// Print the first N rendered messages.
     #[arg(long, value_name = "N")]
     preview: Option<usize>,
@@ -107,6 +117,86 @@ fn print_invalid(bad: &[RowError], as_json: bool) -> Result<()> {
             print_json(&json!({"line": e.line, "status": "invalid", "error": e.reason}))?;
         } else {
             println!("invalid  line {}: {}", e.line, e.reason);
+        }
+    }
+    Ok(())
+}
+
+/// Recipients per `suppression_check` request (the daemon's limit).
+const CHECK_CHUNK: usize = 1000;
+
+/// A rendered message whose recipient is on the suppression list.
+struct Suppressed {
+    line: u64,
+    key: String,
+    channel: Channel,
+    to: String,
+    entry: SuppressionEntry,
+}
+
+/// The entry of every message of `ready` whose recipient is on the suppression list, by
+/// index: one `suppression_check` per channel and chunk of at most [`CHECK_CHUNK`]
+/// recipients. The daemon matches canonical keys, so any spelling of a listed recipient is
+/// found.
+async fn check_suppressed(
+    client: &Client,
+    ready: &[Rendered],
+) -> Result<Vec<Option<SuppressionEntry>>> {
+    let mut found = vec![None; ready.len()];
+    for channel in Channel::ALL {
+        let indexes: Vec<usize> = (0..ready.len())
+            .filter(|&i| ready[i].channel() == channel)
+            .collect();
+        for chunk in indexes.chunks(CHECK_CHUNK) {
+            let recipients = chunk.iter().map(|&i| ready[i].message.to.clone()).collect();
+            let statuses = client
+                .suppression_check(channel, recipients)
+                .await
+                .with_context(|| format!("checking {channel} recipients' suppression"))?;
+            if statuses.len() != chunk.len() {
+                bail!(
+                    "the daemon answered {} statuses for {} recipients",
+                    statuses.len(),
+                    chunk.len()
+                );
+            }
+            for (&i, status) in chunk.iter().zip(statuses) {
+                found[i] = status.entry;
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn source_name(e: &SuppressionEntry) -> String {
+    serde_json::to_value(e.source)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Lists the suppressed messages: not sent, or (with `--override-suppression`) sent anyway.
+fn print_suppressed(list: &[Suppressed], overridden: bool, as_json: bool) -> Result<()> {
+    for s in list {
+        let source = source_name(&s.entry);
+        if as_json {
+            print_json(&json!({
+                "line": s.line, "key": s.key, "channel": s.channel.to_string(),
+                "status": if overridden { "overridden" } else { "suppressed" },
+                "recipient": s.to, "source": source, "reason": s.entry.reason,
+            }))?;
+        } else {
+            println!(
+                "line {}: {}: suppressed ({source}: {}){}",
+                s.line,
+                s.to,
+                s.entry.reason,
+                if overridden {
+                    "; sent anyway (--override-suppression)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     Ok(())
@@ -189,7 +279,46 @@ async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
         .ok_or_else(|| anyhow!("no campaign id: set campaign in the template or pass --campaign"))?
         .to_string();
     let rows = read_rows(&a.rows).map_err(|e| anyhow!("{}: {e}", a.rows.display()))?;
-    let (ready, bad) = render_all(&template, &rows);
+    let (rendered, bad) = render_all(&template, &rows);
+
+    // One connection for the suppression check and the sends; a dry run needs it too.
+    let client = Client::connect(socket).await.map_err(|e| {
+        let e = anyhow!(e);
+        if a.dry_run {
+            e.context(
+                "--dry-run checks the suppression list, which needs heraldd running \
+                 (start it, or pass --socket)",
+            )
+        } else {
+            e
+        }
+    })?;
+    let entries = check_suppressed(&client, &rendered).await?;
+    let mut ready = Vec::with_capacity(rendered.len());
+    let mut suppressed = Vec::new();
+    for (mut r, entry) in rendered.into_iter().zip(entries) {
+        let Some(entry) = entry else {
+            ready.push(r);
+            continue;
+        };
+        suppressed.push(Suppressed {
+            line: r.line,
+            key: r.key.clone(),
+            channel: r.channel(),
+            to: r.message.to.clone(),
+            entry,
+        });
+        if a.override_suppression {
+            r.message.override_suppression = true;
+            ready.push(r);
+        }
+    }
+    // Only suppressed messages that are not sent count against the exit status.
+    let skipped = if a.override_suppression {
+        0
+    } else {
+        suppressed.len()
+    };
 
     if let Some(n) = a.preview {
         for r in ready.iter().take(n) {
@@ -201,6 +330,7 @@ async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
         }
     }
     print_invalid(&bad, as_json)?;
+    print_suppressed(&suppressed, a.override_suppression, as_json)?;
     let emails = ready
         .iter()
         .filter(|r| r.channel() == Channel::Email)
@@ -211,22 +341,31 @@ async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
             print_json(&json!({
                 "summary": "dry_run", "campaign": campaign, "rows": rows.len(),
                 "messages": ready.len(), "email": emails, "sms": sms, "invalid": bad.len(),
+                "suppressed": suppressed.len(), "override_suppression": a.override_suppression,
             }))?;
         } else {
             println!(
-                "campaign {campaign}: {} rows, {} messages ready ({emails} email, {sms} sms), {} rows invalid; nothing sent (--dry-run)",
+                "campaign {campaign}: {} rows, {} messages ready ({emails} email, {sms} sms), {} rows invalid, {} messages to suppressed recipients{}; nothing sent (--dry-run)",
                 rows.len(),
                 ready.len(),
-                bad.len()
+                bad.len(),
+                suppressed.len(),
+                if a.override_suppression {
+                    " (sent anyway: --override-suppression)"
+                } else {
+                    " (not sent)"
+                }
             );
         }
-        if !bad.is_empty() {
-            bail!("{} rows are invalid", bad.len());
+        if !bad.is_empty() || skipped > 0 {
+            bail!(
+                "{} rows are invalid and {skipped} messages go to suppressed recipients",
+                bad.len()
+            );
         }
         return Ok(());
     }
 
-    let client = Client::connect(socket).await?;
     let total = ready.len() as u64;
     let bar = if !as_json && std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
@@ -293,7 +432,8 @@ async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
         print_json(&json!({
             "summary": "sent", "campaign": campaign, "rows": rows.len(), "messages": total,
             "accepted": accepted, "duplicate": duplicate, "rejected": rejected,
-            "invalid": bad.len(), "seconds": secs,
+            "invalid": bad.len(), "suppressed": suppressed.len(),
+            "override_suppression": a.override_suppression, "seconds": secs,
         }))?;
     } else {
         rejected_lines.sort();
@@ -301,14 +441,20 @@ async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
             println!("rejected line {line}: {e}");
         }
         println!(
-            "campaign {campaign}: {total} messages: {accepted} accepted, {duplicate} duplicate (accepted before), {rejected} rejected; {} rows invalid (not sent); {:.0} messages/s",
+            "campaign {campaign}: {total} messages: {accepted} accepted, {duplicate} duplicate (accepted before), {rejected} rejected; {} rows invalid (not sent); {} messages to suppressed recipients ({}); {:.0} messages/s",
             bad.len(),
+            suppressed.len(),
+            if a.override_suppression {
+                "sent anyway: --override-suppression"
+            } else {
+                "not sent"
+            },
             if secs > 0.0 { total as f64 / secs } else { 0.0 }
         );
     }
-    if !bad.is_empty() || rejected > 0 {
+    if !bad.is_empty() || rejected > 0 || skipped > 0 {
         bail!(
-            "{} rows invalid and {rejected} messages rejected were not sent",
+            "{} rows invalid, {skipped} messages to suppressed recipients and {rejected} messages rejected were not sent",
             bad.len()
         );
     }
