@@ -1412,6 +1412,12 @@ fn resend_defers_a_sent_message_until_attempts_run_out<E: Engine>(mut e: E) {
     assert_eq!(r.results, vec![OpResult::Held]);
     complete(&s, 1_012, done(&c, State::Sent, Some("SM2")));
     assert_eq!(state(&s, &m.id), State::Sent);
+    // A resend request about the first attempt, found by Herald's id, is stale.
+    let r = s
+        .commit(1_013, &[update(Some("SM1"), Some(&m.id), RESEND, "stale")])
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Ignored]);
+    assert_eq!(state(&s, &m.id), State::Sent);
     // Attempt 2 of 3: once more.
     let r = s
         .commit(

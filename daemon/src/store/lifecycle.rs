@@ -743,8 +743,8 @@ fn apply_update<T: Txn>(
                 r.attempt + 1
             );
             // Webhooks about the attempt that failed must not reach the next one.
-            if let Some(pid) = &r.provider_message_id {
-                txn.remove_provider_id(provider, pid)?;
+            if let (Some(p), Some(pid)) = (&r.provider, &r.provider_message_id) {
+                txn.remove_provider_id(p, pid)?;
             }
             transition(txn, cur, now, id, r, State::Deferred)?;
             r.due_at = due;
