@@ -949,6 +949,7 @@ mod tests {
             index_provider_id: false,
             breakers: Vec::new(),
             breaker_events: Vec::new(),
+            max_attempts: 3,
         })
     }
 

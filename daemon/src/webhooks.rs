@@ -196,6 +196,7 @@ impl WebhookServer {
             .map(|update| Op::Status {
                 provider: name.to_string(),
                 update,
+                max_attempts: live.config.retry.max_attempts,
             })
             .chain(output.inbound.into_iter().map(|inbound| Op::Inbound {
                 provider: name.to_string(),

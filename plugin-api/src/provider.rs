@@ -463,6 +463,13 @@ pub enum UpdateKind {
     Failed,
     Opened,
     Clicked,
+    /// The carrier failed the message for a reason it documents as temporary (Twilio
+    /// 30003/30008): send it again after `after_ms`, if the message's `retry.max_attempts`
+    /// and time-to-live allow another attempt; otherwise it fails as with `Failed`. Added in
+    /// plugin-api 1.1 (appended, so updates stored by older hosts still decode).
+    Resend {
+        after_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -678,6 +685,27 @@ mod tests {
         assert_eq!(
             json,
             r#"{"type":"error","kind":"timeout","message":"slow"}"#
+        );
+    }
+
+    #[test]
+    fn resend_update_round_trips() {
+        let u = StatusUpdate {
+            provider_message_id: Some("SM1".into()),
+            message_id: None,
+            kind: UpdateKind::Resend { after_ms: 600_000 },
+            event_id: None,
+            at: None,
+            detail: Some("30003".into()),
+            suppress: false,
+        };
+        let json = serde_json::to_string(&u.kind).unwrap();
+        assert_eq!(json, r#"{"resend":{"after_ms":600000}}"#);
+        round_trip(u);
+        // The unit variants keep their spelling.
+        assert_eq!(
+            serde_json::to_string(&UpdateKind::Failed).unwrap(),
+            r#""failed""#
         );
     }
 }

@@ -307,7 +307,7 @@ impl Dispatcher {
         self.complete(Completion {
             breakers: breakers.records,
             breaker_events: breakers.events,
-            ..verdict.completion(id, attempt, fence)
+            ..verdict.completion(id, attempt, fence, live.config.retry.max_attempts)
         })
         .await;
     }

@@ -136,12 +136,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The completion of claim (`attempt`, `fence`) of message `id` that stores it.
-    pub fn completion(self, id: MsgId, attempt: u32, fence: u64) -> Completion {
+    /// The completion of claim (`attempt`, `fence`) of message `id` that stores it, under
+    /// `retry.max_attempts` = `max_attempts`.
+    pub fn completion(self, id: MsgId, attempt: u32, fence: u64, max_attempts: u32) -> Completion {
         let base = Completion {
             id,
             attempt,
             fence,
+            max_attempts,
             state: State::Deferred,
             provider: None,
             provider_message_id: None,
@@ -488,7 +490,7 @@ mod tests {
                 index_provider_id: false,
             }
         );
-        let c = v.completion([1; 16], 1, 99);
+        let c = v.completion([1; 16], 1, 99, 3);
         assert_eq!(
             (c.state, c.fence, c.attempt_used),
             (State::Delivered, 99, true)
@@ -515,9 +517,9 @@ mod tests {
                 suppress: true,
             }
         );
-        assert_eq!(v.completion([1; 16], 1, 0).state, State::Bounced);
+        assert_eq!(v.completion([1; 16], 1, 0, 3).state, State::Bounced);
         let v = decide_at(&[called("resend", rejected(false, false))], 1, LATER);
-        let c = v.completion([1; 16], 1, 0);
+        let c = v.completion([1; 16], 1, 0, 3);
         assert_eq!((c.state, c.suppress), (State::Failed, false));
     }
 
@@ -651,7 +653,7 @@ mod tests {
             },
             "not dead on the last attempt: no provider was called"
         );
-        let c = v.completion([1; 16], 3, 0);
+        let c = v.completion([1; 16], 3, 0, 3);
         assert_eq!((c.state, c.attempt_used), (State::Deferred, false));
         // A breaker about to half-open still leaves a short pause; none known: a second.
         let v = decide_at(&[open("resend", Some(NOW + 10))], 1, LATER);

@@ -188,6 +188,8 @@ conformance!(
     breakers_by_generation_survive_a_restart,
     breaker_events_report_only_the_newest_transition,
     a_delivery_delay_is_an_event_that_leaves_the_state,
+    resend_defers_a_sent_message_until_attempts_run_out,
+    resend_is_bounded_by_the_ttl_and_never_moves_back,
     retention_prunes_what_finished,
     event_seqs_gap_free_and_never_reused,
     events_read_from_any_seq,
@@ -294,6 +296,7 @@ fn done(c: &Claimed, state: State, pid: Option<&str>) -> Completion {
         index_provider_id: true,
         breakers: Vec::new(),
         breaker_events: Vec::new(),
+        max_attempts: 3,
     }
 }
 
@@ -305,6 +308,7 @@ fn complete(s: &impl Store, now: UnixMillis, c: Completion) -> Vec<Event> {
 
 fn update(pid: Option<&str>, id: Option<&MsgId>, kind: UpdateKind, event: &str) -> Op {
     Op::Status {
+        max_attempts: 3,
         provider: "tw".into(),
         update: StatusUpdate {
             provider_message_id: pid.map(Into::into),
@@ -898,6 +902,7 @@ fn held_webhook_for_a_provider_id_not_yet_known<E: Engine>(mut e: E) {
         .commit(
             1,
             &[Op::Status {
+                max_attempts: 3,
                 provider: "other".into(),
                 update: StatusUpdate {
                     provider_message_id: Some("SM7".into()),
@@ -972,6 +977,7 @@ fn status_updates_forward_only_and_deduplicated<E: Engine>(mut e: E) {
             3,
             &[
                 Op::Status {
+                    max_attempts: 3,
                     provider: "tw".into(),
                     update: StatusUpdate {
                         provider_message_id: Some("re_1".into()),
@@ -1005,6 +1011,7 @@ fn status_updates_forward_only_and_deduplicated<E: Engine>(mut e: E) {
                 update(Some("re_unknown"), None, UpdateKind::Delivered, "ev7"),
                 update(Some("re_unknown"), None, UpdateKind::Delivered, "ev7"),
                 Op::Status {
+                    max_attempts: 3,
                     provider: "tw".into(),
                     update: StatusUpdate {
                         provider_message_id: None,
@@ -1314,6 +1321,7 @@ fn breaker_events_report_only_the_newest_transition<E: Engine>(mut e: E) {
             index_provider_id: false,
             breakers,
             breaker_events,
+            max_attempts: 3,
         })
     };
     let c = s
@@ -1356,6 +1364,162 @@ fn breaker_events_report_only_the_newest_transition<E: Engine>(mut e: E) {
         ]
     );
     assert_consistent(&s);
+}
+
+const RESEND: UpdateKind = UpdateKind::Resend { after_ms: 1_000 };
+
+fn resend_defers_a_sent_message_until_attempts_run_out<E: Engine>(mut e: E) {
+    let s = e.open();
+    let m = msg(None, "RSVP?");
+    accept(&s, 0, &m);
+    let c = claim_one(&s, 0, &m.id);
+    complete(&s, 1, done(&c, State::Sent, Some("SM1")));
+    // The carrier could not reach the handset: send again after the delay.
+    let r = s
+        .commit(10, &[update(Some("SM1"), None, RESEND, "SM1:undelivered")])
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Done]);
+    assert_eq!(kinds(&r.events), [EventKind::Deferred]);
+    let detail = r.events[0].detail.as_deref().unwrap();
+    assert!(detail.contains("sending again after 1000 ms"), "{detail}");
+    assert_eq!(r.events[0].provider.as_deref(), Some("tw"));
+    assert_eq!(state(&s, &m.id), State::Deferred);
+    assert_eq!(s.counts().get(State::Deferred), 1);
+    assert_eq!(s.counts().get(State::Sent), 0);
+    // A redelivered webhook stays de-duplicated, and a second request is not granted twice.
+    let r = s
+        .commit(
+            11,
+            &[
+                update(Some("SM1"), None, RESEND, "SM1:undelivered"),
+                update(None, Some(&m.id), RESEND, "other"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Ignored, OpResult::Ignored]);
+    assert!(r.events.is_empty());
+    let s = e.reopen(s);
+    // Not before the delay; then a new attempt, which the old provider id no longer finds.
+    assert!(claim(&s, 1_009, 10).is_empty());
+    let c = claim_one(&s, 1_010, &m.id);
+    assert_eq!(c.record.attempt, 2);
+    let r = s
+        .commit(
+            1_011,
+            &[update(Some("SM1"), None, UpdateKind::Delivered, "late")],
+        )
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Held]);
+    complete(&s, 1_012, done(&c, State::Sent, Some("SM2")));
+    assert_eq!(state(&s, &m.id), State::Sent);
+    // A resend request about the first attempt, found by Herald's id, is stale.
+    let r = s
+        .commit(1_013, &[update(Some("SM1"), Some(&m.id), RESEND, "stale")])
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Ignored]);
+    assert_eq!(state(&s, &m.id), State::Sent);
+    // Attempt 2 of 3: once more.
+    let r = s
+        .commit(
+            1_020,
+            &[update(Some("SM2"), None, RESEND, "SM2:undelivered")],
+        )
+        .unwrap();
+    assert_eq!(kinds(&r.events), [EventKind::Deferred]);
+    let c = claim_one(&s, 2_020, &m.id);
+    assert_eq!(c.record.attempt, 3);
+    complete(&s, 2_021, done(&c, State::Sent, Some("SM3")));
+    // Attempt 3 of 3: no attempt left, the message fails.
+    let r = s
+        .commit(
+            2_030,
+            &[update(Some("SM3"), None, RESEND, "SM3:undelivered")],
+        )
+        .unwrap();
+    assert_eq!(r.results, vec![OpResult::Done]);
+    assert_eq!(kinds(&r.events), [EventKind::Failed]);
+    let detail = r.events[0].detail.as_deref().unwrap();
+    assert!(detail.contains("no attempt left"), "{detail}");
+    assert_eq!(state(&s, &m.id), State::Failed);
+    assert_eq!(
+        s.get(&m.id).unwrap().unwrap().last_error.as_deref(),
+        Some(detail)
+    );
+    assert!(claim(&s, 10_000, 10).is_empty());
+    assert_eq!(s.counts().get(State::Failed), 1);
+    assert_eq!(s.counts().get(State::Deferred), 0);
+    assert_consistent(&s);
+}
+
+fn resend_is_bounded_by_the_ttl_and_never_moves_back<E: Engine>(mut e: E) {
+    let mut s = e.open();
+    // The delay would end after the time-to-live (60 s from acceptance): failed.
+    let late = msg(None, "RSVP?");
+    sent(&s, 0, &late);
+    let r = s
+        .commit(
+            10,
+            &[update(
+                Some("pid-0"),
+                None,
+                UpdateKind::Resend { after_ms: 60_000 },
+                "e1",
+            )],
+        )
+        .unwrap();
+    assert_eq!(kinds(&r.events), [EventKind::Failed]);
+    let detail = r.events[0].detail.as_deref().unwrap();
+    assert!(detail.contains("time-to-live"), "{detail}");
+    assert_eq!(state(&s, &late.id), State::Failed);
+    // Delivered (or failed) already: a resend request changes nothing.
+    let delivered = msg(None, "RSVP?");
+    sent(&s, 100, &delivered);
+    let r = s
+        .commit(
+            110,
+            &[
+                update(Some("pid-100"), None, UpdateKind::Delivered, "e2"),
+                update(Some("pid-100"), None, RESEND, "e3"),
+                update(Some("pid-0"), None, RESEND, "e4"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        r.results,
+        vec![OpResult::Done, OpResult::Ignored, OpResult::Ignored]
+    );
+    assert_eq!(kinds(&r.events), [EventKind::Delivered]);
+    assert_eq!(state(&s, &delivered.id), State::Delivered);
+    // Held while the message is being sent, applied with the completion under the
+    // completion's max_attempts.
+    for (max_attempts, then) in [(3, EventKind::Deferred), (1, EventKind::Failed)] {
+        let m = msg(None, "RSVP?");
+        accept(&s, 200, &m);
+        let c = claim_one(&s, 200, &m.id);
+        let r = s
+            .commit(
+                201,
+                &[update(
+                    None,
+                    Some(&m.id),
+                    RESEND,
+                    &format!("h{max_attempts}"),
+                )],
+            )
+            .unwrap();
+        assert_eq!(r.results, vec![OpResult::Held]);
+        s = e.reopen(s);
+        let events = complete(
+            &s,
+            202,
+            Completion {
+                max_attempts,
+                ..done(&c, State::Sent, Some(&format!("SMh{max_attempts}")))
+            },
+        );
+        assert_eq!(kinds(&events), [EventKind::Sent, then]);
+        assert_consistent(&s);
+    }
 }
 
 fn a_delivery_delay_is_an_event_that_leaves_the_state<E: Engine>(mut e: E) {
@@ -1404,6 +1568,7 @@ fn breakers_by_generation_survive_a_restart<E: Engine>(mut e: E) {
             index_provider_id: false,
             breakers,
             breaker_events: Vec::new(),
+            max_attempts: 3,
         })
     };
     let s = e.open();

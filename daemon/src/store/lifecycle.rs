@@ -338,7 +338,11 @@ pub fn apply<T: Txn>(
         Op::Requeue(id) => requeue(txn, now, id, cur),
         Op::Recover => recover(txn, now, cur),
         Op::Prune { before, limit } => prune(txn, *before, *limit, cur),
-        Op::Status { provider, update } => status(txn, now, provider, update, cur),
+        Op::Status {
+            provider,
+            update,
+            max_attempts,
+        } => status(txn, now, provider, update, *max_attempts, cur),
         Op::Inbound {
             provider,
             inbound,
@@ -604,7 +608,16 @@ fn complete<T: Txn>(
     held.sort_by_key(|(at, _)| *at);
     let provider = c.provider.as_deref().unwrap_or_default();
     for (_, update) in held {
-        apply_update(txn, now, &c.id, &mut r, provider, &update, cur)?;
+        apply_update(
+            txn,
+            now,
+            &c.id,
+            &mut r,
+            provider,
+            &update,
+            c.max_attempts,
+            cur,
+        )?;
     }
     txn.put_message(&c.id, &r)?;
     Ok(OpResult::Done)
@@ -661,12 +674,17 @@ fn update_state(kind: UpdateKind) -> Option<State> {
         UpdateKind::Delivered => Some(State::Delivered),
         UpdateKind::Bounced => Some(State::Bounced),
         UpdateKind::Complained => Some(State::Complained),
-        UpdateKind::Failed => Some(State::Failed),
+        // A resend that cannot be granted fails the message.
+        UpdateKind::Failed | UpdateKind::Resend { .. } => Some(State::Failed),
         UpdateKind::Deferred | UpdateKind::Opened | UpdateKind::Clicked => None,
     }
 }
 
-/// Applies a provider status update to a record that is not being sent. Forward only.
+/// Applies a provider status update to a record that is not being sent. Forward only,
+/// with one exception: a resend request ([`UpdateKind::Resend`]) about a `sent` message
+/// puts it back in the schedule as `deferred`, when `max_attempts` and its time-to-live
+/// allow another attempt (otherwise it fails the message).
+#[allow(clippy::too_many_arguments)]
 fn apply_update<T: Txn>(
     txn: &mut T,
     now: UnixMillis,
@@ -674,6 +692,7 @@ fn apply_update<T: Txn>(
     r: &mut Record,
     provider: &str,
     u: &StatusUpdate,
+    max_attempts: u32,
     cur: &mut Cursor,
 ) -> Result<bool, T::Error> {
     let mut event = message_event(now, id, r, EventKind::Opened);
@@ -683,6 +702,12 @@ fn apply_update<T: Txn>(
         .clone()
         .or_else(|| r.provider_message_id.clone());
     event.detail = u.detail.clone();
+    // A resend request is about the attempt that got the provider id it names; one about
+    // an earlier attempt (found by Herald's id) is stale.
+    let resendable = r.state == State::Sent
+        && (u.provider_message_id.is_none()
+            || r.provider_message_id.is_none()
+            || u.provider_message_id == r.provider_message_id);
     let changed = match (u.kind, update_state(u.kind)) {
         (UpdateKind::Opened, _) => {
             cur.emit(event);
@@ -700,6 +725,56 @@ fn apply_update<T: Txn>(
             cur.emit(event);
             true
         }
+        // Only a message the provider accepted can be sent again: a later report (it was
+        // delivered after all, or failed) wins, and a resend already granted is not
+        // granted twice.
+        (UpdateKind::Resend { after_ms }, _)
+            if resendable
+                && r.attempt < max_attempts
+                && now.saturating_add(after_ms) < r.expires_at =>
+        {
+            let due = now.saturating_add(after_ms);
+            let why = u
+                .detail
+                .clone()
+                .unwrap_or_else(|| format!("{provider} reported a temporary failure"));
+            let detail = format!(
+                "{why}; sending again after {after_ms} ms (attempt {} of {max_attempts})",
+                r.attempt + 1
+            );
+            // Webhooks about the attempt that failed must not reach the next one.
+            if let (Some(p), Some(pid)) = (&r.provider, &r.provider_message_id) {
+                txn.remove_provider_id(p, pid)?;
+            }
+            transition(txn, cur, now, id, r, State::Deferred)?;
+            r.due_at = due;
+            r.last_error = Some(detail.clone());
+            txn.schedule(due, id)?;
+            cur.scheduled = true;
+            event.kind = EventKind::Deferred;
+            event.detail = Some(detail);
+            cur.emit(event);
+            true
+        }
+        (UpdateKind::Resend { .. }, _) if resendable => {
+            let why = if r.attempt >= max_attempts {
+                format!("no attempt left (retry.max_attempts = {max_attempts})")
+            } else {
+                "the time-to-live (retry.ttl) runs out first".to_string()
+            };
+            let detail = format!(
+                "{}; not sent again: {why}",
+                u.detail.as_deref().unwrap_or("a temporary failure")
+            );
+            transition(txn, cur, now, id, r, State::Failed)?;
+            r.last_error = Some(detail.clone());
+            event.kind = EventKind::Failed;
+            event.detail = Some(detail);
+            cur.emit(event);
+            true
+        }
+        // A resend request about a message in any other state changes nothing.
+        (UpdateKind::Resend { .. }, _) => false,
         (_, Some(state)) if state.rank() > r.state.rank() => {
             transition(txn, cur, now, id, r, state)?;
             if matches!(state, State::Bounced | State::Failed | State::Complained) {
@@ -745,6 +820,7 @@ fn status<T: Txn>(
     now: UnixMillis,
     provider: &str,
     u: &StatusUpdate,
+    max_attempts: u32,
     cur: &mut Cursor,
 ) -> Result<OpResult, T::Error> {
     if let Some(eid) = &u.event_id
@@ -772,7 +848,7 @@ fn status<T: Txn>(
     if r.state == State::Sending {
         return hold(txn, HeldFor::Message(&id), now, u);
     }
-    let changed = apply_update(txn, now, &id, &mut r, provider, u, cur)?;
+    let changed = apply_update(txn, now, &id, &mut r, provider, u, max_attempts, cur)?;
     txn.put_message(&id, &r)?;
     Ok(if changed {
         OpResult::Done

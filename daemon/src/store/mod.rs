@@ -238,6 +238,9 @@ pub struct Completion {
     /// (`provider_half_open`), a breaker that opened or closed (`provider_opened`,
     /// `provider_closed`: emitted only if its record in `breakers` is the newest stored).
     pub breaker_events: Vec<BreakerEvent>,
+    /// `retry.max_attempts`, for a held resend request applied with this completion (see
+    /// [`Op::Status`]).
+    pub max_attempts: u32,
 }
 
 /// A breaker transition to report as an event, with the reason.
@@ -299,6 +302,11 @@ pub enum Op {
     Status {
         provider: String,
         update: StatusUpdate,
+        /// `retry.max_attempts`: an [`UpdateKind::Resend`] defers the message only while
+        /// its attempt is below this.
+        ///
+        /// [`UpdateKind::Resend`]: herald_plugin_api::UpdateKind::Resend
+        max_attempts: u32,
     },
     /// A reply from a recipient, tagged like the latest message sent to that sender; `rsvp`
     /// is the reply read as an RSVP (by `rsvp`, outside the store), dropped for an opt-out.

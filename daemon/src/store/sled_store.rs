@@ -1702,10 +1702,12 @@ mod tests {
                 index_provider_id: true,
                 breakers: Vec::new(),
                 breaker_events: Vec::new(),
+                max_attempts: 3,
             })],
         )
         .unwrap();
         let status = |pid: &str, event: &str| Op::Status {
+            max_attempts: 3,
             provider: "tw".into(),
             update: StatusUpdate {
                 provider_message_id: Some(pid.into()),

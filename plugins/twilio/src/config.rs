@@ -6,6 +6,7 @@
 //! warnings the instance logs once. Error messages name the key and the fix, and never
 //! echo a value that might be a secret.
 
+use herald_plugin_api::duration::parse_duration_ms;
 use herald_plugin_api::{ConfigError, ConfigKey, ProviderConfig, Secret, is_sms_sender};
 use serde::Deserialize;
 
@@ -25,6 +26,9 @@ const BASE_URL: UrlKey<'static> = UrlKey {
 };
 /// Twilio's bounds for `ValidityPeriod`, in seconds.
 const VALIDITY_RANGE: std::ops::RangeInclusive<u64> = 1..=36_000;
+/// How long after an `undelivered` 30003/30008 the message is sent again, unless
+/// `resend_after` says otherwise.
+pub const DEFAULT_RESEND_AFTER_MS: u64 = 10 * 60_000;
 
 /// The config keys, as the manifest states them.
 pub fn keys() -> Vec<ConfigKey> {
@@ -72,6 +76,12 @@ pub fn keys() -> Vec<ConfigKey> {
             "validity_period",
             "seconds (1-36000) Twilio may queue the message before giving up",
         ),
+        ConfigKey::optional(
+            "resend_after",
+            "delay before sending again a message the carrier left undelivered with a \
+             temporary error (30003, 30008), e.g. \"10m\" (the default); bounded by \
+             retry.max_attempts and retry.ttl; \"0s\" turns resending off",
+        ),
     ]
 }
 
@@ -99,6 +109,8 @@ pub struct RawConfig {
     pub webhook_auth_token: Option<Secret>,
     #[serde(default)]
     pub validity_period: Option<u64>,
+    #[serde(default)]
+    pub resend_after: Option<String>,
 }
 
 /// The Basic-auth credentials for the Messages API.
@@ -125,6 +137,9 @@ pub struct Config {
     /// The Auth Token that verifies webhook signatures, when one is configured.
     pub webhook_token: Option<Secret>,
     pub validity_period: Option<u64>,
+    /// The delay before a resend after a temporary carrier failure; `None` when
+    /// `resend_after = "0s"` (such failures are final).
+    pub resend_after_ms: Option<u64>,
 }
 
 /// A config plus the warnings worth logging once at load.
@@ -277,6 +292,14 @@ impl Config {
             ));
         }
 
+        let resend_after_ms = match raw.resend_after.as_deref() {
+            None => Some(DEFAULT_RESEND_AFTER_MS),
+            Some(s) => {
+                let ms = parse_duration_ms(s).map_err(|e| format!("resend_after: {e}"))?;
+                (ms > 0).then_some(ms)
+            }
+        };
+
         Ok(Loaded {
             config: Config {
                 account_sid,
@@ -287,6 +310,7 @@ impl Config {
                 status_callback,
                 webhook_token,
                 validity_period: raw.validity_period,
+                resend_after_ms,
             },
             warnings,
         })

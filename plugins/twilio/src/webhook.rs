@@ -82,7 +82,7 @@ pub fn handle(
         Some("received") => inbound(&p),
         None if p.has("Body") => inbound(&p),
         Some("receiving") => Ok(ignored("an incoming message still arriving".into())),
-        Some(status) => status_callback(&p, status, &request.url, now),
+        Some(status) => status_callback(config, &p, status, &request.url, now),
         None => Err(WebhookError::BadRequest(
             "neither MessageStatus nor Body: not a Twilio messaging webhook".into(),
         )),
@@ -161,6 +161,11 @@ fn error_code_info(code: &str) -> Option<(&'static str, &'static str, bool)> {
     })
 }
 
+/// Asynchronous error codes Twilio documents as worth a new send after a while (providers.md
+/// §3): the handset was off or out of coverage (30003), or the carrier gave no reason
+/// (30008). Only for `undelivered`: the carrier, not Twilio, gave up.
+const RESEND_CODES: [&str; 2] = ["30003", "30008"];
+
 /// The failure detail and whether to suppress the recipient.
 fn failure(status: &str, code: Option<&str>, message: Option<&str>) -> (String, bool) {
     let (mut detail, suppress) = match code {
@@ -180,6 +185,7 @@ fn failure(status: &str, code: Option<&str>, message: Option<&str>) -> (String, 
 }
 
 fn status_callback(
+    config: &Config,
     p: &Params<'_>,
     status: &str,
     url: &str,
@@ -203,8 +209,20 @@ fn status_callback(
         ),
         "read" => (UpdateKind::Opened, None, false),
         "undelivered" | "failed" | "canceled" => {
-            let (detail, suppress) = failure(status, p.get("ErrorCode"), p.get("ErrorMessage"));
-            (UpdateKind::Failed, Some(detail), suppress)
+            let code = p.get("ErrorCode");
+            let (detail, suppress) = failure(status, code, p.get("ErrorMessage"));
+            // The host sends again only if the message's attempts and time-to-live allow
+            // it; otherwise a resend fails the message like `Failed`.
+            let kind = match config.resend_after_ms {
+                Some(after_ms)
+                    if status == "undelivered"
+                        && code.is_some_and(|c| RESEND_CODES.contains(&c)) =>
+                {
+                    UpdateKind::Resend { after_ms }
+                }
+                _ => UpdateKind::Failed,
+            };
+            (kind, Some(detail), suppress)
         }
         other => return Ok(ignored(format!("unknown status {other:?} of {sid}"))),
     };
@@ -360,17 +378,23 @@ mod tests {
 
     #[test]
     fn status_table() {
-        let rows: [(&str, Option<&str>, UpdateKind, bool); 10] = [
+        let resend = UpdateKind::Resend {
+            after_ms: crate::config::DEFAULT_RESEND_AFTER_MS,
+        };
+        let rows: [(&str, Option<&str>, UpdateKind, bool); 12] = [
             ("sent", None, UpdateKind::Sent, false),
             ("delivered", None, UpdateKind::Delivered, false),
             ("partially_delivered", None, UpdateKind::Delivered, false),
             ("read", None, UpdateKind::Opened, false),
             ("failed", Some("30005"), UpdateKind::Failed, true),
             ("failed", Some("21610"), UpdateKind::Failed, true),
-            ("undelivered", Some("30003"), UpdateKind::Failed, false),
+            ("undelivered", Some("30003"), resend, false),
             ("undelivered", Some("30007"), UpdateKind::Failed, false),
             ("failed", None, UpdateKind::Failed, false),
             ("canceled", None, UpdateKind::Failed, false),
+            ("undelivered", Some("30008"), resend, false),
+            // Twilio itself failed it: not a carrier's temporary failure.
+            ("failed", Some("30008"), UpdateKind::Failed, false),
         ];
         for (status, code, kind, suppress) in rows {
             let u = update(&callback(status, code));
@@ -589,5 +613,32 @@ mod tests {
         assert!(
             matches!(err("Body=hi&To=%2B15550002222"), WebhookError::BadRequest(m) if m.contains("From"))
         );
+    }
+
+    #[test]
+    fn resend_after_sets_the_delay_and_zero_turns_resending_off() {
+        let with = |resend_after: &str| {
+            config(
+                json!({"account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+15550002222",
+                       "resend_after": resend_after}),
+                Some(WEBHOOK_URL),
+            )
+        };
+        let url = format!("{WEBHOOK_URL}?message_id=01HZX");
+        let body = callback("undelivered", Some("30003"));
+        let kind = |c: &Config| {
+            let h = handle(c, "sms", &signed(TOKEN, &url, &body), NOW).unwrap();
+            h.output.updates[0].kind
+        };
+        assert_eq!(kind(&with("1s")), UpdateKind::Resend { after_ms: 1_000 });
+        assert_eq!(kind(&with("0s")), UpdateKind::Failed);
+        let err = Config::validate(
+            serde_json::from_value(json!({"account_sid": ACCOUNT, "auth_token": TOKEN,
+                                          "from": "+15550002222", "resend_after": "soon"}))
+            .unwrap(),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("resend_after"), "{err}");
     }
 }

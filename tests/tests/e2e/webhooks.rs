@@ -427,3 +427,118 @@ async fn a_resend_webhook_that_outruns_the_send_is_held_then_applied() {
     let (status, _) = post(port, "/webhooks/resend", &headers, body.to_string()).await;
     assert_eq!(status, 401);
 }
+
+/// A Twilio `undelivered` with a temporary carrier error (30003: handset unreachable) is
+/// sent again after `resend_after`, as a new attempt; when no attempt is left
+/// (`retry.max_attempts`), the same report fails the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_undelivered_30003_is_sent_again_until_attempts_run_out() {
+    const SID1: &str = "SM000000000000000000000000000030a1";
+    const SID2: &str = "SM000000000000000000000000000030a2";
+    let mock = MockProvider::start().await;
+    for sid in [SID1, SID2] {
+        mock.push(Reply::new(
+            201,
+            format!(r#"{{"sid":"{sid}","status":"queued","account_sid":"{ACCOUNT}"}}"#),
+        ));
+    }
+    let port = free_port();
+    let daemon = Daemon::builder()
+        .config(&format!(
+            "[webhooks]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{PUBLIC}\"\n\n\
+             [[providers]]\nname = \"twilio\"\nplugin = \"twilio\"\naccount_sid = \"{ACCOUNT}\"\n\
+             auth_token = \"${{TWILIO_TEST_TOKEN}}\"\nfrom = \"+15005550006\"\nbase_url = \"{}\"\n\
+             resend_after = \"1s\"\n\n\
+             [routes]\nsms = [\"twilio\"]\n",
+            mock.url()
+        ))
+        .env("TWILIO_TEST_TOKEN", TOKEN)
+        .retry("max_attempts = 2")
+        .start()
+        .await;
+    let client = daemon.client().await;
+    let ack = client
+        .send(sms("+14155550100", "Ann & Bo's wedding: reply YES or NO"))
+        .await
+        .unwrap();
+    events_until(&client, &ack.id, &["sent"], T).await;
+    let sent_form = mock.requests()[0].body.clone();
+    let callback: String = form_urlencoded::parse(sent_form.as_bytes())
+        .find(|(k, _)| k == "StatusCallback")
+        .map(|(_, v)| v.into_owned())
+        .expect("StatusCallback sent");
+    let path_and_query = callback[PUBLIC.len()..].to_string();
+    let undelivered = |sid: &'static str| {
+        let params = [
+            ("MessageSid", sid),
+            ("MessageStatus", "undelivered"),
+            ("ErrorCode", "30003"),
+            ("AccountSid", ACCOUNT),
+            ("From", "+15005550006"),
+            ("To", "+14155550100"),
+            ("ApiVersion", "2010-04-01"),
+        ];
+        let sig = twilio_signature(&callback, &params);
+        (
+            vec![
+                (
+                    "content-type",
+                    "application/x-www-form-urlencoded".to_string(),
+                ),
+                ("x-twilio-signature", sig),
+            ],
+            form(&params),
+        )
+    };
+
+    // Attempt 1 of 2: deferred, then sent again by the mock's second reply.
+    let (headers, body) = undelivered(SID1);
+    let (status, _) = post(port, &path_and_query, &headers, body.clone()).await;
+    assert_eq!(status, 200);
+    let events = events_until(&client, &ack.id, &["deferred"], T).await;
+    let deferred = events.last().unwrap();
+    assert_eq!(deferred.provider.as_deref(), Some("twilio"));
+    assert_eq!(deferred.provider_message_id.as_deref(), Some(SID1));
+    let detail = deferred.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("30003") && detail.contains("sending again after 1000 ms"),
+        "{detail}"
+    );
+    // Twilio retries the same callback: still one resend.
+    let (status, _) = post(port, &path_and_query, &headers, body).await;
+    assert_eq!(status, 200);
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let view = client.get(&ack.id).await.unwrap();
+        if view.state == State::Sent && view.attempt == 2 {
+            assert_eq!(view.provider_message_id.as_deref(), Some(SID2));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not sent again: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 2, "one new send");
+    assert_eq!(reqs[1].body, reqs[0].body, "the same message again");
+
+    // Attempt 2 of 2: the same carrier error now fails the message.
+    let (headers, body) = undelivered(SID2);
+    let (status, _) = post(port, &path_and_query, &headers, body).await;
+    assert_eq!(status, 200);
+    let events = events_until(&client, &ack.id, &["failed"], T).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "queued", "sending", "sent", "deferred", "sending", "sent", "failed"
+        ]
+    );
+    let detail = events.last().unwrap().detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("no attempt left"), "{detail}");
+    let view = client.get(&ack.id).await.unwrap();
+    assert_eq!(view.state, State::Failed);
+    assert_eq!(mock.count(), 2, "no third send");
+}
