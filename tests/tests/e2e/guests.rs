@@ -19,7 +19,7 @@ const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "test-auth-token-0123456789";
 const WHSEC_KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-async fn resend_daemon(mock: &MockProvider, port: u16) -> Daemon {
+pub(crate) async fn resend_daemon(mock: &MockProvider, port: u16) -> Daemon {
     let secret = format!("whsec_{}", B64.encode(WHSEC_KEY));
     Daemon::builder()
         .config(&format!(
@@ -36,7 +36,7 @@ async fn resend_daemon(mock: &MockProvider, port: u16) -> Daemon {
 }
 
 /// Posts a Resend (Svix-signed) webhook event; returns the HTTP status.
-async fn resend_webhook(port: u16, svix_id: &str, body: &str) -> u16 {
+pub(crate) async fn resend_webhook(port: u16, svix_id: &str, body: &str) -> u16 {
     let ts = (now_ms() / 1000).to_string();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(WHSEC_KEY).unwrap();
     mac.update(format!("{svix_id}.{ts}.{body}").as_bytes());

@@ -7,55 +7,15 @@
 use std::process::Output;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use herald_plugin_api::State;
-use herald_tests::http;
 use herald_tests::mock::{MockProvider, Reply};
-use herald_tests::{Daemon, email, events_until, free_port, kinds, now_ms};
-use hmac::{Hmac, Mac};
+use herald_tests::{Daemon, email, events_until, free_port, kinds};
 use serde_json::Value;
 
+// The Resend daemon and its signed webhooks, as the guests tests set them up.
+use crate::guests::{resend_daemon, resend_webhook};
+
 const T: Duration = Duration::from_secs(60);
-const PUBLIC: &str = "https://hooks.example.com";
-const WHSEC_KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-async fn resend_daemon(mock: &MockProvider, port: u16) -> Daemon {
-    let secret = format!("whsec_{}", B64.encode(WHSEC_KEY));
-    Daemon::builder()
-        .config(&format!(
-            "[webhooks]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{PUBLIC}\"\n\n\
-             [[providers]]\nname = \"resend\"\nplugin = \"resend\"\napi_key = \"${{RESEND_TEST_KEY}}\"\n\
-             from = \"Events <events@example.com>\"\nbase_url = \"{}\"\nwebhook_secret = \"${{RESEND_TEST_WHSEC}}\"\n\n\
-             [routes]\nemail = [\"resend\"]\n",
-            mock.url()
-        ))
-        .env("RESEND_TEST_KEY", "re_test_123")
-        .env("RESEND_TEST_WHSEC", &secret)
-        .start()
-        .await
-}
-
-/// Posts a Resend (Svix-signed) webhook event and expects it taken.
-async fn resend_webhook(port: u16, svix_id: &str, body: &str) {
-    let ts = (now_ms() / 1000).to_string();
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(WHSEC_KEY).unwrap();
-    mac.update(format!("{svix_id}.{ts}.{body}").as_bytes());
-    let sig = format!("v1,{}", B64.encode(mac.finalize().into_bytes()));
-    let a = http::post(
-        port,
-        "/webhooks/resend",
-        &[
-            ("svix-id", svix_id),
-            ("svix-timestamp", &ts),
-            ("svix-signature", &sig),
-            ("content-type", "application/json"),
-        ],
-        body.to_string(),
-    )
-    .await;
-    assert_eq!(a.status, 200, "{}", a.body);
-}
 
 fn json_lines(out: &Output) -> Vec<Value> {
     assert!(
