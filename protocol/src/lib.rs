@@ -121,6 +121,74 @@ pub struct SendMessage {
     #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub override_suppression: bool,
+    /// The priority lane (`critical`, `normal` — the default — or `bulk`): which due
+    /// messages the daemon takes first. Not the push `priority` of [`PushContent`].
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
+    #[serde(default)]
+    pub lane: Lane,
+}
+
+/// A message's priority lane. Among due messages, `critical` ones are dispatched first;
+/// `normal` and `bulk` share what is left 3:1 (each takes all when the other has none), so
+/// a bulk blast never starves normal traffic nor the reverse. Variant order is wire format
+/// (and storage): append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    Critical,
+    #[default]
+    Normal,
+    Bulk,
+}
+
+impl Lane {
+    /// Every lane, in dispatch preference order.
+    pub const ALL: [Lane; 3] = [Lane::Critical, Lane::Normal, Lane::Bulk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Critical => "critical",
+            Lane::Normal => "normal",
+            Lane::Bulk => "bulk",
+        }
+    }
+
+    /// The position in [`Lane::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Critical => 0,
+            Lane::Normal => 1,
+            Lane::Bulk => 2,
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Lane {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Lane, String> {
+        Lane::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown lane {s:?}: expected critical, normal or bulk"))
+    }
+}
+
+/// The waiting messages (queued or deferred, due or not) of one priority lane.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneStats {
+    pub lane: Lane,
+    pub depth: u64,
+    /// How long the longest-waiting due message of the lane has been due (ms); 0 when none
+    /// is due.
+    pub oldest_age_ms: u64,
 }
 
 /// Which events a subscription receives. Empty lists match everything.
@@ -425,6 +493,9 @@ pub struct Stats {
     pub providers: Vec<ProviderStats>,
     /// Free space and the health of the store.
     pub storage: StorageStats,
+    /// Per priority lane, in the order of [`Lane::ALL`].
+    #[serde(default)]
+    pub lanes: Vec<LaneStats>,
 }
 
 /// Whether the daemon can write, and why not. Variant order is wire format: append only.
@@ -875,6 +946,7 @@ mod tests {
                 idempotency_key: Some("k1".into()),
                 send_at: None,
                 override_suppression: false,
+                lane: Lane::Normal,
             }),
         }
     }
@@ -963,6 +1035,11 @@ mod tests {
                     critical_bytes: 1 << 20,
                     detail: Some("low".into()),
                 },
+                lanes: vec![LaneStats {
+                    lane: Lane::Bulk,
+                    depth: 5000,
+                    oldest_age_ms: 1200,
+                }],
             }),
         }
     }

@@ -208,3 +208,19 @@ body = "{{ name|upper }}{% if plus_one is defined %} and {{ plus_one }}{% endif 
         "#]],
     );
 }
+
+#[test]
+fn messages_go_in_the_bulk_lane_unless_the_template_says_otherwise() {
+    let t = Template::parse(INVITE, None).unwrap();
+    assert_eq!(t.lane, Lane::Bulk);
+    let rows = read_csv(CSV.as_bytes()).unwrap();
+    let (ok, _) = render_all(&t, &rows);
+    assert!(ok.iter().all(|r| r.message.lane == Lane::Bulk));
+    let urgent = format!("lane = \"critical\"\n{INVITE}");
+    let t = Template::parse(&urgent, None).unwrap();
+    let (ok, _) = render_all(&t, &rows);
+    assert!(!ok.is_empty());
+    assert!(ok.iter().all(|r| r.message.lane == Lane::Critical));
+    let err = Template::parse(&format!("lane = \"urgent\"\n{INVITE}"), None).unwrap_err();
+    assert!(err.to_string().contains("urgent"), "{err}");
+}
