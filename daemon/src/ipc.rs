@@ -494,6 +494,7 @@ fn view(id: &MsgId, r: Record) -> MessageView {
         tags: r.tags,
         idempotency_key: r.idempotency_key,
         content: r.content,
+        lane: r.lane,
     }
 }
 

@@ -460,6 +460,9 @@ pub struct MessageView {
     #[serde(default)]
     pub idempotency_key: Option<String>,
     pub content: Content,
+    /// The message's priority lane.
+    #[serde(default)]
+    pub lane: Lane,
 }
 
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]

@@ -478,6 +478,7 @@ fn print_message(m: &MessageView) {
     println!("  created   {}", time(m.created_at));
     println!("  updated   {}", time(m.updated_at));
     println!("  attempts  {}", m.attempt);
+    println!("  lane      {}", m.lane);
     if let Some(d) = m.due_at {
         println!("  due       {}", time(d));
     }
