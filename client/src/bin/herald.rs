@@ -872,7 +872,9 @@ mod tests {
         assert_eq!(build(&sms).unwrap().lane, Lane::Normal);
         let urgent = build(&[&sms[..], &["--lane", "critical"]].concat()).unwrap();
         assert_eq!(urgent.lane, Lane::Critical);
-        let err = Cli::try_parse_from([&["herald", "send"], &sms[..], &["--lane", "urgent"]].concat())
+        let err = Cli::try_parse_from(
+            [&["herald", "send"][..], &sms[..], &["--lane", "urgent"][..]].concat(),
+        )
             .unwrap_err()
             .to_string();
         assert!(err.contains("critical, normal or bulk"), "{err}");

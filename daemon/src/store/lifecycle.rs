@@ -487,7 +487,6 @@ fn claim<T: Txn>(
 
 /// Claims up to `limit` due messages of `lane` into `out`; returns how many schedule
 /// entries it took (claimed, expired or stale).
-#[allow(clippy::too_many_arguments)]
 fn claim_lane<T: Txn>(
     txn: &mut T,
     now: UnixMillis,

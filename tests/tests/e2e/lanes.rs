@@ -31,6 +31,15 @@ async fn queue(client: &herald_client::Client, messages: Vec<SendMessage>) {
     }
 }
 
+/// The webhook provider `hook` at `mock` for SMS, with a timeout long enough that a request
+/// the mock holds is never given up on while a test looks at the queue.
+fn hook(mock: &MockProvider) -> String {
+    format!(
+        "[[providers]]\nname = \"hook\"\nplugin = \"webhook\"\nurl = \"{}/notify\"\ntimeout = \"10m\"\n\n[routes]\nsms = [\"hook\"]\n",
+        mock.url()
+    )
+}
+
 /// The SMS body a request to the webhook provider carried.
 fn body(r: &Recorded) -> String {
     r.json()["content"]["sms"]["body"]
@@ -48,7 +57,7 @@ async fn a_critical_message_overtakes_a_queued_bulk_blast() {
     mock.hold();
     let daemon = Daemon::builder()
         .daemon("concurrency = 1")
-        .webhook_provider(&mock)
+        .config(&hook(&mock))
         .start()
         .await;
     let client = daemon.client().await;
@@ -106,7 +115,7 @@ async fn normal_traffic_keeps_its_share_during_a_bulk_blast() {
     mock.hold();
     let daemon = Daemon::builder()
         .daemon("concurrency = 4")
-        .webhook_provider(&mock)
+        .config(&hook(&mock))
         .start()
         .await;
     let client = daemon.client().await;
