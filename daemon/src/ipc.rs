@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_plugin_api::State;
 use herald_protocol::{
-    self as protocol, Accepted, BatchItem, ClientFrame, Codec, ErrorBody, ErrorCode, Hello,
-    Lane, LaneStats, MessageView, PROTOCOL_VERSION, ProtocolError, ProviderStats, Request, Response, SendMessage,
-    ServerFrame, Stats, Welcome,
+    self as protocol, Accepted, BatchItem, ClientFrame, Codec, ErrorBody, ErrorCode, Hello, Lane,
+    LaneStats, MessageView, PROTOCOL_VERSION, ProtocolError, ProviderStats, Request, Response,
+    SendMessage, ServerFrame, Stats, Welcome,
 };
 use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};

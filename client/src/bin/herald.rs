@@ -875,8 +875,8 @@ mod tests {
         let err = Cli::try_parse_from(
             [&["herald", "send"][..], &sms[..], &["--lane", "urgent"][..]].concat(),
         )
-            .unwrap_err()
-            .to_string();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("critical, normal or bulk"), "{err}");
     }
 

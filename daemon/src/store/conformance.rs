@@ -20,8 +20,8 @@ use herald_plugin_api::{
 
 use super::check::Problem;
 use super::{
-    BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, Lane, LaneDepth,
-    Legacy, MemoryStore, MsgId, NewMessage, Op, OpResult, PgStore, SledStore, Store, SuppressionEntry,
+    BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, Lane, LaneDepth, Legacy,
+    MemoryStore, MsgId, NewMessage, Op, OpResult, PgStore, SledStore, Store, SuppressionEntry,
     SuppressionSource, id_string, new_id,
 };
 
@@ -2358,12 +2358,17 @@ fn claims_critical_first_then_normal_and_bulk_three_to_one<E: Engine>(mut e: E) 
     assert_eq!(one(11), [Lane::Bulk]);
     // Normal runs out (2 left): bulk takes the rest of the claim.
     let c = claim_turn(&s, 20, 10, 12);
-    assert_eq!(lanes_of(&c).iter().filter(|l| **l == Lane::Normal).count(), 2);
+    assert_eq!(
+        lanes_of(&c).iter().filter(|l| **l == Lane::Normal).count(),
+        2
+    );
     assert_eq!(lanes_of(&c).iter().filter(|l| **l == Lane::Bulk).count(), 6);
     assert!(claim(&s, 20, 10).is_empty());
     assert_eq!(s.lanes().unwrap(), [LaneDepth::default(); 3]);
     // Bulk runs out: normal takes bulk's place.
-    let more: Vec<_> = (0..5).map(|i| in_lane(Lane::Normal, &format!("m{i}"))).collect();
+    let more: Vec<_> = (0..5)
+        .map(|i| in_lane(Lane::Normal, &format!("m{i}")))
+        .collect();
     for m in &more {
         accept(&s, 21, m);
     }

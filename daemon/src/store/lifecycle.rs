@@ -23,7 +23,8 @@ use herald_plugin_api::{
 use super::check::{self, Audit};
 use super::{
     BreakerRecord, Claimed, Completion, Counts, Lane, MsgId, NewMessage, Op, OpResult, Record,
-    StoreError, bulk_share, Suppression, SuppressionEntry, SuppressionSource, id_string, recipients,
+    StoreError, Suppression, SuppressionEntry, SuppressionSource, bulk_share, id_string,
+    recipients,
 };
 
 /// Whose held webhook updates: a message's (the update arrived while it was being sent),
@@ -82,8 +83,7 @@ pub trait Txn {
 
     // The schedule: which waiting message is due when, per priority lane.
     fn schedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
-    fn unschedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId)
-    -> Result<(), Self::Error>;
+    fn unschedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
     /// Schedule entries of `lane` due at `now` or earlier, oldest first, at most `limit`,
     /// leaving out those returned earlier in this transaction (the caller unschedules
     /// every entry it gets before it asks again). An entry may be stale (its message was
@@ -480,7 +480,15 @@ fn claim<T: Txn>(
     let want_bulk = bulk + (normal - got_normal);
     let got_bulk = claim_lane(txn, now, Lane::Bulk, want_bulk, lease_ms, cur, &mut out)?;
     if got_normal == normal && got_bulk < bulk {
-        claim_lane(txn, now, Lane::Normal, bulk - got_bulk, lease_ms, cur, &mut out)?;
+        claim_lane(
+            txn,
+            now,
+            Lane::Normal,
+            bulk - got_bulk,
+            lease_ms,
+            cur,
+            &mut out,
+        )?;
     }
     Ok(OpResult::Claimed(out))
 }

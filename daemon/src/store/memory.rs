@@ -20,8 +20,7 @@ use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
 use super::recipients::{self, KeyedWith};
 use super::{
     BreakerRecord, Committed, Counts, Lane, LaneDepth, MsgId, Op, Record, Store, StoreError,
-    Suppression,
-    SuppressionEntry,
+    Suppression, SuppressionEntry,
 };
 
 /// An ordered map with an undo log for the running batch.

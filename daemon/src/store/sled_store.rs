@@ -178,8 +178,9 @@ fn dec_breaker(bytes: &[u8]) -> Result<BreakerRecord, StoreError> {
 /// A record, or one written before priority lanes (read as lane `normal`).
 fn dec_record(bytes: &[u8]) -> Result<Record, StoreError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => super::decode_record(rest)
-            .map_err(|e| StoreError::Corrupt(format!("record: {e}"))),
+        Some((&FORMAT_VERSION, rest)) => {
+            super::decode_record(rest).map_err(|e| StoreError::Corrupt(format!("record: {e}")))
+        }
         _ => dec(bytes, "record"),
     }
 }
@@ -784,9 +785,10 @@ impl SledStore {
                 let (k, v) = kv.map_err(io)?;
                 Ok((id_of(&k, "records")?, dec_record(&v)?))
             }),
-            self.schedules.iter().flat_map(keys).map(|k| {
-                split24(&k?).ok_or_else(|| StoreError::Corrupt("a schedule key".into()))
-            }),
+            self.schedules
+                .iter()
+                .flat_map(keys)
+                .map(|k| split24(&k?).ok_or_else(|| StoreError::Corrupt("a schedule key".into()))),
             keys(&self.leases).map(|k| id_of(&k?, "leases")),
             keys(&self.dead).map(|k| id_of(&k?, "dead")),
             keys(&self.finished)

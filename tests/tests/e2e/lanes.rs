@@ -73,12 +73,24 @@ async fn a_critical_message_overtakes_a_queued_bulk_blast() {
     let out = daemon
         .cli()
         .args([
-            "send", "--json", "--channel", "sms", "--to", "+14155550100", "--body", "critical",
-            "--lane", "critical",
+            "send",
+            "--json",
+            "--channel",
+            "sms",
+            "--to",
+            "+14155550100",
+            "--body",
+            "critical",
+            "--lane",
+            "critical",
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let before = mock.requests();
     assert_eq!(before.len(), 1, "one delivery at a time");
 

@@ -72,8 +72,9 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 /// A message record, or one written before priority lanes (read as lane `normal`).
 fn dec_record(bytes: &[u8]) -> Result<Record, StoreError> {
     match bytes.split_first() {
-        Some((&FORMAT, rest)) => super::decode_record(rest)
-            .map_err(|e| StoreError::Corrupt(format!("message: {e}"))),
+        Some((&FORMAT, rest)) => {
+            super::decode_record(rest).map_err(|e| StoreError::Corrupt(format!("message: {e}")))
+        }
         _ => Err(StoreError::Corrupt("message: unknown format".into())),
     }
 }
@@ -1469,7 +1470,11 @@ mod tests {
             v.extend(crate::store::encode_record_v1(&record));
             c.execute(
                 "INSERT INTO messages (id, state, record) VALUES ($1, $2, $3)",
-                &[&old.id.as_slice(), &(Counts::index(record.state) as i16), &v],
+                &[
+                    &old.id.as_slice(),
+                    &(Counts::index(record.state) as i16),
+                    &v,
+                ],
             )
             .await
             .unwrap();
@@ -1513,7 +1518,12 @@ mod tests {
         };
         assert_eq!(claimed(1), [critical.id]);
         assert_eq!(claimed(1), [old.id]);
-        let report = match s.commit(11, &[Op::Check { repair: false }]).unwrap().results.remove(0) {
+        let report = match s
+            .commit(11, &[Op::Check { repair: false }])
+            .unwrap()
+            .results
+            .remove(0)
+        {
             OpResult::Checked(r) => r,
             other => panic!("{other:?}"),
         };
