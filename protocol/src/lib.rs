@@ -956,7 +956,7 @@ mod tests {
 
     #[test]
     fn postcard_golden_bytes() {
-        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b310000"]
+        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b31000001"]
             .assert_eq(&hex(&encode(Codec::Postcard, &sample_send()).unwrap()));
         let ev = ServerFrame {
             id: 3,
@@ -1049,11 +1049,11 @@ mod tests {
 
     #[test]
     fn stats_golden_bytes() {
-        // `storage` is the last field of `Stats`, and `storage_full` /
+        // `lanes` is the last field of `Stats`, and `storage_full` /
         // `storage_unavailable` the last error codes.
-        expect!["0407020002020102640901e8070103646576066f7574626f7806636c6f7365640100000000018080408080800180804001036c6f77"]
+        expect!["0407020002020102640901e8070103646576066f7574626f7806636c6f7365640100000000018080408080800180804001036c6f7701028827b009"]
             .assert_eq(&hex(&encode(Codec::Postcard, &sample_stats()).unwrap()));
-        expect![[r#"{"id":4,"response":{"stats":{"states":[["queued",2],["sent",1]],"active":2,"max_queue":100,"last_seq":9,"connections":1,"uptime_ms":1000,"providers":[{"name":"dev","plugin":"outbox","breaker":"closed","accepted":1,"retries":0,"failures":0,"rejected":0,"paused_until":null}],"storage":{"state":"low","free_bytes":1048576,"min_free_bytes":2097152,"critical_bytes":1048576,"detail":"low"}}}}"#]]
+        expect![[r#"{"id":4,"response":{"stats":{"states":[["queued",2],["sent",1]],"active":2,"max_queue":100,"last_seq":9,"connections":1,"uptime_ms":1000,"providers":[{"name":"dev","plugin":"outbox","breaker":"closed","accepted":1,"retries":0,"failures":0,"rejected":0,"paused_until":null}],"storage":{"state":"low","free_bytes":1048576,"min_free_bytes":2097152,"critical_bytes":1048576,"detail":"low"},"lanes":[{"lane":"bulk","depth":5000,"oldest_age_ms":1200}]}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_stats()).unwrap()).unwrap());
         let full = ServerFrame {
             id: 5,
@@ -1118,7 +1118,7 @@ mod tests {
 
     #[test]
     fn json_shapes() {
-        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false}}}"#]]
+        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false,"lane":"normal"}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_send()).unwrap()).unwrap());
         // Optional fields may be omitted by hand-written JSON clients.
         let f: ClientFrame = decode(
