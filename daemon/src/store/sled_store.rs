@@ -1568,6 +1568,79 @@ mod tests {
         SledStore::open_when_unlocked(dir, 1 << 20).unwrap()
     }
 
+    /// A data dir as the build before priority lanes wrote it — its record (without
+    /// `lane`) and its schedule key (`due ++ id` in the `schedule` tree), written with
+    /// sled alone — opens, reads as `normal`, and is claimed after a critical message and
+    /// before a bulk one.
+    #[test]
+    fn a_data_dir_written_before_lanes_is_claimed_as_normal() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = new_id();
+        let record = Record {
+            to: "+14155550100".into(),
+            content: Content::Sms(SmsContent {
+                body: "from before lanes".into(),
+                ..Default::default()
+            }),
+            tags: vec![],
+            idempotency_key: None,
+            send_at: None,
+            state: State::Queued,
+            attempt: 0,
+            created_at: 5,
+            updated_at: 5,
+            due_at: 5,
+            expires_at: 60_005,
+            lease_until: None,
+            provider: None,
+            provider_message_id: None,
+            last_error: None,
+            lane: Lane::Normal,
+        };
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let mut v = vec![FORMAT_VERSION];
+            v.extend(crate::store::encode_record_v1(&record));
+            db.open_tree("records").unwrap().insert(id, v).unwrap();
+            db.open_tree("schedule")
+                .unwrap()
+                .insert(key24(5, &id), &[][..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(s.get(&id).unwrap().unwrap(), record);
+        assert_eq!(s.lanes().unwrap()[Lane::Normal.index()].depth, 1);
+        let bulk = NewMessage {
+            lane: Lane::Bulk,
+            ..msg("bulk")
+        };
+        let critical = NewMessage {
+            lane: Lane::Critical,
+            ..msg("critical")
+        };
+        s.commit(6, &[Op::Accept(bulk), Op::Accept(critical.clone())])
+            .unwrap();
+        let claim = |limit| match s
+            .commit(
+                10,
+                &[Op::Claim {
+                    limit,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap()
+            .results
+            .remove(0)
+        {
+            OpResult::Claimed(c) => c.into_iter().map(|c| c.id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(claim(1), [critical.id]);
+        assert_eq!(claim(1), [id]);
+    }
+
     #[test]
     fn breaker_records_written_before_trips_are_read_and_new_ones_keep_them() {
         #[derive(Serialize)]
