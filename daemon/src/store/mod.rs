@@ -8,7 +8,7 @@
 //! serves the batch as it can best (sled: one transaction; a server engine: a few
 //! multi-row statements). Durability comes from [`Store::flush`], which the committer
 //! calls before anything is acknowledged or published. Reads are in domain terms too
-//! (`get`, `events_from`, `first_seq`, `last_seq`, `next_due`, `counts`, `dead`,
+//! (`get`, `events_from`, `first_seq`, `last_seq`, `next_due`, `lanes`, `counts`, `dead`,
 //! `breakers`, `suppression`, `suppressions`).
 //!
 //! # Engines
