@@ -1,6 +1,12 @@
 //! The dispatcher: leases due messages in batches (as many as there are free delivery
 //! slots), runs each through its channel's route, and commits the outcome.
 //!
+//! Priority lanes: the claim takes every due `critical` message first, then `normal` and
+//! `bulk` 3:1 by claim position (`Op::Claim::turn`, which this loop advances by what it
+//! claimed, so the share holds even when slots free one at a time); a critical delivery
+//! also takes rate-limit tokens before the others waiting for the same provider
+//! (`RateLimiter::acquire`).
+//!
 //! For one message: try the route's providers in order (from the one `failover_after` says
 //! this attempt starts at), skipping those whose breaker is open or that are paused (a
 //! 429's `Retry-After`: `Provider::pause`, for every message), waiting for rate-limit
@@ -68,6 +74,8 @@ impl Dispatcher {
         let slots = Arc::new(Semaphore::new(this.concurrency));
         let mut tasks = JoinSet::new();
         let mut paused = false;
+        // Claim positions so far: the normal:bulk share of the next claim starts here.
+        let mut turn: u64 = 0;
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
             // Short of space, or the store failed: claim nothing (messages stay queued)
@@ -100,6 +108,7 @@ impl Dispatcher {
                 .submit(Op::Claim {
                     limit: want,
                     lease_ms: this.lease_ms,
+                    turn,
                 })
                 .await
             {
@@ -118,6 +127,7 @@ impl Dispatcher {
                 }
             };
             let full = claimed.len() == want;
+            turn = turn.wrapping_add(claimed.len() as u64);
             for c in claimed {
                 let permit = match Arc::clone(&slots).try_acquire_owned() {
                     Ok(p) => p,
@@ -218,7 +228,7 @@ impl Dispatcher {
                 continue;
             }
             if let Some(rate) = &p.rate {
-                rate.acquire().await;
+                rate.acquire(record.lane).await;
             }
             // `max_in_flight`: wait for a free place (the semaphore is never closed).
             let _place = match &p.in_flight {

@@ -10,6 +10,7 @@ mod crash;
 mod diskfull;
 mod examples;
 mod guests;
+mod lanes;
 mod lifecycle;
 mod limits;
 mod node_client;
