@@ -380,10 +380,11 @@ async fn three_daemons_10k_messages_one_sigkilled_every_message_and_event_exactl
                 "{who}: event {k} out of order or missing"
             );
         }
+        assert_eq!(log.len() as u64, last, "{who}: every event up to {last}");
     }
-    for k in 0..logs[0].len() {
-        assert_eq!(logs[0][k], logs[1][k], "A and B differ at seq {}", k + 1);
-        assert_eq!(logs[0][k], logs[2][k], "A and C differ at seq {}", k + 1);
+    for ((on_a, on_b), on_c) in logs[0].iter().zip(&logs[1]).zip(&logs[2]) {
+        assert_eq!(on_a, on_b, "A and B differ at seq {}", on_a.seq);
+        assert_eq!(on_a, on_c, "A and C differ at seq {}", on_a.seq);
     }
     // In it: each message accepted (`queued`) once and `sent` once, however many daemons
     // claimed it; re-queued (a lease of the killed daemon expired) at most once, and every
