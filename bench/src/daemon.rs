@@ -124,6 +124,11 @@ pub struct DaemonSettings {
     pub work_dir: Option<PathBuf>,
     /// The public listener's port with `[realtime]` (streams scenario), or none.
     pub http_port: Option<u16>,
+    /// `[store] kind = "postgres"` on the database this connection string names (given
+    /// to the daemon as `HERALD_PG_URL`; never written to the report: it may hold a
+    /// password); `None`: the default sled store in the data dir.
+    #[serde(skip)]
+    pub pg_url: Option<String>,
 }
 
 /// The stream-token secret of the bench's daemons (`HERALD_TOKEN_SECRET`).
@@ -159,11 +164,16 @@ timeout = "1h"
 email = ["mock"]
 sms = ["mock"]
 push = ["mock"]
-{realtime}"#,
+{store}{realtime}"#,
         d = dir.display(),
         p = plugin_dir.display(),
         max_queue = s.max_queue,
         concurrency = s.concurrency,
+        store = if s.pg_url.is_some() {
+            "\n[store]\nkind = \"postgres\"\nurl = \"${HERALD_PG_URL}\"\n"
+        } else {
+            ""
+        },
         realtime = match s.http_port {
             Some(port) => format!(
                 "\n[webhooks]\nlisten = \"127.0.0.1:{port}\"\n# streams take one connection each; keep room for webhooks\nmax_connections = 4200\n\n[realtime]\ntoken_secret = \"${{HERALD_TOKEN_SECRET}}\"\nmax_streams = 4096\n"
@@ -201,6 +211,8 @@ pub struct Daemon {
     config_path: PathBuf,
     heraldd: PathBuf,
     wrap: Option<String>,
+    /// `HERALD_PG_URL` for a daemon on PostgreSQL.
+    pg_url: Option<String>,
     child: Option<Child>,
     /// Holds the temporary directory (removed on drop unless kept).
     dir: Option<tempfile::TempDir>,
@@ -240,6 +252,7 @@ impl Daemon {
             config_path,
             heraldd: bins.heraldd.clone(),
             wrap: s.wrap.clone(),
+            pg_url: s.pg_url.clone(),
             child: None,
             dir,
             kept,
@@ -276,6 +289,7 @@ impl Daemon {
             .arg(&self.config_path)
             .env("NO_COLOR", "1")
             .env("HERALD_TOKEN_SECRET", TOKEN_SECRET)
+            .envs(self.pg_url.iter().map(|u| ("HERALD_PG_URL", u)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
             .stderr(log);
@@ -512,6 +526,7 @@ mod tests {
             keep: false,
             work_dir: None,
             http_port: None,
+            pg_url: None,
         };
         let streams = render_config(
             Path::new("/tmp/x"),
@@ -540,6 +555,24 @@ mod tests {
         assert_eq!(c.daemon.concurrency, 1024);
         assert_eq!(c.daemon.max_queue, 2_000_000);
         assert_eq!(c.providers[0].plugin, "webhook");
+        let pg = render_config(
+            Path::new("/tmp/x"),
+            Path::new("/p"),
+            "http://127.0.0.1:1",
+            &DaemonSettings {
+                pg_url: Some("host=127.0.0.1 dbname=b".into()),
+                ..s.clone()
+            },
+        );
+        let c = Config::parse(&pg, "bench", &|k| {
+            (k == "HERALD_PG_URL").then(|| "host=127.0.0.1 dbname=b".to_string())
+        })
+        .unwrap();
+        assert!(c.store.lease_ms() > 0);
+        assert!(matches!(
+            c.store,
+            herald_daemon::config::StoreConfig::Postgres { .. }
+        ));
         assert_eq!(
             c.providers[0].settings["url"],
             serde_json::json!("http://127.0.0.1:1/notify")

@@ -16,6 +16,7 @@ mod limits;
 mod node_client;
 mod plugins;
 mod postgres;
+mod postgres_scale;
 mod protocol_doc;
 mod protocol_rules;
 mod providers;
