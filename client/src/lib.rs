@@ -19,6 +19,8 @@
 //!         idempotency_key: None,
 //!         send_at: None,
 //!         override_suppression: false,
+//!         template: None,
+//!         vars: Default::default(),
 //!     })
 //!     .await?;
 //! println!("queued {}", ack.id);

@@ -121,6 +121,55 @@ pub struct SendMessage {
     #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub override_suppression: bool,
+    /// A stored template (`[templates] dir` of the daemon, by file stem) that renders the
+    /// content's subject/text/html (email) or body (SMS) from `vars` when the message is
+    /// accepted. `content` then only names the channel: the fields the template renders
+    /// must be left empty (an error names a field set by both).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// The template's variables: names to JSON values (nested objects and lists too).
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
+    #[serde(default)]
+    pub vars: Vars,
+}
+
+/// A template's variables. JSON carries them as an object of JSON values; postcard, which
+/// cannot carry self-describing values, as one string holding that object's JSON text.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vars(
+    #[cfg_attr(feature = "typescript", ts(type = "{ [key in string]?: unknown }"))]
+    pub  std::collections::BTreeMap<String, serde_json::Value>,
+);
+
+impl Vars {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Vars {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+            text.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Vars {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Vars, D::Error> {
+        if d.is_human_readable() {
+            Ok(Vars(Deserialize::deserialize(d)?))
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text)
+                .map(Vars)
+                .map_err(|e| serde::de::Error::custom(format!("vars: {e}")))
+        }
+    }
 }
 
 /// Which events a subscription receives. Empty lists match everything.
@@ -875,8 +924,51 @@ mod tests {
                 idempotency_key: Some("k1".into()),
                 send_at: None,
                 override_suppression: false,
+                template: None,
+                vars: Vars::default(),
             }),
         }
+    }
+
+    #[test]
+    fn template_sends_carry_nested_vars_in_both_codecs() {
+        let vars: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_str(
+            r#"{"user":{"name":"Ann","langs":["en","pl"]},"n":3,"ok":true,"none":null}"#,
+        )
+        .unwrap();
+        let frame = ClientFrame {
+            id: 1,
+            request: Request::Send(SendMessage {
+                to: "a@b.io".into(),
+                content: Content::Email(EmailContent::default()),
+                tags: vec![],
+                idempotency_key: None,
+                send_at: None,
+                override_suppression: false,
+                template: Some("welcome".into()),
+                vars: Vars(vars),
+            }),
+        };
+        for codec in [Codec::Postcard, Codec::Json] {
+            let body = encode(codec, &frame).unwrap();
+            assert_eq!(decode::<ClientFrame>(codec, &body).unwrap(), frame, "{codec:?}");
+        }
+        expect![[r#"{"id":1,"request":{"send":{"to":"a@b.io","content":{"email":{"from":null,"subject":"","text":null,"html":null,"reply_to":null,"headers":{},"attachments":[]}},"tags":[],"idempotency_key":null,"send_at":null,"override_suppression":false,"template":"welcome","vars":{"n":3,"none":null,"ok":true,"user":{"langs":["en","pl"],"name":"Ann"}}}}}"#]]
+            .assert_eq(&String::from_utf8(encode(Codec::Json, &frame).unwrap()).unwrap());
+        // Hand-written JSON: content names the channel, template and vars are optional.
+        let f: ClientFrame = decode(
+            Codec::Json,
+            br#"{"id":1,"request":{"send":{"to":"a@b.io","content":{"email":{"subject":""}},"template":"welcome","vars":{"user":{"name":"Ann"}}}}}"#,
+        )
+        .unwrap();
+        let Request::Send(s) = f.request else { panic!() };
+        assert_eq!(s.template.as_deref(), Some("welcome"));
+        assert_eq!(s.vars.0["user"]["name"], "Ann");
+        // Postcard vars that are not a JSON object are a malformed frame.
+        let mut bad = encode(Codec::Postcard, &sample_send()).unwrap();
+        bad.truncate(bad.len() - 3);
+        bad.extend_from_slice(b"\x02[]");
+        assert!(decode::<ClientFrame>(Codec::Postcard, &bad).is_err());
     }
 
     #[test]

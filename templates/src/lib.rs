@@ -18,6 +18,7 @@
 //! socket, the daemon or the CLI's output.
 
 pub mod rows;
+pub mod stored;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -405,6 +406,8 @@ impl Template {
                     idempotency_key: Some(idem),
                     send_at: None,
                     override_suppression: false,
+                    template: None,
+                    vars: Default::default(),
                 },
             });
         }

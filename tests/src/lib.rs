@@ -442,6 +442,8 @@ pub fn email(to: &str, subject: &str) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        template: None,
+        vars: Default::default(),
     }
 }
 
@@ -456,6 +458,8 @@ pub fn sms(to: &str, body: &str) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        template: None,
+        vars: Default::default(),
     }
 }
 

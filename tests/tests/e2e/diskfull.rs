@@ -140,6 +140,8 @@ fn big_email(i: u64) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        template: None,
+        vars: Default::default(),
     }
 }
 

@@ -140,6 +140,8 @@ fn push(to: &str, title: &str, body: &str) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        template: None,
+        vars: Default::default(),
     }
 }
 
