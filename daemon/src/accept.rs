@@ -71,11 +71,7 @@ fn render_template(m: &mut SendMessage, live: &Live) -> Result<(), ErrorBody> {
     Ok(())
 }
 
-pub fn validate(
-    mut m: SendMessage,
-    live: &Live,
-    now: UnixMillis,
-) -> Result<NewMessage, ErrorBody> {
+pub fn validate(mut m: SendMessage, live: &Live, now: UnixMillis) -> Result<NewMessage, ErrorBody> {
     render_template(&mut m, live)?;
     let channel = m.content.channel();
     if !live.routing.routes.contains_key(&channel) {

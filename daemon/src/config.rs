@@ -649,10 +649,12 @@ impl Config {
             source_name: source_name.to_string(),
             message: e.to_string(),
         })?;
-        let mut config = raw.validate(env, dir).map_err(|message| ConfigError::Invalid {
-            source_name: source_name.to_string(),
-            message,
-        })?;
+        let mut config = raw
+            .validate(env, dir)
+            .map_err(|message| ConfigError::Invalid {
+                source_name: source_name.to_string(),
+                message,
+            })?;
         config.source_name = source_name.to_string();
         Ok(config)
     }
@@ -1218,7 +1220,8 @@ mod tests {
 
     #[test]
     fn templates_load_relative_to_the_config_file_and_a_broken_one_rejects_the_config() {
-        let base = std::env::temp_dir().join(format!("herald-config-templates-{}", std::process::id()));
+        let base =
+            std::env::temp_dir().join(format!("herald-config-templates-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("tpl")).unwrap();
         std::fs::write(
@@ -1247,9 +1250,14 @@ mod tests {
         let at = format!("{}:2:", base.join("tpl/welcome.toml").display());
         assert!(err.starts_with("herald.toml: templates: "), "{err}");
         assert!(err.contains(&at), "{err}");
-        let err = Config::parse_at(&format!("{MIN}\n[templates]\ndir = \"absent\"\n"), "herald.toml", Some(&base), &no_env)
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse_at(
+            &format!("{MIN}\n[templates]\ndir = \"absent\"\n"),
+            "herald.toml",
+            Some(&base),
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("cannot read the templates folder"), "{err}");
         std::fs::remove_dir_all(&base).unwrap();
     }

@@ -951,7 +951,11 @@ mod tests {
         };
         for codec in [Codec::Postcard, Codec::Json] {
             let body = encode(codec, &frame).unwrap();
-            assert_eq!(decode::<ClientFrame>(codec, &body).unwrap(), frame, "{codec:?}");
+            assert_eq!(
+                decode::<ClientFrame>(codec, &body).unwrap(),
+                frame,
+                "{codec:?}"
+            );
         }
         expect![[r#"{"id":1,"request":{"send":{"to":"a@b.io","content":{"email":{"from":null,"subject":"","text":null,"html":null,"reply_to":null,"headers":{},"attachments":[]}},"tags":[],"idempotency_key":null,"send_at":null,"override_suppression":false,"template":"welcome","vars":{"n":3,"none":null,"ok":true,"user":{"langs":["en","pl"],"name":"Ann"}}}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &frame).unwrap()).unwrap());
@@ -961,7 +965,9 @@ mod tests {
             br#"{"id":1,"request":{"send":{"to":"a@b.io","content":{"email":{"subject":""}},"template":"welcome","vars":{"user":{"name":"Ann"}}}}}"#,
         )
         .unwrap();
-        let Request::Send(s) = f.request else { panic!() };
+        let Request::Send(s) = f.request else {
+            panic!()
+        };
         assert_eq!(s.template.as_deref(), Some("welcome"));
         assert_eq!(s.vars.0["user"]["name"], "Ann");
         // Postcard vars that are not a JSON object are a malformed frame.
@@ -973,7 +979,7 @@ mod tests {
 
     #[test]
     fn postcard_golden_bytes() {
-        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b310000"]
+        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b31000000027b7d"]
             .assert_eq(&hex(&encode(Codec::Postcard, &sample_send()).unwrap()));
         let ev = ServerFrame {
             id: 3,
@@ -1130,7 +1136,7 @@ mod tests {
 
     #[test]
     fn json_shapes() {
-        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false}}}"#]]
+        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false,"template":null,"vars":{}}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_send()).unwrap()).unwrap());
         // Optional fields may be omitted by hand-written JSON clients.
         let f: ClientFrame = decode(

@@ -139,7 +139,8 @@ impl StoredTemplates {
             .map_err(|e| at_dir(format!("cannot read the templates folder: {e}")))?;
         let mut files = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| at_dir(format!("cannot read the templates folder: {e}")))?;
+            let entry =
+                entry.map_err(|e| at_dir(format!("cannot read the templates folder: {e}")))?;
             let path = entry.path();
             let is_toml = path.extension().is_some_and(|e| e == "toml");
             let hidden = entry.file_name().to_string_lossy().starts_with('.');
@@ -208,8 +209,7 @@ impl StoredTemplates {
 
 fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -268,10 +268,15 @@ impl StoredTemplate {
             let compiled = t
                 .env
                 .add_template_owned(field.to_string(), src.clone())
-                .and_then(|()| t.env.get_template(field).map(|tpl| tpl.undeclared_variables(true)));
+                .and_then(|()| {
+                    t.env
+                        .get_template(field)
+                        .map(|tpl| tpl.undeclared_variables(true))
+                });
             match compiled {
                 Ok(reads) => {
-                    t.reads.insert(field.to_string(), reads.into_iter().collect());
+                    t.reads
+                        .insert(field.to_string(), reads.into_iter().collect());
                     Ok(())
                 }
                 Err(e) => {
@@ -429,7 +434,10 @@ impl StoredTemplate {
     /// Renders one field; a variable the vars lack is named as `vars.<path>`.
     fn render(&self, field: &str, vars: &BTreeMap<String, Value>) -> Result<String, ApplyError> {
         let template = self.env.get_template(field).map_err(|e| {
-            apply_error("template", format!("template `{}` ({field}): {e}", self.name))
+            apply_error(
+                "template",
+                format!("template `{}` ({field}): {e}", self.name),
+            )
         })?;
         template.render(vars).map_err(|e| {
             if e.kind() == minijinja::ErrorKind::UndefinedError {
@@ -503,7 +511,12 @@ fn has_path(vars: &BTreeMap<String, Value>, path: &str) -> bool {
 /// Where in the file a compile error of a string value lies: the value starts at byte
 /// `value_start` (its opening quote); the error's own position is in the parsed `src`.
 /// Escapes in basic strings can shift the column; the line is exact.
-fn locate(file: &str, value_start: usize, src: &str, e: &minijinja::Error) -> (usize, Option<usize>) {
+fn locate(
+    file: &str,
+    value_start: usize,
+    src: &str,
+    e: &minijinja::Error,
+) -> (usize, Option<usize>) {
     let (vline, vcol) = line_col(file, value_start);
     let rest = &file[value_start.min(file.len())..];
     let delim = if rest.starts_with("\"\"\"") || rest.starts_with("'''") {

@@ -35,7 +35,7 @@ fn a_template_fills_the_content_of_the_sends_channel_and_adds_its_tags() {
     assert_eq!(tags, ["welcome", "plan:pro"]);
     let Content::Email(e) = c else { panic!() };
     assert_eq!(e.subject, "Welcome, Ann <b>");
-    assert_eq!(e.text.as_deref(), Some("Hi Ann <b>,\nyour plan is pro.\n"));
+    assert_eq!(e.text.as_deref(), Some("Hi Ann <b>,\nyour plan is pro."));
     assert_eq!(e.html.as_deref(), Some("<p>Hi Ann &lt;b&gt;</p>"));
     assert_eq!(e.from, None);
     let mut c = Content::Sms(SmsContent {
@@ -45,13 +45,19 @@ fn a_template_fills_the_content_of_the_sends_channel_and_adds_its_tags() {
     t.apply(&mut c, &v).unwrap();
     let Content::Sms(s) = c else { panic!() };
     assert_eq!(s.body, "Hi Ann <b>, welcome");
-    assert_eq!(s.from.as_deref(), Some("Herald"), "the caller's from is kept");
+    assert_eq!(
+        s.from.as_deref(),
+        Some("Herald"),
+        "the caller's from is kept"
+    );
 }
 
 #[test]
 fn a_missing_variable_is_named_by_its_path() {
     let t = StoredTemplate::parse("welcome", WELCOME).unwrap();
-    let err = t.apply(&mut email(), &vars(json!({"plan": "pro"}))).unwrap_err();
+    let err = t
+        .apply(&mut email(), &vars(json!({"plan": "pro"})))
+        .unwrap_err();
     assert_eq!(err.field, "vars.user.name", "{err}");
     let err = t
         .apply(&mut email(), &vars(json!({"plan": "pro", "user": {}})))
@@ -71,7 +77,10 @@ fn a_field_set_by_both_the_send_and_the_template_is_an_error() {
         subject: "mine".into(),
         ..Default::default()
     });
-    assert_eq!(t.apply(&mut c, &v).unwrap_err().field, "content.email.subject");
+    assert_eq!(
+        t.apply(&mut c, &v).unwrap_err().field,
+        "content.email.subject"
+    );
     let mut c = Content::Sms(SmsContent {
         body: "mine".into(),
         ..Default::default()
@@ -87,7 +96,11 @@ fn a_field_set_by_both_the_send_and_the_template_is_an_error() {
 fn syntax_errors_name_line_and_column_in_the_file() {
     // Single-line value: the column counts from the start of the line.
     let e = StoredTemplate::parse("a", "[sms]\nbody = \"Hi {{ name }\"\n").unwrap_err();
-    assert_eq!((e.line, e.file.display().to_string().as_str()), (Some(2), "a.toml"), "{e}");
+    assert_eq!(
+        (e.line, e.file.display().to_string().as_str()),
+        (Some(2), "a.toml"),
+        "{e}"
+    );
     let col = e.column.unwrap();
     assert!((11..=22).contains(&col), "{e}");
     assert!(e.to_string().starts_with("a.toml:2:"), "{e}");
@@ -110,10 +123,7 @@ fn syntax_errors_name_line_and_column_in_the_file() {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "herald-templates-{name}-{}",
-        std::process::id()
-    ));
+    let d = std::env::temp_dir().join(format!("herald-templates-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -136,7 +146,8 @@ fn a_folder_loads_every_toml_file_by_stem_and_names_the_bad_one() {
     assert_eq!(e.line, Some(2), "{e}");
     assert!(e.column.is_some(), "{e}");
     assert!(
-        e.to_string().starts_with(&format!("{}:2:", d.join("reset.toml").display())),
+        e.to_string()
+            .starts_with(&format!("{}:2:", d.join("reset.toml").display())),
         "{e}"
     );
 

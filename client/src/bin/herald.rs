@@ -411,7 +411,11 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
             })
         }
         ChannelArg::Push => {
-            misplaced(!templated, "--template", "push (templates render email and sms)")?;
+            misplaced(
+                !templated,
+                "--template",
+                "push (templates render email and sms)",
+            )?;
             misplaced(
                 a.subject.is_none() && a.text.is_none() && a.html.is_none(),
                 "--subject/--text/--html",
@@ -900,8 +904,16 @@ mod tests {
     #[test]
     fn a_template_send_needs_no_subject_or_body_and_carries_its_vars() {
         let m = build(&[
-            "--channel", "email", "--to", "a@example.org", "--template", "welcome",
-            "--var", "name=Ann", "--var", "plan=pro",
+            "--channel",
+            "email",
+            "--to",
+            "a@example.org",
+            "--template",
+            "welcome",
+            "--var",
+            "name=Ann",
+            "--var",
+            "plan=pro",
         ])
         .unwrap();
         assert_eq!(m.template.as_deref(), Some("welcome"));
@@ -914,16 +926,30 @@ mod tests {
         std::fs::write(&file, r#"{"user": {"name": "Bo"}, "plan": "free"}"#).unwrap();
         let path = file.display().to_string();
         let m = build(&[
-            "--channel", "sms", "--to", "+14155550100", "--template", "code",
-            "--vars-json", &path, "--var", "plan=pro",
+            "--channel",
+            "sms",
+            "--to",
+            "+14155550100",
+            "--template",
+            "code",
+            "--vars-json",
+            &path,
+            "--var",
+            "plan=pro",
         ])
         .unwrap();
         assert_eq!(m.vars.0["user"]["name"], "Bo");
         assert_eq!(m.vars.0["plan"], "pro", "--var wins over --vars-json");
         std::fs::write(&file, "[1]").unwrap();
         let err = build(&[
-            "--channel", "sms", "--to", "+14155550100", "--template", "code",
-            "--vars-json", &path,
+            "--channel",
+            "sms",
+            "--to",
+            "+14155550100",
+            "--template",
+            "code",
+            "--vars-json",
+            &path,
         ])
         .unwrap_err();
         assert!(format!("{err:#}").contains("JSON object"), "{err:#}");

@@ -55,10 +55,9 @@ fn to_of(r: &Recorded) -> String {
 }
 
 async fn start(mock: &MockProvider, templates: &Path, retry: &[&str]) -> Daemon {
-    let mut b = Daemon::builder().webhook_provider(mock).config(&format!(
-        "[templates]\ndir = \"{}\"\n",
-        templates.display()
-    ));
+    let mut b = Daemon::builder()
+        .webhook_provider(mock)
+        .config(&format!("[templates]\ndir = \"{}\"\n", templates.display()));
     for r in retry {
         b = b.retry(r);
     }
@@ -103,12 +102,28 @@ async fn a_send_naming_a_template_arrives_rendered_and_bad_ones_name_the_field()
     let out = daemon
         .cli()
         .args([
-            "send", "--channel", "sms", "--to", "+14155550100", "--template", "welcome",
-            "--var", "name=Cy", "--var", "code=4242", "--json",
+            "send",
+            "--channel",
+            "sms",
+            "--to",
+            "+14155550100",
+            "--template",
+            "welcome",
+            "--var",
+            "name=Cy",
+            "--var",
+            "code=4242",
+            "--var",
+            "plan=basic",
+            "--json",
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
         .as_str()
         .unwrap()
