@@ -205,6 +205,9 @@ impl Filter {
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+// A request is decoded once per frame and handed on by value; boxing `Send` would only
+// add an allocation per send (and churn every match on it).
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     Send(SendMessage),
     SendBatch(Vec<SendMessage>),

@@ -273,8 +273,7 @@ async fn reloads_refuse_a_broken_template_and_a_changed_one_changes_only_new_sen
     let last = mock
         .requests()
         .into_iter()
-        .filter(|r| to_of(r) == "held@example.org")
-        .last()
+        .rfind(|r| to_of(r) == "held@example.org")
         .unwrap()
         .json();
     assert_eq!(
