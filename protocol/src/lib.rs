@@ -133,6 +133,33 @@ pub struct SendMessage {
     pub vars: Vars,
 }
 
+impl SendMessage {
+    /// A send rendered by the daemon's stored template `template` with `vars`: the content
+    /// only names the channel (email or SMS; the daemon refuses a push with field
+    /// `template`). Set `tags`, `idempotency_key`, ... on the result as for any send.
+    pub fn templated(
+        to: impl Into<String>,
+        channel: Channel,
+        template: impl Into<String>,
+        vars: Vars,
+    ) -> SendMessage {
+        SendMessage {
+            to: to.into(),
+            content: match channel {
+                Channel::Email => Content::Email(EmailContent::default()),
+                Channel::Sms => Content::Sms(SmsContent::default()),
+                Channel::Push => Content::Push(PushContent::default()),
+            },
+            tags: Vec::new(),
+            idempotency_key: None,
+            send_at: None,
+            override_suppression: false,
+            template: Some(template.into()),
+            vars,
+        }
+    }
+}
+
 /// A template's variables. JSON carries them as an object of JSON values; postcard, which
 /// cannot carry self-describing values, as one string holding that object's JSON text.
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
@@ -145,6 +172,12 @@ pub struct Vars(
 impl Vars {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Sets one variable (any JSON value).
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Vars {
+        self.0.insert(name.into(), value.into());
+        self
     }
 }
 
@@ -962,6 +995,20 @@ mod tests {
         }
         expect![[r#"{"id":1,"request":{"send":{"to":"a@b.io","content":{"email":{"from":null,"subject":"","text":null,"html":null,"reply_to":null,"headers":{},"attachments":[]}},"tags":[],"idempotency_key":null,"send_at":null,"override_suppression":false,"template":"welcome","vars":{"n":3,"none":null,"ok":true,"user":{"langs":["en","pl"],"name":"Ann"}}}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &frame).unwrap()).unwrap());
+        let built = SendMessage::templated(
+            "a@b.io",
+            Channel::Email,
+            "welcome",
+            Vars::default()
+                .with(
+                    "user",
+                    serde_json::json!({"name": "Ann", "langs": ["en", "pl"]}),
+                )
+                .with("n", 3)
+                .with("ok", true)
+                .with("none", serde_json::Value::Null),
+        );
+        assert_eq!(Request::Send(built), frame.request);
         // Hand-written JSON: content names the channel, template and vars are optional.
         let f: ClientFrame = decode(
             Codec::Json,
