@@ -45,6 +45,8 @@ pub fn message(i: u64) -> SendMessage {
         send_at: None,
         override_suppression: false,
         lane: Default::default(),
+        template: None,
+        vars: Default::default(),
     }
 }
 

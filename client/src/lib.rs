@@ -20,9 +20,17 @@
 //!         send_at: None,
 //!         override_suppression: false,
 //!         lane: Default::default(),
+//!         template: None,
+//!         vars: Default::default(),
 //!     })
 //!     .await?;
 //! println!("queued {}", ack.id);
+//! // Rendered by the daemon from its stored template `welcome` (`[templates] dir`):
+//! use herald_client::protocol::{Channel, Vars};
+//! let vars = Vars::default().with("name", "Ann").with("plan", "pro");
+//! let mut m = SendMessage::templated("ann@example.com", Channel::Email, "welcome", vars);
+//! m.idempotency_key = Some("welcome-ann".into());
+//! client.send(m).await?;
 //! # Ok(()) }
 //! ```
 #![deny(unsafe_code)]

@@ -2,7 +2,10 @@
 //! or an error naming the field (by its path, e.g. `tags[2]`) and the fix. Runs before
 //! anything touches storage. The content and recipient rules live in
 //! `herald_plugin_api::validate`; this adds what depends on the request or the config
-//! (route, tags, idempotency key, schedule, size).
+//! (route, tags, idempotency key, schedule, size), and renders a send that names a stored
+//! template (`[templates]`) first: the stored message is the rendered one, so delivery
+//! never depends on the template file, and a reload that changes the template changes
+//! only later sends.
 
 use herald_plugin_api::{
     InvalidField, UnixMillis, check_one_line, validate_content, validate_recipient,
@@ -20,7 +23,56 @@ fn field_error(e: InvalidField) -> ErrorBody {
     ErrorBody::field(&e.field, e.reason)
 }
 
-pub fn validate(m: SendMessage, live: &Live, now: UnixMillis) -> Result<NewMessage, ErrorBody> {
+/// Renders `m`'s template (if it names one) into its content and tags, and drops the
+/// template and vars: what is checked, sized and stored is the rendered message.
+fn render_template(m: &mut SendMessage, live: &Live) -> Result<(), ErrorBody> {
+    let Some(name) = m.template.take() else {
+        if !m.vars.is_empty() {
+            return Err(ErrorBody::field(
+                "vars",
+                "vars are given but no template: name one with `template`",
+            ));
+        }
+        return Ok(());
+    };
+    let Some(templates) = &live.config.templates else {
+        return Err(ErrorBody::field(
+            "template",
+            "this daemon has no stored templates: set [templates] dir in its config",
+        ));
+    };
+    let Some(template) = templates.set.get(&name) else {
+        const SHOWN: usize = 20;
+        let names: Vec<&str> = templates.set.names().take(SHOWN).collect();
+        let more = templates.set.len().saturating_sub(SHOWN);
+        return Err(ErrorBody::field(
+            "template",
+            format!(
+                "no template named {name:?} in {} (known: {}{})",
+                templates.dir.display(),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                },
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    };
+    let vars = std::mem::take(&mut m.vars);
+    let tags = template
+        .apply(&mut m.content, &vars.0)
+        .map_err(|e| ErrorBody::field(&e.field, e.reason))?;
+    m.tags.extend(tags);
+    Ok(())
+}
+
+pub fn validate(mut m: SendMessage, live: &Live, now: UnixMillis) -> Result<NewMessage, ErrorBody> {
+    render_template(&mut m, live)?;
     let channel = m.content.channel();
     if !live.routing.routes.contains_key(&channel) {
         return Err(ErrorBody::new(

@@ -122,6 +122,12 @@ struct RawStore {
     lease: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplates {
+    dir: PathBuf,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawInbound {
@@ -149,6 +155,7 @@ pub struct RawConfig {
     inbound: RawInbound,
     #[serde(default)]
     store: RawStore,
+    templates: Option<RawTemplates>,
 }
 
 /// `[inbound.rsvp]` as written, and the keyword table built from it (at load and reload:
@@ -157,6 +164,15 @@ pub struct RawConfig {
 pub struct RsvpSetting {
     pub config: RsvpConfig,
     pub table: Arc<RsvpTable>,
+}
+
+/// `[templates]`: the folder (resolved against the config file's folder) and every
+/// template in it, compiled at load and reload (a template that does not compile is a
+/// config error, so a reload with a broken one keeps the running set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplatesSetting {
+    pub dir: PathBuf,
+    pub set: Arc<herald_templates::stored::StoredTemplates>,
 }
 
 impl PartialEq for RsvpSetting {
@@ -368,6 +384,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// How replies are read as RSVPs (`[inbound.rsvp]`; absent: every built-in table).
     pub rsvp: RsvpSetting,
+    /// Stored templates a send may name (`[templates]`; absent: the feature is off).
+    pub templates: Option<TemplatesSetting>,
 }
 
 pub use herald_plugin_api::duration::parse_duration_ms;
@@ -598,7 +616,7 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string(), &|k| {
+        Config::parse_at(&text, &path.display().to_string(), path.parent(), &|k| {
             std::env::var(k).ok()
         })
     }
@@ -616,21 +634,38 @@ impl Config {
         source_name: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Config::parse_at(text, source_name, None, env)
+    }
+
+    /// [`Config::parse`] of a file in `dir`: `[templates] dir` is relative to it (else to
+    /// the working directory).
+    pub fn parse_at(
+        text: &str,
+        source_name: &str,
+        dir: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             source_name: source_name.to_string(),
             message: e.to_string(),
         })?;
-        let mut config = raw.validate(env).map_err(|message| ConfigError::Invalid {
-            source_name: source_name.to_string(),
-            message,
-        })?;
+        let mut config = raw
+            .validate(env, dir)
+            .map_err(|message| ConfigError::Invalid {
+                source_name: source_name.to_string(),
+                message,
+            })?;
         config.source_name = source_name.to_string();
         Ok(config)
     }
 }
 
 impl RawConfig {
-    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+    fn validate(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+        config_dir: Option<&Path>,
+    ) -> Result<Config, String> {
         let d = self.daemon;
         let data_dir = d.data_dir.unwrap_or_else(|| PathBuf::from("var/herald"));
         let socket = d.socket.unwrap_or_else(|| data_dir.join("herald.sock"));
@@ -977,6 +1012,22 @@ impl RawConfig {
             config: rsvp_config,
         };
 
+        let templates = match self.templates {
+            None => None,
+            Some(t) => {
+                let dir = match config_dir.filter(|d| !d.as_os_str().is_empty()) {
+                    Some(base) if t.dir.is_relative() => base.join(&t.dir),
+                    _ => t.dir,
+                };
+                let set = herald_templates::stored::StoredTemplates::load(&dir)
+                    .map_err(|e| format!("templates: {e}"))?;
+                Some(TemplatesSetting {
+                    dir,
+                    set: Arc::new(set),
+                })
+            }
+        };
+
         Ok(Config {
             source_name: String::new(),
             daemon,
@@ -989,6 +1040,7 @@ impl RawConfig {
             recipients: self.recipients,
             store,
             rsvp,
+            templates,
         })
     }
 }
@@ -1165,6 +1217,50 @@ mod tests {
         [routes]
         email = ["dev"]
     "#;
+
+    #[test]
+    fn templates_load_relative_to_the_config_file_and_a_broken_one_rejects_the_config() {
+        let base =
+            std::env::temp_dir().join(format!("herald-config-templates-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("tpl")).unwrap();
+        std::fs::write(
+            base.join("tpl/welcome.toml"),
+            "[email]\nsubject = \"Hi {{ name }}\"\ntext = \"x\"\n",
+        )
+        .unwrap();
+        let text = format!("{MIN}\n[templates]\ndir = \"tpl\"\n");
+        let c = Config::parse_at(&text, "herald.toml", Some(&base), &no_env).unwrap();
+        let t = c.templates.as_ref().unwrap();
+        assert_eq!(t.dir, base.join("tpl"));
+        assert_eq!(t.set.names().collect::<Vec<_>>(), ["welcome"]);
+        assert!(parse(MIN).unwrap().templates.is_none(), "absent: off");
+        // Same files, equal configs; a changed file, a different one.
+        let again = Config::parse_at(&text, "herald.toml", Some(&base), &no_env).unwrap();
+        assert_eq!(c, again);
+
+        std::fs::write(
+            base.join("tpl/welcome.toml"),
+            "[email]\nsubject = \"Hi {{ name }\"\ntext = \"x\"\n",
+        )
+        .unwrap();
+        let err = Config::parse_at(&text, "herald.toml", Some(&base), &no_env)
+            .unwrap_err()
+            .to_string();
+        let at = format!("{}:2:", base.join("tpl/welcome.toml").display());
+        assert!(err.starts_with("herald.toml: templates: "), "{err}");
+        assert!(err.contains(&at), "{err}");
+        let err = Config::parse_at(
+            &format!("{MIN}\n[templates]\ndir = \"absent\"\n"),
+            "herald.toml",
+            Some(&base),
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cannot read the templates folder"), "{err}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn defaults() {

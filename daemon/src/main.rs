@@ -88,6 +88,14 @@ fn main() -> ExitCode {
         return match daemon::build_routing(&config, &mut loader, &Default::default()) {
             Ok(routing) => {
                 eprintln!("heraldd: {} is valid", config.source_name);
+                if let Some(t) = &config.templates {
+                    eprintln!(
+                        "  templates: {} in {} ({})",
+                        t.set.len(),
+                        t.dir.display(),
+                        t.set.names().collect::<Vec<_>>().join(", ")
+                    );
+                }
                 for p in routing.providers.values() {
                     eprintln!(
                         "  provider {} (plugin {} {}): {}",

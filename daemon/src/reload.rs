@@ -54,10 +54,11 @@ impl Reloader {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
         *self.last_text.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.clone());
-        let mut config = Config::parse(&text, &path.display().to_string(), &|k| {
-            std::env::var(k).ok()
-        })
-        .map_err(|e| e.to_string())?;
+        let mut config =
+            Config::parse_at(&text, &path.display().to_string(), path.parent(), &|k| {
+                std::env::var(k).ok()
+            })
+            .map_err(|e| e.to_string())?;
         let old = self.live.current();
         // Restart-only settings keep their running values.
         let mut kept = Vec::new();

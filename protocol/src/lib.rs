@@ -126,6 +126,16 @@ pub struct SendMessage {
     #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub lane: Lane,
+    /// A stored template (`[templates] dir` of the daemon, by file stem) that renders the
+    /// content's subject/text/html (email) or body (SMS) from `vars` when the message is
+    /// accepted. `content` then only names the channel: the fields the template renders
+    /// must be left empty (an error names a field set by both).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// The template's variables: names to JSON values (nested objects and lists too).
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
+    #[serde(default)]
+    pub vars: Vars,
 }
 
 /// A message's priority lane. Among due messages, `critical` ones are dispatched first;
@@ -164,6 +174,34 @@ impl Lane {
     }
 }
 
+impl SendMessage {
+    /// A send rendered by the daemon's stored template `template` with `vars`: the content
+    /// only names the channel (email or SMS; the daemon refuses a push with field
+    /// `template`). Set `tags`, `idempotency_key`, ... on the result as for any send.
+    pub fn templated(
+        to: impl Into<String>,
+        channel: Channel,
+        template: impl Into<String>,
+        vars: Vars,
+    ) -> SendMessage {
+        SendMessage {
+            to: to.into(),
+            content: match channel {
+                Channel::Email => Content::Email(EmailContent::default()),
+                Channel::Sms => Content::Sms(SmsContent::default()),
+                Channel::Push => Content::Push(PushContent::default()),
+            },
+            tags: Vec::new(),
+            idempotency_key: None,
+            send_at: None,
+            override_suppression: false,
+            template: Some(template.into()),
+            vars,
+            lane: Lane::Normal,
+        }
+    }
+}
+
 impl fmt::Display for Lane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -189,6 +227,51 @@ pub struct LaneStats {
     /// How long the longest-waiting due message of the lane has been due (ms); 0 when none
     /// is due.
     pub oldest_age_ms: u64,
+}
+
+/// A template's variables. JSON carries them as an object of JSON values; postcard, which
+/// cannot carry self-describing values, as one string holding that object's JSON text.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vars(
+    #[cfg_attr(feature = "typescript", ts(type = "{ [key in string]?: unknown }"))]
+    pub  std::collections::BTreeMap<String, serde_json::Value>,
+);
+
+impl Vars {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sets one variable (any JSON value).
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Vars {
+        self.0.insert(name.into(), value.into());
+        self
+    }
+}
+
+impl Serialize for Vars {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+            text.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Vars {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Vars, D::Error> {
+        if d.is_human_readable() {
+            Ok(Vars(Deserialize::deserialize(d)?))
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text)
+                .map(Vars)
+                .map_err(|e| serde::de::Error::custom(format!("vars: {e}")))
+        }
+    }
 }
 
 /// Which events a subscription receives. Empty lists match everything.
@@ -224,6 +307,9 @@ impl Filter {
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+// A request is decoded once per frame and handed on by value; boxing `Send` would only
+// add an allocation per send (and churn every match on it).
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     Send(SendMessage),
     SendBatch(Vec<SendMessage>),
@@ -950,14 +1036,80 @@ mod tests {
                 send_at: None,
                 override_suppression: false,
                 lane: Lane::Normal,
+                template: None,
+                vars: Vars::default(),
             }),
         }
     }
 
     #[test]
+    fn template_sends_carry_nested_vars_in_both_codecs() {
+        let vars: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_str(
+            r#"{"user":{"name":"Ann","langs":["en","pl"]},"n":3,"ok":true,"none":null}"#,
+        )
+        .unwrap();
+        let frame = ClientFrame {
+            id: 1,
+            request: Request::Send(SendMessage {
+                to: "a@b.io".into(),
+                content: Content::Email(EmailContent::default()),
+                tags: vec![],
+                idempotency_key: None,
+                send_at: None,
+                override_suppression: false,
+                lane: Lane::Normal,
+                template: Some("welcome".into()),
+                vars: Vars(vars),
+            }),
+        };
+        for codec in [Codec::Postcard, Codec::Json] {
+            let body = encode(codec, &frame).unwrap();
+            assert_eq!(
+                decode::<ClientFrame>(codec, &body).unwrap(),
+                frame,
+                "{codec:?}"
+            );
+        }
+        expect![[r#"{"id":1,"request":{"send":{"to":"a@b.io","content":{"email":{"from":null,"subject":"","text":null,"html":null,"reply_to":null,"headers":{},"attachments":[]}},"tags":[],"idempotency_key":null,"send_at":null,"override_suppression":false,"lane":"normal","template":"welcome","vars":{"n":3,"none":null,"ok":true,"user":{"langs":["en","pl"],"name":"Ann"}}}}}"#]]
+            .assert_eq(&String::from_utf8(encode(Codec::Json, &frame).unwrap()).unwrap());
+        let built = SendMessage::templated(
+            "a@b.io",
+            Channel::Email,
+            "welcome",
+            Vars::default()
+                .with(
+                    "user",
+                    serde_json::json!({"name": "Ann", "langs": ["en", "pl"]}),
+                )
+                .with("n", 3)
+                .with("ok", true)
+                .with("none", serde_json::Value::Null),
+        );
+        assert_eq!(Request::Send(built), frame.request);
+        // Hand-written JSON: content names the channel, template and vars are optional.
+        let f: ClientFrame = decode(
+            Codec::Json,
+            br#"{"id":1,"request":{"send":{"to":"a@b.io","content":{"email":{"subject":""}},"template":"welcome","vars":{"user":{"name":"Ann"}}}}}"#,
+        )
+        .unwrap();
+        let Request::Send(s) = f.request else {
+            panic!()
+        };
+        assert_eq!(s.template.as_deref(), Some("welcome"));
+        assert_eq!(s.vars.0["user"]["name"], "Ann");
+        // Postcard vars that are not a JSON object are a malformed frame.
+        let mut bad = encode(Codec::Postcard, &sample_send()).unwrap();
+        bad.truncate(bad.len() - 3);
+        bad.extend_from_slice(b"\x02[]");
+        assert!(decode::<ClientFrame>(Codec::Postcard, &bad).is_err());
+    }
+
+    #[test]
     fn postcard_golden_bytes() {
-        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b31000001"]
-            .assert_eq(&hex(&encode(Codec::Postcard, &sample_send()).unwrap()));
+        expect![
+            "07000c2b3134313535353530313030010005525356503f0001047273767001026b3100000100027b7d"
+        ]
+        .assert_eq(&hex(&encode(Codec::Postcard, &sample_send()).unwrap()));
         let ev = ServerFrame {
             id: 3,
             response: Response::Event(Event {
@@ -1118,7 +1270,7 @@ mod tests {
 
     #[test]
     fn json_shapes() {
-        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false,"lane":"normal"}}}"#]]
+        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false,"lane":"normal","template":null,"vars":{}}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_send()).unwrap()).unwrap());
         // Optional fields may be omitted by hand-written JSON clients.
         let f: ClientFrame = decode(

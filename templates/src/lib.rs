@@ -19,6 +19,7 @@
 //! socket, the daemon or the CLI's output.
 
 pub mod rows;
+pub mod stored;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -417,6 +418,8 @@ impl Template {
                     send_at: None,
                     override_suppression: false,
                     lane: self.lane,
+                    template: None,
+                    vars: Default::default(),
                 },
             });
         }

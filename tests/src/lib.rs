@@ -443,6 +443,8 @@ pub fn email(to: &str, subject: &str) -> SendMessage {
         send_at: None,
         override_suppression: false,
         lane: Default::default(),
+        template: None,
+        vars: Default::default(),
     }
 }
 
@@ -458,6 +460,8 @@ pub fn sms(to: &str, body: &str) -> SendMessage {
         send_at: None,
         override_suppression: false,
         lane: Default::default(),
+        template: None,
+        vars: Default::default(),
     }
 }
 

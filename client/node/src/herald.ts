@@ -7,6 +7,7 @@ import { HeraldConnectionError, HeraldError } from "./errors.js";
 import {
   type Accepted,
   type Channel,
+  type Content,
   type Filter,
   type Lane,
   type MessageView,
@@ -18,6 +19,7 @@ import {
   type SuppressionCursor,
   type SuppressionEntry,
   type SuppressionStatus,
+  type Vars,
   type Welcome,
 } from "./generated/protocol.js";
 import { resolveSocket } from "./socket.js";
@@ -38,8 +40,24 @@ export interface ConnectOptions {
 /** A message: recipient, content (which decides the channel) and tags. */
 export type Message = Omit<
   SendMessage,
-  "idempotency_key" | "send_at" | "override_suppression" | "lane"
+  "idempotency_key" | "send_at" | "override_suppression" | "lane" | "template" | "vars"
 >;
+
+/**
+ * A message rendered by the daemon from one of its stored templates (`[templates] dir`,
+ * named by file stem) with `vars`, at the moment it is accepted. A missing variable is
+ * rejected with `invalid_field` and `field` = `vars.<name>`; an unknown template with
+ * `field` = `template`. The template's tags are added to `tags`.
+ */
+export interface TemplateMessage {
+  to: string;
+  /** Which of the template's sections is rendered: `[email]` or `[sms]`. */
+  channel: "email" | "sms";
+  template: string;
+  /** The template's variables: any JSON values, nested objects and lists too. */
+  vars?: Vars;
+  tags?: Array<string>;
+}
 
 export interface SendOptions {
   /**
@@ -64,7 +82,7 @@ export interface SendOptions {
 }
 
 /** One message of a batch, with its own send options. */
-export type BatchEntry = Message & SendOptions;
+export type BatchEntry = (Message | TemplateMessage) & SendOptions;
 
 /** The name of a response variant, and the data it carries. */
 type ResponseName<R = Response> = R extends string ? R : keyof R & string;
@@ -83,16 +101,22 @@ function unixMillis(sendAt: Date | number | undefined): number | null {
   return ms;
 }
 
-function wire(message: Message, options: SendOptions): SendMessage {
-  return {
+function wire(message: Message | TemplateMessage, options: SendOptions): SendMessage {
+  const common = {
     to: message.to,
-    content: message.content,
     tags: message.tags ?? [],
     idempotency_key: options.idempotencyKey ?? null,
     send_at: unixMillis(options.sendAt),
     override_suppression: options.overrideSuppression ?? false,
     lane: options.lane ?? "normal",
   };
+  if ("template" in message) {
+    // The content only names the channel: the daemon renders its fields from the template.
+    const content: Content =
+      message.channel === "sms" ? { sms: { body: "" } } : { email: { subject: "" } };
+    return { ...common, content, template: message.template, vars: message.vars ?? {} };
+  }
+  return { ...common, content: message.content };
 }
 
 function answer<K extends ResponseName>(response: Response, name: K): Payload<K> {
@@ -174,7 +198,7 @@ export class Herald {
    * Rejects with {@link HeraldError} (`invalid_field`, `no_route`, `too_large`,
    * `idempotency_conflict`, `busy`, ...) or {@link HeraldConnectionError}.
    */
-  async send(message: Message, options: SendOptions = {}): Promise<Accepted> {
+  async send(message: Message | TemplateMessage, options: SendOptions = {}): Promise<Accepted> {
     return this.ask({ send: wire(message, options) }, "accepted");
   }
 

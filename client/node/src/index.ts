@@ -2,7 +2,13 @@
 // generated types; nothing else is public.
 
 export { Herald } from "./herald.js";
-export type { BatchEntry, ConnectOptions, Message, SendOptions } from "./herald.js";
+export type {
+  BatchEntry,
+  ConnectOptions,
+  Message,
+  SendOptions,
+  TemplateMessage,
+} from "./herald.js";
 export { Subscription } from "./subscription.js";
 export type { ReconnectOptions, SubscribeOptions } from "./subscription.js";
 export { HeraldConnectionError, HeraldError, SubscriptionGapError } from "./errors.js";

@@ -20,7 +20,7 @@ use herald_plugin_api::{
     Attachment, Channel, Content, EmailContent, Event, EventKind, PushContent, PushPriority,
     SmsContent,
 };
-use herald_protocol::{Filter, Lane, MessageView, SendMessage, Stats, SuppressionEntry};
+use herald_protocol::{Filter, Lane, MessageView, SendMessage, Stats, SuppressionEntry, Vars};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -219,6 +219,43 @@ struct SendArgs {
     /// normal). Not the push --priority.
     #[arg(long, default_value = "normal")]
     lane: Lane,
+    /// Render the message with this template stored in the daemon (its `[templates] dir`,
+    /// by file stem): --subject/--text/--html or --body then come from the template.
+    #[arg(long)]
+    template: Option<String>,
+    /// A template variable as name=value, a string (repeatable; wins over --vars-json).
+    #[arg(long = "var", value_parser = parse_key_value, requires = "template")]
+    vars: Vec<(String, String)>,
+    /// The template's variables as a JSON object, from a file or `-` (stdin): nested
+    /// objects, lists and numbers too.
+    #[arg(long, requires = "template")]
+    vars_json: Option<PathBuf>,
+}
+
+/// The variables of a `--template` send: `--vars-json` (an object), then each `--var`.
+fn read_vars(a: &SendArgs) -> Result<Vars> {
+    let mut vars = BTreeMap::new();
+    if let Some(path) = &a.vars_json {
+        let text = if path.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("cannot read --vars-json from stdin")?;
+            s
+        } else {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --vars-json {}", path.display()))?
+        };
+        vars = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "--vars-json {}: expected a JSON object of variables",
+                path.display()
+            )
+        })?;
+    }
+    for (k, v) in &a.vars {
+        vars.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    Ok(Vars(vars))
 }
 
 #[derive(Args, Debug)]
@@ -304,6 +341,8 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
     let no_push_options =
         a.badge.is_none() && a.sound.is_none() && a.collapse_id.is_none() && a.priority.is_none();
     const PUSH_OPTIONS: &str = "--badge/--sound/--collapse-id/--priority";
+    let vars = read_vars(&a)?;
+    let templated = a.template.is_some();
     let content = match a.channel {
         ChannelArg::Email => {
             misplaced(no_push_options, PUSH_OPTIONS, "email")?;
@@ -314,11 +353,14 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
                 "email",
             )?;
             misplaced(a.media_urls.is_empty(), "--media-url", "email")?;
-            let subject = a
-                .subject
-                .ok_or_else(|| anyhow!("--channel email needs --subject"))?;
-            if a.text.is_none() && a.html.is_none() {
-                bail!("--channel email needs --text or --html");
+            // With a template, the daemon renders what the flags leave out.
+            let subject = match a.subject {
+                Some(s) => s,
+                None if templated => String::new(),
+                None => bail!("--channel email needs --subject (or --template)"),
+            };
+            if a.text.is_none() && a.html.is_none() && !templated {
+                bail!("--channel email needs --text or --html (or --template)");
             }
             let mut attachments = Vec::new();
             for path in &a.attachments {
@@ -363,8 +405,8 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
             misplaced(no_push_options, PUSH_OPTIONS, "sms")?;
             misplaced(a.reply_to.is_none(), "--reply-to", "sms")?;
             let body = a.body.unwrap_or_default();
-            if body.is_empty() && a.media_urls.is_empty() {
-                bail!("--channel sms needs --body (or --media-url)");
+            if body.is_empty() && a.media_urls.is_empty() && !templated {
+                bail!("--channel sms needs --body (or --media-url, or --template)");
             }
             Content::Sms(SmsContent {
                 from: a.from,
@@ -373,6 +415,11 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
             })
         }
         ChannelArg::Push => {
+            misplaced(
+                !templated,
+                "--template",
+                "push (templates render email and sms)",
+            )?;
             misplaced(
                 a.subject.is_none() && a.text.is_none() && a.html.is_none(),
                 "--subject/--text/--html",
@@ -411,6 +458,8 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
         send_at: a.send_at,
         override_suppression: a.override_suppression,
         lane: a.lane,
+        template: a.template,
+        vars,
     })
 }
 
@@ -878,6 +927,65 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("critical, normal or bulk"), "{err}");
+    }
+
+    #[test]
+    fn a_template_send_needs_no_subject_or_body_and_carries_its_vars() {
+        let m = build(&[
+            "--channel",
+            "email",
+            "--to",
+            "a@example.org",
+            "--template",
+            "welcome",
+            "--var",
+            "name=Ann",
+            "--var",
+            "plan=pro",
+        ])
+        .unwrap();
+        assert_eq!(m.template.as_deref(), Some("welcome"));
+        assert_eq!(m.vars.0["name"], "Ann");
+        assert_eq!(m.vars.0["plan"], "pro");
+        assert!(matches!(&m.content, Content::Email(e) if e.subject.is_empty()));
+        let dir = std::env::temp_dir().join(format!("herald-cli-vars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vars.json");
+        std::fs::write(&file, r#"{"user": {"name": "Bo"}, "plan": "free"}"#).unwrap();
+        let path = file.display().to_string();
+        let m = build(&[
+            "--channel",
+            "sms",
+            "--to",
+            "+14155550100",
+            "--template",
+            "code",
+            "--vars-json",
+            &path,
+            "--var",
+            "plan=pro",
+        ])
+        .unwrap();
+        assert_eq!(m.vars.0["user"]["name"], "Bo");
+        assert_eq!(m.vars.0["plan"], "pro", "--var wins over --vars-json");
+        std::fs::write(&file, "[1]").unwrap();
+        let err = build(&[
+            "--channel",
+            "sms",
+            "--to",
+            "+14155550100",
+            "--template",
+            "code",
+            "--vars-json",
+            &path,
+        ])
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("JSON object"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = build(&["--channel", "push", "--to", "tok", "--template", "x"]).unwrap_err();
+        assert!(err.to_string().contains("--template"), "{err}");
+        // Without a template, the content flags are still required.
+        assert!(build(&["--channel", "email", "--to", "a@example.org"]).is_err());
     }
 
     #[test]

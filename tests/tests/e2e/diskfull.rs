@@ -141,6 +141,8 @@ fn big_email(i: u64) -> SendMessage {
         send_at: None,
         override_suppression: false,
         lane: Default::default(),
+        template: None,
+        vars: Default::default(),
     }
 }
 

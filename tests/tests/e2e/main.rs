@@ -26,4 +26,5 @@ mod resilience;
 mod smtp;
 mod store_check;
 mod suppression;
+mod templates;
 mod webhooks;

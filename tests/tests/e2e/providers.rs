@@ -141,6 +141,8 @@ fn push(to: &str, title: &str, body: &str) -> SendMessage {
         send_at: None,
         override_suppression: false,
         lane: Default::default(),
+        template: None,
+        vars: Default::default(),
     }
 }
 

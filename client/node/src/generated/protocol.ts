@@ -209,7 +209,18 @@ override_suppression?: boolean,
  * The priority lane (`critical`, `normal` — the default — or `bulk`): which due
  * messages the daemon takes first. Not the push `priority` of [`PushContent`].
  */
-lane?: Lane, };
+lane?: Lane, 
+/**
+ * A stored template (`[templates] dir` of the daemon, by file stem) that renders the
+ * content's subject/text/html (email) or body (SMS) from `vars` when the message is
+ * accepted. `content` then only names the channel: the fields the template renders
+ * must be left empty (an error names a field set by both).
+ */
+template?: string | null, 
+/**
+ * The template's variables: names to JSON values (nested objects and lists too).
+ */
+vars?: Vars, };
 
 export type ServerFrame = { 
 /**
@@ -366,6 +377,12 @@ key: string,
  * Its entry, when it is on the list.
  */
 entry: SuppressionEntry | null, };
+
+/**
+ * A template's variables. JSON carries them as an object of JSON values; postcard, which
+ * cannot carry self-describing values, as one string holding that object's JSON text.
+ */
+export type Vars = { [key in string]?: unknown };
 
 /**
  * The server's answer to [`Hello`], in the chosen codec.
