@@ -101,6 +101,12 @@ pub enum StoreError {
     Locked(String),
     #[error("internal storage error: {0}")]
     Internal(String),
+    /// The store could not be reached or lost the batch midway (a shared engine's
+    /// connection dropped, a server restart, a session bound ran out): the batch was not
+    /// applied — or, when its commit's answer was lost, may have been — and was not
+    /// acknowledged; a later batch may succeed. Not a reason to stop writing.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A stored message and its delivery state.

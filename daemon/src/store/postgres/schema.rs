@@ -11,7 +11,7 @@ use super::{Bridge, db};
 use crate::store::StoreError;
 
 /// The schema version this build writes and reads.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// The advisory lock key migrations run under ("herald" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
@@ -104,6 +104,15 @@ const MIGRATIONS: &[&str] = &[
         at bigint NOT NULL,
         event bytea NOT NULL
     );
+    "#,
+    // 2: a fencing token per claim, independent of clocks. Every claim takes the next value
+    // of `lease_tokens` into its lease row; a completion applies only where the token it
+    // carries is still the stored one. Leases that exist when migrating get fresh tokens
+    // (their claims' completions, which carry the old expiry-based fence, are then stale:
+    // those messages are recovered when the lease expires, as after a crash).
+    r#"
+    CREATE SEQUENCE lease_tokens AS bigint MINVALUE 1;
+    ALTER TABLE leases ADD COLUMN token bigint NOT NULL DEFAULT nextval('lease_tokens');
     "#,
 ];
 
