@@ -733,7 +733,23 @@ async fn killed_database_connections_under_load_lose_nothing() {
     tokio::spawn(conn);
     let daemon = on_postgres(&db, &mock, "10s").start().await;
     let client = daemon.client().await;
-    let mut sub = client.subscribe(Filter::default(), Some(0)).await.unwrap();
+    // A subscriber watching it all, read as it goes (on a connection of its own: a stream
+    // nobody reads holds up its connection's other answers).
+    let mut sub = daemon
+        .client()
+        .await
+        .subscribe(Filter::default(), Some(0))
+        .await
+        .unwrap();
+    let watched: Arc<Mutex<Vec<herald_plugin_api::Event>>> = Arc::default();
+    let watcher = {
+        let watched = Arc::clone(&watched);
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = sub.next_event().await {
+                watched.lock().unwrap().push(e);
+            }
+        })
+    };
 
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -803,22 +819,28 @@ async fn killed_database_connections_under_load_lose_nothing() {
     );
     // The subscriber that watched it all: every event once, in seq order, up to the end.
     let last = client.stats().await.unwrap().last_seq;
-    let mut seen = 0u64;
-    let mut queued = HashSet::new();
-    while seen < last {
-        let e = tokio::time::timeout(Duration::from_secs(30), sub.next_event())
-            .await
-            .expect("the subscriber stalled")
-            .expect("stream open")
-            .expect("event");
-        assert_eq!(e.seq, seen + 1, "every event once, in seq order");
-        seen = e.seq;
-        if e.kind == herald_plugin_api::EventKind::Queued
-            && let Some(id) = e.message_id
-        {
-            queued.insert(id);
-        }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while watched.lock().unwrap().last().map_or(0, |e| e.seq) < last {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscriber stalled at {:?} of {last}",
+            watched.lock().unwrap().last().map(|e| e.seq)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    watcher.abort();
+    let watched = watched.lock().unwrap().clone();
+    let seqs: Vec<u64> = watched.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every event once, in seq order"
+    );
+    let queued: HashSet<String> = watched
+        .into_iter()
+        .filter(|e| e.kind == herald_plugin_api::EventKind::Queued)
+        .filter_map(|e| e.message_id)
+        .collect();
     let unseen: Vec<&String> = acked.difference(&queued).collect();
     assert!(
         unseen.is_empty(),
