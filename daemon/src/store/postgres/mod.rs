@@ -268,7 +268,7 @@ impl PgStore {
     ) -> Result<PgStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Internal(format!("the PostgreSQL URL is not valid: {e}")))?;
-        config.options(&session_options(storage_timeout));
+        config.options(session_options(storage_timeout));
         if config.get_application_name().is_none() {
             config.application_name("heraldd");
         }
@@ -1738,7 +1738,7 @@ mod tests {
             .build()
             .unwrap();
         let mut config = tokio_postgres::Config::from_str(&db.url).unwrap();
-        config.options(&session_options(storage_timeout));
+        config.options(session_options(storage_timeout));
         let client = rt.block_on(async {
             let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(conn);
