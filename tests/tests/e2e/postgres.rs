@@ -341,8 +341,9 @@ async fn a_subscriber_on_one_daemon_sees_the_other_daemons_events() {
 }
 
 /// SIGSTOPs `daemon` at a moment it holds no transaction open. A daemon stopped inside
-/// one keeps the store's counter row locked, and every other daemon's commits wait for it
-/// (a known limit, README "Running several daemons"); this test is about breakers.
+/// one holds the store's counter row until the server ends its session (half of
+/// `storage_timeout`, see `a_daemon_stalled_inside_a_transaction_does_not_block_the_other`);
+/// the tests using this are about breakers and leases, not that bound.
 async fn stop_outside_a_transaction(db: &TestDb, daemon: &Daemon) {
     let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
