@@ -31,6 +31,11 @@
 //!   successfully, everything before it is durable and writing resumes by itself. The
 //!   clients answered `storage_unavailable` meanwhile may find their message stored after
 //!   all; a retry with the same idempotency key returns it instead of making a second.
+//! - **A lost connection fails one batch.** A shared engine reports a connection that
+//!   dropped, a server restart or a session bound that ran out as
+//!   [`StoreError::Unavailable`]: that batch's clients are answered `storage_unavailable`
+//!   (never acknowledged: the batch was rolled back, or its commit's outcome is unknown)
+//!   and the next batch runs on a fresh connection. The store is not marked failed.
 //!
 //! The dispatcher's bookkeeping is not cut short by a stall: it waits for the store's
 //! real answer, so a claim that lands late is still delivered rather than left leased.
@@ -650,6 +655,15 @@ fn writer(
             }
             Err(e) => {
                 let err = match &e {
+                    // A shared store's connection was lost: this batch was not applied (or
+                    // its outcome is unknown), so nothing in it is acknowledged; the next
+                    // batch connects afresh.
+                    StoreError::Unavailable(_) => {
+                        tracing::warn!(error = %e, jobs = replies.len(), "the store was unavailable; the batch was not acknowledged");
+                        CommitError::Unavailable(format!(
+                            "{e}; the request was not acknowledged (it may or may not have been stored): retry it, with the same idempotency_key"
+                        ))
+                    }
                     StoreError::Io(_) => {
                         health.fail(Thread::Writer, &e);
                         CommitError::Unavailable(health.error().unwrap_or_else(|| e.to_string()))

@@ -79,6 +79,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let measured = space::check_room(&d.data_dir, d.min_free).map_err(|e| anyhow!(e))?;
     let db_dir = store_dir(&d);
     let cache = d.cache_capacity;
+    let storage_timeout_ms = d.storage_timeout_ms;
     let rules = config.recipients;
     let store_config = config.store.clone();
     let lease_ms = store_config.lease_ms();
@@ -94,7 +95,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             let shown = crate::store::postgres::redact(url.expose());
             tracing::info!(url = %shown, pool_size, "opening the PostgreSQL store");
             let opened = tokio::task::spawn_blocking(move || {
-                PgStore::open(url.expose(), pool_size, rules).map(|s| Arc::new(s) as Arc<dyn Store>)
+                PgStore::open_bounded(
+                    url.expose(),
+                    pool_size,
+                    rules,
+                    Duration::from_millis(storage_timeout_ms),
+                )
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
             })
             .await?;
             Ok(opened.with_context(|| format!("cannot open the PostgreSQL store at {shown}"))?)

@@ -96,7 +96,18 @@ pub trait Txn {
     ) -> Result<Vec<(UnixMillis, MsgId)>, Self::Error>;
 
     // Leases of messages being sent.
-    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<(), Self::Error>;
+    /// Leases `id` until `until` and returns the claim's fencing token ([`Claimed::fence`]),
+    /// which must differ from every earlier claim's of the message. Key-value engines (one
+    /// daemon) return `until`, which every claim writes anew; a shared engine returns a
+    /// counter that is independent of clocks.
+    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<u64, Self::Error>;
+    /// Whether `fence` is the token of the lease `id` (whose record is `r`) holds now: a
+    /// completion applies only then. The default compares the record's lease expiry, the
+    /// token of engines whose [`Txn::lease`] returns `until`.
+    fn holds_lease(&mut self, id: &MsgId, r: &Record, fence: u64) -> Result<bool, Self::Error> {
+        let _ = id;
+        Ok(r.lease_until == Some(fence))
+    }
     fn unlease(&mut self, id: &MsgId) -> Result<(), Self::Error>;
     fn is_leased(&mut self, id: &MsgId) -> Result<bool, Self::Error>;
     /// Every leased message (start-up recovery).
@@ -532,17 +543,16 @@ fn claim_lane<T: Txn>(
         r.attempt += 1;
         let until = now + lease_ms;
         r.lease_until = Some(until);
-        txn.lease(&id, until)?;
+        let fence = txn.lease(&id, until)?;
         txn.put_message(&id, &r)?;
         let mut e = message_event(now, &id, &r, EventKind::Sending);
         e.provider = None;
         e.provider_message_id = None;
         cur.emit(e);
-        // The lease expiry is the fencing token: every claim of a message writes a new one
-        // (a message is claimed again only after it left `sending`, at a later `now`).
+        // Every claim of a message gets a new fencing token (see `Txn::lease`).
         out.push(Claimed {
             id,
-            fence: until,
+            fence,
             record: r,
         });
     }
@@ -570,7 +580,10 @@ fn complete<T: Txn>(
         return Ok(OpResult::NotFound);
     };
     // A completion of another claim (an older attempt, a lease lost to recovery) is stale.
-    if r.state != State::Sending || r.attempt != c.attempt || r.lease_until != Some(c.fence) {
+    if r.state != State::Sending
+        || r.attempt != c.attempt
+        || !txn.holds_lease(&c.id, &r, c.fence)?
+    {
         return Ok(OpResult::WrongState(r.state));
     }
     txn.unlease(&c.id)?;

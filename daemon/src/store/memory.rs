@@ -347,9 +347,10 @@ impl Txn for MemTxn<'_> {
             .collect())
     }
 
-    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<(), StoreError> {
+    /// The lease expiry is the fencing token (one process: every claim writes a later one).
+    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<u64, StoreError> {
         self.t.leases.insert(*id, until);
-        Ok(())
+        Ok(until)
     }
     fn unlease(&mut self, id: &MsgId) -> Result<(), StoreError> {
         self.t.leases.remove(id);

@@ -45,8 +45,10 @@
 //! - **Through `lifecycle`**, with a `Txn` whose methods are statements: the rare ops
 //!   (`Status`, `Inbound`, `Cancel`, `Requeue`, `Prune`, `Note`), so the state machine
 //!   for held webhooks, forward-only updates, suppression and reply tagging stays one.
-//!   [`Claimed::fence`] / [`Completion::fence`] already carry the token: key-value engines
-//!   use the lease expiry, which every claim rewrites.
+//!   [`Claimed::fence`] / [`Completion::fence`] carry the token ([`lifecycle::Txn::lease`]
+//!   returns it, [`lifecycle::Txn::holds_lease`] checks it): key-value engines use the
+//!   lease expiry, which every claim of their one daemon rewrites; PostgreSQL a value of a
+//!   sequence, independent of clocks.
 //! - **Events:** `seq` must be global and gap-free across daemons, and a subscriber's cursor
 //!   must never skip a transaction that commits late: allocate a batch's seqs from one
 //!   counter row locked in the committing transaction, so seq order is commit order (or
@@ -102,6 +104,12 @@ pub enum StoreError {
     Locked(String),
     #[error("internal storage error: {0}")]
     Internal(String),
+    /// The store could not be reached or lost the batch midway (a shared engine's
+    /// connection dropped, a server restart, a session bound ran out): the batch was not
+    /// applied — or, when its commit's answer was lost, may have been — and was not
+    /// acknowledged; a later batch may succeed. Not a reason to stop writing.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A stored message and its delivery state.

@@ -1095,9 +1095,10 @@ impl Txn for SledTxn<'_> {
         Ok(due.drain(..n).collect())
     }
 
-    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<(), TxError> {
+    /// The lease expiry is the fencing token (one daemon: every claim writes a later one).
+    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<u64, TxError> {
         self.leases.insert(&id[..], &be8(until)[..]).map_err(unab)?;
-        Ok(())
+        Ok(until)
     }
     fn unlease(&mut self, id: &MsgId) -> Result<(), TxError> {
         self.leases.remove(&id[..]).map_err(unab)?;

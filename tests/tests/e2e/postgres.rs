@@ -341,8 +341,9 @@ async fn a_subscriber_on_one_daemon_sees_the_other_daemons_events() {
 }
 
 /// SIGSTOPs `daemon` at a moment it holds no transaction open. A daemon stopped inside
-/// one keeps the store's counter row locked, and every other daemon's commits wait for it
-/// (a known limit, README "Running several daemons"); this test is about breakers.
+/// one holds the store's counter row until the server ends its session (half of
+/// `storage_timeout`, see `a_daemon_stalled_inside_a_transaction_does_not_block_the_other`);
+/// the tests using this are about breakers and leases, not that bound.
 async fn stop_outside_a_transaction(db: &TestDb, daemon: &Daemon) {
     let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -511,5 +512,344 @@ async fn a_breaker_opened_by_one_daemon_is_open_for_the_other() {
         mock.count(),
         calls,
         "B opened nothing itself: it never called"
+    );
+}
+
+/// Senders through `client` until `stop` is set, 8 in flight, each acknowledged id
+/// recorded in `acked`; an error (the store unavailable for a moment) is counted in
+/// `refused` and the sender goes on.
+fn keep_sending(
+    client: herald_client::Client,
+    tag: &'static str,
+    acked: Arc<Mutex<HashSet<String>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut inflight = tokio::task::JoinSet::new();
+        let mut i = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            while inflight.len() < 8 {
+                let c = client.clone();
+                i += 1;
+                inflight.spawn(async move {
+                    c.send(email(&format!("{tag}-{i}@example.org"), "under fire"))
+                        .await
+                        .map(|a| a.id)
+                });
+            }
+            match inflight.join_next().await {
+                Some(Ok(Ok(id))) => {
+                    acked.lock().unwrap().insert(id);
+                }
+                Some(Ok(Err(_))) => {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                _ => return,
+            }
+        }
+        while let Some(r) = inflight.join_next().await {
+            if let Ok(Ok(id)) = r {
+                acked.lock().unwrap().insert(id);
+            }
+        }
+    })
+}
+
+/// Waits until every id in `acked` reached `mock`; returns how often each was delivered.
+async fn wait_delivered(
+    mock: &MockProvider,
+    acked: &HashSet<String>,
+    what: &str,
+) -> std::collections::HashMap<String, usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let mut times = std::collections::HashMap::new();
+        for r in mock.requests() {
+            if let Some(id) = r.json()["id"].as_str() {
+                *times.entry(id.to_string()).or_insert(0usize) += 1;
+            }
+        }
+        let missing: Vec<&String> = acked.iter().filter(|id| !times.contains_key(*id)).collect();
+        if missing.is_empty() {
+            return times;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} acknowledged messages never reached the provider, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many sessions of `application_name` are idle inside a transaction.
+async fn idle_in_transaction(admin: &tokio_postgres::Client, db: &TestDb, app: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = $2 \
+               AND state LIKE 'idle in transaction%'",
+            &[&db.name, &app],
+        )
+        .await
+        .expect("read pg_stat_activity")
+        .get(0)
+}
+
+/// A daemon SIGSTOPped *inside* a transaction (holding the counter row) holds the other
+/// up for at most the session bound (half of `storage_timeout`): the server ends the
+/// stalled session, and the other daemon keeps accepting and delivering. Woken, the
+/// stalled daemon's batch fails unacknowledged and it carries on with fresh connections;
+/// every acknowledged message is delivered exactly once (the lease is long: none expires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_stalled_inside_a_transaction_does_not_block_the_other() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(conn);
+    let bounded = |app: &str| {
+        Daemon::builder()
+            .webhook_provider(&mock)
+            .daemon("storage_timeout = \"4s\"")
+            .env("HERALD_PG_URL", &format!("{} application_name={app}", db.url))
+            .config("[store]\nkind = \"postgres\"\nurl = \"${HERALD_PG_URL}\"\npool_size = 4\nlease = \"60s\"\n")
+    };
+    let a = bounded("herald_a").start().await;
+    let b = bounded("herald_b").start().await;
+
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = keep_sending(
+        a.client().await,
+        "on-a",
+        Arc::clone(&acked),
+        Arc::clone(&refused),
+        Arc::clone(&stop),
+    );
+    // A is busy committing; stop it at a moment it is inside a transaction.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().len() < 50 {
+        assert!(tokio::time::Instant::now() < deadline, "A too slow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut inside = false;
+    for _ in 0..200 {
+        signal(&a, "STOP");
+        // Long enough for a statement the server was running for it to finish.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if idle_in_transaction(&admin, &db, "herald_a").await > 0 {
+            inside = true;
+            break;
+        }
+        signal(&a, "CONT");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(inside, "A was never stopped inside a transaction");
+
+    // B accepts and delivers while A sleeps.
+    let on_b = b.client().await;
+    let mut through_b = HashSet::new();
+    for i in 0..20 {
+        let to = format!("past-a-{i}@example.org");
+        let id = on_b
+            .send(email(&to, "while A sleeps"))
+            .await
+            .unwrap_or_else(|e| panic!("B refused a send while A was stopped: {e}"))
+            .id;
+        through_b.insert(id);
+    }
+    wait_delivered(&mock, &through_b, "through B while A was stopped").await;
+    // The server ended A's stalled session.
+    assert_eq!(idle_in_transaction(&admin, &db, "herald_a").await, 0);
+
+    // A wakes: its stalled batch fails (nothing in it acknowledged); it sends again.
+    signal(&a, "CONT");
+    let on_a = a.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        match on_a.send(email("after@example.org", "A is back")).await {
+            Ok(r) => break r.id,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "A never recovered: {e}\n{}",
+                    a.log()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let mut all: HashSet<String> = acked.lock().unwrap().clone();
+    all.extend(through_b);
+    all.insert(after);
+    wait_delivered(&mock, &all, "after the stall").await;
+    // Settle, then count: an acknowledged message is sent twice only if its lease
+    // expired and it was re-queued (none should: the lease outlasts the stall).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let times = wait_delivered(&mock, &all, "after settling").await;
+    let mut log = on_b.subscribe(Filter::default(), Some(0)).await.unwrap();
+    let last = log.last_seq;
+    let requeued: HashSet<String> = next_events(&mut log, last as usize)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.kind == herald_plugin_api::EventKind::Queued
+                && e.detail.as_deref().is_some_and(|d| d.contains("re-queued"))
+        })
+        .filter_map(|e| e.message_id)
+        .collect();
+    let twice: Vec<&String> = all
+        .iter()
+        .filter(|id| times[*id] > 1 && !requeued.contains(*id))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "delivered twice without a lease expiring: {twice:?}"
+    );
+    eprintln!(
+        "{} acknowledged, {} refused during the stall",
+        all.len(),
+        refused.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+/// Every backend of the daemon killed (`pg_terminate_backend`) again and again under load:
+/// the batches that meet a dead connection are refused (never acknowledged), sends resume
+/// on fresh connections, every acknowledged message is delivered, and a subscriber sees
+/// every event once, in seq order, with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_database_connections_under_load_lose_nothing() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(conn);
+    let daemon = on_postgres(&db, &mock, "10s").start().await;
+    let client = daemon.client().await;
+    // A subscriber watching it all, read as it goes (on a connection of its own: a stream
+    // nobody reads holds up its connection's other answers).
+    let mut sub = daemon
+        .client()
+        .await
+        .subscribe(Filter::default(), Some(0))
+        .await
+        .unwrap();
+    let watched: Arc<Mutex<Vec<herald_plugin_api::Event>>> = Arc::default();
+    let watcher = {
+        let watched = Arc::clone(&watched);
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = sub.next_event().await {
+                watched.lock().unwrap().push(e);
+            }
+        })
+    };
+
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for tag in ["kill-a", "kill-b"] {
+        load.push(keep_sending(
+            daemon.client().await,
+            tag,
+            Arc::clone(&acked),
+            Arc::clone(&refused),
+            Arc::clone(&stop),
+        ));
+    }
+    let acked_now = || acked.lock().unwrap().len();
+    for round in 0..5 {
+        // Some sends acknowledged since the last kill: they resumed.
+        let before = acked_now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while acked_now() < before + 50 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: sends did not resume after killing the connections\n{}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let killed: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&db.name],
+            )
+            .await
+            .expect("terminate the daemon's backends")
+            .get(0);
+        assert!(killed > 0, "round {round}: no backend to kill");
+    }
+    let before = acked_now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked_now() < before + 50 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sends did not resume after the last kill\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    let acked: HashSet<String> = acked.lock().unwrap().clone();
+    wait_delivered(&mock, &acked, "after the kills").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while client.stats().await.unwrap().active > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !daemon.log().contains("restart heraldd"),
+        "the store was marked failed:\n{}",
+        daemon.log()
+    );
+    // The subscriber that watched it all: every event once, in seq order, up to the end.
+    let last = client.stats().await.unwrap().last_seq;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while watched.lock().unwrap().last().map_or(0, |e| e.seq) < last {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscriber stalled at {:?} of {last}",
+            watched.lock().unwrap().last().map(|e| e.seq)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.abort();
+    let watched = watched.lock().unwrap().clone();
+    let seqs: Vec<u64> = watched.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every event once, in seq order"
+    );
+    let queued: HashSet<String> = watched
+        .into_iter()
+        .filter(|e| e.kind == herald_plugin_api::EventKind::Queued)
+        .filter_map(|e| e.message_id)
+        .collect();
+    let unseen: Vec<&String> = acked.difference(&queued).collect();
+    assert!(
+        unseen.is_empty(),
+        "acknowledged but never queued: {unseen:?}"
+    );
+    eprintln!(
+        "{} acknowledged, {} refused across 5 kills",
+        acked.len(),
+        refused.load(std::sync::atomic::Ordering::SeqCst)
     );
 }

@@ -3,7 +3,8 @@
 //! # Layout
 //! Tables (see `schema`): a `messages` table (record per message), a narrow `queue` of
 //! waiting messages only (a row leaves it when the message is claimed or cancelled),
-//! `leases` (the lease expiry is the claim's fencing token), `idempotency` keys in their own
+//! `leases` (expiry and the claim's fencing token, from the `lease_tokens` sequence),
+//! `idempotency` keys in their own
 //! uniquely keyed table, provider ids, dead letters, finished-by-time, suppression, the
 //! latest message per recipient, held webhook updates, seen webhook ids, shared `breakers`,
 //! and the append-only `events` log; `herald_meta` holds the seq counter, the per-state
@@ -15,9 +16,21 @@
 //! are gap-free and seq order is commit order — a subscriber reading `events_from(n)` can
 //! never skip an event that commits late. The batch then runs the shared state machine
 //! ([`lifecycle::apply_batch`]) over a [`Txn`] whose methods are SQL statements (prepared
-//! once per connection); claims read the queue `FOR UPDATE SKIP LOCKED`. A completion
-//! applies only when the stored lease expiry (the fencing token a claim hands out) still
-//! matches: a late completion from a daemon that lost its lease changes nothing.
+//! once per connection); claims read the queue `FOR UPDATE SKIP LOCKED`. Every claim takes
+//! a new fencing token (`nextval('lease_tokens')`, independent of clocks) into its lease
+//! row and hands it out as [`super::Claimed::fence`]; a completion applies only when the
+//! stored token still matches: a late completion from a daemon that lost its lease changes
+//! nothing. A batch of only claims and recoveries first looks, outside any transaction,
+//! whether anything is due or expired; when nothing is, it answers without a transaction,
+//! so idle daemons never queue for the counter row.
+//!
+//! # Bounds and lost connections
+//! Every session runs with `idle_in_transaction_session_timeout` and `lock_timeout` below
+//! `daemon.storage_timeout` ([`session_options`]): a daemon stalled inside a transaction
+//! loses it (and the counter row) instead of blocking the others. A lost connection, an
+//! ended session or a bound that ran out is [`StoreError::Unavailable`] ([`lost`]): the
+//! batch fails unacknowledged, the connection leaves the pool, and the next batch takes a
+//! fresh one — the committer does not mark the store failed.
 //! `COMMIT` runs with `synchronous_commit = on`, so `flush` has nothing left to do.
 //! Each commit with events sends `NOTIFY herald_events` (delivered at commit).
 //!
@@ -57,8 +70,8 @@ use super::check::{self, Audit};
 use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
 use super::recipients::{self, KeyedWith};
 use super::{
-    BreakerRecord, Committed, Counts, Lane, LaneDepth, MsgId, Op, Record, Store, StoreError,
-    Suppression, SuppressionEntry,
+    BreakerRecord, Committed, Counts, Lane, LaneDepth, MsgId, Op, OpResult, Record, Store,
+    StoreError, Suppression, SuppressionEntry,
 };
 
 /// The version byte in front of every postcard value.
@@ -93,12 +106,42 @@ fn dec<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
     }
 }
 
+/// A statement's error: [`StoreError::Unavailable`] when the connection or the session
+/// was lost or a bound cut it short (see [`lost`]), else [`StoreError::Io`].
 pub(crate) fn db(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Io(format!("postgres: {e}"))
+    if lost(&e) {
+        StoreError::Unavailable(format!("postgres: {e}"))
+    } else {
+        StoreError::Io(format!("postgres: {e}"))
+    }
 }
 
+/// Whether `e` says the connection or its session ended, or a bound of this engine cut the
+/// transaction short — the batch was rolled back (or, for a `COMMIT`, its outcome is
+/// unknown), and a later batch on a fresh connection may well succeed: the connection is
+/// closed, the socket failed, the server shut the session down (`pg_terminate_backend`, a
+/// restart: class 08 and 57P), the idle-in-transaction timeout ended it (25P03), a lock or
+/// statement bound ran out (55P03, 57014), the server is out of connections (53300), or
+/// the transaction lost a serialisation or deadlock check (40001, 40P01).
+fn lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return c.starts_with("08")
+            || c.starts_with("57P")
+            || matches!(c, "25P03" | "55P03" | "57014" | "53300" | "40001" | "40P01");
+    }
+    // A socket error, or the connection ended under a statement.
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        || e.to_string().contains("connection closed")
+}
+
+/// No connection to be had (the server is down or full, a connect timed out): nothing was
+/// done, and a later batch may succeed.
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Io(format!("postgres connection pool: {e}"))
+    StoreError::Unavailable(format!("postgres connection pool: {e}"))
 }
 
 fn id_of(bytes: &[u8]) -> Result<MsgId, StoreError> {
@@ -221,13 +264,26 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// [`PgStore::open_bounded`] under the default `daemon.storage_timeout` (30 s).
+    pub fn open(url: &str, pool_size: usize, rules: RecipientRules) -> Result<PgStore, StoreError> {
+        PgStore::open_bounded(url, pool_size, rules, Duration::from_secs(30))
+    }
+
     /// Connects to `url` with up to `pool_size` connections, migrates the schema (or
     /// refuses a newer one) and keys recipient entries again if `rules` changed.
-    pub fn open(url: &str, pool_size: usize, rules: RecipientRules) -> Result<PgStore, StoreError> {
+    ///
+    /// Every session is bounded below `storage_timeout` (see [`session_options`]): a daemon
+    /// stalled inside a transaction (SIGSTOP, a swapped-out host) loses it — and the counter
+    /// row it locked — after half of it, instead of holding up every other daemon.
+    pub fn open_bounded(
+        url: &str,
+        pool_size: usize,
+        rules: RecipientRules,
+        storage_timeout: Duration,
+    ) -> Result<PgStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Internal(format!("the PostgreSQL URL is not valid: {e}")))?;
-        // Acknowledged means committed durably, whatever the server's default.
-        config.options("-c synchronous_commit=on");
+        config.options(session_options(storage_timeout));
         if config.get_application_name().is_none() {
             config.application_name("heraldd");
         }
@@ -283,6 +339,31 @@ impl PgStore {
 
     fn client(&self) -> Result<Object, StoreError> {
         self.bridge.block_on(self.pool.get()).map_err(pool_err)
+    }
+}
+
+/// The settings of every session: acknowledged means committed durably, whatever the
+/// server's default (`synchronous_commit`); a transaction left idle (its daemon stalled)
+/// for half of `storage_timeout` is ended by the server, which releases its locks
+/// (`idle_in_transaction_session_timeout`); a lock waited for longer than three quarters of
+/// it fails the waiting batch (`lock_timeout`). Both are below `storage_timeout`, so the
+/// other daemons see a failed batch (answered `storage_unavailable`, retryable) rather
+/// than a store marked stalled. No `statement_timeout`: a store check reads every message
+/// in one statement.
+fn session_options(storage_timeout: Duration) -> String {
+    let ms = storage_timeout.as_millis().max(1_000);
+    format!(
+        "-c synchronous_commit=on -c idle_in_transaction_session_timeout={} -c lock_timeout={}",
+        ms / 2,
+        ms * 3 / 4
+    )
+}
+
+/// Takes a connection out of the pool for good when `e` says it was lost (or its session
+/// ended or was cut short): the next batch connects afresh rather than meet it again.
+fn discard_if_lost(client: Object, e: &StoreError) {
+    if matches!(e, StoreError::Unavailable(_)) {
+        drop(Object::take(client));
     }
 }
 
@@ -501,10 +582,39 @@ impl PgStore {
     }
 
     /// One batch, in one transaction, on a thread where blocking is allowed.
+    ///
+    /// A lost connection (see [`lost`]) fails the batch with [`StoreError::Unavailable`]
+    /// and the connection leaves the pool; the next batch takes a fresh one. A `COMMIT`
+    /// whose answer was lost fails the batch too — it may have committed, and it is not
+    /// acknowledged (an accept retried with its idempotency key finds it; a claim's leases
+    /// expire and are recovered; a completion's message is leased again after its lease).
+    /// Nothing cached is trusted afterwards: each batch reads seq and counts under the
+    /// counter row's lock.
     fn commit_here(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
-        let client = self.client()?;
+        let mut client = self.client()?;
         let b = &self.bridge;
-        b.block_on(client.batch_execute("BEGIN")).map_err(db)?;
+        // A pooled connection may have died (a server restart, a killed backend) before
+        // the pool noticed: when the batch's first statement finds it so, nothing was done
+        // yet, and the batch starts once more on a fresh connection.
+        let started = match self.start_batch(&client, now, ops) {
+            Err(StoreError::Unavailable(e)) => {
+                tracing::info!(error = %e, "a pooled PostgreSQL connection was lost; starting the batch on a fresh one");
+                drop(Object::take(client));
+                client = self.client()?;
+                self.start_batch(&client, now, ops)
+            }
+            other => other,
+        };
+        let started = match started {
+            Err(e) => {
+                discard_if_lost(client, &e);
+                return Err(e);
+            }
+            Ok(s) => s,
+        };
+        if let Some(idle) = started {
+            return Ok(idle);
+        }
         let result = (|| {
             // The counter row, locked until COMMIT: batches of every daemon in turn.
             let row = b
@@ -521,9 +631,13 @@ impl PgStore {
             };
             lifecycle::apply_batch(&mut txn, now, ops, ms(row.get(0)), counts_of(row.get(1)))
         })();
+        let result = result.and_then(|batch| {
+            // An error here leaves the outcome unknown: the batch is answered as failed.
+            b.block_on(client.batch_execute("COMMIT")).map_err(db)?;
+            Ok(batch)
+        });
         match result {
             Ok(batch) => {
-                b.block_on(client.batch_execute("COMMIT")).map_err(db)?;
                 self.last_seq.store(batch.cursor.seq, Ordering::Relaxed);
                 *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = batch.cursor.counts;
                 Ok(Committed {
@@ -534,9 +648,76 @@ impl PgStore {
             }
             Err(e) => {
                 let _ = b.block_on(client.batch_execute("ROLLBACK"));
+                discard_if_lost(client, &e);
                 Err(e)
             }
         }
+    }
+
+    /// Answers an idle batch without a transaction (see [`PgStore::nothing_to_do`]), or
+    /// opens the batch's transaction and returns `None`.
+    fn start_batch(
+        &self,
+        client: &Object,
+        now: UnixMillis,
+        ops: &[Op],
+    ) -> Result<Option<Committed>, StoreError> {
+        if let Some(idle) = self.nothing_to_do(client, now, ops)? {
+            return Ok(Some(idle));
+        }
+        self.bridge
+            .block_on(client.batch_execute("BEGIN"))
+            .map_err(db)?;
+        Ok(None)
+    }
+
+    /// The answer of a batch of claims and recoveries only when there is nothing to claim
+    /// or recover at `now` — read outside any transaction, so an idle daemon's polls never
+    /// take the counter row (and never wait behind, or hold up, other daemons' commits).
+    /// `None`: the batch has work (or other ops) and runs in a transaction. A row that
+    /// becomes due right after this read is claimed by the next poll.
+    fn nothing_to_do(
+        &self,
+        client: &Object,
+        now: UnixMillis,
+        ops: &[Op],
+    ) -> Result<Option<Committed>, StoreError> {
+        if ops.is_empty()
+            || !ops
+                .iter()
+                .all(|op| matches!(op, Op::Claim { .. } | Op::Recover))
+        {
+            return Ok(None);
+        }
+        let recover = ops.iter().any(|op| matches!(op, Op::Recover));
+        let busy: bool = self
+            .bridge
+            .block_on(async {
+                let st = client
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM queue WHERE due_at <= $1) \
+                         OR ($2 AND EXISTS (SELECT 1 FROM leases WHERE until <= $1))",
+                    )
+                    .await?;
+                client.query_one(&st, &[&big(now), &recover]).await
+            })
+            .map_err(db)?
+            .get(0);
+        if busy {
+            return Ok(None);
+        }
+        let results = ops
+            .iter()
+            .map(|op| match op {
+                Op::Recover => OpResult::Recovered(0),
+                _ => OpResult::Claimed(Vec::new()),
+            })
+            .collect();
+        Ok(Some(Committed {
+            results,
+            events: Vec::new(),
+            scheduled: false,
+        }))
     }
 
     /// A read outside any batch.
@@ -546,7 +727,11 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         off_runtime(|| {
             let client = self.client()?;
-            f(&self.bridge, &client)
+            let r = f(&self.bridge, &client);
+            if let Err(e) = &r {
+                discard_if_lost(client, e);
+            }
+            r
         })
     }
 
@@ -709,13 +894,32 @@ impl Txn for PgTxn<'_> {
         )
     }
 
-    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO leases (id, until) VALUES ($1, $2) \
-             ON CONFLICT (id) DO UPDATE SET until = EXCLUDED.until",
+    /// The fencing token is a fresh value of the `lease_tokens` sequence: different on
+    /// every claim, whatever the clocks of the daemons say.
+    fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<u64, StoreError> {
+        let row = self.row(
+            "INSERT INTO leases (id, until, token) VALUES ($1, $2, nextval('lease_tokens')) \
+             ON CONFLICT (id) DO UPDATE SET until = EXCLUDED.until, token = EXCLUDED.token \
+             RETURNING token",
             &[&id.as_slice(), &big(until)],
         )?;
-        Ok(())
+        let token: i64 = row
+            .ok_or_else(|| StoreError::Internal("a lease insert returned no token".into()))?
+            .get(0);
+        Ok(ms(token))
+    }
+    /// The stored lease's token, not its expiry: two claims at the same clock value (an
+    /// expired lease taken again with an identical `until`) still differ.
+    fn holds_lease(&mut self, id: &MsgId, _r: &Record, fence: u64) -> Result<bool, StoreError> {
+        let Ok(token) = i64::try_from(fence) else {
+            return Ok(false);
+        };
+        Ok(self
+            .row(
+                "SELECT 1 FROM leases WHERE id = $1 AND token = $2",
+                &[&id.as_slice(), &token],
+            )?
+            .is_some())
     }
     fn unlease(&mut self, id: &MsgId) -> Result<(), StoreError> {
         self.exec("DELETE FROM leases WHERE id = $1", &[&id.as_slice()])?;
@@ -1528,6 +1732,328 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(report.consistent(), "{report:?}");
+    }
+
+    fn claimed(c: Committed) -> Vec<crate::store::Claimed> {
+        match c.results.into_iter().next() {
+            Some(OpResult::Claimed(c)) => c,
+            other => panic!("claim: {other:?}"),
+        }
+    }
+
+    fn sent(c: &crate::store::Claimed, attempt: u32, fence: u64) -> Op {
+        Op::Complete(crate::store::Completion {
+            id: c.id,
+            attempt,
+            fence,
+            state: herald_plugin_api::State::Sent,
+            provider: Some("tw".into()),
+            provider_message_id: None,
+            detail: None,
+            due_at: None,
+            suppress: false,
+            attempt_used: true,
+            index_provider_id: false,
+            breakers: Vec::new(),
+            breaker_events: Vec::new(),
+            max_attempts: 3,
+        })
+    }
+
+    /// Two claims of one message at the same clock value — an expired lease taken again
+    /// with an identical expiry — get different fences, and a completion carrying the
+    /// first one changes nothing, even with the current attempt number.
+    #[test]
+    fn a_claim_at_the_same_clock_gets_a_new_fence() {
+        let db = TestDb::new();
+        let s = open(&db);
+        let m = sms("fenced");
+        s.commit(0, &[Op::Accept(m.clone())]).unwrap();
+        let claim = |now, lease_ms| {
+            claimed(
+                s.commit(
+                    now,
+                    &[Op::Claim {
+                        limit: 1,
+                        lease_ms,
+                        turn: 0,
+                    }],
+                )
+                .unwrap(),
+            )
+        };
+        let first = claim(0, 1_000).remove(0);
+        assert_eq!(first.record.lease_until, Some(1_000));
+        // The lease expired: returned to the queue, claimed again expiring at 1 000 too.
+        let r = s.commit(1_000, &[Op::Recover]).unwrap();
+        assert_eq!(r.results, vec![OpResult::Recovered(1)]);
+        let second = claim(1_000, 0).remove(0);
+        assert_eq!(second.record.lease_until, first.record.lease_until);
+        assert_ne!(second.fence, first.fence, "a new token on every claim");
+        let attempt = second.record.attempt;
+        let r = s
+            .commit(1_001, &[sent(&first, attempt, first.fence)])
+            .unwrap();
+        assert_eq!(
+            r.results,
+            vec![OpResult::WrongState(herald_plugin_api::State::Sending)]
+        );
+        assert!(r.events.is_empty(), "{:?}", r.events);
+        assert_eq!(
+            s.get(&m.id).unwrap().unwrap().state,
+            herald_plugin_api::State::Sending
+        );
+        let r = s
+            .commit(1_002, &[sent(&second, attempt, second.fence)])
+            .unwrap();
+        assert_eq!(r.results, vec![OpResult::Done]);
+        assert_eq!(
+            s.get(&m.id).unwrap().unwrap().state,
+            herald_plugin_api::State::Sent
+        );
+    }
+
+    /// A database at schema version 1 (leases fenced by their expiry) is migrated in place:
+    /// its messages and live leases stay, and claims from then on carry tokens.
+    #[test]
+    fn a_version_1_database_is_migrated_in_place() {
+        let db = TestDb::new();
+        let s = open(&db);
+        let leased = sms("leased under version 1");
+        let waiting = sms("waiting under version 1");
+        s.commit(0, &[Op::Accept(leased.clone())]).unwrap();
+        let old = claimed(
+            s.commit(
+                0,
+                &[Op::Claim {
+                    limit: 1,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap(),
+        )
+        .remove(0);
+        s.commit(1, &[Op::Accept(waiting.clone())]).unwrap();
+        // Back to exactly what version 1 created.
+        s.execute_now("ALTER TABLE leases DROP COLUMN token", &[])
+            .unwrap();
+        s.execute_now("DROP SEQUENCE lease_tokens", &[]).unwrap();
+        s.execute_now("ALTER TABLE queue DROP COLUMN lane", &[])
+            .unwrap();
+        s.execute_now("UPDATE herald_schema SET version = 1", &[])
+            .unwrap();
+        drop(s);
+
+        let s = open(&db);
+        let version: i32 = s.query("SELECT version FROM herald_schema", &[]).unwrap()[0].get(0);
+        assert_eq!(version, schema::VERSION);
+        let tokens: i64 = s
+            .query("SELECT count(*) FROM leases WHERE token IS NOT NULL", &[])
+            .unwrap()[0]
+            .get(0);
+        assert_eq!(tokens, 1, "the live lease got a token");
+        let new = claimed(
+            s.commit(
+                2,
+                &[Op::Claim {
+                    limit: 1,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap(),
+        )
+        .remove(0);
+        assert_eq!(new.id, waiting.id);
+        s.commit(3, &[sent(&new, new.record.attempt, new.fence)])
+            .unwrap();
+        assert_eq!(
+            s.get(&waiting.id).unwrap().unwrap().state,
+            herald_plugin_api::State::Sent
+        );
+        // The lease claimed under version 1 is recovered at its expiry and delivered.
+        assert_eq!(
+            s.commit(1_000, &[Op::Recover]).unwrap().results,
+            vec![OpResult::Recovered(1)]
+        );
+        let again = claimed(
+            s.commit(
+                1_001,
+                &[Op::Claim {
+                    limit: 1,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap(),
+        )
+        .remove(0);
+        assert_eq!(again.id, old.id);
+        s.commit(1_002, &[sent(&again, again.record.attempt, again.fence)])
+            .unwrap();
+        let report = s.commit(1_003, &[Op::Check { repair: false }]).unwrap();
+        match &report.results[0] {
+            OpResult::Checked(r) => assert!(r.consistent(), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A raw session of the test database with this engine's session settings under
+    /// `storage_timeout`, on a runtime of its own.
+    fn session(
+        db: &TestDb,
+        storage_timeout: Duration,
+    ) -> (tokio::runtime::Runtime, tokio_postgres::Client) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut config = tokio_postgres::Config::from_str(&db.url).unwrap();
+        config.options(session_options(storage_timeout));
+        let client = rt.block_on(async {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        });
+        (rt, client)
+    }
+
+    /// An idle daemon's claims and recoveries do not take the counter row: they answer
+    /// while another session holds it (a daemon stalled in a commit).
+    #[test]
+    fn idle_claims_do_not_wait_for_the_counter_row() {
+        let db = TestDb::new();
+        // A lock waited for fails after 1.5 s here: a claim that queued for the row fails.
+        let s = PgStore::open_bounded(
+            &db.url,
+            2,
+            RecipientRules::default(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let (rt, holder) = session(&db, Duration::from_secs(600));
+        rt.block_on(
+            holder.batch_execute("BEGIN; SELECT seq FROM herald_meta WHERE id = 1 FOR UPDATE"),
+        )
+        .unwrap();
+        let r = s
+            .commit(
+                5,
+                &[
+                    Op::Claim {
+                        limit: 10,
+                        lease_ms: 1_000,
+                        turn: 0,
+                    },
+                    Op::Recover,
+                ],
+            )
+            .expect("an idle claim answers while the counter row is locked");
+        assert_eq!(
+            r.results,
+            vec![OpResult::Claimed(vec![]), OpResult::Recovered(0)]
+        );
+        assert!(r.events.is_empty());
+        // With work to do, the batch does wait for the row.
+        rt.block_on(holder.batch_execute("COMMIT")).unwrap();
+        let m = sms("due");
+        s.commit(6, &[Op::Accept(m.clone())]).unwrap();
+        let c = claimed(
+            s.commit(
+                7,
+                &[Op::Claim {
+                    limit: 10,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap(),
+        );
+        assert_eq!(c.len(), 1);
+    }
+
+    /// A session left idle inside a transaction (its daemon stalled) is ended by the
+    /// server within the bound, which frees the counter row for the others; the stalled
+    /// session's next statement fails as `Unavailable` (retryable, not a dead store).
+    #[test]
+    fn a_session_stalled_in_a_transaction_is_ended_and_frees_the_counter_row() {
+        let db = TestDb::new();
+        let s = PgStore::open_bounded(
+            &db.url,
+            2,
+            RecipientRules::default(),
+            Duration::from_secs(4),
+        )
+        .unwrap();
+        let (rt, stalled) = session(&db, Duration::from_secs(2));
+        rt.block_on(
+            stalled.batch_execute("BEGIN; SELECT seq FROM herald_meta WHERE id = 1 FOR UPDATE"),
+        )
+        .unwrap();
+        // Waits at most the 1 s idle bound of the stalled session (its lock bound is 3 s).
+        let r = s.commit(1, &[Op::Accept(sms("past a stalled daemon"))]);
+        assert!(r.is_ok(), "{r:?}");
+        let e = rt
+            .block_on(stalled.batch_execute("SELECT 1"))
+            .expect_err("the stalled session was ended");
+        assert!(
+            matches!(db_err(e), StoreError::Unavailable(_)),
+            "a lost session is retryable"
+        );
+    }
+
+    fn db_err(e: tokio_postgres::Error) -> StoreError {
+        db(e)
+    }
+
+    /// Backends killed under the store (`pg_terminate_backend`, a server restart): the
+    /// batch that meets a dead connection fails as `Unavailable` at worst, later ones
+    /// succeed on fresh connections, and nothing committed is lost.
+    #[test]
+    fn killed_connections_are_replaced() {
+        let db = TestDb::new();
+        let s = open(&db);
+        let (rt, admin) = session(&db, Duration::from_secs(600));
+        let mut accepted = Vec::new();
+        for round in 0..5 {
+            for i in 0..3 {
+                let m = sms(&format!("{round}-{i}"));
+                match s.commit(round * 10 + i, &[Op::Accept(m.clone())]) {
+                    Ok(_) => accepted.push(m.id),
+                    Err(StoreError::Unavailable(_)) => {}
+                    Err(e) => panic!("round {round}: {e}"),
+                }
+                // Reads recover too.
+                let _ = s.counts();
+            }
+            let killed: i64 = rt
+                .block_on(admin.query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&db.name],
+                ))
+                .unwrap()
+                .get(0);
+            assert!(killed >= 1, "round {round}: no backend to kill");
+        }
+        // Once the dead connections are gone, every batch succeeds.
+        let m = sms("after");
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match s.commit(100, &[Op::Accept(m.clone())]) {
+                Ok(_) => break,
+                Err(StoreError::Unavailable(e)) if tries < 5 => eprintln!("retrying: {e}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        accepted.push(m.id);
+        for id in &accepted {
+            assert!(s.get(id).unwrap().is_some());
+        }
+        assert!(accepted.len() >= 6, "{} accepted", accepted.len());
     }
 
     #[test]

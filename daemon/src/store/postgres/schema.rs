@@ -105,9 +105,15 @@ const MIGRATIONS: &[&str] = &[
         event bytea NOT NULL
     );
     "#,
-    // 2: reserved for the fencing migration of another branch (pgfence); the lead puts
-    // it here on merge. A no-op until then.
-    r#"SELECT 1"#,
+    // 2: a fencing token per claim, independent of clocks. Every claim takes the next value
+    // of `lease_tokens` into its lease row; a completion applies only where the token it
+    // carries is still the stored one. Leases that exist when migrating get fresh tokens
+    // (their claims' completions, which carry the old expiry-based fence, are then stale:
+    // those messages are recovered when the lease expires, as after a crash).
+    r#"
+    CREATE SEQUENCE lease_tokens AS bigint MINVALUE 1;
+    ALTER TABLE leases ADD COLUMN token bigint NOT NULL DEFAULT nextval('lease_tokens');
+    "#,
     // 3: priority lanes. Every queue row before it was `normal` (1); claims read one lane
     // at a time in due order.
     r#"
