@@ -468,7 +468,7 @@ fn stored_size(m: &NewMessage) -> u64 {
 }
 
 fn busy(shared: &Shared, live: &Live, adding: u64) -> Option<ErrorBody> {
-    let active = shared.store.counts().active();
+    let active = shared.store.active_for_admission();
     let max = live.config.daemon.max_queue;
     (active + adding > max).then(|| {
         ErrorBody::new(

@@ -582,6 +582,13 @@ pub trait Store: Send + Sync + 'static {
 
     fn counts(&self) -> Counts;
 
+    /// Messages not yet terminal, for the `daemon.max_queue` admission check of every send.
+    /// An engine whose reads are round trips to a shared server may answer from its last
+    /// reading if it is recent (the bound is approximate across daemons anyway).
+    fn active_for_admission(&self) -> u64 {
+        self.counts().active()
+    }
+
     /// Dead-lettered messages, oldest first.
     fn dead(&self, limit: usize) -> Result<Vec<(MsgId, Record)>, StoreError>;
 

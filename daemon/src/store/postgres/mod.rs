@@ -57,7 +57,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use herald_plugin_api::{Channel, Event, RecipientKey, RecipientRules, StatusUpdate, UnixMillis};
@@ -170,6 +170,10 @@ fn counts_sql(c: &Counts) -> Vec<i64> {
     c.0.iter().map(|n| big(*n)).collect()
 }
 
+/// How old the counts may be for the `max_queue` admission check
+/// ([`Store::active_for_admission`]).
+const ADMISSION_STALENESS: Duration = Duration::from_millis(250);
+
 /// A connection string with its password (and anything after `password=`/`:…@`) hidden,
 /// for logs.
 pub fn redact(url: &str) -> String {
@@ -253,6 +257,8 @@ pub struct PgStore {
     /// The last seq and counts read or written, for when a read fails.
     last_seq: AtomicU64,
     counts: Mutex<Counts>,
+    /// When `counts` was last read from (or written to) the database.
+    counts_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -311,6 +317,7 @@ impl PgStore {
             epoch: String::new(),
             last_seq: AtomicU64::new(0),
             counts: Mutex::new(Counts::default()),
+            counts_at: Mutex::new(None),
         };
         off_runtime(move || store.start())
     }
@@ -335,6 +342,10 @@ impl PgStore {
         *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = counts_of(row.get(2));
         drop(client);
         Ok(self)
+    }
+
+    fn counts_read_now(&self) {
+        *self.counts_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     fn client(&self) -> Result<Object, StoreError> {
@@ -640,6 +651,7 @@ impl PgStore {
             Ok(batch) => {
                 self.last_seq.store(batch.cursor.seq, Ordering::Relaxed);
                 *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = batch.cursor.counts;
+                self.counts_read_now();
                 Ok(Committed {
                     results: batch.results,
                     events: batch.cursor.events,
@@ -1326,12 +1338,32 @@ impl Store for PgStore {
                     .map(|r| counts_of(r.get(0)))
                     .unwrap_or_default();
                 *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = c;
+                self.counts_read_now();
                 c
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the counts; using the last known");
                 *self.counts.lock().unwrap_or_else(|p| p.into_inner())
             }
+        }
+    }
+
+    /// From the counts this daemon last committed or read when that was within
+    /// [`ADMISSION_STALENESS`]: one query per send (and a thread, from a tokio worker) was
+    /// most of an accept's cost on this engine.
+    fn active_for_admission(&self) -> u64 {
+        let fresh = self
+            .counts_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < ADMISSION_STALENESS);
+        if fresh {
+            self.counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .active()
+        } else {
+            self.counts().active()
         }
     }
 
@@ -1530,6 +1562,27 @@ mod tests {
             // Dropped inside a runtime too.
             rt.block_on(async move { drop(store) });
         }
+    }
+
+    /// The admission count comes from this daemon's own commits while they are recent, and
+    /// from the database (other daemons' sends included) once they are not.
+    #[test]
+    fn the_admission_count_follows_own_commits_then_the_database() {
+        let db = TestDb::new();
+        let a = open(&db);
+        let b = open(&db);
+        a.commit(1, &[Op::Accept(sms("a1")), Op::Accept(sms("a2"))])
+            .unwrap();
+        assert_eq!(a.active_for_admission(), 2);
+        b.commit(2, &[Op::Accept(sms("b1"))]).unwrap();
+        assert_eq!(
+            b.active_for_admission(),
+            3,
+            "b's commit read the shared counts"
+        );
+        std::thread::sleep(ADMISSION_STALENESS + Duration::from_millis(50));
+        assert_eq!(a.active_for_admission(), 3, "a stale reading is read again");
+        assert_eq!(a.counts().active(), 3);
     }
 
     /// Two daemons committing at once: seqs are gap-free, unique, and in commit order —
