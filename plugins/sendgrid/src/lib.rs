@@ -85,6 +85,7 @@ impl Provider for SendGrid {
             webhooks: true,
             idempotent: false,
             blocking: false,
+            batch: None,
             allowed_hosts: config::DEFAULT_HOSTS.iter().map(|h| (*h).into()).collect(),
         }
     }
