@@ -154,7 +154,7 @@ impl Dispatcher {
             if let Some(rate) = &p.rate {
                 rate.acquire().await;
             }
-            let _place = match &p.in_flight {
+            let place = match &p.in_flight {
                 Some((_, places)) => Arc::clone(places).acquire_owned().await.ok(),
                 None => None,
             };
@@ -162,7 +162,7 @@ impl Dispatcher {
                 if admission == Admission::Trial {
                     p.breaker.neutral();
                 }
-                drop(_place);
+                drop(place);
                 return self.alone(b.items).await;
             }
             if admission == Admission::Trial {
@@ -173,6 +173,7 @@ impl Dispatcher {
             let started = clock::instant();
             let outcomes = exchange_batch(&self.transports, p, deliveries.clone()).await;
             p.counters.call_latency.observe(started.elapsed());
+            drop(place);
             (deliveries, outcomes)
         };
         if let Some(o) = request_outcome(&outcomes) {
