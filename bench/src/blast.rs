@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use herald_plugin_api::{Content, EmailContent};
-use herald_protocol::{BatchItem, SendMessage};
+use herald_protocol::{BatchItem, Lane, SendMessage};
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper::body::{Bytes, Incoming};
@@ -250,6 +250,8 @@ fn guest(i: u64) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        // A guest-list blast is what the bulk lane is for.
+        lane: Lane::Bulk,
     }
 }
 

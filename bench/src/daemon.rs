@@ -138,6 +138,11 @@ pub struct DaemonSettings {
     /// `[[providers]]` and `[routes]` instead of the mock `webhook` provider (blast: the
     /// Resend plugin).
     pub provider: Option<String>,
+    /// `[store] kind = "postgres"` on the database this connection string names (given
+    /// to the daemon as `HERALD_PG_URL`; never written to the report: it may hold a
+    /// password); `None`: the default sled store in the data dir.
+    #[serde(skip)]
+    pub pg_url: Option<String>,
 }
 
 /// The stream-token secret of the bench's daemons (`HERALD_TOKEN_SECRET`).
@@ -163,7 +168,7 @@ cap = "2s"
 max_attempts = 12
 ttl = "1h"
 
-{providers}{realtime}"#,
+{providers}{store}{realtime}"#,
         d = dir.display(),
         p = plugin_dir.display(),
         max_queue = s.max_queue,
@@ -173,6 +178,11 @@ ttl = "1h"
             None => format!(
                 "[[providers]]\nname = \"mock\"\nplugin = \"webhook\"\nurl = \"{mock_url}/notify\"\ntimeout = \"1h\"\n\n[routes]\nemail = [\"mock\"]\nsms = [\"mock\"]\npush = [\"mock\"]\n"
             ),
+        },
+        store = if s.pg_url.is_some() {
+            "\n[store]\nkind = \"postgres\"\nurl = \"${HERALD_PG_URL}\"\n"
+        } else {
+            ""
         },
         realtime = match s.http_port {
             Some(port) => format!(
@@ -211,6 +221,8 @@ pub struct Daemon {
     config_path: PathBuf,
     heraldd: PathBuf,
     wrap: Option<String>,
+    /// `HERALD_PG_URL` for a daemon on PostgreSQL.
+    pg_url: Option<String>,
     child: Option<Child>,
     /// Holds the temporary directory (removed on drop unless kept).
     dir: Option<tempfile::TempDir>,
@@ -250,6 +262,7 @@ impl Daemon {
             config_path,
             heraldd: bins.heraldd.clone(),
             wrap: s.wrap.clone(),
+            pg_url: s.pg_url.clone(),
             child: None,
             dir,
             kept,
@@ -288,6 +301,7 @@ impl Daemon {
             .env("HERALD_TOKEN_SECRET", TOKEN_SECRET)
             // The blast scenario's Resend provider (a mock: any key works).
             .env("HERALD_BENCH_RESEND_KEY", "re_bench_mock_key")
+            .envs(self.pg_url.iter().map(|u| ("HERALD_PG_URL", u)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
             .stderr(log);
@@ -525,6 +539,7 @@ mod tests {
             work_dir: None,
             http_port: None,
             provider: None,
+            pg_url: None,
         };
         let streams = render_config(
             Path::new("/tmp/x"),
@@ -553,6 +568,24 @@ mod tests {
         assert_eq!(c.daemon.concurrency, 1024);
         assert_eq!(c.daemon.max_queue, 2_000_000);
         assert_eq!(c.providers[0].plugin, "webhook");
+        let pg = render_config(
+            Path::new("/tmp/x"),
+            Path::new("/p"),
+            "http://127.0.0.1:1",
+            &DaemonSettings {
+                pg_url: Some("host=127.0.0.1 dbname=b".into()),
+                ..s.clone()
+            },
+        );
+        let c = Config::parse(&pg, "bench", &|k| {
+            (k == "HERALD_PG_URL").then(|| "host=127.0.0.1 dbname=b".to_string())
+        })
+        .unwrap();
+        assert!(c.store.lease_ms() > 0);
+        assert!(matches!(
+            c.store,
+            herald_daemon::config::StoreConfig::Postgres { .. }
+        ));
         assert_eq!(
             c.providers[0].settings["url"],
             serde_json::json!("http://127.0.0.1:1/notify")

@@ -44,6 +44,7 @@ pub fn message(i: u64) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        lane: Default::default(),
     }
 }
 

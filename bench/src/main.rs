@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --release -p herald-bench -- --json bench.json --markdown BENCHMARKS.md
 //! cargo run -p herald-bench -- --smoke            # CI: correctness only, N = 2,000
+//! cargo run --release -p herald-bench -- --store postgres --daemons 2 --n 20000
 //! herald-bench mock --listen 127.0.0.1:9900       # a mock provider on its own
 //! ```
 //!
@@ -18,6 +19,7 @@ mod blast;
 mod daemon;
 mod load;
 mod mock;
+mod pg;
 mod report;
 mod scenarios;
 mod streams;
@@ -65,6 +67,15 @@ enum Scenario {
     /// requests/s: time with provider batches (the time without is computed: N / 10 s).
     /// Not part of `all`.
     Blast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    /// The default: one daemon, sled in its data dir.
+    Sled,
+    /// `[store] kind = "postgres"`: --daemons daemons on one database of their own per
+    /// scenario run (created on the --pg-url server, dropped after). Runs accept and e2e.
+    Postgres,
 }
 
 #[derive(Debug, Parser)]
@@ -139,6 +150,23 @@ struct Args {
     /// Parent directory for the daemons' temporary directories (default: $TMPDIR or /tmp).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// The store engine of the daemons under test. `postgres` runs the accept and e2e
+    /// scenarios only.
+    #[arg(long, value_enum, default_value = "sled")]
+    store: StoreKind,
+    /// The PostgreSQL server for --store postgres (its database part is ignored: the bench
+    /// creates and drops a database per scenario run; needs CREATEDB).
+    #[arg(
+        long,
+        env = "HERALD_BENCH_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/",
+        hide_env_values = true
+    )]
+    pg_url: String,
+    /// Daemons sharing the database with --store postgres (the load's connections are
+    /// dealt over them; every daemon delivers to the one mock). 1 with sled.
+    #[arg(long, default_value_t = 1)]
+    daemons: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,7 +296,31 @@ async fn run(args: Args) -> Result<bool> {
     if !(1..=1000).contains(&a.batch) {
         bail!("--batch must be between 1 and 1000 (the daemon's limit)");
     }
-    let want = |s: Scenario| a.scenario.contains(&Scenario::All) || a.scenario.contains(&s);
+    let on_postgres = a.store == StoreKind::Postgres;
+    if on_postgres {
+        if !(1..=8).contains(&a.daemons) {
+            bail!("--daemons must be between 1 and 8");
+        }
+        if a.connections < a.daemons {
+            bail!("--connections must be at least --daemons (each daemon gets its share)");
+        }
+        let other: Vec<&Scenario> = a
+            .scenario
+            .iter()
+            .filter(|s| !matches!(s, Scenario::All | Scenario::Accept | Scenario::E2e))
+            .collect();
+        if !other.is_empty() {
+            bail!(
+                "--store postgres runs the accept and e2e scenarios only, not {other:?}; run the others with --store sled"
+            );
+        }
+    } else if a.daemons != 1 {
+        bail!("--daemons applies to --store postgres only (sled: one daemon per data dir)");
+    }
+    let want = |s: Scenario| {
+        (a.scenario.contains(&Scenario::All) || a.scenario.contains(&s))
+            && (!on_postgres || matches!(s, Scenario::Accept | Scenario::E2e))
+    };
 
     let command = command_line();
     let run_started = std::time::Instant::now();
@@ -309,9 +361,13 @@ async fn run(args: Args) -> Result<bool> {
             work_dir: a.work_dir.clone(),
             http_port: None,
             provider: None,
+            pg_url: None,
         },
         // A daemon under valgrind is ~50x slower.
         request_timeout: Duration::from_secs(if a.wrap.is_some() { 120 } else { 30 }),
+        store: if on_postgres { "postgres" } else { "sled" }.into(),
+        daemons: a.daemons,
+        pg_server: on_postgres.then(|| a.pg_url.clone()),
     };
     let meter = report::CpuMeter::start();
     let mut ctx = Ctx {

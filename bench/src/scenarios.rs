@@ -1,5 +1,7 @@
 //! The scenarios. Each starts a fresh `heraldd` (new temporary data dir) against the one
-//! mock provider, drives it, measures, checks delivery at the mock, and stops it.
+//! mock provider, drives it, measures, checks delivery at the mock, and stops it. With
+//! `--store postgres`, accept and e2e start a [`Fleet`] instead: `--daemons` daemons on one
+//! fresh PostgreSQL database, the connections split across them, the same one mock.
 //! Start and stop points of every number are stated on its field; `BENCHMARKS.md`
 //! repeats them.
 //!
@@ -20,6 +22,7 @@ use serde::Serialize;
 use crate::daemon::{Binaries, Daemon, DaemonSettings, Disk, Memory};
 use crate::load::{self, Failures};
 use crate::mock::{self, Mock, Settings, Snapshot};
+use crate::pg::BenchDb;
 
 /// How long delivery may make no progress before the run is declared stalled.
 const STALL: Duration = Duration::from_secs(60);
@@ -48,6 +51,65 @@ pub struct Params {
     pub daemon: DaemonSettings,
     /// Longest wait for any one answer from the daemon.
     pub request_timeout: Duration,
+    /// The store engine of the accept and e2e scenarios: `sled` or `postgres`.
+    pub store: String,
+    /// Daemons sharing the database in those scenarios (1 on sled).
+    pub daemons: usize,
+    /// The PostgreSQL server (`--pg-url`), with `store = "postgres"`; not in the report
+    /// (it may hold a password).
+    #[serde(skip)]
+    pub pg_server: Option<String>,
+}
+
+impl Params {
+    /// `accept`, or `accept · postgres, 2 daemons`: the scenario as the report names it.
+    pub fn engine_label(&self, scenario: &str) -> String {
+        if self.pg_server.is_none() {
+            return scenario.to_string();
+        }
+        let s = if self.daemons == 1 { "" } else { "s" };
+        format!("{scenario} · postgres, {} daemon{s}", self.daemons)
+    }
+}
+
+/// The daemons of one accept or e2e run: one on a sled data dir of its own, or
+/// `--daemons` on one PostgreSQL database created for the run. Fields drop in order: the
+/// daemons are killed before their database is dropped.
+#[derive(Debug)]
+pub struct Fleet {
+    pub daemons: Vec<Daemon>,
+    pub db: Option<BenchDb>,
+}
+
+impl Fleet {
+    /// `n` connections, dealt round-robin over the daemons (daemon i % k).
+    async fn connect(&self, n: usize, limit: Duration) -> Result<Vec<Client>> {
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            let d = &self.daemons[i % self.daemons.len()];
+            clients.push(load::connect_one(&d.socket, limit).await?);
+        }
+        Ok(clients)
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        self.daemons.iter_mut().try_for_each(Daemon::check_alive)
+    }
+
+    /// Bytes the queue takes: the data dir (sled), or `pg_database_size` (PostgreSQL).
+    fn disk(&self) -> Result<Disk> {
+        match &self.db {
+            Some(db) => {
+                let bytes = db.size()?;
+                Ok(Disk {
+                    apparent: bytes,
+                    allocated: bytes,
+                    files: 0,
+                })
+            }
+            None => self.daemons[0].disk(),
+        }
+    }
 }
 
 /// Shared state of a run.
@@ -265,6 +327,38 @@ impl Ctx {
         Ok(d)
     }
 
+    /// One daemon (sled), or `--daemons` on a fresh PostgreSQL database (`--store postgres`).
+    pub(crate) async fn fleet(&mut self, settings: &DaemonSettings) -> Result<Fleet> {
+        let Some(server) = self.params.pg_server.clone() else {
+            return Ok(Fleet {
+                daemons: vec![self.daemon_with(settings).await?],
+                db: None,
+            });
+        };
+        let db = BenchDb::create(&server)?;
+        let settings = DaemonSettings {
+            pg_url: Some(db.url.clone()),
+            ..settings.clone()
+        };
+        let mut daemons = Vec::with_capacity(self.params.daemons);
+        for _ in 0..self.params.daemons {
+            daemons.push(self.daemon_with(&settings).await?);
+        }
+        Ok(Fleet {
+            daemons,
+            db: Some(db),
+        })
+    }
+
+    /// Stops every daemon of `fleet` (as [`Ctx::stop`]), then drops its database.
+    pub(crate) async fn stop_fleet(&mut self, scenario: &str, fleet: Fleet) {
+        let Fleet { daemons, db } = fleet;
+        for d in daemons {
+            self.stop(scenario, d).await;
+        }
+        drop(db);
+    }
+
     /// Stops the daemon with SIGTERM and records a failed graceful stop.
     pub(crate) async fn stop(&mut self, scenario: &str, mut d: Daemon) {
         let timeout = if self.params.daemon.wrap.is_some() {
@@ -339,21 +433,22 @@ impl Ctx {
         settings: &DaemonSettings,
     ) -> Result<(load::Run, Footprint)> {
         let p = self.params.clone();
+        let scenario = &p.engine_label(scenario);
         self.mock_mode(Settings {
             paused: true,
             ..Settings::default()
         })
         .await?;
-        let mut d = self.daemon_with(settings).await?;
-        let idle_rss = d.memory()?.rss;
-        let clients = load::connect(&d.socket, p.connections, p.request_timeout).await?;
+        let mut f = self.fleet(settings).await?;
+        let idle_rss = f.daemons[0].memory()?.rss;
+        let clients = f.connect(p.connections, p.request_timeout).await?;
         eprintln!(
             "herald-bench: {scenario}: {} sends, {} connections x {} in flight, provider paused, daemon.concurrency {}",
             p.n, p.connections, p.pipeline, settings.concurrency
         );
         let run = load::closed_loop(&clients, p.n, p.pipeline, p.request_timeout).await?;
         self.failures(scenario, &run.failures);
-        d.check_alive()?;
+        f.check_alive()?;
         let stats = load::timed(p.request_timeout, clients[0].stats()).await?;
         if stats.active != run.ids.len() as u64 {
             self.problem(
@@ -366,8 +461,8 @@ impl Ctx {
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let memory = d.memory()?;
-        let disk = d.disk()?;
+        let memory = f.daemons[0].memory()?;
+        let disk = f.disk()?;
         let queued = stats.active;
         let footprint = Footprint {
             concurrency: settings.concurrency,
@@ -382,7 +477,7 @@ impl Ctx {
             },
         };
         drop(clients);
-        self.stop(scenario, d).await;
+        self.stop_fleet(scenario, f).await;
         Ok((run, footprint))
     }
 
@@ -492,9 +587,10 @@ impl Ctx {
     /// `mock`; timed until the provider has answered `200` for all of them.
     pub async fn e2e(&mut self, name: &str, mock: Settings) -> Result<EndToEnd> {
         let p = self.params.clone();
+        let name = &p.engine_label(name);
         self.mock_mode(mock).await?;
-        let mut d = self.daemon().await?;
-        let clients = load::connect(&d.socket, p.connections, p.request_timeout).await?;
+        let mut f = self.fleet(&p.daemon).await?;
+        let clients = f.connect(p.connections, p.request_timeout).await?;
         eprintln!(
             "herald-bench: {name}: {} sends, provider latency {} ms, error rate {}",
             p.n, mock.latency_ms, mock.error_rate
@@ -502,12 +598,14 @@ impl Ctx {
         let started_unix = mock::unix_ns();
         let run = load::closed_loop(&clients, p.n, p.pipeline, p.request_timeout).await?;
         self.failures(name, &run.failures);
-        let (delivery, reached) = self.verify(name, &mut d, &clients[0], &run.ids).await?;
+        let (delivery, reached) = self
+            .verify(name, &mut f.daemons, &clients[0], &run.ids)
+            .await?;
         let secs = reached
             .map(|s| s.last_ok_unix_ns.saturating_sub(started_unix) as f64 / 1e9)
             .unwrap_or(f64::NAN);
         drop(clients);
-        self.stop(name, d).await;
+        self.stop_fleet(name, f).await;
         Ok(EndToEnd {
             mock,
             n: p.n,
@@ -562,7 +660,9 @@ impl Ctx {
         .await?;
         self.failures(name, &run.failures);
         let ids: Vec<String> = run.sends.iter().map(|s| s.id.clone()).collect();
-        let (delivery, _) = self.verify(name, &mut d, &clients[0], &ids).await?;
+        let (delivery, _) = self
+            .verify(name, std::slice::from_mut(&mut d), &clients[0], &ids)
+            .await?;
         // The sent events trail the deliveries slightly.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -685,7 +785,9 @@ impl Ctx {
         );
         let mut ids = fill.ids.clone();
         ids.push(probe.id);
-        let (delivery, reached) = self.verify("recovery", &mut d, &client, &ids).await?;
+        let (delivery, reached) = self
+            .verify("recovery", std::slice::from_mut(&mut d), &client, &ids)
+            .await?;
         let drain_secs = reached
             .map(|s| s.last_ok_unix_ns.saturating_sub(first_ok) as f64 / 1e9)
             .unwrap_or(f64::NAN);
@@ -713,11 +815,12 @@ impl Ctx {
     /// Waits until the mock has answered `200` for as many distinct ids as `ids` holds
     /// (or delivery stalls), then until the daemon has nothing active, and compares the
     /// mock's ids with `ids`. Returns the check and the mock's snapshot at the moment the
-    /// count was reached (`None` when it never was).
+    /// count was reached (`None` when it never was). Every daemon of `daemons` must stay
+    /// up; `client` (on any of them) reads the counts, which they share.
     pub(crate) async fn verify(
         &mut self,
         scenario: &str,
-        d: &mut Daemon,
+        daemons: &mut [Daemon],
         client: &Client,
         ids: &[String],
     ) -> Result<(Delivery, Option<Snapshot>)> {
@@ -727,7 +830,7 @@ impl Ctx {
         let mut last_seen = (u64::MAX, u64::MAX);
         let mut last_report = Instant::now();
         loop {
-            d.check_alive()?;
+            daemons.iter_mut().try_for_each(Daemon::check_alive)?;
             let s = self.mock.snapshot().await?;
             if s.unique_ok >= want {
                 reached = Some(s);

@@ -155,7 +155,12 @@ impl Ctx {
             load::closed_loop_of(&clients, p.n, p.pipeline, p.request_timeout, tagged).await?;
         self.failures("streams", &run.failures);
         let (delivery, reached) = self
-            .verify("streams", &mut d, &clients[0], &run.ids)
+            .verify(
+                "streams",
+                std::slice::from_mut(&mut d),
+                &clients[0],
+                &run.ids,
+            )
             .await?;
         let secs = reached
             .map(|s| s.last_ok_unix_ns.saturating_sub(started_unix) as f64 / 1e9)

@@ -19,6 +19,7 @@
 //!         idempotency_key: None,
 //!         send_at: None,
 //!         override_suppression: false,
+//!         lane: Default::default(),
 //!     })
 //!     .await?;
 //! println!("queued {}", ack.id);

@@ -84,5 +84,6 @@ pub fn validate(m: SendMessage, live: &Live, now: UnixMillis) -> Result<NewMessa
         ttl_ms: retry.ttl_ms,
         idempotency_window_ms: live.config.daemon.idempotency_window_ms,
         override_suppression: m.override_suppression,
+        lane: m.lane,
     })
 }

@@ -883,6 +883,9 @@ mod tests {
         fn next_due(&self) -> Result<Option<u64>, StoreError> {
             self.inner.next_due()
         }
+        fn lanes(&self) -> Result<[crate::store::LaneDepth; 3], StoreError> {
+            self.inner.lanes()
+        }
         fn counts(&self) -> Counts {
             self.inner.counts()
         }
@@ -931,6 +934,7 @@ mod tests {
             ttl_ms: 60_000,
             idempotency_window_ms: 1_000,
             override_suppression: false,
+            lane: Default::default(),
         }
     }
 
@@ -976,6 +980,7 @@ mod tests {
                 Op::Claim {
                     limit: 1,
                     lease_ms: 1,
+                    turn: 0,
                 },
             ),
             ("cancel", Op::Cancel(id)),

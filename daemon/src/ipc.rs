@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_plugin_api::State;
 use herald_protocol::{
-    self as protocol, Accepted, BatchItem, ClientFrame, Codec, ErrorBody, ErrorCode, Hello,
-    MessageView, PROTOCOL_VERSION, ProtocolError, ProviderStats, Request, Response, SendMessage,
-    ServerFrame, Stats, Welcome,
+    self as protocol, Accepted, BatchItem, ClientFrame, Codec, ErrorBody, ErrorCode, Hello, Lane,
+    LaneStats, MessageView, PROTOCOL_VERSION, ProtocolError, ProviderStats, Request, Response,
+    SendMessage, ServerFrame, Stats, Welcome,
 };
 use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
@@ -494,6 +494,7 @@ fn view(id: &MsgId, r: Record) -> MessageView {
         tags: r.tags,
         idempotency_key: r.idempotency_key,
         content: r.content,
+        lane: r.lane,
     }
 }
 
@@ -685,6 +686,21 @@ fn stats(shared: &Shared) -> Stats {
             })
             .collect(),
         storage: shared.committer.storage(),
+        lanes: match shared.store.lanes() {
+            Ok(lanes) => Lane::ALL
+                .iter()
+                .zip(lanes)
+                .map(|(lane, d)| LaneStats {
+                    lane: *lane,
+                    depth: d.depth,
+                    oldest_age_ms: d.earliest_due.map_or(0, |t| now.saturating_sub(t)),
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the priority lanes for stats failed");
+                Vec::new()
+            }
+        },
     }
 }
 

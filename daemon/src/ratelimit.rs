@@ -1,11 +1,17 @@
 //! Token-bucket rate limit per provider (`rate_limit = "10/s"`, `burst = N` tokens at most,
 //! by default one second's worth). A delivery waits for a token rather than failing: the
-//! limit shapes traffic, it does not drop it.
+//! limit shapes traffic, it does not drop it. While a `critical` delivery waits for a
+//! token, deliveries of the other priority lanes leave the tokens to it; `normal` and
+//! `bulk` take them as they come (their share is set by the claim, see `dispatch`).
+//!
+//! Owns: the buckets and who may take a token. Must not: know messages beyond their lane.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use herald_plugin_api::UnixMillis;
+use herald_protocol::Lane;
 
 use crate::clock;
 use crate::config::RateLimit;
@@ -15,6 +21,17 @@ pub struct RateLimiter {
     limit: RateLimit,
     /// (tokens, last refill)
     state: Mutex<(f64, UnixMillis)>,
+    /// Critical deliveries waiting for a token.
+    critical_waiting: AtomicUsize,
+}
+
+/// Counts a waiting critical delivery for as long as it waits (dropped with its future).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl RateLimiter {
@@ -22,7 +39,19 @@ impl RateLimiter {
         RateLimiter {
             limit,
             state: Mutex::new((limit.burst, now)),
+            critical_waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether a delivery of `lane` may take a token now: not while a critical one waits
+    /// (unless it is critical itself).
+    fn may_take(&self, lane: Lane) -> bool {
+        lane == Lane::Critical || self.critical_waiting.load(Ordering::Acquire) == 0
+    }
+
+    /// How long one token takes to refill: a waiting delivery looks again after that.
+    fn token_interval(&self) -> Duration {
+        Duration::from_secs_f64((1.0 / self.limit.per_sec).clamp(0.001, 1.0))
     }
 
     /// Takes a token if one is available; otherwise says how long until one is.
@@ -40,9 +69,21 @@ impl RateLimiter {
         }
     }
 
-    pub async fn acquire(&self) {
-        while let Err(wait) = self.try_take(clock::now_ms()) {
-            tokio::time::sleep(wait).await;
+    /// Waits for a token for a delivery of `lane`.
+    pub async fn acquire(&self, lane: Lane) {
+        let _waiting = (lane == Lane::Critical).then(|| {
+            self.critical_waiting.fetch_add(1, Ordering::AcqRel);
+            Waiting(&self.critical_waiting)
+        });
+        loop {
+            if !self.may_take(lane) {
+                tokio::time::sleep(self.token_interval()).await;
+                continue;
+            }
+            match self.try_take(clock::now_ms()) {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
         }
     }
 }
@@ -88,5 +129,38 @@ mod tests {
             assert!(r.try_take(60_000).is_ok());
         }
         assert!(r.try_take(60_000).is_err());
+    }
+
+    /// With the bucket empty, a critical delivery waiting gets the next token before a
+    /// bulk delivery that started waiting earlier.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_critical_delivery_takes_the_next_token_first() {
+        let r = std::sync::Arc::new(RateLimiter::new(
+            RateLimit {
+                per_sec: 20.0,
+                burst: 1.0,
+            },
+            clock::now_ms(),
+        ));
+        while r.try_take(clock::now_ms()).is_ok() {}
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let critical = {
+            let (r, tx) = (r.clone(), tx.clone());
+            tokio::spawn(async move {
+                r.acquire(Lane::Critical).await;
+                tx.send(Lane::Critical).unwrap();
+            })
+        };
+        while r.critical_waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let bulk = tokio::spawn(async move {
+            r.acquire(Lane::Bulk).await;
+            tx.send(Lane::Bulk).unwrap();
+        });
+        critical.await.unwrap();
+        bulk.await.unwrap();
+        assert_eq!(rx.recv().await, Some(Lane::Critical));
+        assert_eq!(rx.recv().await, Some(Lane::Bulk));
     }
 }

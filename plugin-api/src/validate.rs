@@ -148,11 +148,20 @@ pub fn validate_email_address(field: &str, s: &str) -> Result<(), InvalidField> 
     }
     if local
         .chars()
-        .any(|c| c.is_whitespace() || "<>()[],;:\\\"".contains(c))
+        .any(|c| c.is_whitespace() || "@<>()[],;:\\\"".contains(c))
     {
         return Err(invalid(
             field,
             format!("{addr:?}: the part before @ has a character not allowed in an address"),
+        ));
+    }
+    // A dot-atom (RFC 5322 3.4.1; quoted local parts are refused above): no empty part.
+    if local.split('.').any(str::is_empty) {
+        return Err(invalid(
+            field,
+            format!(
+                "{addr:?}: the part before @ may not start or end with a dot or have two in a row"
+            ),
         ));
     }
     let labels: Vec<&str> = domain.split('.').collect();
@@ -486,6 +495,11 @@ mod tests {
             "a@localhost",
             "a b@x.io",
             "a@-x.io",
+            "a@@example.org",
+            "a@b@example.org",
+            ".a@example.org",
+            "a.@example.org",
+            "a..b@example.org",
         ] {
             let err = validate_email_address("to", bad).unwrap_err();
             assert_eq!(err.field, "to", "{bad}");

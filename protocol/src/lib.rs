@@ -121,6 +121,74 @@ pub struct SendMessage {
     #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
     #[serde(default)]
     pub override_suppression: bool,
+    /// The priority lane (`critical`, `normal` — the default — or `bulk`): which due
+    /// messages the daemon takes first. Not the push `priority` of [`PushContent`].
+    #[cfg_attr(feature = "typescript", ts(as = "Option<_>", optional))]
+    #[serde(default)]
+    pub lane: Lane,
+}
+
+/// A message's priority lane. Among due messages, `critical` ones are dispatched first;
+/// `normal` and `bulk` share what is left 3:1 (each takes all when the other has none), so
+/// a bulk blast never starves normal traffic nor the reverse. Variant order is wire format
+/// (and storage): append only.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    Critical,
+    #[default]
+    Normal,
+    Bulk,
+}
+
+impl Lane {
+    /// Every lane, in dispatch preference order.
+    pub const ALL: [Lane; 3] = [Lane::Critical, Lane::Normal, Lane::Bulk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Critical => "critical",
+            Lane::Normal => "normal",
+            Lane::Bulk => "bulk",
+        }
+    }
+
+    /// The position in [`Lane::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Critical => 0,
+            Lane::Normal => 1,
+            Lane::Bulk => 2,
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Lane {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Lane, String> {
+        Lane::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown lane {s:?}: expected critical, normal or bulk"))
+    }
+}
+
+/// The waiting messages (queued or deferred, due or not) of one priority lane.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneStats {
+    pub lane: Lane,
+    pub depth: u64,
+    /// How long the longest-waiting due message of the lane has been due (ms); 0 when none
+    /// is due.
+    pub oldest_age_ms: u64,
 }
 
 /// Which events a subscription receives. Empty lists match everything.
@@ -392,6 +460,9 @@ pub struct MessageView {
     #[serde(default)]
     pub idempotency_key: Option<String>,
     pub content: Content,
+    /// The message's priority lane.
+    #[serde(default)]
+    pub lane: Lane,
 }
 
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
@@ -425,6 +496,9 @@ pub struct Stats {
     pub providers: Vec<ProviderStats>,
     /// Free space and the health of the store.
     pub storage: StorageStats,
+    /// Per priority lane, in the order of [`Lane::ALL`].
+    #[serde(default)]
+    pub lanes: Vec<LaneStats>,
 }
 
 /// Whether the daemon can write, and why not. Variant order is wire format: append only.
@@ -875,13 +949,14 @@ mod tests {
                 idempotency_key: Some("k1".into()),
                 send_at: None,
                 override_suppression: false,
+                lane: Lane::Normal,
             }),
         }
     }
 
     #[test]
     fn postcard_golden_bytes() {
-        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b310000"]
+        expect!["07000c2b3134313535353530313030010005525356503f0001047273767001026b31000001"]
             .assert_eq(&hex(&encode(Codec::Postcard, &sample_send()).unwrap()));
         let ev = ServerFrame {
             id: 3,
@@ -963,17 +1038,22 @@ mod tests {
                     critical_bytes: 1 << 20,
                     detail: Some("low".into()),
                 },
+                lanes: vec![LaneStats {
+                    lane: Lane::Bulk,
+                    depth: 5000,
+                    oldest_age_ms: 1200,
+                }],
             }),
         }
     }
 
     #[test]
     fn stats_golden_bytes() {
-        // `storage` is the last field of `Stats`, and `storage_full` /
+        // `lanes` is the last field of `Stats`, and `storage_full` /
         // `storage_unavailable` the last error codes.
-        expect!["0407020002020102640901e8070103646576066f7574626f7806636c6f7365640100000000018080408080800180804001036c6f77"]
+        expect!["0407020002020102640901e8070103646576066f7574626f7806636c6f7365640100000000018080408080800180804001036c6f7701028827b009"]
             .assert_eq(&hex(&encode(Codec::Postcard, &sample_stats()).unwrap()));
-        expect![[r#"{"id":4,"response":{"stats":{"states":[["queued",2],["sent",1]],"active":2,"max_queue":100,"last_seq":9,"connections":1,"uptime_ms":1000,"providers":[{"name":"dev","plugin":"outbox","breaker":"closed","accepted":1,"retries":0,"failures":0,"rejected":0,"paused_until":null}],"storage":{"state":"low","free_bytes":1048576,"min_free_bytes":2097152,"critical_bytes":1048576,"detail":"low"}}}}"#]]
+        expect![[r#"{"id":4,"response":{"stats":{"states":[["queued",2],["sent",1]],"active":2,"max_queue":100,"last_seq":9,"connections":1,"uptime_ms":1000,"providers":[{"name":"dev","plugin":"outbox","breaker":"closed","accepted":1,"retries":0,"failures":0,"rejected":0,"paused_until":null}],"storage":{"state":"low","free_bytes":1048576,"min_free_bytes":2097152,"critical_bytes":1048576,"detail":"low"},"lanes":[{"lane":"bulk","depth":5000,"oldest_age_ms":1200}]}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_stats()).unwrap()).unwrap());
         let full = ServerFrame {
             id: 5,
@@ -1038,7 +1118,7 @@ mod tests {
 
     #[test]
     fn json_shapes() {
-        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false}}}"#]]
+        expect![[r#"{"id":7,"request":{"send":{"to":"+14155550100","content":{"sms":{"from":null,"body":"RSVP?","media_urls":[]}},"tags":["rsvp"],"idempotency_key":"k1","send_at":null,"override_suppression":false,"lane":"normal"}}}"#]]
             .assert_eq(&String::from_utf8(encode(Codec::Json, &sample_send()).unwrap()).unwrap());
         // Optional fields may be omitted by hand-written JSON clients.
         let f: ClientFrame = decode(

@@ -7,7 +7,8 @@
 //! template over the row's columns, in strict-undefined mode (a variable a row lacks is an
 //! error naming it, never an empty string). Every message is tagged `campaign:<id>` and
 //! carries an idempotency key (default `<campaign>:<row key>:<channel>`), so sending the
-//! same list again sends nothing twice.
+//! same list again sends nothing twice. Messages go in the priority lane `lane` (default
+//! `bulk`: a campaign must not hold up the host's other traffic).
 //!
 //! Rows come from CSV or NDJSON ([`rows`]), each with the line it starts on; every error
 //! ([`RowError`]) carries that line. Rendered messages pass the daemon's own content and
@@ -26,7 +27,7 @@ use herald_plugin_api::{
     Channel, Content, EmailContent, SmsContent, check_one_line, validate_content,
     validate_recipient,
 };
-use herald_protocol::SendMessage;
+use herald_protocol::{Lane, SendMessage};
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Deserialize;
 use serde_json::Value;
@@ -96,6 +97,13 @@ struct RawTemplate {
     idempotency_key: Option<String>,
     email: Option<RawEmail>,
     sms: Option<RawSms>,
+    /// The priority lane of every message (default `bulk`).
+    #[serde(default = "default_lane")]
+    lane: Lane,
+}
+
+fn default_lane() -> Lane {
+    Lane::Bulk
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +161,8 @@ pub struct Template {
     email_column: String,
     phone_column: String,
     tag_names: Vec<String>,
+    /// The priority lane of every rendered message.
+    pub lane: Lane,
     env: Environment<'static>,
     /// The variables each template reads (for naming the one a row lacks).
     reads: HashMap<String, BTreeSet<String>>,
@@ -274,6 +284,7 @@ impl Template {
             email_column: raw.email_column,
             phone_column: raw.phone_column,
             tag_names,
+            lane: raw.lane,
             env,
             reads,
         })
@@ -405,6 +416,7 @@ impl Template {
                     idempotency_key: Some(idem),
                     send_at: None,
                     override_suppression: false,
+                    lane: self.lane,
                 },
             });
         }

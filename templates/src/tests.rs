@@ -56,9 +56,9 @@ fn rows_render_by_the_channel_rule_and_bad_rows_name_line_and_reason() {
         CSV,
         expect![[r#"
             line 2 key g1 email
-              {"to":"ann@example.org","content":{"email":{"from":null,"subject":"You're invited, Ann <b>","text":"Dear Ann <b>, table 4. RSVP: https://w.example.org/r/g1","html":"<p>Dear Ann &lt;b&gt;</p>","reply_to":null,"headers":{},"attachments":[]}},"tags":["rsvp","wedding:42","campaign:w42-invite"],"idempotency_key":"w42-invite:g1:email","send_at":null,"override_suppression":false}
+              {"to":"ann@example.org","content":{"email":{"from":null,"subject":"You're invited, Ann <b>","text":"Dear Ann <b>, table 4. RSVP: https://w.example.org/r/g1","html":"<p>Dear Ann &lt;b&gt;</p>","reply_to":null,"headers":{},"attachments":[]}},"tags":["rsvp","wedding:42","campaign:w42-invite"],"idempotency_key":"w42-invite:g1:email","send_at":null,"override_suppression":false,"lane":"bulk"}
             line 3 key g2 sms
-              {"to":"+14155550100","content":{"sms":{"from":null,"body":"Bo: you're invited! Table 7. Reply YES or NO","media_urls":[]}},"tags":["rsvp","wedding:42","campaign:w42-invite"],"idempotency_key":"w42-invite:g2:sms","send_at":null,"override_suppression":false}
+              {"to":"+14155550100","content":{"sms":{"from":null,"body":"Bo: you're invited! Table 7. Reply YES or NO","media_urls":[]}},"tags":["rsvp","wedding:42","campaign:w42-invite"],"idempotency_key":"w42-invite:g2:sms","send_at":null,"override_suppression":false,"lane":"bulk"}
             line 4: neither `email` nor `phone` is given
             line 5: email.subject: missing variable `name` (no such column, or empty in this row)
             line 6: invalid email recipient in column `email`: "not-an-address" is not an email address (expected local@domain)
@@ -77,9 +77,9 @@ fn both_sends_each_channel_the_row_has_and_the_campaign_flag_wins() {
         "guest_id,name,email,phone,table,wedding\ng1,Ann,ann@example.org,+14155550100,4,42\n",
         expect![[r#"
             line 2 key g1 email
-              {"to":"ann@example.org","content":{"email":{"from":null,"subject":"You're invited, Ann","text":"Dear Ann, table 4. RSVP: https://w.example.org/r/g1","html":"<p>Dear Ann</p>","reply_to":null,"headers":{},"attachments":[]}},"tags":["rsvp","wedding:42","campaign:w42-reminder"],"idempotency_key":"w42-reminder:g1:email","send_at":null,"override_suppression":false}
+              {"to":"ann@example.org","content":{"email":{"from":null,"subject":"You're invited, Ann","text":"Dear Ann, table 4. RSVP: https://w.example.org/r/g1","html":"<p>Dear Ann</p>","reply_to":null,"headers":{},"attachments":[]}},"tags":["rsvp","wedding:42","campaign:w42-reminder"],"idempotency_key":"w42-reminder:g1:email","send_at":null,"override_suppression":false,"lane":"bulk"}
             line 2 key g1 sms
-              {"to":"+14155550100","content":{"sms":{"from":null,"body":"Ann: you're invited! Table 4. Reply YES or NO","media_urls":[]}},"tags":["rsvp","wedding:42","campaign:w42-reminder"],"idempotency_key":"w42-reminder:g1:sms","send_at":null,"override_suppression":false}
+              {"to":"+14155550100","content":{"sms":{"from":null,"body":"Ann: you're invited! Table 4. Reply YES or NO","media_urls":[]}},"tags":["rsvp","wedding:42","campaign:w42-reminder"],"idempotency_key":"w42-reminder:g1:sms","send_at":null,"override_suppression":false,"lane":"bulk"}
         "#]],
     );
 }
@@ -102,7 +102,7 @@ from = "Wedding"
         "family,first,mobile\nDoe,Jo,+14155550100\nDoe,,+14155550101\nRoe,Al,\n",
         expect![[r#"
             line 2 key Doe:Jo sms
-              {"to":"+14155550100","content":{"sms":{"from":"Wedding","body":"Hi Jo","media_urls":[]}},"tags":["campaign:c"],"idempotency_key":"c/Doe:Jo/sms/v2","send_at":null,"override_suppression":false}
+              {"to":"+14155550100","content":{"sms":{"from":"Wedding","body":"Hi Jo","media_urls":[]}},"tags":["campaign:c"],"idempotency_key":"c/Doe:Jo/sms/v2","send_at":null,"override_suppression":false,"lane":"bulk"}
             line 3: key column `first` is empty or missing
             line 4: column `mobile` is empty or missing
         "#]],
@@ -202,9 +202,25 @@ body = "{{ name|upper }}{% if plus_one is defined %} and {{ plus_one }}{% endif 
         "id,name,plus_one,phone\n1,Ann,Bo,+14155550100\n2,Cy,,+14155550101\n",
         expect![[r#"
             line 2 key 1 sms
-              {"to":"+14155550100","content":{"sms":{"from":null,"body":"ANN and Bo: table TBD","media_urls":[]}},"tags":["campaign:c"],"idempotency_key":"c:1:sms","send_at":null,"override_suppression":false}
+              {"to":"+14155550100","content":{"sms":{"from":null,"body":"ANN and Bo: table TBD","media_urls":[]}},"tags":["campaign:c"],"idempotency_key":"c:1:sms","send_at":null,"override_suppression":false,"lane":"bulk"}
             line 3 key 2 sms
-              {"to":"+14155550101","content":{"sms":{"from":null,"body":"CY: table TBD","media_urls":[]}},"tags":["campaign:c"],"idempotency_key":"c:2:sms","send_at":null,"override_suppression":false}
+              {"to":"+14155550101","content":{"sms":{"from":null,"body":"CY: table TBD","media_urls":[]}},"tags":["campaign:c"],"idempotency_key":"c:2:sms","send_at":null,"override_suppression":false,"lane":"bulk"}
         "#]],
     );
+}
+
+#[test]
+fn messages_go_in_the_bulk_lane_unless_the_template_says_otherwise() {
+    let t = Template::parse(INVITE, None).unwrap();
+    assert_eq!(t.lane, Lane::Bulk);
+    let rows = read_csv(CSV.as_bytes()).unwrap();
+    let (ok, _) = render_all(&t, &rows);
+    assert!(ok.iter().all(|r| r.message.lane == Lane::Bulk));
+    let urgent = format!("lane = \"critical\"\n{INVITE}");
+    let t = Template::parse(&urgent, None).unwrap();
+    let (ok, _) = render_all(&t, &rows);
+    assert!(!ok.is_empty());
+    assert!(ok.iter().all(|r| r.message.lane == Lane::Critical));
+    let err = Template::parse(&format!("lane = \"urgent\"\n{INVITE}"), None).unwrap_err();
+    assert!(err.to_string().contains("urgent"), "{err}");
 }

@@ -442,6 +442,7 @@ pub fn email(to: &str, subject: &str) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        lane: Default::default(),
     }
 }
 
@@ -456,6 +457,7 @@ pub fn sms(to: &str, body: &str) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        lane: Default::default(),
     }
 }
 

@@ -8,6 +8,7 @@ import {
   type Accepted,
   type Channel,
   type Filter,
+  type Lane,
   type MessageView,
   type Request,
   type Response,
@@ -35,7 +36,10 @@ export interface ConnectOptions {
 }
 
 /** A message: recipient, content (which decides the channel) and tags. */
-export type Message = Omit<SendMessage, "idempotency_key" | "send_at" | "override_suppression">;
+export type Message = Omit<
+  SendMessage,
+  "idempotency_key" | "send_at" | "override_suppression" | "lane"
+>;
 
 export interface SendOptions {
   /**
@@ -51,6 +55,12 @@ export interface SendOptions {
    * then says the suppression was overridden.
    */
   overrideSuppression?: boolean;
+  /**
+   * The priority lane (default `"normal"`): `"critical"` messages are dispatched before any
+   * other due message; `"bulk"` shares with `"normal"` 1:3, so a campaign never holds up
+   * everyday traffic. Not the push `priority`.
+   */
+  lane?: Lane;
 }
 
 /** One message of a batch, with its own send options. */
@@ -81,6 +91,7 @@ function wire(message: Message, options: SendOptions): SendMessage {
     idempotency_key: options.idempotencyKey ?? null,
     send_at: unixMillis(options.sendAt),
     override_suppression: options.overrideSuppression ?? false,
+    lane: options.lane ?? "normal",
   };
 }
 
@@ -174,11 +185,12 @@ export class Herald {
    */
   async sendBatch(entries: readonly BatchEntry[]): Promise<Array<Accepted | HeraldError>> {
     const items = await this.ask(
-      { send_batch: entries.map(({ idempotencyKey, sendAt, overrideSuppression, ...message }) => {
+      { send_batch: entries.map(({ idempotencyKey, sendAt, overrideSuppression, lane, ...message }) => {
         const options: SendOptions = {};
         if (idempotencyKey !== undefined) options.idempotencyKey = idempotencyKey;
         if (sendAt !== undefined) options.sendAt = sendAt;
         if (overrideSuppression !== undefined) options.overrideSuppression = overrideSuppression;
+        if (lane !== undefined) options.lane = lane;
         return wire(message, options);
       }) },
       "batch_accepted",

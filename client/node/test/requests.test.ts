@@ -123,6 +123,24 @@ test("stats counts every state and names the providers", async () => {
   );
 });
 
+test("a lane is sent, kept on the message, and counted in stats", async () => {
+  const sent = await herald.send(
+    { to: "+14155550100", content: { sms: { body: "Your code is 123456" } } },
+    { lane: "critical" },
+  );
+  assert.equal((await herald.get(sent.id)).lane, "critical");
+  const [bulk] = await herald.sendBatch([
+    { to: "+14155550100", content: { sms: { body: "Spring sale" } }, lane: "bulk" },
+  ]);
+  assert.ok(bulk !== undefined && !(bulk instanceof HeraldError));
+  assert.equal((await herald.get(bulk.id)).lane, "bulk");
+  const stats = await herald.stats();
+  assert.deepEqual(
+    stats.lanes.map((l) => l.lane),
+    ["critical", "normal", "bulk"],
+  );
+});
+
 test("a message whose attempts ran out is listed dead and can be requeued", async () => {
   mock.status = 503;
   try {

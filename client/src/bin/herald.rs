@@ -20,7 +20,7 @@ use herald_plugin_api::{
     Attachment, Channel, Content, EmailContent, Event, EventKind, PushContent, PushPriority,
     SmsContent,
 };
-use herald_protocol::{Filter, MessageView, SendMessage, Stats, SuppressionEntry};
+use herald_protocol::{Filter, Lane, MessageView, SendMessage, Stats, SuppressionEntry};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -215,6 +215,10 @@ struct SendArgs {
     /// host must deliver anyway).
     #[arg(long)]
     override_suppression: bool,
+    /// Priority lane: critical (dispatched first), normal, or bulk (shares 1:3 with
+    /// normal). Not the push --priority.
+    #[arg(long, default_value = "normal")]
+    lane: Lane,
 }
 
 #[derive(Args, Debug)]
@@ -406,6 +410,7 @@ fn build_message(a: SendArgs) -> Result<SendMessage> {
         idempotency_key: a.idempotency_key,
         send_at: a.send_at,
         override_suppression: a.override_suppression,
+        lane: a.lane,
     })
 }
 
@@ -473,6 +478,7 @@ fn print_message(m: &MessageView) {
     println!("  created   {}", time(m.created_at));
     println!("  updated   {}", time(m.updated_at));
     println!("  attempts  {}", m.attempt);
+    println!("  lane      {}", m.lane);
     if let Some(d) = m.due_at {
         println!("  due       {}", time(d));
     }
@@ -517,6 +523,14 @@ fn print_stats(s: &Stats) {
         if *n > 0 {
             println!("  {:<11} {n}", state.as_str());
         }
+    }
+    for l in &s.lanes {
+        println!(
+            "  lane {:<8} depth {}, oldest due {} ms ago",
+            l.lane.as_str(),
+            l.depth,
+            l.oldest_age_ms
+        );
     }
     for p in &s.providers {
         println!(
@@ -850,6 +864,20 @@ mod tests {
                 "{extra:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_lane_is_normal_unless_asked_and_checked() {
+        let sms = ["--channel", "sms", "--to", "+14155550100", "--body", "b"];
+        assert_eq!(build(&sms).unwrap().lane, Lane::Normal);
+        let urgent = build(&[&sms[..], &["--lane", "critical"]].concat()).unwrap();
+        assert_eq!(urgent.lane, Lane::Critical);
+        let err = Cli::try_parse_from(
+            [&["herald", "send"][..], &sms[..], &["--lane", "urgent"][..]].concat(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("critical, normal or bulk"), "{err}");
     }
 
     #[test]

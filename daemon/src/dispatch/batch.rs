@@ -19,6 +19,7 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use herald_plugin_api::abi::{BatchResumeInput, CallError, CallErrorKind};
 use herald_plugin_api::{Channel, Delivery, Message, Outcome, Step};
+use herald_protocol::Lane;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::verdict::{self, Tried, TryResult};
@@ -152,7 +153,19 @@ impl Dispatcher {
         let mut breakers = Moves::default();
         let (deliveries, outcomes) = {
             if let Some(rate) = &p.rate {
-                rate.acquire().await;
+                // The batch's most urgent lane: a critical message does not wait behind
+                // the others for a token.
+                let lane = b
+                    .items
+                    .iter()
+                    .map(|c| c.record.lane)
+                    .min_by_key(|l| match l {
+                        Lane::Critical => 0,
+                        Lane::Normal => 1,
+                        Lane::Bulk => 2,
+                    })
+                    .unwrap_or_default();
+                rate.acquire(lane).await;
             }
             let place = match &p.in_flight {
                 Some((_, places)) => Arc::clone(places).acquire_owned().await.ok(),
@@ -191,6 +204,7 @@ impl Dispatcher {
                 .map(|((c, delivery), outcome)| {
                     let moves = moves.take().unwrap_or_default();
                     let route = &route;
+                    let lane = c.record.lane;
                     let live = &live;
                     let this = &self;
                     async move {
@@ -204,7 +218,7 @@ impl Dispatcher {
                         }];
                         if go_on {
                             let delivery = Arc::new(delivery);
-                            this.try_route(route, start, 1, &delivery, &mut run, &mut moves)
+                            this.try_route(route, start, 1, lane, &delivery, &mut run, &mut moves)
                                 .await;
                         }
                         this.finish(c, live, &run, moves).await;

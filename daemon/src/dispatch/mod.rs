@@ -1,6 +1,12 @@
 //! The dispatcher: leases due messages in batches (as many as there are free delivery
 //! slots), runs each through its channel's route, and commits the outcome.
 //!
+//! Priority lanes: the claim takes every due `critical` message first, then `normal` and
+//! `bulk` 3:1 by claim position (`Op::Claim::turn`, which this loop advances by what it
+//! claimed, so the share holds even when slots free one at a time); a critical delivery
+//! also takes rate-limit tokens before the others waiting for the same provider
+//! (`RateLimiter::acquire`).
+//!
 //! For one message: try the route's providers in order (from the one `failover_after` says
 //! this attempt starts at), skipping those whose breaker is open or that are paused (a
 //! 429's `Retry-After`: `Provider::pause`, for every message), waiting for rate-limit
@@ -27,6 +33,7 @@ use std::time::Duration;
 
 use herald_plugin_api::abi::{CallError, CallErrorKind, ResumeInput};
 use herald_plugin_api::{Delivery, EventKind, Message, Outcome, Step};
+use herald_protocol::Lane;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -73,6 +80,8 @@ impl Dispatcher {
         let slots = Arc::new(Semaphore::new(this.concurrency));
         let mut tasks = JoinSet::new();
         let mut paused = false;
+        // Claim positions so far: the normal:bulk share of the next claim starts here.
+        let mut turn: u64 = 0;
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
             // Short of space, or the store failed: claim nothing (messages stay queued)
@@ -105,6 +114,7 @@ impl Dispatcher {
                 .submit(Op::Claim {
                     limit: want,
                     lease_ms: this.lease_ms,
+                    turn,
                 })
                 .await
             {
@@ -123,6 +133,7 @@ impl Dispatcher {
                 }
             };
             let full = claimed.len() == want;
+            turn = turn.wrapping_add(claimed.len() as u64);
             // Messages that can share a provider's batch request go together (one slot
             // per message all the same); the others alone, as before.
             let (singles, batches) = batch::group(&this.live.current(), claimed).await;
@@ -202,18 +213,28 @@ impl Dispatcher {
         let start = verdict::failover_start(&failover, c.record.attempt);
         let mut run: Vec<Tried> = Vec::with_capacity(route.len());
         let mut breakers = Moves::default();
-        self.try_route(&route, start, 0, &delivery, &mut run, &mut breakers)
-            .await;
+        self.try_route(
+            &route,
+            start,
+            0,
+            c.record.lane,
+            &delivery,
+            &mut run,
+            &mut breakers,
+        )
+        .await;
         self.finish(c, &live, &run, breakers).await;
     }
 
     /// Tries the route's providers in order from index `start` (skipping the first `skip`
     /// of that order: a batch already called them) until one settles the message.
+    #[allow(clippy::too_many_arguments)]
     async fn try_route(
         &self,
         route: &[Arc<Provider>],
         start: usize,
         skip: usize,
+        lane: Lane,
         delivery: &Arc<Delivery>,
         run: &mut Vec<Tried>,
         breakers: &mut Moves,
@@ -241,7 +262,7 @@ impl Dispatcher {
                 continue;
             }
             if let Some(rate) = &p.rate {
-                rate.acquire().await;
+                rate.acquire(lane).await;
             }
             // `max_in_flight`: wait for a free place (the semaphore is never closed).
             let _place = match &p.in_flight {

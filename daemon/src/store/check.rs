@@ -35,7 +35,7 @@ use herald_plugin_api::{State, UnixMillis};
 use herald_protocol::{StoreCheck, StoreProblem, StoreProblemKind};
 
 use super::lifecycle::{Cursor, Txn, requeue_sending};
-use super::{Counts, MsgId, Record, StoreError, id_string};
+use super::{Counts, Lane, MsgId, Record, StoreError, id_string};
 
 /// At most this many findings are repaired by one check (one transaction); a report with
 /// [`CheckReport::unrepaired`] > 0 asks for another pass.
@@ -457,7 +457,7 @@ fn repair_one<T: Txn>(
         }
         Finding::NotScheduled { id, due } => match txn.message(id)? {
             Some(r) if waiting_at(&r, *due) => {
-                txn.schedule(*due, id)?;
+                txn.schedule(r.lane, *due, id)?;
                 cur.scheduled = true;
                 true
             }
@@ -480,7 +480,10 @@ fn repair_one<T: Txn>(
         Finding::StaleSchedule { id, due } => match txn.message(id)? {
             Some(r) if waiting_at(&r, *due) => false,
             _ => {
-                txn.unschedule(*due, id)?;
+                // The audit does not say in which lane the entry is: drop it from each.
+                for lane in Lane::ALL {
+                    txn.unschedule(lane, *due, id)?;
+                }
                 true
             }
         },

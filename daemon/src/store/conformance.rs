@@ -20,8 +20,8 @@ use herald_plugin_api::{
 
 use super::check::Problem;
 use super::{
-    BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, Legacy, MemoryStore,
-    MsgId, NewMessage, Op, OpResult, PgStore, SledStore, Store, SuppressionEntry,
+    BreakerEvent, BreakerRecord, CheckReport, Claimed, Completion, Damage, Lane, LaneDepth, Legacy,
+    MemoryStore, MsgId, NewMessage, Op, OpResult, PgStore, SledStore, Store, SuppressionEntry,
     SuppressionSource, id_string, new_id,
 };
 
@@ -200,6 +200,9 @@ conformance!(
     check_drops_stale_entries,
     check_restores_dead_letters_and_finished_entries,
     check_in_a_batch_with_other_ops,
+    claims_critical_first_then_normal_and_bulk_three_to_one,
+    a_lane_is_kept_across_a_deferral_and_a_restart,
+    records_written_before_lanes_read_as_normal,
 );
 
 // ---- helpers ------------------------------------------------------------------------
@@ -220,6 +223,7 @@ fn msg(key: Option<&str>, body: &str) -> NewMessage {
         ttl_ms: 60_000,
         idempotency_window_ms: 1_000,
         override_suppression: false,
+        lane: Default::default(),
     }
 }
 
@@ -238,6 +242,7 @@ fn email(to: &str) -> NewMessage {
         ttl_ms: 60_000,
         idempotency_window_ms: 1_000,
         override_suppression: false,
+        lane: Default::default(),
     }
 }
 
@@ -257,12 +262,17 @@ fn accept(s: &impl Store, now: UnixMillis, m: &NewMessage) {
 }
 
 fn claim(s: &impl Store, now: UnixMillis, limit: usize) -> Vec<Claimed> {
+    claim_turn(s, now, limit, 0)
+}
+
+fn claim_turn(s: &impl Store, now: UnixMillis, limit: usize, turn: u64) -> Vec<Claimed> {
     let r = s
         .commit(
             now,
             &[Op::Claim {
                 limit,
                 lease_ms: 1_000,
+                turn,
             }],
         )
         .unwrap();
@@ -652,6 +662,7 @@ fn expired_at_claim<E: Engine>(mut e: E) {
             &[Op::Claim {
                 limit: 10,
                 lease_ms: 1_000,
+                turn: 0,
             }],
         )
         .unwrap();
@@ -2279,4 +2290,162 @@ fn inbound_carries_the_rsvp_it_is_given_but_never_for_a_stop<E: Engine>(mut e: E
     let stored = s.events_from(1, 10).unwrap();
     assert_eq!(stored[0].rsvp, Some(yes));
     assert_eq!(stored[1].rsvp, None);
+}
+
+// ---- priority lanes ---------------------------------------------------------------
+
+fn in_lane(lane: Lane, body: &str) -> NewMessage {
+    NewMessage {
+        lane,
+        ..msg(None, body)
+    }
+}
+
+fn lanes_of(claimed: &[Claimed]) -> Vec<Lane> {
+    claimed.iter().map(|c| c.record.lane).collect()
+}
+
+fn claims_critical_first_then_normal_and_bulk_three_to_one<E: Engine>(mut e: E) {
+    let s = e.open();
+    let mut bulk = Vec::new();
+    let mut normal = Vec::new();
+    for i in 0..8 {
+        bulk.push(in_lane(Lane::Bulk, &format!("b{i}")));
+        normal.push(in_lane(Lane::Normal, &format!("n{i}")));
+    }
+    // Each bulk message before its normal one, so by due time alone bulk would lead.
+    for (i, (b, n)) in bulk.iter().zip(&normal).enumerate() {
+        accept(&s, i as u64, b);
+        accept(&s, i as u64, n);
+    }
+    let critical = [in_lane(Lane::Critical, "c0"), in_lane(Lane::Critical, "c1")];
+    accept(&s, 10, &critical[0]);
+    accept(&s, 11, &critical[1]);
+    assert_eq!(
+        s.lanes().unwrap(),
+        [
+            LaneDepth {
+                depth: 2,
+                earliest_due: Some(10)
+            },
+            LaneDepth {
+                depth: 8,
+                earliest_due: Some(0)
+            },
+            LaneDepth {
+                depth: 8,
+                earliest_due: Some(0)
+            },
+        ]
+    );
+    // Every due critical message first, though it became due last.
+    let c = claim_turn(&s, 20, 4, 0);
+    assert_eq!(
+        lanes_of(&c),
+        [Lane::Critical, Lane::Critical, Lane::Normal, Lane::Normal]
+    );
+    assert_eq!(c[0].id, critical[0].id);
+    // Then normal:bulk 3:1 by claim position: positions 4..8 hold one bulk place (7).
+    let c = claim_turn(&s, 20, 4, 4);
+    assert_eq!(
+        lanes_of(&c),
+        [Lane::Normal, Lane::Normal, Lane::Normal, Lane::Bulk]
+    );
+    assert_eq!(c[3].id, bulk[0].id, "oldest bulk first");
+    // One at a time, the fourth position is bulk's.
+    let one = |turn| lanes_of(&claim_turn(&s, 20, 1, turn));
+    assert_eq!(one(8), [Lane::Normal]);
+    assert_eq!(one(11), [Lane::Bulk]);
+    // Normal runs out (2 left): bulk takes the rest of the claim.
+    let c = claim_turn(&s, 20, 10, 12);
+    assert_eq!(
+        lanes_of(&c).iter().filter(|l| **l == Lane::Normal).count(),
+        2
+    );
+    assert_eq!(lanes_of(&c).iter().filter(|l| **l == Lane::Bulk).count(), 6);
+    assert!(claim(&s, 20, 10).is_empty());
+    assert_eq!(s.lanes().unwrap(), [LaneDepth::default(); 3]);
+    // Bulk runs out: normal takes bulk's place.
+    let more: Vec<_> = (0..5)
+        .map(|i| in_lane(Lane::Normal, &format!("m{i}")))
+        .collect();
+    for m in &more {
+        accept(&s, 21, m);
+    }
+    assert_eq!(lanes_of(&claim_turn(&s, 21, 4, 3)), [Lane::Normal; 4]);
+    assert_consistent(&s);
+}
+
+fn a_lane_is_kept_across_a_deferral_and_a_restart<E: Engine>(mut e: E) {
+    let s = e.open();
+    let bulk = in_lane(Lane::Bulk, "b");
+    let critical = in_lane(Lane::Critical, "c");
+    accept(&s, 0, &bulk);
+    accept(&s, 0, &critical);
+    let claimed = claim(&s, 0, 10);
+    assert_eq!(lanes_of(&claimed), [Lane::Critical, Lane::Bulk]);
+    for c in &claimed {
+        complete(
+            &s,
+            1,
+            Completion {
+                due_at: Some(100),
+                ..done(c, State::Deferred, None)
+            },
+        );
+    }
+    let s = e.reopen(s);
+    assert_eq!(s.get(&critical.id).unwrap().unwrap().lane, Lane::Critical);
+    assert_eq!(s.lanes().unwrap()[Lane::Bulk.index()].depth, 1);
+    let normal = in_lane(Lane::Normal, "n");
+    accept(&s, 50, &normal);
+    // At 100 all three are due: the deferred critical one goes first, bulk last.
+    let c = claim(&s, 100, 1);
+    assert_eq!(c[0].id, critical.id);
+    assert_eq!(c[0].record.lane, Lane::Critical);
+    let c = claim(&s, 100, 10);
+    assert_eq!(lanes_of(&c), [Lane::Normal, Lane::Bulk]);
+    assert_eq!(c[1].id, bulk.id);
+    assert_consistent(&s);
+}
+
+fn records_written_before_lanes_read_as_normal<E: Engine>(mut e: E) {
+    let s = e.open();
+    let old = msg(None, "from an older heraldd");
+    let waiting = msg(None, "still queued");
+    accept(&s, 0, &old);
+    accept(&s, 1, &waiting);
+    let c = claim_one_of(&s, 0, &old.id);
+    complete(&s, 1, done(&c, State::Sent, Some("p-old")));
+    for id in [old.id, waiting.id] {
+        let record = Box::new(s.get(&id).unwrap().unwrap());
+        e.plant_legacy(&s, Legacy::Message { id, record });
+    }
+    let s = e.reopen(s);
+    let r = s.get(&old.id).unwrap().unwrap();
+    assert_eq!((r.lane, r.state), (Lane::Normal, State::Sent));
+    assert_eq!(r.provider_message_id.as_deref(), Some("p-old"));
+    assert_eq!(s.lanes().unwrap()[Lane::Normal.index()].depth, 1);
+    // The waiting one is claimed from the normal lane, before a bulk message.
+    accept(&s, 2, &in_lane(Lane::Bulk, "b"));
+    let c = claim(&s, 3, 1);
+    assert_eq!(c[0].id, waiting.id);
+    assert_eq!(c[0].record.lane, Lane::Normal);
+    assert_consistent(&s);
+}
+
+/// Claims everything due and returns the claim of `id` (completing nothing else).
+fn claim_one_of(s: &impl Store, now: UnixMillis, id: &MsgId) -> Claimed {
+    let lease = s.commit(
+        now,
+        &[Op::Claim {
+            limit: 1,
+            lease_ms: 1_000,
+            turn: 0,
+        }],
+    );
+    match lease.unwrap().results.into_iter().next() {
+        Some(OpResult::Claimed(mut c)) if c.len() == 1 && &c[0].id == id => c.remove(0),
+        other => panic!("claim of {}: {other:?}", id_string(id)),
+    }
 }

@@ -22,8 +22,9 @@ use herald_plugin_api::{
 
 use super::check::{self, Audit};
 use super::{
-    BreakerRecord, Claimed, Completion, Counts, MsgId, NewMessage, Op, OpResult, Record,
-    StoreError, Suppression, SuppressionEntry, SuppressionSource, id_string, recipients,
+    BreakerRecord, Claimed, Completion, Counts, Lane, MsgId, NewMessage, Op, OpResult, Record,
+    StoreError, Suppression, SuppressionEntry, SuppressionSource, bulk_share, id_string,
+    recipients,
 };
 
 /// Whose held webhook updates: a message's (the update arrived while it was being sent),
@@ -80,14 +81,16 @@ pub trait Txn {
     fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), Self::Error>;
     fn remove_message(&mut self, id: &MsgId) -> Result<(), Self::Error>;
 
-    // The schedule: which waiting message is due when.
-    fn schedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
-    fn unschedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
-    /// Schedule entries due at `now` or earlier, oldest first, at most `limit`, leaving
-    /// out those taken earlier in this transaction. An entry may be stale (its message
-    /// was cancelled or rescheduled): the caller checks the record.
+    // The schedule: which waiting message is due when, per priority lane.
+    fn schedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
+    fn unschedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), Self::Error>;
+    /// Schedule entries of `lane` due at `now` or earlier, oldest first, at most `limit`,
+    /// leaving out those returned earlier in this transaction (the caller unschedules
+    /// every entry it gets before it asks again). An entry may be stale (its message was
+    /// cancelled or rescheduled): the caller checks the record.
     fn due(
         &mut self,
+        lane: Lane,
         now: UnixMillis,
         limit: usize,
     ) -> Result<Vec<(UnixMillis, MsgId)>, Self::Error>;
@@ -314,7 +317,7 @@ pub(super) fn requeue_sending<T: Txn>(
     transition(txn, cur, now, id, r, State::Queued)?;
     r.lease_until = None;
     r.due_at = now;
-    txn.schedule(now, id)?;
+    txn.schedule(r.lane, now, id)?;
     cur.scheduled = true;
     cur.emit(with_detail(
         message_event(now, id, r, EventKind::Queued),
@@ -332,7 +335,11 @@ pub fn apply<T: Txn>(
 ) -> Result<OpResult, T::Error> {
     match op {
         Op::Accept(m) => accept(txn, now, m, cur),
-        Op::Claim { limit, lease_ms } => claim(txn, now, *limit, *lease_ms, cur),
+        Op::Claim {
+            limit,
+            lease_ms,
+            turn,
+        } => claim(txn, now, *limit, *lease_ms, *turn, cur),
         Op::Complete(c) => complete(txn, now, c, cur),
         Op::Cancel(id) => cancel(txn, now, id, cur),
         Op::Requeue(id) => requeue(txn, now, id, cur),
@@ -416,6 +423,7 @@ fn accept<T: Txn>(
         provider: None,
         provider_message_id: None,
         last_error: None,
+        lane: m.lane,
     };
     cur.counts.moved(None, State::Queued);
     let suppressed = match recipient_key(txn, r.channel(), &r.to) {
@@ -436,7 +444,7 @@ fn accept<T: Txn>(
             r.last_error.clone(),
         ));
     } else {
-        txn.schedule(due, &m.id)?;
+        txn.schedule(m.lane, due, &m.id)?;
         cur.scheduled = true;
     }
     txn.put_message(&m.id, &r)?;
@@ -451,17 +459,58 @@ fn accept<T: Txn>(
 pub const OVERRIDDEN: &str =
     "override_suppression: the recipient is on the suppression list; sent anyway";
 
+/// Claims by priority lane: every due `critical` message first (up to `limit`), then the
+/// rest of `limit` split `normal`:`bulk` 3:1 by [`bulk_share`]; a lane with fewer due
+/// messages than its share leaves the remainder to the other. Counts are of schedule
+/// entries, so a stale entry (dropped) can make a claim smaller than `limit`.
 fn claim<T: Txn>(
     txn: &mut T,
     now: UnixMillis,
     limit: usize,
     lease_ms: u64,
+    turn: u64,
     cur: &mut Cursor,
 ) -> Result<OpResult, T::Error> {
-    let due = txn.due(now, limit)?;
-    let mut out = Vec::with_capacity(due.len());
+    let mut out = Vec::new();
+    let critical = claim_lane(txn, now, Lane::Critical, limit, lease_ms, cur, &mut out)?;
+    let rest = limit - critical;
+    let bulk = bulk_share(turn, rest);
+    let normal = rest - bulk;
+    let got_normal = claim_lane(txn, now, Lane::Normal, normal, lease_ms, cur, &mut out)?;
+    let want_bulk = bulk + (normal - got_normal);
+    let got_bulk = claim_lane(txn, now, Lane::Bulk, want_bulk, lease_ms, cur, &mut out)?;
+    if got_normal == normal && got_bulk < bulk {
+        claim_lane(
+            txn,
+            now,
+            Lane::Normal,
+            bulk - got_bulk,
+            lease_ms,
+            cur,
+            &mut out,
+        )?;
+    }
+    Ok(OpResult::Claimed(out))
+}
+
+/// Claims up to `limit` due messages of `lane` into `out`; returns how many schedule
+/// entries it took (claimed, expired or stale).
+fn claim_lane<T: Txn>(
+    txn: &mut T,
+    now: UnixMillis,
+    lane: Lane,
+    limit: usize,
+    lease_ms: u64,
+    cur: &mut Cursor,
+    out: &mut Vec<Claimed>,
+) -> Result<usize, T::Error> {
+    if limit == 0 {
+        return Ok(0);
+    }
+    let due = txn.due(lane, now, limit)?;
+    let taken = due.len();
     for (due, id) in due {
-        txn.unschedule(due, &id)?;
+        txn.unschedule(lane, due, &id)?;
         let Some(mut r) = txn.message(&id)? else {
             continue;
         };
@@ -497,7 +546,7 @@ fn claim<T: Txn>(
             record: r,
         });
     }
-    Ok(OpResult::Claimed(out))
+    Ok(taken)
 }
 
 fn complete<T: Txn>(
@@ -563,7 +612,7 @@ fn complete<T: Txn>(
             r.last_error = c.detail.clone();
             r.due_at = due;
             transition(txn, cur, now, &c.id, &mut r, State::Deferred)?;
-            txn.schedule(due, &c.id)?;
+            txn.schedule(r.lane, due, &c.id)?;
             cur.scheduled = true;
             let mut e = with_detail(
                 message_event(now, &c.id, &r, EventKind::Deferred),
@@ -749,7 +798,7 @@ fn apply_update<T: Txn>(
             transition(txn, cur, now, id, r, State::Deferred)?;
             r.due_at = due;
             r.last_error = Some(detail.clone());
-            txn.schedule(due, id)?;
+            txn.schedule(r.lane, due, id)?;
             cur.scheduled = true;
             event.kind = EventKind::Deferred;
             event.detail = Some(detail);
@@ -1032,7 +1081,7 @@ fn cancel<T: Txn>(
     };
     match r.state {
         State::Queued | State::Deferred => {
-            txn.unschedule(r.due_at, id)?;
+            txn.unschedule(r.lane, r.due_at, id)?;
             transition(txn, cur, now, id, &mut r, State::Cancelled)?;
             cur.emit(message_event(now, id, &r, EventKind::Cancelled));
             txn.put_message(id, &r)?;
@@ -1061,7 +1110,7 @@ fn requeue<T: Txn>(
     r.due_at = now;
     // A fresh time-to-live: the operator decided this message is still wanted.
     r.expires_at = now.saturating_add(r.expires_at.saturating_sub(r.created_at));
-    txn.schedule(now, id)?;
+    txn.schedule(r.lane, now, id)?;
     cur.scheduled = true;
     cur.emit(with_detail(
         message_event(now, id, &r, EventKind::Queued),

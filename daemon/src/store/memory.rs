@@ -19,8 +19,8 @@ use super::check::{self, Audit};
 use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
 use super::recipients::{self, KeyedWith};
 use super::{
-    BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression,
-    SuppressionEntry,
+    BreakerRecord, Committed, Counts, Lane, LaneDepth, MsgId, Op, Record, Store, StoreError,
+    Suppression, SuppressionEntry,
 };
 
 /// An ordered map with an undo log for the running batch.
@@ -81,7 +81,8 @@ fn recipient(channel: Channel, key: &RecipientKey) -> (u8, String) {
 #[derive(Debug, Default)]
 struct Tables {
     records: Table<MsgId, Record>,
-    schedule: Table<(UnixMillis, MsgId), ()>,
+    /// The schedule, each entry with its priority lane.
+    schedule: Table<(UnixMillis, MsgId), Lane>,
     leases: Table<MsgId, UnixMillis>,
     idempotency: Table<String, (MsgId, UnixMillis)>,
     provider_ids: Table<(String, String), MsgId>,
@@ -179,6 +180,18 @@ impl MemoryStore {
         let mut state = self.lock();
         let t = &mut state.tables;
         match entry {
+            // Nothing is encoded here: the record as an older heraldd read it.
+            super::Legacy::Message { id, record } => {
+                t.records.insert(
+                    *id,
+                    Record {
+                        lane: super::Lane::Normal,
+                        ..(**record).clone()
+                    },
+                );
+                every_table!(&mut state.tables, keep);
+                return;
+            }
             super::Legacy::Suppressed {
                 channel,
                 to,
@@ -235,7 +248,7 @@ impl MemoryStore {
                     .collect();
                 doomed.iter().for_each(|k| t.finished.remove(k));
             }
-            Damage::AddSchedule(due, id) => t.schedule.insert((*due, *id), ()),
+            Damage::AddSchedule(due, id) => t.schedule.insert((*due, *id), Lane::Normal),
             Damage::AddLease(id, until) => t.leases.insert(*id, *until),
             Damage::AddDeadLetter(id) => t.dead.insert(*id, ()),
             Damage::SetCounts(counts) => state.counts = *counts,
@@ -305,16 +318,21 @@ impl Txn for MemTxn<'_> {
         Ok(())
     }
 
-    fn schedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
-        self.t.schedule.insert((due, *id), ());
+    fn schedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.t.schedule.insert((due, *id), lane);
         Ok(())
     }
-    fn unschedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
-        self.t.schedule.remove(&(due, *id));
+    fn unschedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        if self.t.schedule.get(&(due, *id)) == Some(&lane) {
+            self.t.schedule.remove(&(due, *id));
+        }
         Ok(())
     }
+    /// A scan of every due entry, filtered by lane: this engine is for tests and small
+    /// queues.
     fn due(
         &mut self,
+        lane: Lane,
         now: UnixMillis,
         limit: usize,
     ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
@@ -323,6 +341,7 @@ impl Txn for MemTxn<'_> {
             .schedule
             .map
             .range(..=(now, [u8::MAX; 16]))
+            .filter(|(_, l)| **l == lane)
             .take(limit)
             .map(|(k, _)| *k)
             .collect())
@@ -662,6 +681,16 @@ impl Store for MemoryStore {
             .keys()
             .next()
             .map(|(t, _)| *t))
+    }
+
+    fn lanes(&self) -> Result<[LaneDepth; 3], StoreError> {
+        let mut out = [LaneDepth::default(); 3];
+        for ((due, _), lane) in &self.lock().tables.schedule.map {
+            let d = &mut out[lane.index()];
+            d.depth += 1;
+            d.earliest_due.get_or_insert(*due);
+        }
+        Ok(out)
     }
 
     fn counts(&self) -> Counts {

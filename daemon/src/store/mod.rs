@@ -8,7 +8,7 @@
 //! serves the batch as it can best (sled: one transaction; a server engine: a few
 //! multi-row statements). Durability comes from [`Store::flush`], which the committer
 //! calls before anything is acknowledged or published. Reads are in domain terms too
-//! (`get`, `events_from`, `first_seq`, `last_seq`, `next_due`, `counts`, `dead`,
+//! (`get`, `events_from`, `first_seq`, `last_seq`, `next_due`, `lanes`, `counts`, `dead`,
 //! `breakers`, `suppression`, `suppressions`).
 //!
 //! # Engines
@@ -72,6 +72,7 @@ use herald_plugin_api::{
 use serde::{Deserialize, Serialize};
 
 pub use check::CheckReport;
+pub use herald_protocol::Lane;
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
 pub use sled_store::SledStore;
@@ -127,6 +128,115 @@ pub struct Record {
     pub provider: Option<String>,
     pub provider_message_id: Option<String>,
     pub last_error: Option<String>,
+    /// The priority lane, kept across retries and deferrals. Records written before lanes
+    /// existed end without it and read as `normal` ([`decode_record`]).
+    pub lane: Lane,
+}
+
+/// A [`Record`] as stores written before priority lanes hold it (no trailing `lane`).
+#[derive(Deserialize)]
+struct RecordV1 {
+    to: String,
+    content: Content,
+    tags: Vec<String>,
+    idempotency_key: Option<String>,
+    send_at: Option<UnixMillis>,
+    state: State,
+    attempt: u32,
+    created_at: UnixMillis,
+    updated_at: UnixMillis,
+    due_at: UnixMillis,
+    expires_at: UnixMillis,
+    lease_until: Option<UnixMillis>,
+    provider: Option<String>,
+    provider_message_id: Option<String>,
+    last_error: Option<String>,
+}
+
+/// Decodes a postcard [`Record`] (the bytes after an engine's version byte), or one
+/// written before lanes ([`RecordV1`], which postcard cannot read as the longer struct:
+/// it ends where `lane` would start), as lane `normal`. Tried in that order, a current
+/// record never reads as an old one: the old layout is a strict prefix.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, postcard::Error> {
+    postcard::from_bytes::<Record>(bytes).or_else(|e| {
+        let v1: RecordV1 = postcard::from_bytes(bytes).map_err(|_| e)?;
+        Ok(Record {
+            to: v1.to,
+            content: v1.content,
+            tags: v1.tags,
+            idempotency_key: v1.idempotency_key,
+            send_at: v1.send_at,
+            state: v1.state,
+            attempt: v1.attempt,
+            created_at: v1.created_at,
+            updated_at: v1.updated_at,
+            due_at: v1.due_at,
+            expires_at: v1.expires_at,
+            lease_until: v1.lease_until,
+            provider: v1.provider,
+            provider_message_id: v1.provider_message_id,
+            last_error: v1.last_error,
+            lane: Lane::Normal,
+        })
+    })
+}
+
+/// Encodes `r` the way stores did before priority lanes (for tests that plant old data).
+#[cfg(any(test, feature = "test-support"))]
+pub fn encode_record_v1(r: &Record) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct V1<'a> {
+        to: &'a String,
+        content: &'a Content,
+        tags: &'a Vec<String>,
+        idempotency_key: &'a Option<String>,
+        send_at: &'a Option<UnixMillis>,
+        state: &'a State,
+        attempt: &'a u32,
+        created_at: &'a UnixMillis,
+        updated_at: &'a UnixMillis,
+        due_at: &'a UnixMillis,
+        expires_at: &'a UnixMillis,
+        lease_until: &'a Option<UnixMillis>,
+        provider: &'a Option<String>,
+        provider_message_id: &'a Option<String>,
+        last_error: &'a Option<String>,
+    }
+    postcard::to_allocvec(&V1 {
+        to: &r.to,
+        content: &r.content,
+        tags: &r.tags,
+        idempotency_key: &r.idempotency_key,
+        send_at: &r.send_at,
+        state: &r.state,
+        attempt: &r.attempt,
+        created_at: &r.created_at,
+        updated_at: &r.updated_at,
+        due_at: &r.due_at,
+        expires_at: &r.expires_at,
+        lease_until: &r.lease_until,
+        provider: &r.provider,
+        provider_message_id: &r.provider_message_id,
+        last_error: &r.last_error,
+    })
+    .unwrap_or_default()
+}
+
+/// The waiting messages (queued or deferred) of one priority lane, from the schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneDepth {
+    pub depth: u64,
+    /// The earliest due time among them.
+    pub earliest_due: Option<UnixMillis>,
+}
+
+/// How many of `rest` claim positions, numbered from `turn`, go to the bulk lane: every
+/// fourth (normal:bulk 3:1). The dispatcher advances `turn` by what it claimed, so even
+/// claims of one message at a time share 3:1.
+pub fn bulk_share(turn: u64, rest: usize) -> usize {
+    // Positions k in [turn, turn + rest) with k % 4 == 3; those below n number n / 4.
+    let below = |n: u64| n / 4;
+    (below(turn.saturating_add(rest as u64)) - below(turn)) as usize
 }
 
 impl Record {
@@ -206,6 +316,8 @@ pub struct NewMessage {
     /// Send even if the recipient is on the suppression list (`SendMessage::
     /// override_suppression`); the `queued` event says so when it mattered.
     pub override_suppression: bool,
+    /// The priority lane (`SendMessage::lane`).
+    pub lane: Lane,
 }
 
 /// The end of one delivery attempt, as decided by the dispatcher.
@@ -274,10 +386,13 @@ pub struct BreakerRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Accept(NewMessage),
-    /// Lease up to `limit` due messages for `lease_ms`.
+    /// Lease up to `limit` due messages for `lease_ms`: every due `critical` one first,
+    /// then `normal` and `bulk` 3:1 ([`bulk_share`] of the positions from `turn`), either
+    /// taking the other's share when it has too few.
     Claim {
         limit: usize,
         lease_ms: u64,
+        turn: u64,
     },
     Complete(Completion),
     Cancel(MsgId),
@@ -454,6 +569,9 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest due time in the schedule.
     fn next_due(&self) -> Result<Option<UnixMillis>, StoreError>;
 
+    /// The schedule per priority lane, in the order of [`Lane::ALL`].
+    fn lanes(&self) -> Result<[LaneDepth; 3], StoreError>;
+
     fn counts(&self) -> Counts;
 
     /// Dead-lettered messages, oldest first.
@@ -513,6 +631,10 @@ pub enum Legacy {
         to: String,
         id: MsgId,
     },
+    /// A stored message's record re-written as a heraldd before priority lanes wrote it
+    /// (no `lane`; its schedule entry, if any, stays where it is: where the `normal` lane
+    /// is kept, which is where an older heraldd kept every entry).
+    Message { id: MsgId, record: Box<Record> },
 }
 
 /// Damage a test does to a stopped (or idle) store's indexes on purpose, the way an

@@ -1,7 +1,9 @@
 //! The embedded sled engine. The only module that knows sled exists.
 //!
 //! Trees (keys are big-endian so byte order is time/seq order):
-//! `records` id → record · `schedule` due ++ id → () · `leases` id → until ·
+//! `records` id → record · `schedule` due ++ id → () (the `normal` priority lane; its name
+//! and keys are those of stores written before lanes, which therefore need no migration),
+//! `schedule_critical` and `schedule_bulk` (the same, for those lanes) · `leases` id → until ·
 //! `idem` key → id ++ expires · `pids` provider 0 pid → id · `dead` id → () ·
 //! `finished` at ++ id → () · `suppression` channel ++ recipient key → entry ·
 //! `events` first seq → a block of up to 64 consecutive events · `held` `m` ++ id or
@@ -43,8 +45,8 @@ use super::check::{self, Audit};
 use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
 use super::recipients::{self, KeyedWith};
 use super::{
-    BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression,
-    SuppressionEntry, SuppressionSource,
+    BreakerRecord, Committed, Counts, Lane, LaneDepth, MsgId, Op, Record, Store, StoreError,
+    Suppression, SuppressionEntry, SuppressionSource,
 };
 
 const FORMAT_VERSION: u8 = 1;
@@ -172,6 +174,19 @@ fn dec_breaker(bytes: &[u8]) -> Result<BreakerRecord, StoreError> {
         })
     })
 }
+
+/// A record, or one written before priority lanes (read as lane `normal`).
+fn dec_record(bytes: &[u8]) -> Result<Record, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => {
+            super::decode_record(rest).map_err(|e| StoreError::Corrupt(format!("record: {e}")))
+        }
+        _ => dec(bytes, "record"),
+    }
+}
+
+/// The schedule tree of each lane, in the order of [`Lane::ALL`].
+const SCHEDULE_TREES: [&str; 3] = ["schedule_critical", "schedule", "schedule_bulk"];
 
 fn dec<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
     match bytes.split_first() {
@@ -304,7 +319,8 @@ fn remove_partial_snapshots(dir: &Path) -> std::io::Result<usize> {
 pub struct SledStore {
     db: sled::Db,
     records: Tree,
-    schedule: Tree,
+    /// Per lane, in the order of [`Lane::ALL`] ([`SCHEDULE_TREES`]).
+    schedules: [Tree; 3],
     leases: Tree,
     idem: Tree,
     pids: Tree,
@@ -350,8 +366,8 @@ struct PruneAhead {
 /// The range reads a batch's ops will ask for, read before its transaction.
 #[derive(Debug, Clone, Default)]
 struct ReadAhead {
-    /// Due schedule entries for every claim of the batch, oldest first.
-    due: Option<VecDeque<(UnixMillis, MsgId)>>,
+    /// Due schedule entries of each lane for every claim of the batch, oldest first.
+    due: Option<[VecDeque<(UnixMillis, MsgId)>; 3]>,
     leased: Option<Vec<MsgId>>,
     prunes: Vec<PruneAhead>,
     audit: Option<Audit>,
@@ -414,7 +430,11 @@ impl SledStore {
         let tree = |name: &str| db.open_tree(name).map_err(io);
         let mut store = SledStore {
             records: tree("records")?,
-            schedule: tree("schedule")?,
+            schedules: [
+                tree(SCHEDULE_TREES[0])?,
+                tree(SCHEDULE_TREES[1])?,
+                tree(SCHEDULE_TREES[2])?,
+            ],
             leases: tree("leases")?,
             idem: tree("idem")?,
             pids: tree("pids")?,
@@ -581,7 +601,7 @@ impl SledStore {
             };
             let new_k = match self.records.get(id).map_err(io)? {
                 Some(r) => {
-                    let record: Record = dec(&r, "record")?;
+                    let record = dec_record(&r)?;
                     let key = match recipients::channel_of(byte) {
                         Some(channel) => recipients::rekey(channel, &old, &record.to, &rules),
                         None => old,
@@ -624,6 +644,12 @@ impl SledStore {
     #[cfg(any(test, feature = "test-support"))]
     pub fn plant_legacy(&self, entry: &super::Legacy) -> Result<(), StoreError> {
         match entry {
+            super::Legacy::Message { id, record } => {
+                let mut v = vec![FORMAT_VERSION];
+                v.extend(super::encode_record_v1(record));
+                self.records.insert(&id[..], v).map_err(io)?;
+                return Ok(());
+            }
             super::Legacy::Suppressed {
                 channel,
                 to,
@@ -660,17 +686,19 @@ impl SledStore {
             })
             .sum();
         if claim > 0 {
-            let mut due = VecDeque::with_capacity(claim);
-            for kv in self.schedule.range(..be8(now.saturating_add(1))) {
-                let (k, _) = kv.map_err(io)?;
-                if let Some(entry) = split24(&k) {
-                    due.push_back(entry);
-                }
-                if due.len() >= claim {
-                    break;
+            let mut lanes: [VecDeque<(UnixMillis, MsgId)>; 3] = Default::default();
+            for (tree, due) in self.schedules.iter().zip(&mut lanes) {
+                for kv in tree.range(..be8(now.saturating_add(1))) {
+                    let (k, _) = kv.map_err(io)?;
+                    if let Some(entry) = split24(&k) {
+                        due.push_back(entry);
+                    }
+                    if due.len() >= claim {
+                        break;
+                    }
                 }
             }
-            ahead.due = Some(due);
+            ahead.due = Some(lanes);
         }
         if ops.iter().any(|o| matches!(o, Op::Recover)) {
             let mut leased = Vec::new();
@@ -755,9 +783,11 @@ impl SledStore {
         check::audit(
             self.records.iter().map(|kv| {
                 let (k, v) = kv.map_err(io)?;
-                Ok((id_of(&k, "records")?, dec(&v, "record")?))
+                Ok((id_of(&k, "records")?, dec_record(&v)?))
             }),
-            keys(&self.schedule)
+            self.schedules
+                .iter()
+                .flat_map(keys)
                 .map(|k| split24(&k?).ok_or_else(|| StoreError::Corrupt("a schedule key".into()))),
             keys(&self.leases).map(|k| id_of(&k?, "leases")),
             keys(&self.dead).map(|k| id_of(&k?, "dead")),
@@ -771,9 +801,11 @@ impl SledStore {
     fn commit_one(&self, now: UnixMillis, ops: &[Op]) -> Result<Committed, StoreError> {
         let ahead = self.read_ahead(now, ops)?;
         let (seq, counts) = *self.lock();
-        let trees: [&Tree; 15] = [
+        let trees: [&Tree; 17] = [
             &self.records,
-            &self.schedule,
+            &self.schedules[0],
+            &self.schedules[1],
+            &self.schedules[2],
             &self.leases,
             &self.idem,
             &self.pids,
@@ -876,13 +908,19 @@ impl SledStore {
             Damage::DropLease(id) => {
                 self.leases.remove(id).map_err(io)?;
             }
-            Damage::DropSchedule(id) => drop_all(&self.schedule, id)?,
+            Damage::DropSchedule(id) => {
+                for tree in &self.schedules {
+                    drop_all(tree, id)?;
+                }
+            }
             Damage::DropDeadLetter(id) => {
                 self.dead.remove(id).map_err(io)?;
             }
             Damage::DropFinished(id) => drop_all(&self.finished, id)?,
             Damage::AddSchedule(due, id) => {
-                self.schedule.insert(key24(*due, id), &[][..]).map_err(io)?;
+                self.schedules[Lane::Normal.index()]
+                    .insert(key24(*due, id), &[][..])
+                    .map_err(io)?;
             }
             Damage::AddLease(id, until) => {
                 self.leases.insert(id, &be8(*until)[..]).map_err(io)?;
@@ -902,7 +940,7 @@ impl SledStore {
 /// This engine's [`Txn`]: the trees inside one sled transaction, and the read-ahead.
 struct SledTxn<'a> {
     records: &'a TransactionalTree,
-    schedule: &'a TransactionalTree,
+    schedules: [&'a TransactionalTree; 3],
     leases: &'a TransactionalTree,
     idem: &'a TransactionalTree,
     pids: &'a TransactionalTree,
@@ -956,7 +994,9 @@ impl<'a> SledTxn<'a> {
     ) -> Result<SledTxn<'a>, TxError> {
         let [
             records,
-            schedule,
+            critical,
+            normal,
+            bulk,
             leases,
             idem,
             pids,
@@ -978,7 +1018,7 @@ impl<'a> SledTxn<'a> {
         };
         Ok(SledTxn {
             records,
-            schedule,
+            schedules: [critical, normal, bulk],
             leases,
             idem,
             pids,
@@ -1018,7 +1058,7 @@ impl Txn for SledTxn<'_> {
 
     fn message(&mut self, id: &MsgId) -> Result<Option<Record>, TxError> {
         match self.records.get(id).map_err(unab)? {
-            Some(v) => Ok(Some(dec(&v, "record")?)),
+            Some(v) => Ok(Some(dec_record(&v)?)),
             None => Ok(None),
         }
     }
@@ -1031,18 +1071,26 @@ impl Txn for SledTxn<'_> {
         Ok(())
     }
 
-    fn schedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), TxError> {
-        self.schedule
+    fn schedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), TxError> {
+        self.schedules[lane.index()]
             .insert(&key24(due, id)[..], &[][..])
             .map_err(unab)?;
         Ok(())
     }
-    fn unschedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), TxError> {
-        self.schedule.remove(&key24(due, id)[..]).map_err(unab)?;
+    fn unschedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), TxError> {
+        self.schedules[lane.index()]
+            .remove(&key24(due, id)[..])
+            .map_err(unab)?;
         Ok(())
     }
-    fn due(&mut self, _now: UnixMillis, limit: usize) -> Result<Vec<(UnixMillis, MsgId)>, TxError> {
-        let due = self.ahead.due.as_mut().ok_or_else(|| unprepared("due"))?;
+    fn due(
+        &mut self,
+        lane: Lane,
+        _now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(UnixMillis, MsgId)>, TxError> {
+        let lanes = self.ahead.due.as_mut().ok_or_else(|| unprepared("due"))?;
+        let due = &mut lanes[lane.index()];
         let n = limit.min(due.len());
         Ok(due.drain(..n).collect())
     }
@@ -1338,7 +1386,7 @@ impl Store for SledStore {
 
     fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
         match self.records.get(id).map_err(io)? {
-            Some(v) => Ok(Some(dec(&v, "record")?)),
+            Some(v) => Ok(Some(dec_record(&v)?)),
             None => Ok(None),
         }
     }
@@ -1384,12 +1432,28 @@ impl Store for SledStore {
     }
 
     fn next_due(&self) -> Result<Option<UnixMillis>, StoreError> {
-        Ok(self
-            .schedule
-            .first()
-            .map_err(io)?
-            .and_then(|(k, _)| split24(&k))
-            .map(|(t, _)| t))
+        let mut next = None;
+        for tree in &self.schedules {
+            let first = tree.first().map_err(io)?.and_then(|(k, _)| split24(&k));
+            if let Some((t, _)) = first {
+                next = Some(next.map_or(t, |n: UnixMillis| n.min(t)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// `len` walks a tree: linear in the queue, read only for `herald stats`.
+    fn lanes(&self) -> Result<[LaneDepth; 3], StoreError> {
+        let mut out = [LaneDepth::default(); 3];
+        for (tree, d) in self.schedules.iter().zip(&mut out) {
+            d.depth = tree.len() as u64;
+            d.earliest_due = tree
+                .first()
+                .map_err(io)?
+                .and_then(|(k, _)| split24(&k))
+                .map(|(t, _)| t);
+        }
+        Ok(out)
     }
 
     fn counts(&self) -> Counts {
@@ -1496,11 +1560,85 @@ mod tests {
             ttl_ms: 60_000,
             idempotency_window_ms: 1_000,
             override_suppression: false,
+            lane: Default::default(),
         }
     }
 
     fn open(dir: &Path) -> SledStore {
         SledStore::open_when_unlocked(dir, 1 << 20).unwrap()
+    }
+
+    /// A data dir as the build before priority lanes wrote it — its record (without
+    /// `lane`) and its schedule key (`due ++ id` in the `schedule` tree), written with
+    /// sled alone — opens, reads as `normal`, and is claimed after a critical message and
+    /// before a bulk one.
+    #[test]
+    fn a_data_dir_written_before_lanes_is_claimed_as_normal() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = new_id();
+        let record = Record {
+            to: "+14155550100".into(),
+            content: Content::Sms(SmsContent {
+                body: "from before lanes".into(),
+                ..Default::default()
+            }),
+            tags: vec![],
+            idempotency_key: None,
+            send_at: None,
+            state: State::Queued,
+            attempt: 0,
+            created_at: 5,
+            updated_at: 5,
+            due_at: 5,
+            expires_at: 60_005,
+            lease_until: None,
+            provider: None,
+            provider_message_id: None,
+            last_error: None,
+            lane: Lane::Normal,
+        };
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let mut v = vec![FORMAT_VERSION];
+            v.extend(crate::store::encode_record_v1(&record));
+            db.open_tree("records").unwrap().insert(id, v).unwrap();
+            db.open_tree("schedule")
+                .unwrap()
+                .insert(key24(5, &id), &[][..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(s.get(&id).unwrap().unwrap(), record);
+        assert_eq!(s.lanes().unwrap()[Lane::Normal.index()].depth, 1);
+        let bulk = NewMessage {
+            lane: Lane::Bulk,
+            ..msg("bulk")
+        };
+        let critical = NewMessage {
+            lane: Lane::Critical,
+            ..msg("critical")
+        };
+        s.commit(6, &[Op::Accept(bulk), Op::Accept(critical.clone())])
+            .unwrap();
+        let claim = |limit| match s
+            .commit(
+                10,
+                &[Op::Claim {
+                    limit,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap()
+            .results
+            .remove(0)
+        {
+            OpResult::Claimed(c) => c.into_iter().map(|c| c.id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(claim(1), [critical.id]);
+        assert_eq!(claim(1), [id]);
     }
 
     #[test]
@@ -1677,6 +1815,7 @@ mod tests {
                 &[Op::Claim {
                     limit: 1,
                     lease_ms: 10,
+                    turn: 0,
                 }],
             )
             .unwrap()
@@ -1769,7 +1908,9 @@ mod tests {
             ("seen", &s.seen),
             ("seen_at", &s.seen_at),
             ("events", &s.events),
-            ("schedule", &s.schedule),
+            ("schedule", &s.schedules[0]),
+            ("schedule", &s.schedules[1]),
+            ("schedule", &s.schedules[2]),
             ("leases", &s.leases),
         ] {
             assert_eq!(tree.len(), 0, "{name} left behind");
@@ -1787,7 +1928,7 @@ mod tests {
             s.damage(&Damage::SetCounts(Counts::default())).unwrap();
         }
         let s = open(dir.path());
-        assert_eq!(s.schedule.len(), 0);
+        assert!(s.schedules.iter().all(|t| t.is_empty()));
         assert_eq!(s.counts(), Counts::default());
         assert_eq!(s.get(&m.id).unwrap().unwrap().state, State::Queued);
     }

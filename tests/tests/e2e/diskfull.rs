@@ -140,6 +140,7 @@ fn big_email(i: u64) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        lane: Default::default(),
     }
 }
 

@@ -140,6 +140,7 @@ fn push(to: &str, title: &str, body: &str) -> SendMessage {
         idempotency_key: None,
         send_at: None,
         override_suppression: false,
+        lane: Default::default(),
     }
 }
 

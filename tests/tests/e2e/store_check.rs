@@ -33,6 +33,7 @@ fn new_message(to: &str) -> NewMessage {
         ttl_ms: 3_600_000,
         idempotency_window_ms: 86_400_000,
         override_suppression: false,
+        lane: Default::default(),
     }
 }
 
@@ -63,6 +64,7 @@ fn damage_stopped_store(data_dir: &Path) -> Damaged {
             &[Op::Claim {
                 limit: 1,
                 lease_ms: 300_000,
+                turn: 0,
             }],
         )
         .unwrap()

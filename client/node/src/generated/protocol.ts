@@ -94,6 +94,24 @@ tags?: Array<string>, kinds?: Array<EventKind>, channel?: Channel | null, };
 export type Hello = { herald: number, codec: Codec, };
 
 /**
+ * A message's priority lane. Among due messages, `critical` ones are dispatched first;
+ * `normal` and `bulk` share what is left 3:1 (each takes all when the other has none), so
+ * a bulk blast never starves normal traffic nor the reverse. Variant order is wire format
+ * (and storage): append only.
+ */
+export type Lane = "critical" | "normal" | "bulk";
+
+/**
+ * The waiting messages (queued or deferred, due or not) of one priority lane.
+ */
+export type LaneStats = { lane: Lane, depth: number, 
+/**
+ * How long the longest-waiting due message of the lane has been due (ms); 0 when none
+ * is due.
+ */
+oldest_age_ms: number, };
+
+/**
  * A message and its delivery state, as `get` returns it.
  */
 export type MessageView = { id: string, channel: Channel, to: string, state: State, 
@@ -104,7 +122,11 @@ attempt: number, created_at: number, updated_at: number,
 /**
  * When the next attempt is due, while queued or deferred.
  */
-due_at: number | null, provider: string | null, provider_message_id: string | null, last_error: string | null, tags: Array<string>, idempotency_key: string | null, content: Content, };
+due_at: number | null, provider: string | null, provider_message_id: string | null, last_error: string | null, tags: Array<string>, idempotency_key: string | null, content: Content, 
+/**
+ * The message's priority lane.
+ */
+lane: Lane, };
 
 export type ProviderStats = { name: string, plugin: string, 
 /**
@@ -182,7 +204,12 @@ send_at?: number | null,
  * the host must deliver anyway (a password reset, a receipt). The `queued` event of
  * such a message says the suppression was overridden.
  */
-override_suppression?: boolean, };
+override_suppression?: boolean, 
+/**
+ * The priority lane (`critical`, `normal` — the default — or `bulk`): which due
+ * messages the daemon takes first. Not the push `priority` of [`PushContent`].
+ */
+lane?: Lane, };
 
 export type ServerFrame = { 
 /**
@@ -213,7 +240,11 @@ active: number, max_queue: number, last_seq: number, connections: number, uptime
 /**
  * Free space and the health of the store.
  */
-storage: StorageStats, };
+storage: StorageStats, 
+/**
+ * Per priority lane, in the order of [`Lane::ALL`].
+ */
+lanes: Array<LaneStats>, };
 
 /**
  * Whether the daemon can write, and why not. Variant order is wire format: append only.

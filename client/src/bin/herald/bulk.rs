@@ -60,6 +60,10 @@ pub struct SendArgs {
     /// venue, a cancellation) — never for invitations or marketing.
     #[arg(long)]
     override_suppression: bool,
+    /// Priority lane of the messages (critical, normal, bulk); overrides the template's
+    /// `lane`, which defaults to bulk.
+    #[arg(long)]
+    lane: Option<herald_protocol::Lane>,
     /// Print the first N rendered messages.
     #[arg(long, value_name = "N")]
     preview: Option<usize>,
@@ -272,8 +276,11 @@ async fn send_one_batch(client: Client, batch: Vec<Rendered>) -> Result<Vec<Outc
 async fn send(a: SendArgs, socket: &Path, as_json: bool) -> Result<()> {
     let source = std::fs::read_to_string(&a.template)
         .with_context(|| format!("cannot read {}", a.template.display()))?;
-    let template = Template::parse(&source, a.campaign.as_deref())
+    let mut template = Template::parse(&source, a.campaign.as_deref())
         .with_context(|| format!("template {}", a.template.display()))?;
+    if let Some(lane) = a.lane {
+        template.lane = lane;
+    }
     let campaign = template
         .campaign()
         .ok_or_else(|| anyhow!("no campaign id: set campaign in the template or pass --campaign"))?

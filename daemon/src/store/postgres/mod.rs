@@ -57,8 +57,8 @@ use super::check::{self, Audit};
 use super::lifecycle::{self, HeldFor, HeldKey, HeldUpdates, SeenKey, Txn};
 use super::recipients::{self, KeyedWith};
 use super::{
-    BreakerRecord, Committed, Counts, MsgId, Op, Record, Store, StoreError, Suppression,
-    SuppressionEntry,
+    BreakerRecord, Committed, Counts, Lane, LaneDepth, MsgId, Op, Record, Store, StoreError,
+    Suppression, SuppressionEntry,
 };
 
 /// The version byte in front of every postcard value.
@@ -67,6 +67,21 @@ const FORMAT: u8 = 1;
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     // postcard into a Vec cannot fail for our types.
     postcard::to_extend(v, vec![FORMAT]).unwrap_or_else(|_| vec![FORMAT])
+}
+
+/// A message record, or one written before priority lanes (read as lane `normal`).
+fn dec_record(bytes: &[u8]) -> Result<Record, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => {
+            super::decode_record(rest).map_err(|e| StoreError::Corrupt(format!("message: {e}")))
+        }
+        _ => Err(StoreError::Corrupt("message: unknown format".into())),
+    }
+}
+
+/// A lane in the `queue.lane` column (rows from before schema 3 default to `normal`).
+fn lane_sql(lane: Lane) -> i16 {
+    lane.index() as i16
 }
 
 fn dec<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
@@ -337,7 +352,7 @@ impl PgStore {
                 let byte: i16 = row.get(0);
                 let old: String = row.get(1);
                 let id = id_of(row.get(2))?;
-                let record: Record = dec(row.get::<_, &[u8]>(3), "message")?;
+                let record = dec_record(row.get::<_, &[u8]>(3))?;
                 let key = match recipients::channel_of(byte as u8) {
                     Some(channel) => recipients::rekey(channel, &old, &record.to, &rules),
                     None => old,
@@ -404,6 +419,15 @@ impl PgStore {
     #[cfg(any(test, feature = "test-support"))]
     pub fn plant_legacy(&self, entry: &super::Legacy) -> Result<(), StoreError> {
         match entry {
+            super::Legacy::Message { id, record } => {
+                let mut v = vec![FORMAT];
+                v.extend(super::encode_record_v1(record));
+                self.execute_now(
+                    "UPDATE messages SET record = $2 WHERE id = $1",
+                    &[&id.as_slice(), &v],
+                )?;
+                return Ok(());
+            }
             super::Legacy::Suppressed {
                 channel,
                 to,
@@ -641,7 +665,7 @@ impl Txn for PgTxn<'_> {
             "SELECT record FROM messages WHERE id = $1",
             &[&id.as_slice()],
         )?
-        .map(|r| dec(r.get::<_, &[u8]>(0), "message"))
+        .map(|r| dec_record(r.get::<_, &[u8]>(0)))
         .transpose()
     }
     fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), StoreError> {
@@ -658,29 +682,30 @@ impl Txn for PgTxn<'_> {
         Ok(())
     }
 
-    fn schedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+    fn schedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
         self.exec(
-            "INSERT INTO queue (due_at, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&big(due), &id.as_slice()],
+            "INSERT INTO queue (due_at, id, lane) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&big(due), &id.as_slice(), &lane_sql(lane)],
         )?;
         Ok(())
     }
-    fn unschedule(&mut self, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+    fn unschedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
         self.exec(
-            "DELETE FROM queue WHERE due_at = $1 AND id = $2",
-            &[&big(due), &id.as_slice()],
+            "DELETE FROM queue WHERE due_at = $1 AND id = $2 AND lane = $3",
+            &[&big(due), &id.as_slice(), &lane_sql(lane)],
         )?;
         Ok(())
     }
     fn due(
         &mut self,
+        lane: Lane,
         now: UnixMillis,
         limit: usize,
     ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
         self.id_pairs(
-            "SELECT due_at, id FROM queue WHERE due_at <= $1 ORDER BY due_at, id LIMIT $2 \
-             FOR UPDATE SKIP LOCKED",
-            &[&big(now), &(limit as i64)],
+            "SELECT due_at, id FROM queue WHERE lane = $3 AND due_at <= $1 \
+             ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&big(now), &(limit as i64), &lane_sql(lane)],
         )
     }
 
@@ -974,7 +999,7 @@ impl Txn for PgTxn<'_> {
         check::audit(
             messages
                 .iter()
-                .map(|r| Ok((id_of(r.get(0))?, dec(r.get::<_, &[u8]>(1), "message")?))),
+                .map(|r| Ok((id_of(r.get(0))?, dec_record(r.get::<_, &[u8]>(1))?))),
             schedule.into_iter().map(Ok),
             leases.iter().map(|r| id_of(r.get(0))),
             dead.iter().map(|r| id_of(r.get(0))),
@@ -1020,7 +1045,7 @@ impl Store for PgStore {
             &[&id.as_slice()],
         )?
         .first()
-        .map(|r| dec(r.get::<_, &[u8]>(0), "message"))
+        .map(|r| dec_record(r.get::<_, &[u8]>(0)))
         .transpose()
     }
 
@@ -1074,6 +1099,21 @@ impl Store for PgStore {
             .map(ms))
     }
 
+    fn lanes(&self) -> Result<[LaneDepth; 3], StoreError> {
+        let mut out = [LaneDepth::default(); 3];
+        for row in self.query(
+            "SELECT lane, count(*), min(due_at) FROM queue GROUP BY lane",
+            &[],
+        )? {
+            let lane: i16 = row.get(0);
+            if let Some(d) = out.get_mut(lane as usize) {
+                d.depth = row.get::<_, i64>(1) as u64;
+                d.earliest_due = row.get::<_, Option<i64>>(2).map(ms);
+            }
+        }
+        Ok(out)
+    }
+
     fn counts(&self) -> Counts {
         match self.query("SELECT counts FROM herald_meta WHERE id = 1", &[]) {
             Ok(rows) => {
@@ -1098,7 +1138,7 @@ impl Store for PgStore {
             &[&(limit as i64)],
         )?
         .iter()
-        .map(|r| Ok((id_of(r.get(0))?, dec(r.get::<_, &[u8]>(1), "message")?)))
+        .map(|r| Ok((id_of(r.get(0))?, dec_record(r.get::<_, &[u8]>(1))?)))
         .collect()
     }
 
@@ -1252,6 +1292,7 @@ mod tests {
             tags: vec![],
             idempotency_key: None,
             override_suppression: false,
+            lane: Default::default(),
             send_at: None,
             ttl_ms: 60_000,
             idempotency_window_ms: 1_000,
@@ -1347,6 +1388,7 @@ mod tests {
                         &[Op::Claim {
                             limit: 7,
                             lease_ms: 30_000,
+                            turn: 0,
                         }],
                     )
                     .unwrap();
@@ -1371,6 +1413,121 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!((claimed.len(), unique.len()), (60, 60));
+    }
+
+    /// A database as the build before priority lanes left it (schema 1: `queue` without
+    /// `lane`, records without it) is migrated at open, and its waiting message is claimed
+    /// from the normal lane: after a critical one, before a bulk one.
+    #[test]
+    fn a_database_written_before_lanes_migrates_and_delivers_as_normal() {
+        let db = TestDb::new();
+        let old = sms("from before lanes");
+        let record = Record {
+            to: old.to.clone(),
+            content: old.content.clone(),
+            tags: vec![],
+            idempotency_key: None,
+            send_at: None,
+            state: herald_plugin_api::State::Queued,
+            attempt: 0,
+            created_at: 5,
+            updated_at: 5,
+            due_at: 5,
+            expires_at: 60_005,
+            lease_until: None,
+            provider: None,
+            provider_message_id: None,
+            last_error: None,
+            lane: Lane::Normal,
+        };
+        let mut counts = Counts::default();
+        counts.moved(None, herald_plugin_api::State::Queued);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute(schema::version_1_sql()).await.unwrap();
+            c.batch_execute(
+                "CREATE TABLE herald_schema (version integer NOT NULL); \
+                 INSERT INTO herald_schema (version) VALUES (1)",
+            )
+            .await
+            .unwrap();
+            let keyed = enc(&KeyedWith::current(RecipientRules::default()));
+            c.execute(
+                "INSERT INTO herald_meta (id, seq, counts, epoch, keyed_with) \
+                 VALUES (1, 1, $1, 'old', $2)",
+                &[&counts_sql(&counts), &keyed],
+            )
+            .await
+            .unwrap();
+            let mut v = vec![FORMAT];
+            v.extend(crate::store::encode_record_v1(&record));
+            c.execute(
+                "INSERT INTO messages (id, state, record) VALUES ($1, $2, $3)",
+                &[
+                    &old.id.as_slice(),
+                    &(Counts::index(record.state) as i16),
+                    &v,
+                ],
+            )
+            .await
+            .unwrap();
+            c.execute(
+                "INSERT INTO queue (due_at, id) VALUES (5, $1)",
+                &[&old.id.as_slice()],
+            )
+            .await
+            .unwrap();
+        });
+        drop(rt);
+        let s = open(&db);
+        assert_eq!(s.epoch(), "old");
+        assert_eq!(s.get(&old.id).unwrap().unwrap(), record);
+        assert_eq!(s.lanes().unwrap()[Lane::Normal.index()].depth, 1);
+        let bulk = NewMessage {
+            lane: Lane::Bulk,
+            ..sms("bulk")
+        };
+        let critical = NewMessage {
+            lane: Lane::Critical,
+            ..sms("critical")
+        };
+        s.commit(6, &[Op::Accept(bulk), Op::Accept(critical.clone())])
+            .unwrap();
+        let claimed = |limit| match s
+            .commit(
+                10,
+                &[Op::Claim {
+                    limit,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap()
+            .results
+            .remove(0)
+        {
+            OpResult::Claimed(c) => c.into_iter().map(|c| c.id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(claimed(1), [critical.id]);
+        assert_eq!(claimed(1), [old.id]);
+        let report = match s
+            .commit(11, &[Op::Check { repair: false }])
+            .unwrap()
+            .results
+            .remove(0)
+        {
+            OpResult::Checked(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(report.consistent(), "{report:?}");
     }
 
     #[test]
