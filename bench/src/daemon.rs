@@ -93,17 +93,28 @@ fn build(profile: &str) -> Result<()> {
             cmd.args(["--profile", other]);
         }
     }
-    cmd.args(["-p", "herald-daemon", "-p", "herald-webhook"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    eprintln!("herald-bench: building heraldd and the webhook plugin ({profile} profile) ...");
+    cmd.args([
+        "-p",
+        "herald-daemon",
+        "-p",
+        "herald-webhook",
+        "-p",
+        "herald-resend",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    eprintln!(
+        "herald-bench: building heraldd and the webhook and resend plugins ({profile} profile) ..."
+    );
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {cargo} build"))?;
     if !status.success() {
-        bail!("`{cargo} build -p herald-daemon -p herald-webhook` ({profile}) failed: {status}");
+        bail!(
+            "`{cargo} build -p herald-daemon -p herald-webhook -p herald-resend` ({profile}) failed: {status}"
+        );
     }
     Ok(())
 }
@@ -124,6 +135,9 @@ pub struct DaemonSettings {
     pub work_dir: Option<PathBuf>,
     /// The public listener's port with `[realtime]` (streams scenario), or none.
     pub http_port: Option<u16>,
+    /// `[[providers]]` and `[routes]` instead of the mock `webhook` provider (blast: the
+    /// Resend plugin).
+    pub provider: Option<String>,
     /// `[store] kind = "postgres"` on the database this connection string names (given
     /// to the daemon as `HERALD_PG_URL`; never written to the report: it may hold a
     /// password); `None`: the default sled store in the data dir.
@@ -154,21 +168,17 @@ cap = "2s"
 max_attempts = 12
 ttl = "1h"
 
-[[providers]]
-name = "mock"
-plugin = "webhook"
-url = "{mock_url}/notify"
-timeout = "1h"
-
-[routes]
-email = ["mock"]
-sms = ["mock"]
-push = ["mock"]
-{store}{realtime}"#,
+{providers}{store}{realtime}"#,
         d = dir.display(),
         p = plugin_dir.display(),
         max_queue = s.max_queue,
         concurrency = s.concurrency,
+        providers = match &s.provider {
+            Some(toml) => toml.clone(),
+            None => format!(
+                "[[providers]]\nname = \"mock\"\nplugin = \"webhook\"\nurl = \"{mock_url}/notify\"\ntimeout = \"1h\"\n\n[routes]\nemail = [\"mock\"]\nsms = [\"mock\"]\npush = [\"mock\"]\n"
+            ),
+        },
         store = if s.pg_url.is_some() {
             "\n[store]\nkind = \"postgres\"\nurl = \"${HERALD_PG_URL}\"\n"
         } else {
@@ -289,6 +299,8 @@ impl Daemon {
             .arg(&self.config_path)
             .env("NO_COLOR", "1")
             .env("HERALD_TOKEN_SECRET", TOKEN_SECRET)
+            // The blast scenario's Resend provider (a mock: any key works).
+            .env("HERALD_BENCH_RESEND_KEY", "re_bench_mock_key")
             .envs(self.pg_url.iter().map(|u| ("HERALD_PG_URL", u)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
@@ -526,6 +538,7 @@ mod tests {
             keep: false,
             work_dir: None,
             http_port: None,
+            provider: None,
             pg_url: None,
         };
         let streams = render_config(

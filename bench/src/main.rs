@@ -15,6 +15,7 @@
 //! refused, or a daemon crashes or fails to stop; so does a full run. Timings are never
 //! judged. See `BENCHMARKS.md` for what each scenario measures.
 
+mod blast;
 mod daemon;
 mod load;
 mod mock;
@@ -62,6 +63,10 @@ enum Scenario {
     /// e2e again with --subscribers WebSocket subscribers (one tag each): throughput
     /// against e2e, event latency at the subscribers.
     Streams,
+    /// 10,000 emails through the Resend plugin against a mock Resend allowing 10
+    /// requests/s: time with provider batches (the time without is computed: N / 10 s).
+    /// Not part of `all`.
+    Blast,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -355,6 +360,7 @@ async fn run(args: Args) -> Result<bool> {
             keep: a.keep,
             work_dir: a.work_dir.clone(),
             http_port: None,
+            provider: None,
             pg_url: None,
         },
         // A daemon under valgrind is ~50x slower.
@@ -460,6 +466,13 @@ async fn run(args: Args) -> Result<bool> {
         None
     };
 
+    // Only when asked for by name: a fixed-size run that measures batching.
+    let blast = if a.scenario.contains(&Scenario::Blast) {
+        attempt!("blast", ctx.blast().await)
+    } else {
+        None
+    };
+
     let mut machine = machine;
     machine.loadavg_end = report::loadavg();
     (machine.cpu_others, machine.other_busy_during_run) = meter.finish();
@@ -483,6 +496,7 @@ async fn run(args: Args) -> Result<bool> {
         errors5,
         node,
         streams,
+        blast,
         problems: ctx.problems.clone(),
         daemon_warnings: ctx
             .warnings

@@ -342,6 +342,9 @@ pub struct Report {
     pub node: Option<crate::scenarios::NodeAccept>,
     /// e2e with WebSocket subscribers.
     pub streams: Option<crate::streams::Streams>,
+    /// `--scenario blast`: provider batches against a rate-limited mock Resend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blast: Option<crate::blast::Blast>,
     /// Correctness problems (lost or duplicated messages, refused sends, crashes).
     pub problems: Vec<String>,
     /// Distinct WARN lines the daemons logged, with the number of daemon runs that
@@ -866,6 +869,44 @@ impl Report {
                 None,
             );
         }
+        if let Some(b) = &self.blast {
+            row(
+                "blast",
+                format!(
+                    "{} emails, mock Resend at {}/s, batched: first send → last email accepted",
+                    thousands(b.n),
+                    b.limit_per_sec
+                ),
+                format!(
+                    "{:.1} s ({} requests, up to {} emails each; {} answered 429)",
+                    b.secs,
+                    thousands(b.accepted_requests),
+                    b.largest_batch,
+                    thousands(b.rate_limited)
+                ),
+                "≤ 15 s",
+                Some(b.secs <= 15.0),
+            );
+            row(
+                "blast",
+                "one email per request (computed: N ÷ limit, not run)".into(),
+                format!("{:.0} s", b.unbatched_secs),
+                "",
+                None,
+            );
+            row(
+                "blast",
+                "emails accepted once / twice / never".into(),
+                format!(
+                    "{} / {} / {}",
+                    thousands(b.delivered),
+                    b.duplicated,
+                    b.missing
+                ),
+                "",
+                None,
+            );
+        }
         rows
     }
 
@@ -1108,6 +1149,7 @@ id, and the daemon's own count of `sent` messages equal to the number acknowledg
 | latency20ms | e2e and latency again, the mock delaying every answer by {slow} ms: throughput is bounded by concurrency ÷ latency ({conc} ÷ {slow} ms) | as e2e / latency | as e2e / latency |
 | errors5 | e2e and latency again, the mock answering {err}% of requests `503` (→ `Retry` with backoff, full jitter from 100 ms); retried messages must still arrive exactly once | as e2e / latency | as e2e / latency |
 | node | only with `--scenario node`: acknowledged `send`s per second as in accept, but on **one** connection with `--connections` × `--pipeline` sends in flight (the accept scenario's total), first with herald-client (postcard), then with `@herald/client` (`client/node/bench/accept.mjs`, JSON), each on a fresh daemon; the ratio is the Node client's share of the Rust client's rate | first `send` handed to the client | last acknowledgement received |
+| blast | only with `--scenario blast`: 10,000 emails (`send_batch` of 1,000) through the real **Resend** plugin against a mock Resend that accepts 10 requests per second and answers `429 rate_limit_exceeded` (`retry-after`) beyond; the provider is configured `rate_limit = "10/s"`, `burst = 1`, and batches (`POST /emails/batch`, up to 100 emails) by default. Each email must reach the mock exactly once (by its `herald_id` tag). The time one email per request would take is computed (N ÷ 10/s = 1,000 s), not run | first `send_batch` handed to the client | the mock's `200` for the request holding the last new email |
 | streams | e2e again with WebSocket subscribers on `GET /v1/events` (`--subscribers`, 1,000), each with a token scoped to its own tag (message i is tagged for subscriber i mod S); throughput against e2e; event latency at the subscriber; each subscriber must receive exactly the `queued`, `sending`, `sent` events of its own messages | as e2e; per event: its `at` (daemon wall clock, ms) | as e2e; the frame received (wall clock) |
 
 With `--store postgres` (a separate run; the rows name the engine and the daemon count)

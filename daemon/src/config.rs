@@ -23,7 +23,7 @@ use crate::space::MinFree;
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../etc/herald.toml");
 
 /// Keys of a `[[providers]]` table that the host owns; every other key goes to the plugin.
-pub const HOST_PROVIDER_KEYS: [&str; 8] = [
+pub const HOST_PROVIDER_KEYS: [&str; 10] = [
     "name",
     "plugin",
     "rate_limit",
@@ -32,6 +32,8 @@ pub const HOST_PROVIDER_KEYS: [&str; 8] = [
     "failover_after",
     "max_in_flight",
     "burst",
+    "batch",
+    "batch_max",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -350,6 +352,11 @@ pub struct ProviderSpec {
     pub failover_after: Option<u32>,
     /// The most requests to this provider at once (`None`: only the daemon's concurrency).
     pub max_in_flight: Option<u32>,
+    /// `batch = false` sends every message alone even when the plugin can batch them
+    /// (default `true`: batch whenever the plugin can).
+    pub batch: bool,
+    /// `batch_max`: the most messages per batch request, capped by the plugin's own limit.
+    pub batch_max: Option<u32>,
 }
 
 impl std::fmt::Debug for ProviderSpec {
@@ -363,6 +370,8 @@ impl std::fmt::Debug for ProviderSpec {
             .field("timeout_ms", &self.timeout_ms)
             .field("failover_after", &self.failover_after)
             .field("max_in_flight", &self.max_in_flight)
+            .field("batch", &self.batch)
+            .field("batch_max", &self.batch_max)
             .finish()
     }
 }
@@ -942,6 +951,25 @@ impl RawConfig {
                 .remove("max_in_flight")
                 .map(|v| positive(v, "max_in_flight"))
                 .transpose()?;
+            let batch = match table.remove("batch") {
+                None => true,
+                Some(toml::Value::Boolean(b)) => b,
+                Some(_) => return Err(format!("{at}: batch must be true or false")),
+            };
+            let batch_max = table
+                .remove("batch_max")
+                .map(|v| {
+                    positive(v, "batch_max").and_then(|n| {
+                        if n < 2 {
+                            Err(format!(
+                                "{at}: batch_max must be at least 2 (write batch = false to send every message alone)"
+                            ))
+                        } else {
+                            Ok(n)
+                        }
+                    })
+                })
+                .transpose()?;
             let rate_limit = match (rate_limit, table.remove("burst")) {
                 (limit, None) => limit,
                 (Some(limit), Some(v)) => Some(RateLimit {
@@ -974,6 +1002,8 @@ impl RawConfig {
                 timeout_ms,
                 failover_after,
                 max_in_flight,
+                batch,
+                batch_max,
             });
         }
 
@@ -1585,6 +1615,36 @@ mod tests {
             "{err}"
         );
         assert!(!format!("{p:?}").contains("re_123"), "Debug hides values");
+        assert!(
+            p.batch && p.batch_max.is_none(),
+            "batching is on by default"
+        );
+        let c = Config::parse(
+            &text.replace(
+                "rate_limit",
+                "batch = false\n            batch_max = 50\n            rate_limit",
+            ),
+            "t",
+            &env,
+        )
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!((p.batch, p.batch_max), (false, Some(50)));
+        assert!(!p.settings.contains_key("batch"), "a host key");
+        for (bad, says) in [
+            ("batch = \"yes\"", "batch must be true or false"),
+            ("batch_max = 1", "batch_max must be at least 2"),
+            ("batch_max = 0", "batch_max must be a positive integer"),
+        ] {
+            let err = Config::parse(
+                &text.replace("rate_limit", &format!("{bad}\n            rate_limit")),
+                "t",
+                &env,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
 
         let err = Config::parse(text, "t", &no_env).unwrap_err().to_string();
         assert!(

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use herald_plugin_api::abi::{
-    ABI_VERSION, CallError, CallErrorKind, ENTRY_SYMBOL, HostCallbacks, PluginVTable, RBuf, Reply,
-    ResumeInput, WebhookInput,
+    ABI_VERSION, BatchResumeInput, CallError, CallErrorKind, ENTRY_SYMBOL, HostCallbacks,
+    PluginVTable, RBuf, Reply, ResumeInput, V1_1_TABLE_SIZE, WebhookInput,
 };
 use herald_plugin_api::log::Level;
 use herald_plugin_api::version::check_api_compat;
 use herald_plugin_api::{
-    API_VERSION, Delivery, Manifest, ProviderConfig, Step, WebhookOutput, WebhookRequest,
+    API_VERSION, Delivery, Manifest, Message, ProviderConfig, Step, WebhookOutput, WebhookRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -139,13 +139,14 @@ impl Loader {
                 ),
             });
         }
-        if (vtable.struct_size as usize) < size_of::<PluginVTable>() {
+        // A plugin built against plugin-api 1.0/1.1 has a shorter table (no batch entry
+        // points): it still loads, and its messages go singly.
+        if (vtable.struct_size as usize) < V1_1_TABLE_SIZE {
             return Err(PluginError::Incompatible {
                 plugin: plugin.into(),
                 message: format!(
-                    "the plugin's function table is {} bytes, this heraldd needs at least {}; rebuild the plugin against herald-plugin-api {API_VERSION}",
+                    "the plugin's function table is {} bytes, this heraldd needs at least {V1_1_TABLE_SIZE}; rebuild the plugin against herald-plugin-api {API_VERSION}",
                     vtable.struct_size,
-                    size_of::<PluginVTable>()
                 ),
             });
         }
@@ -162,6 +163,18 @@ impl Loader {
                 message,
             }
         })?;
+        let mut manifest = manifest;
+        if let Some(limits) = manifest.batch {
+            if !has_batch_entries(vtable.struct_size) {
+                tracing::warn!(
+                    plugin,
+                    "the plugin states batch limits but its function table has no batch entry points; sending its messages singly"
+                );
+                manifest.batch = None;
+            } else if limits.max < 2 {
+                manifest.batch = None;
+            }
+        }
         if manifest.name != plugin {
             return Err(PluginError::Incompatible {
                 plugin: plugin.into(),
@@ -183,6 +196,11 @@ impl Loader {
         self.loaded.insert(plugin.into(), Arc::clone(&lib));
         Ok(lib)
     }
+}
+
+/// Whether a table of `struct_size` bytes has the plugin-api 1.2 batch entry points.
+pub fn has_batch_entries(struct_size: u32) -> bool {
+    struct_size as usize >= size_of::<PluginVTable>()
 }
 
 /// Plugins often start a config error with `provider "<name>": ` (or `provider "<name>"
@@ -325,6 +343,48 @@ impl Instance {
     pub fn webhook(&self, request: WebhookRequest, now: u64) -> Result<WebhookOutput, CallError> {
         self.call(self.lib.vtable.webhook, &WebhookInput { request, now })
     }
+
+    /// The batch entry points are only called for a plugin whose manifest (as the loader
+    /// kept it) states batch limits, which it keeps only for a table that has them.
+    fn batch_entry(
+        &self,
+        f: impl FnOnce(&PluginVTable) -> unsafe extern "C" fn(*mut c_void, *const u8, usize) -> RBuf,
+    ) -> Result<unsafe extern "C" fn(*mut c_void, *const u8, usize) -> RBuf, CallError> {
+        if self.lib.manifest.batch.is_none() || !has_batch_entries(self.lib.vtable.struct_size) {
+            return Err(CallError {
+                kind: CallErrorKind::BadInput,
+                message: "the plugin has no batch entry points".into(),
+            });
+        }
+        Ok(f(self.lib.vtable))
+    }
+
+    /// Each message's batch key (`None`: it goes singly), in order.
+    pub fn batch_keys(&self, messages: &[Message]) -> Result<Vec<Option<String>>, CallError> {
+        let f = self.batch_entry(|t| t.batch_keys)?;
+        let keys: Vec<Option<String>> = self.call(f, &messages)?;
+        if keys.len() != messages.len() {
+            return Err(CallError {
+                kind: CallErrorKind::BadInput,
+                message: format!(
+                    "the plugin returned {} batch keys for {} messages",
+                    keys.len(),
+                    messages.len()
+                ),
+            });
+        }
+        Ok(keys)
+    }
+
+    pub fn begin_batch(&self, deliveries: &[Delivery]) -> Result<Step, CallError> {
+        let f = self.batch_entry(|t| t.begin_batch)?;
+        self.call(f, &deliveries)
+    }
+
+    pub fn resume_batch(&self, input: &BatchResumeInput) -> Result<Step, CallError> {
+        let f = self.batch_entry(|t| t.resume_batch)?;
+        self.call(f, input)
+    }
 }
 
 impl Drop for Instance {
@@ -336,7 +396,23 @@ impl Drop for Instance {
 
 #[cfg(test)]
 mod tests {
-    use super::without_provider_prefix;
+    use super::{V1_1_TABLE_SIZE, has_batch_entries, without_provider_prefix};
+
+    /// A 1.1 plugin's table ends at `free_buf`: it is accepted (the loader's minimum) and
+    /// has no batch entry points; a 1.2 table has them.
+    #[test]
+    fn table_sizes() {
+        let v1_1 = V1_1_TABLE_SIZE as u32;
+        assert!(!has_batch_entries(v1_1));
+        assert!(has_batch_entries(
+            size_of::<herald_plugin_api::abi::PluginVTable>() as u32
+        ));
+        // Three function pointers were appended.
+        assert_eq!(
+            size_of::<herald_plugin_api::abi::PluginVTable>() - V1_1_TABLE_SIZE,
+            3 * size_of::<usize>()
+        );
+    }
 
     #[test]
     fn provider_is_named_once() {

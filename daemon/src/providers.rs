@@ -54,6 +54,9 @@ pub struct Provider {
     /// Until when (Unix ms; 0: never) the provider asked for no calls at all (a 429 with
     /// `Retry-After`, a quota). Shared with the provider a reload replaces.
     pub pause: Arc<AtomicU64>,
+    /// The most messages per batch request (the plugin's limit, lowered by `batch_max`);
+    /// `None`: every message goes alone (the plugin cannot batch, or `batch = false`).
+    pub batch_max: Option<usize>,
 }
 
 impl Provider {
@@ -68,6 +71,17 @@ impl Provider {
     pub fn pause_until(&self, until: u64) -> bool {
         self.pause.fetch_max(until, Ordering::Relaxed) < until
     }
+}
+
+/// The batch size for `spec`: the plugin's limit, lowered by `batch_max`; `None` when the
+/// plugin cannot batch or the operator said `batch = false`.
+fn batch_max(spec: &ProviderSpec, manifest: &Manifest) -> Option<usize> {
+    let plugin = manifest.batch?.max;
+    if !spec.batch || plugin < 2 {
+        return None;
+    }
+    let max = spec.batch_max.map_or(plugin, |m| m.min(plugin));
+    Some(max as usize)
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +202,7 @@ impl Routing {
                 }),
                 counters: old.map(|p| Arc::clone(&p.counters)).unwrap_or_default(),
                 pause: old.map(|p| Arc::clone(&p.pause)).unwrap_or_default(),
+                batch_max: batch_max(spec, &lib.manifest),
             };
             providers.insert(spec.name.clone(), Arc::new(provider));
         }
@@ -236,6 +251,7 @@ mod tests {
             webhooks: true,
             idempotent: true,
             blocking: false,
+            batch: None,
             allowed_hosts: vec![],
         };
         let mut spec = ProviderSpec {
@@ -251,6 +267,8 @@ mod tests {
             timeout_ms: 1000,
             failover_after: None,
             max_in_flight: None,
+            batch: true,
+            batch_max: None,
         };
         let err = check_keys(&spec, &manifest).unwrap_err();
         assert!(

@@ -28,7 +28,7 @@ use crate::log::{Level, Logger};
 use crate::provider::{
     Delivery, Host, Provider, ProviderConfig, TransportResponse, WebhookError, WebhookRequest,
 };
-use crate::types::UnixMillis;
+use crate::types::{Message, UnixMillis};
 
 /// The ABI major version; also part of the entry symbol's name.
 pub const ABI_VERSION: u32 = 1;
@@ -110,7 +110,19 @@ pub struct PluginVTable {
     /// `WebhookInput` → `Reply<WebhookOutput>`.
     pub webhook: CallFn,
     pub free_buf: unsafe extern "C" fn(buf: RBuf),
+    // --- Appended in plugin-api 1.2 (batch requests). A table from an older plugin ends
+    // before these ([`V1_1_TABLE_SIZE`]); the host reads them only when `struct_size`
+    // covers them.
+    /// `Vec<Message>` → `Reply<Vec<Option<String>>>`: each message's batch key.
+    pub batch_keys: CallFn,
+    /// `Vec<Delivery>` → `Reply<Step>`.
+    pub begin_batch: CallFn,
+    /// `BatchResumeInput` → `Reply<Step>`.
+    pub resume_batch: CallFn,
 }
+
+/// The size of a plugin-api 1.0/1.1 table (up to `free_buf`): the least a host accepts.
+pub const V1_1_TABLE_SIZE: usize = std::mem::offset_of!(PluginVTable, batch_keys);
 
 /// The envelope of every result: `{"ok": ...}` or `{"err": {"kind", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +182,15 @@ pub struct ResumeInput {
     pub response: TransportResponse,
 }
 
+/// The input of `resume_batch`: the deliveries of `begin_batch`, in the same order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchResumeInput {
+    pub deliveries: Vec<Delivery>,
+    #[serde(default)]
+    pub state: Value,
+    pub response: TransportResponse,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookInput {
     pub request: WebhookRequest,
@@ -189,6 +210,9 @@ pub const fn vtable<P: Provider>() -> PluginVTable {
         resume: resume_glue::<P>,
         webhook: webhook_glue::<P>,
         free_buf: free_buf_glue,
+        batch_keys: batch_keys_glue::<P>,
+        begin_batch: begin_batch_glue::<P>,
+        resume_batch: resume_batch_glue::<P>,
     }
 }
 
@@ -489,6 +513,61 @@ unsafe extern "C" fn webhook_glue<P: Provider>(
     }
 }
 
+unsafe extern "C" fn batch_keys_glue<P: Provider>(
+    instance: *mut c_void,
+    ptr: *const u8,
+    len: usize,
+) -> RBuf {
+    // SAFETY: live input slice for this call.
+    let bytes = unsafe { input(ptr, len) };
+    // SAFETY: the host passes an instance it created and has not destroyed.
+    unsafe {
+        with_instance::<P, _>(instance, |p| {
+            let messages: Vec<Message> = decode(bytes)?;
+            Ok(messages
+                .iter()
+                .map(|m| p.batch_key(m))
+                .collect::<Vec<Option<String>>>())
+        })
+    }
+}
+
+unsafe extern "C" fn begin_batch_glue<P: Provider>(
+    instance: *mut c_void,
+    ptr: *const u8,
+    len: usize,
+) -> RBuf {
+    // SAFETY: live input slice for this call.
+    let bytes = unsafe { input(ptr, len) };
+    // SAFETY: the host passes an instance it created and has not destroyed.
+    unsafe {
+        with_instance::<P, _>(instance, |p| {
+            let deliveries: Vec<Delivery> = decode(bytes)?;
+            Ok(p.begin_batch(&deliveries))
+        })
+    }
+}
+
+unsafe extern "C" fn resume_batch_glue<P: Provider>(
+    instance: *mut c_void,
+    ptr: *const u8,
+    len: usize,
+) -> RBuf {
+    // SAFETY: live input slice for this call.
+    let bytes = unsafe { input(ptr, len) };
+    // SAFETY: the host passes an instance it created and has not destroyed.
+    unsafe {
+        with_instance::<P, _>(instance, |p| {
+            let BatchResumeInput {
+                deliveries,
+                state,
+                response,
+            } = decode(bytes)?;
+            Ok(p.resume_batch(&deliveries, state, response))
+        })
+    }
+}
+
 unsafe extern "C" fn free_buf_glue(buf: RBuf) {
     if buf.ptr.is_null() {
         return;
@@ -524,6 +603,7 @@ mod tests {
                 idempotent: false,
                 blocking: false,
                 allowed_hosts: vec!["example.com".into()],
+                batch: Some(crate::provider::BatchLimits { max: 10 }),
             }
         }
         fn new(config: ProviderConfig, _host: Host) -> Result<Self, ConfigError> {
@@ -548,6 +628,26 @@ mod tests {
         }
         fn resume(&self, _: &Delivery, _: Value, _: TransportResponse) -> Step {
             Step::done(Outcome::retry("unexpected"))
+        }
+        fn batch_key(&self, m: &Message) -> Option<String> {
+            (m.to != self.panic_on).then(|| "all".into())
+        }
+        fn begin_batch(&self, ds: &[Delivery]) -> Step {
+            Step::http(
+                crate::provider::HttpRequest::new("POST", "https://example.com/batch"),
+                Value::from(ds.len()),
+            )
+        }
+        fn resume_batch(&self, ds: &[Delivery], state: Value, _: TransportResponse) -> Step {
+            assert_eq!(state, Value::from(ds.len()));
+            Step::done_batch(
+                ds.iter()
+                    .map(|d| Outcome::Accepted {
+                        provider_message_id: Some(format!("b-{}", d.message.id)),
+                        delivered: false,
+                    })
+                    .collect(),
+            )
         }
     }
 
@@ -661,6 +761,42 @@ mod tests {
                 ..
             })
         ));
+
+        // The batch entry points (plugin-api 1.2).
+        assert!(t.struct_size as usize > V1_1_TABLE_SIZE);
+        let messages = vec![
+            delivery("+15550000001").message,
+            delivery("+15550000002").message,
+        ];
+        let input = serde_json::to_vec(&messages).unwrap();
+        let r = take::<Vec<Option<String>>>(&t, unsafe {
+            (t.batch_keys)(inst, input.as_ptr(), input.len())
+        });
+        assert_eq!(r, Reply::Ok(vec![None, Some("all".into())]));
+        let ds = vec![delivery("+15550000002"), delivery("+15550000003")];
+        let input = serde_json::to_vec(&ds).unwrap();
+        let Reply::Ok(Step::Call { state, .. }) = take::<Step>(&t, unsafe {
+            (t.begin_batch)(inst, input.as_ptr(), input.len())
+        }) else {
+            panic!("begin_batch")
+        };
+        let input = serde_json::to_vec(&BatchResumeInput {
+            deliveries: ds,
+            state,
+            response: TransportResponse::Http(crate::provider::HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: String::new(),
+            }),
+        })
+        .unwrap();
+        let r = take::<Step>(&t, unsafe {
+            (t.resume_batch)(inst, input.as_ptr(), input.len())
+        });
+        let Reply::Ok(Step::DoneBatch { outcomes }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(outcomes.len(), 2);
         unsafe { (t.destroy)(inst) };
     }
 }

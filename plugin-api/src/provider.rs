@@ -77,6 +77,18 @@ pub struct Manifest {
     /// async workers instead of handing each call to a blocking thread. Absent means `true`.
     #[serde(default = "yes")]
     pub blocking: bool,
+    /// Whether the plugin can send several messages in one request
+    /// ([`Provider::begin_batch`]), and how many at most. Absent (plugins built against
+    /// plugin-api 1.1 and older): every message goes alone. Added in plugin-api 1.2.
+    #[serde(default)]
+    pub batch: Option<BatchLimits>,
+}
+
+/// What a plugin's batch request takes (see [`Manifest::batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchLimits {
+    /// The most messages in one batch request (Resend: 100). At least 2.
+    pub max: u32,
 }
 
 /// The configuration of one provider instance, as the host hands it to [`Provider::new`].
@@ -413,6 +425,13 @@ pub enum Step {
     Done {
         outcome: Outcome,
     },
+    /// The end of a batch exchange ([`Provider::begin_batch`]): one outcome per delivery,
+    /// in the order of the deliveries. (A batch exchange may also end with [`Step::Done`]:
+    /// then that one outcome is every delivery's, as for a request refused as a whole.)
+    /// Added in plugin-api 1.2; a single exchange never returns it.
+    DoneBatch {
+        outcomes: Vec<Outcome>,
+    },
 }
 
 impl Step {
@@ -427,6 +446,9 @@ impl Step {
     }
     pub fn done(outcome: Outcome) -> Step {
         Step::Done { outcome }
+    }
+    pub fn done_batch(outcomes: Vec<Outcome>) -> Step {
+        Step::DoneBatch { outcomes }
     }
 }
 
@@ -579,6 +601,40 @@ pub trait Provider: Send + Sync + Sized + 'static {
     /// Continues after the host performed the request of a [`Step::Call`].
     fn resume(&self, delivery: &Delivery, state: Value, response: TransportResponse) -> Step;
 
+    /// Which messages may share a batch request: the host groups messages with equal keys
+    /// (up to [`BatchLimits::max`]) and sends each group through [`Provider::begin_batch`];
+    /// `None` sends the message alone through [`Provider::begin`] (Resend: a message with
+    /// attachments). Only called when the manifest states [`Manifest::batch`]. The default
+    /// batches nothing.
+    fn batch_key(&self, message: &Message) -> Option<String> {
+        let _ = message;
+        None
+    }
+
+    /// Starts delivering several messages in one exchange: every delivery had the same
+    /// [`Provider::batch_key`]. The exchange ends with [`Step::DoneBatch`] (one outcome per
+    /// delivery, in order) or [`Step::Done`] (one outcome for all). The default refuses, so
+    /// a host never needs to ask a plugin without [`Manifest::batch`].
+    fn begin_batch(&self, deliveries: &[Delivery]) -> Step {
+        let _ = deliveries;
+        Step::done(Outcome::provider_failure(
+            "this plugin does not send batches",
+        ))
+    }
+
+    /// Continues a batch exchange after the host performed the request of a [`Step::Call`].
+    fn resume_batch(
+        &self,
+        deliveries: &[Delivery],
+        state: Value,
+        response: TransportResponse,
+    ) -> Step {
+        let _ = (deliveries, state, response);
+        Step::done(Outcome::provider_failure(
+            "this plugin does not send batches",
+        ))
+    }
+
     /// Verifies and parses a provider webhook.
     fn webhook(
         &self,
@@ -664,8 +720,22 @@ mod tests {
                 suppress: true,
             },
         ] {
-            round_trip(Step::done(outcome));
+            round_trip(Step::done(outcome.clone()));
+            round_trip(Step::done_batch(vec![outcome.clone(), outcome]));
         }
+        round_trip(Manifest {
+            name: "n".into(),
+            version: "1".into(),
+            api_version: "1.2.0".into(),
+            description: String::new(),
+            channels: vec![Channel::Email],
+            config: vec![],
+            webhooks: false,
+            idempotent: true,
+            allowed_hosts: vec![],
+            blocking: false,
+            batch: Some(BatchLimits { max: 100 }),
+        });
         for e in [
             WebhookError::Unauthorized("u".into()),
             WebhookError::BadRequest("b".into()),
@@ -686,6 +756,16 @@ mod tests {
             json,
             r#"{"type":"error","kind":"timeout","message":"slow"}"#
         );
+    }
+
+    /// A 1.1 plugin's manifest (no `batch`) still decodes on this host: no batches.
+    #[test]
+    fn manifest_without_batch_decodes() {
+        let m: Manifest = serde_json::from_str(
+            r#"{"name":"old","version":"1","api_version":"1.1.0","channels":["email"]}"#,
+        )
+        .unwrap();
+        assert_eq!(m.batch, None);
     }
 
     #[test]

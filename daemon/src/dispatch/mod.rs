@@ -17,10 +17,15 @@
 //! failed/bounced with no fallback, `ProviderFailure` → next provider, `Retry` → deferred
 //! with backoff, or dead/expired), and commit its completion.
 //!
+//! Messages whose first provider sends batches (`Manifest::batch`) are grouped after the
+//! claim ([`batch`]): one request, one rate-limit token, one breaker answer per group, and
+//! each message's completion as above.
+//!
 //! Owns: concurrency bound, the I/O of a delivery, breaker bookkeeping. Must not: touch
 //! storage except through the committer, do I/O other than through `transport`, or decide
 //! outcomes outside `verdict`.
 
+mod batch;
 pub mod verdict;
 
 use std::sync::Arc;
@@ -28,13 +33,14 @@ use std::time::Duration;
 
 use herald_plugin_api::abi::{CallError, CallErrorKind, ResumeInput};
 use herald_plugin_api::{Delivery, EventKind, Message, Outcome, Step};
+use herald_protocol::Lane;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::breaker::{Admission, Transition};
 use crate::clock;
 use crate::commit::Committer;
-use crate::live::LiveCell;
+use crate::live::{Live, LiveCell};
 use crate::providers::{Counters, Provider};
 use crate::store::{
     BreakerEvent, BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string,
@@ -128,15 +134,24 @@ impl Dispatcher {
             };
             let full = claimed.len() == want;
             turn = turn.wrapping_add(claimed.len() as u64);
-            for c in claimed {
-                let permit = match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => match Arc::clone(&slots).acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
+            // Messages that can share a provider's batch request go together (one slot
+            // per message all the same); the others alone, as before.
+            let (singles, batches) = batch::group(&this.live.current(), claimed).await;
+            for c in singles {
+                let Some(permit) = slot(&slots).await else {
+                    return;
                 };
                 tasks.spawn(Arc::clone(&this).deliver(c, permit));
+            }
+            for b in batches {
+                let mut permits = Vec::with_capacity(b.items.len());
+                for _ in 0..b.items.len() {
+                    let Some(permit) = slot(&slots).await else {
+                        return;
+                    };
+                    permits.push(permit);
+                }
+                tasks.spawn(Arc::clone(&this).deliver_batch(b, permits));
             }
             if full {
                 continue;
@@ -181,32 +196,51 @@ impl Dispatcher {
     /// bookkeeping as each provider answers — then lets [`verdict::decide`] say what the
     /// run means and commits that.
     async fn deliver(self: Arc<Self>, c: Claimed, _slot: OwnedSemaphorePermit) {
+        self.deliver_one(c).await;
+    }
+
+    /// [`Dispatcher::deliver`] without the slot (a batch holds its messages' slots).
+    async fn deliver_one(&self, c: Claimed) {
         let live = self.live.current();
-        let Claimed { id, fence, record } = c;
-        let channel = record.channel();
-        let attempt = record.attempt;
-        let delivery = Arc::new(Delivery {
-            message: Message {
-                id: id_string(&id),
-                to: record.to.clone(),
-                content: record.content.clone(),
-                tags: record.tags.clone(),
-                created_at: record.created_at,
-            },
-            attempt,
-            now: clock::now_ms(),
-        });
+        let delivery = Arc::new(delivery_of(&c, clock::now_ms()));
         let route = live
             .routing
             .routes
-            .get(&channel)
+            .get(&c.record.channel())
             .cloned()
             .unwrap_or_default();
+        let failover: Vec<Option<u32>> = route.iter().map(|p| p.failover_after).collect();
+        let start = verdict::failover_start(&failover, c.record.attempt);
         let mut run: Vec<Tried> = Vec::with_capacity(route.len());
         let mut breakers = Moves::default();
-        let failover: Vec<Option<u32>> = route.iter().map(|p| p.failover_after).collect();
-        let start = verdict::failover_start(&failover, attempt);
-        for p in route.iter().cycle().skip(start).take(route.len()) {
+        self.try_route(
+            &route,
+            start,
+            0,
+            c.record.lane,
+            &delivery,
+            &mut run,
+            &mut breakers,
+        )
+        .await;
+        self.finish(c, &live, &run, breakers).await;
+    }
+
+    /// Tries the route's providers in order from index `start` (skipping the first `skip`
+    /// of that order: a batch already called them) until one settles the message.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_route(
+        &self,
+        route: &[Arc<Provider>],
+        start: usize,
+        skip: usize,
+        lane: Lane,
+        delivery: &Arc<Delivery>,
+        run: &mut Vec<Tried>,
+        breakers: &mut Moves,
+    ) {
+        let take = route.len().saturating_sub(skip);
+        for p in route.iter().cycle().skip(start + skip).take(take) {
             let now = clock::now_ms();
             if let Some(until) = p.paused_until(now) {
                 run.push(Tried {
@@ -228,7 +262,7 @@ impl Dispatcher {
                 continue;
             }
             if let Some(rate) = &p.rate {
-                rate.acquire(record.lane).await;
+                rate.acquire(lane).await;
             }
             // `max_in_flight`: wait for a free place (the semaphore is never closed).
             let _place = match &p.in_flight {
@@ -248,53 +282,13 @@ impl Dispatcher {
                 continue;
             }
             if admission == Admission::Trial {
-                breakers.events.push(BreakerEvent {
-                    provider: p.name.clone(),
-                    kind: EventKind::ProviderHalfOpen,
-                    generation: 0,
-                    reason: format!(
-                        "cooldown of {} ms over: {} decides whether {} is healthy",
-                        p.breaker.cooldown_ms(),
-                        match p.breaker.config().probes {
-                            1 => "a trial call".to_string(),
-                            n => format!("{n} trial calls"),
-                        },
-                        p.name
-                    ),
-                });
+                breakers.half_open(p);
             }
             let started = clock::instant();
-            let outcome = exchange(&self.transports, p, &delivery).await;
+            let outcome = exchange(&self.transports, p, delivery).await;
             p.counters.call_latency.observe(started.elapsed());
-            let now = clock::now_ms();
-            match &outcome {
-                Outcome::Accepted { .. } => {
-                    breakers.moved(p, p.breaker.success(), "a call succeeded");
-                    Counters::bump(&p.counters.accepted);
-                }
-                Outcome::Rejected { .. } => {
-                    breakers.moved(p, p.breaker.success(), "the provider answered");
-                    Counters::bump(&p.counters.rejected);
-                }
-                Outcome::Retry {
-                    breaker, reason, ..
-                } => {
-                    if *breaker {
-                        breakers.moved(p, p.breaker.failure(now), reason);
-                    } else {
-                        p.breaker.neutral();
-                    }
-                    if let Some(ms) = verdict::pause_ms(&outcome) {
-                        breakers.paused(p, now, ms, reason);
-                    }
-                    Counters::bump(&p.counters.retries);
-                }
-                Outcome::ProviderFailure { reason } => {
-                    breakers.moved(p, p.breaker.failure(now), reason);
-                    Counters::bump(&p.counters.failures);
-                    tracing::warn!(provider = %p.name, message_id = %delivery.message.id, %reason, "provider failure; trying the next provider of the route");
-                }
-            }
+            breakers.answered(p, &outcome, clock::now_ms());
+            count(p, &outcome, &delivery.message.id);
             let go_on = verdict::next_provider(&outcome);
             run.push(Tried {
                 provider: p.name.clone(),
@@ -305,11 +299,17 @@ impl Dispatcher {
                 break;
             }
         }
+    }
+
+    /// Lets [`verdict::decide`] say what `run` means for the message and commits it, with
+    /// the breaker moves met on the way.
+    async fn finish(&self, c: Claimed, live: &Live, run: &[Tried], breakers: Moves) {
+        let Claimed { id, fence, record } = c;
         let verdict = verdict::decide(
-            channel,
-            &run,
+            record.channel(),
+            run,
             &live.config.retry,
-            attempt,
+            record.attempt,
             clock::now_ms(),
             record.expires_at,
             &mut rand::thread_rng(),
@@ -317,7 +317,7 @@ impl Dispatcher {
         self.complete(Completion {
             breakers: breakers.records,
             breaker_events: breakers.events,
-            ..verdict.completion(id, attempt, fence, live.config.retry.max_attempts)
+            ..verdict.completion(id, record.attempt, fence, live.config.retry.max_attempts)
         })
         .await;
     }
@@ -353,6 +353,50 @@ struct Moves {
 }
 
 impl Moves {
+    /// Reports that `p`'s cooldown is over and this call is (one of) its trial calls.
+    fn half_open(&mut self, p: &Provider) {
+        self.events.push(BreakerEvent {
+            provider: p.name.clone(),
+            kind: EventKind::ProviderHalfOpen,
+            generation: 0,
+            reason: format!(
+                "cooldown of {} ms over: {} decides whether {} is healthy",
+                p.breaker.cooldown_ms(),
+                match p.breaker.config().probes {
+                    1 => "a trial call".to_string(),
+                    n => format!("{n} trial calls"),
+                },
+                p.name
+            ),
+        });
+    }
+
+    /// The breaker bookkeeping of one request to `p` that ended with `outcome`: success,
+    /// failure, neutral, and the pause of a provider-wide wait.
+    fn answered(&mut self, p: &Provider, outcome: &Outcome, now: u64) {
+        match outcome {
+            Outcome::Accepted { .. } => self.moved(p, p.breaker.success(), "a call succeeded"),
+            Outcome::Rejected { .. } => {
+                self.moved(p, p.breaker.success(), "the provider answered");
+            }
+            Outcome::Retry {
+                breaker, reason, ..
+            } => {
+                if *breaker {
+                    self.moved(p, p.breaker.failure(now), reason);
+                } else {
+                    p.breaker.neutral();
+                }
+                if let Some(ms) = verdict::pause_ms(outcome) {
+                    self.paused(p, now, ms, reason);
+                }
+            }
+            Outcome::ProviderFailure { reason } => {
+                self.moved(p, p.breaker.failure(now), reason);
+            }
+        }
+    }
+
     /// Pauses `p` for `ms` after it announced a provider-wide wait, and reports it (once
     /// per extension: deliveries in flight that meet the same limit add nothing).
     fn paused(&mut self, p: &Provider, now: u64, ms: u64, reason: &str) {
@@ -423,6 +467,43 @@ impl Moves {
     }
 }
 
+/// A delivery slot (the claim asked for no more messages than there were free slots, so
+/// this rarely waits); `None` once the semaphore is closed (never, in practice).
+async fn slot(slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    match Arc::clone(slots).try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => Arc::clone(slots).acquire_owned().await.ok(),
+    }
+}
+
+/// Bumps `p`'s counter for one message's outcome.
+fn count(p: &Provider, outcome: &Outcome, message_id: &str) {
+    match outcome {
+        Outcome::Accepted { .. } => Counters::bump(&p.counters.accepted),
+        Outcome::Rejected { .. } => Counters::bump(&p.counters.rejected),
+        Outcome::Retry { .. } => Counters::bump(&p.counters.retries),
+        Outcome::ProviderFailure { reason } => {
+            Counters::bump(&p.counters.failures);
+            tracing::warn!(provider = %p.name, %message_id, %reason, "provider failure; trying the next provider of the route");
+        }
+    }
+}
+
+/// What the plugin is handed for a claimed message.
+fn delivery_of(c: &Claimed, now: u64) -> Delivery {
+    Delivery {
+        message: Message {
+            id: id_string(&c.id),
+            to: c.record.to.clone(),
+            content: c.record.content.clone(),
+            tags: c.record.tags.clone(),
+            created_at: c.record.created_at,
+        },
+        attempt: c.record.attempt,
+        now,
+    }
+}
+
 /// A plugin call: inline for plugins whose manifest says their calls never block (pure
 /// computation, microseconds — a thread handoff would cost more than the call), on the
 /// blocking pool for the others.
@@ -456,6 +537,15 @@ pub async fn exchange(
         match step {
             Err(e) => return plugin_error(p, e),
             Ok(Step::Done { outcome }) => return outcome,
+            Ok(Step::DoneBatch { .. }) => {
+                return plugin_error(
+                    p,
+                    CallError {
+                        kind: CallErrorKind::BadInput,
+                        message: "the plugin ended a single delivery with batch outcomes".into(),
+                    },
+                );
+            }
             Ok(Step::Call { request, state }) => {
                 let response = transports
                     .perform(request, &p.allowed_hosts, p.timeout_ms)

@@ -65,6 +65,7 @@ impl Provider for Apns {
             webhooks: false,
             idempotent: false,
             blocking: false,
+            batch: None,
             allowed_hosts: vec![
                 "api.push.apple.com".into(),
                 "api.sandbox.push.apple.com".into(),

@@ -116,6 +116,7 @@ fn deliver(apns: &Apns, now: UnixMillis, answer: TransportResponse) -> (Outcome,
             }
         }
         Step::Done { outcome } => panic!("no call made: {outcome:?}"),
+        other => panic!("a single delivery ended in {other:?}"),
     }
 }
 

@@ -68,6 +68,7 @@ impl Provider for Fcm {
             idempotent: false,
             // Waits (bounded) for another delivery's token fetch.
             blocking: true,
+            batch: None,
             allowed_hosts: vec!["fcm.googleapis.com".into(), "oauth2.googleapis.com".into()],
         }
     }

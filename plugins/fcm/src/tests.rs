@@ -165,6 +165,7 @@ fn drive(
                 requests.push(request);
                 step = fcm.resume(delivery, state, response);
             }
+            other => panic!("a single delivery ended in {other:?}"),
         }
     }
     panic!("the exchange did not end in 10 steps")

@@ -86,6 +86,7 @@ impl Provider for Outbox {
             idempotent: true,
             // Writes and fsyncs files.
             blocking: true,
+            batch: None,
             allowed_hosts: Vec::new(),
         }
     }

@@ -23,7 +23,7 @@
 //! Reasons carry Resend's `name` and `message` (sanitized; never the key).
 
 use herald_plugin_api::http::retry_after_ms;
-use herald_plugin_api::{HttpResponse, Logger, Outcome, TransportResponse, UnixMillis};
+use herald_plugin_api::{HttpResponse, Logger, Outcome, Step, TransportResponse, UnixMillis};
 use herald_plugin_kit::outcome::{Exchange, by_status};
 use herald_plugin_kit::text::sanitize;
 use serde::Deserialize;
@@ -68,6 +68,55 @@ pub(crate) fn classify(
         Ok(r) => classify_http(config, r, now, log),
         Err(outcome) => outcome,
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BatchBody {
+    #[serde(default)]
+    data: Vec<SuccessBody>,
+}
+
+/// Maps what came back for a `POST /emails/batch` of `n` emails: a 2xx is every email's
+/// `Accepted`, with the ids of `data` in request order; anything else is the whole
+/// request's outcome, exactly as for `POST /emails` (the batch is validated as a whole:
+/// one refused email refuses the request).
+pub(crate) fn classify_batch(
+    config: &Config,
+    response: &TransportResponse,
+    n: usize,
+    now: UnixMillis,
+    log: &Logger,
+) -> Step {
+    let exchange = Exchange::new("resend: POST /emails/batch")
+        .retry_note("safe to retry: the Idempotency-Key dedupes the batch")
+        .redacting(&config.api_key);
+    let r = match exchange.http(response) {
+        Ok(r) => r,
+        Err(outcome) => return Step::done(outcome),
+    };
+    if !(200..300).contains(&r.status) {
+        return Step::done(classify_http(config, r, now, log));
+    }
+    let data = serde_json::from_str::<BatchBody>(&r.body)
+        .map(|b| b.data)
+        .unwrap_or_default();
+    if data.len() != n {
+        log.warn(format!(
+            "resend: {} batch response lists {} email ids for {n} emails; webhooks for the \
+             others can only be correlated by their herald_id tag",
+            r.status,
+            data.len()
+        ));
+    }
+    let mut ids = data.into_iter().map(|d| d.id.filter(|id| !id.is_empty()));
+    Step::done_batch(
+        (0..n)
+            .map(|_| Outcome::Accepted {
+                provider_message_id: ids.next().flatten(),
+                delivered: false,
+            })
+            .collect(),
+    )
 }
 
 fn classify_http(config: &Config, r: &HttpResponse, now: UnixMillis, log: &Logger) -> Outcome {

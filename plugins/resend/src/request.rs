@@ -1,4 +1,5 @@
-//! The `POST /emails` request for one message: the JSON body (schema `SendEmailRequest` of
+//! The `POST /emails` request for one message (and `POST /emails/batch` for several, an
+//! array of the same bodies with an `Idempotency-Key` derived from the message ids): the JSON body (schema `SendEmailRequest` of
 //! the vendored resend.yaml), the bearer key, and `Idempotency-Key` = the Herald message id,
 //! so a re-send after a crash (or after a timeout whose request did arrive) is answered
 //! with the original response instead of sending the email twice.
@@ -18,6 +19,9 @@ use crate::config::Config;
 
 /// The tag carrying the Herald message id; webhooks echo it in `data.tags`.
 pub(crate) const HERALD_ID_TAG: &str = "herald_id";
+
+/// The most emails in one `POST /emails/batch` (Resend's documented limit).
+pub(crate) const BATCH_MAX: u32 = 100;
 
 /// Resend's limit on tag names and values.
 const TAG_MAX_CHARS: usize = 256;
@@ -62,6 +66,17 @@ struct Tag {
 /// Builds the request for `message`, or the outcome that ends the delivery at once (a
 /// message this instance cannot send at all).
 pub(crate) fn build(config: &Config, message: &Message) -> Result<HttpRequest, Outcome> {
+    let body = body(config, message)?;
+    let body = serde_json::to_string(&body).map_err(|e| {
+        Outcome::provider_failure(format!("resend: could not encode the request body: {e}"))
+    })?;
+    let mut request = post(config, "emails", &message.id);
+    request.body = body;
+    Ok(request)
+}
+
+/// The JSON body of one email (`SendEmailRequest`), shared by `/emails` and `/emails/batch`.
+fn body<'a>(config: &'a Config, message: &'a Message) -> Result<SendEmail<'a>, Outcome> {
     let Content::Email(email) = &message.content else {
         return Err(wrong_channel("resend", "email", message));
     };
@@ -72,7 +87,7 @@ pub(crate) fn build(config: &Config, message: &Message) -> Result<HttpRequest, O
             config.name
         )));
     };
-    let body = SendEmail {
+    Ok(SendEmail {
         from,
         to: [message.to.as_str()],
         subject: &email.subject,
@@ -82,18 +97,67 @@ pub(crate) fn build(config: &Config, message: &Message) -> Result<HttpRequest, O
         headers: &email.headers,
         attachments: attachments(email),
         tags: tags(&message.id, &message.tags),
-    };
-    let body = serde_json::to_string(&body).map_err(|e| {
-        Outcome::provider_failure(format!("resend: could not encode the request body: {e}"))
-    })?;
-    let mut request = HttpRequest::new("POST", format!("{}/emails", config.base_url))
+    })
+}
+
+/// A `POST <base_url>/<path>` with the bearer key, JSON, the idempotency key and our agent.
+fn post(config: &Config, path: &str, idempotency_key: &str) -> HttpRequest {
+    HttpRequest::new("POST", format!("{}/{path}", config.base_url))
         .header(
             "authorization",
             format!("Bearer {}", config.api_key.expose()),
         )
         .header("content-type", "application/json")
-        .header("idempotency-key", message.id.as_str())
-        .header("user-agent", USER_AGENT);
+        .header("idempotency-key", idempotency_key)
+        .header("user-agent", USER_AGENT)
+}
+
+/// Whether `message` may go in a `POST /emails/batch`: an email this instance can send
+/// (else it goes alone and fails with the single path's outcome) without attachments,
+/// which the batch endpoint does not support (providers.md section 10: silently dropped).
+pub(crate) fn batchable(config: &Config, message: &Message) -> bool {
+    match &message.content {
+        Content::Email(email) => {
+            email.attachments.is_empty() && (email.from.is_some() || config.from.is_some())
+        }
+        _ => false,
+    }
+}
+
+/// The `Idempotency-Key` of a batch: derived from its message ids in order, so the same
+/// batch sent again (a timeout, a crash before the outcome was stored) is answered with the
+/// original response instead of sending its emails twice. Within Resend's 256 characters.
+pub(crate) fn batch_key(messages: &[&Message]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for m in messages {
+        hash.update(m.id.as_bytes());
+        hash.update(b"\n");
+    }
+    let digest = hash.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("herald-batch/{hex}")
+}
+
+/// Builds the `POST /emails/batch` request for `messages` (every one [`batchable`]): a JSON
+/// array of the bodies `/emails` would get, in order.
+pub(crate) fn build_batch(config: &Config, messages: &[&Message]) -> Result<HttpRequest, Outcome> {
+    let bodies = messages
+        .iter()
+        .map(|m| {
+            let b = body(config, m)?;
+            if !b.attachments.is_empty() {
+                return Err(Outcome::provider_failure(
+                    "resend: a message with attachments cannot go in a batch (host bug)",
+                ));
+            }
+            Ok(b)
+        })
+        .collect::<Result<Vec<_>, Outcome>>()?;
+    let body = serde_json::to_string(&bodies).map_err(|e| {
+        Outcome::provider_failure(format!("resend: could not encode the batch body: {e}"))
+    })?;
+    let mut request = post(config, "emails/batch", &batch_key(messages));
     request.body = body;
     Ok(request)
 }

@@ -83,3 +83,52 @@ fn drifted_bodies_fail() {
         })],
     );
 }
+
+/// The batch body: an array of the same `SendEmailRequest`s, against operation
+/// `emails/send-batch`.
+const BATCH_OPERATION: &str = "emails/send-batch";
+
+fn batch_body(messages: Vec<Message>) -> Value {
+    let p = resend(json!({"api_key": API_KEY, "from": "RSVP <rsvp@example.com>"}));
+    let deliveries: Vec<_> = messages.into_iter().map(delivery).collect();
+    let r = http_call(p.begin_batch(&deliveries));
+    assert!(r.url.ends_with("/emails/batch"), "{}", r.url);
+    serde_json::from_str(&r.body).expect("body is JSON")
+}
+
+#[test]
+fn batch_bodies_match_send_batch_request() {
+    let schema = RequestSchema::load(SPEC, BATCH_OPERATION);
+    let body = batch_body(vec![
+        email_message(),
+        html_message(),
+        reply_to_message(),
+        tagged_message(),
+    ]);
+    assert_eq!(body.as_array().map(Vec::len), Some(4));
+    schema.assert_valid("batch of four", &body);
+    let mut every = full_message();
+    if let herald_plugin_api::Content::Email(e) = &mut every.content {
+        e.attachments.clear();
+    }
+    schema.assert_valid("batch with every batchable field", &batch_body(vec![every]));
+}
+
+#[test]
+fn drifted_batch_bodies_fail() {
+    let schema = RequestSchema::load(SPEC, BATCH_OPERATION);
+    let good = batch_body(vec![email_message(), tagged_message()]);
+    let mutations: Vec<Mutation> = vec![
+        ("an object instead of an array", |b| {
+            b.take();
+            *b = json!({"emails": []});
+        }),
+        ("an email without subject", |b| {
+            b[1].as_object_mut().unwrap().remove("subject");
+        }),
+        ("to as an object", |b| {
+            b[0]["to"] = json!({"email": "guest@example.org"})
+        }),
+    ];
+    schema.assert_caught(&good, &mutations);
+}

@@ -7,6 +7,9 @@
 //!   including the webhook verification key.
 //! - `request`: the v3 Mail Send request for a message (`personalizations`, `content`,
 //!   the Herald id in `custom_args` for webhook correlation).
+//! - batches: messages with the same content (all but the recipient) share one Mail Send,
+//!   one personalization each (`request::batch_key`, `request::build_batch`,
+//!   `outcome::classify_batch`).
 //! - `outcome`: the response (or transport error) mapped to an `Outcome`; the provider id
 //!   is the `X-Message-Id` response header.
 //! - `webhook`: Signed Event Webhook verification (ECDSA P-256) and event → `UpdateKind`.
@@ -30,9 +33,9 @@ mod spec_tests;
 mod test_support;
 
 use herald_plugin_api::{
-    API_VERSION, Channel, ConfigError, ConfigKey, Delivery, Host, Logger, Manifest, Provider,
-    ProviderConfig, Step, TransportResponse, UnixMillis, WebhookError, WebhookOutput,
-    WebhookRequest,
+    API_VERSION, BatchLimits, Channel, ConfigError, ConfigKey, Delivery, Host, Logger, Manifest,
+    Message, Provider, ProviderConfig, Step, TransportResponse, UnixMillis, WebhookError,
+    WebhookOutput, WebhookRequest,
 };
 use serde_json::Value;
 
@@ -85,6 +88,9 @@ impl Provider for SendGrid {
             webhooks: true,
             idempotent: false,
             blocking: false,
+            batch: Some(BatchLimits {
+                max: request::BATCH_MAX,
+            }),
             allowed_hosts: config::DEFAULT_HOSTS.iter().map(|h| (*h).into()).collect(),
         }
     }
@@ -117,6 +123,28 @@ impl Provider for SendGrid {
             delivery.now,
             &self.log,
         ))
+    }
+
+    fn batch_key(&self, message: &Message) -> Option<String> {
+        request::batch_key(&self.config, message)
+    }
+
+    fn begin_batch(&self, deliveries: &[Delivery]) -> Step {
+        let messages: Vec<&Message> = deliveries.iter().map(|d| &d.message).collect();
+        match request::build_batch(&self.config, &messages, &self.log) {
+            Ok(request) => Step::http(request, Value::Null),
+            Err(outcome) => Step::done(outcome),
+        }
+    }
+
+    fn resume_batch(
+        &self,
+        deliveries: &[Delivery],
+        _state: Value,
+        response: TransportResponse,
+    ) -> Step {
+        let now = deliveries.first().map_or(0, |d| d.now);
+        outcome::classify_batch(&self.config, &response, deliveries.len(), now, &self.log)
     }
 
     fn webhook(
@@ -161,6 +189,52 @@ mod tests {
         assert_eq!(p.allowed_hosts(), ["::1"]);
         let p = sendgrid(json!({"api_key": API_KEY, "base_url": "https://Relay.Example.com"}));
         assert_eq!(p.allowed_hosts(), ["relay.example.com"]);
+    }
+
+    #[test]
+    fn batch_outcomes() {
+        use herald_plugin_api::Outcome;
+        use herald_plugin_kit::testing::{delivery, email_message, http_response};
+        assert_eq!(SendGrid::manifest().batch, Some(BatchLimits { max: 1000 }));
+        let p = sendgrid(json!({"api_key": API_KEY, "from": "rsvp@example.com"}));
+        let ds = vec![delivery(email_message()), delivery(email_message())];
+        let accepted = Outcome::Accepted {
+            provider_message_id: None,
+            delivered: false,
+        };
+        // The one X-Message-Id names the whole request: no message's provider id.
+        assert_eq!(
+            p.resume_batch(
+                &ds,
+                Value::Null,
+                http_response(202, &[("X-Message-Id", "LRzXl_NHStOGhQ4kofSm_A")], "")
+            ),
+            Step::done_batch(vec![accepted.clone(), accepted])
+        );
+        let step = p.resume_batch(
+            &ds,
+            Value::Null,
+            http_response(400, &[], r#"{"errors":[{"message":"bad","field":"from"}]}"#),
+        );
+        assert!(
+            matches!(
+                step,
+                Step::Done {
+                    outcome: Outcome::Rejected { .. }
+                }
+            ),
+            "{step:?}"
+        );
+        let step = p.resume_batch(&ds, Value::Null, http_response(503, &[], ""));
+        assert!(
+            matches!(
+                step,
+                Step::Done {
+                    outcome: Outcome::Retry { breaker: true, .. }
+                }
+            ),
+            "{step:?}"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! `field: message` (sanitized; never the key).
 
 use herald_plugin_api::http::{retry_after_ms, until_epoch_secs_ms};
-use herald_plugin_api::{HttpResponse, Logger, Outcome, TransportResponse, UnixMillis};
+use herald_plugin_api::{HttpResponse, Logger, Outcome, Step, TransportResponse, UnixMillis};
 use herald_plugin_kit::outcome::{Exchange, by_status};
 use herald_plugin_kit::text::sanitize;
 use serde::Deserialize;
@@ -56,6 +56,40 @@ pub(crate) fn classify(
     match exchange.http(response) {
         Ok(r) => classify_http(config, r, now, log),
         Err(outcome) => outcome,
+    }
+}
+
+/// Maps what came back for a Mail Send of `n` personalizations (a batch): a 2xx accepts
+/// every message, anything else is every message's outcome as for one message (SendGrid
+/// validates the request as a whole).
+///
+/// The one `X-Message-Id` of the request is shared by all its personalizations (events
+/// carry it as the prefix of `sg_message_id`), so it is not recorded as any message's
+/// provider id, where it would name several messages: events find a batched message by its
+/// `herald_id` custom arg, which every event of its personalization carries.
+pub(crate) fn classify_batch(
+    config: &Config,
+    response: &TransportResponse,
+    n: usize,
+    now: UnixMillis,
+    log: &Logger,
+) -> Step {
+    let exchange = Exchange::new("sendgrid: POST /v3/mail/send (batch)")
+        .retry_note(
+            "SendGrid has no idempotency key: if the request arrived, the retry may send \
+             duplicates",
+        )
+        .redacting(&config.api_key);
+    match exchange.http(response) {
+        Ok(r) if (200..300).contains(&r.status) => Step::done_batch(vec![
+            Outcome::Accepted {
+                provider_message_id: None,
+                delivered: false,
+            };
+            n
+        ]),
+        Ok(r) => Step::done(classify_http(config, r, now, log)),
+        Err(outcome) => Step::done(outcome),
     }
 }
 

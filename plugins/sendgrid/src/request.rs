@@ -9,6 +9,10 @@
 //! - Herald tags become `categories` (unique, at most 10 of up to 255 characters).
 //! - `sandbox = true` adds `mail_settings.sandbox_mode.enable`.
 //!
+//! - Several messages with the same content (everything but the recipient and the Herald
+//!   id) go in one Mail Send of up to 1,000 personalizations, one per message
+//!   ([`build_batch`], grouped by [`batch_key`]).
+//!
 //! Typed structs keep the field order fixed, so the bytes are reproducible (and snapshotted).
 
 use std::collections::BTreeMap;
@@ -30,7 +34,7 @@ pub(crate) const USER_AGENT: &str = concat!("herald-sendgrid/", env!("CARGO_PKG_
 
 #[derive(Debug, Serialize)]
 struct MailSend<'a> {
-    personalizations: [Personalization<'a>; 1],
+    personalizations: Vec<Personalization<'a>>,
     from: Address<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply_to: Option<Address<'a>>,
@@ -94,6 +98,64 @@ pub(crate) fn build(
     message: &Message,
     log: &Logger,
 ) -> Result<HttpRequest, Outcome> {
+    let mut body = shared(config, message, log)?;
+    body.personalizations.push(personalization(message));
+    request(config, &body)
+}
+
+/// The most personalizations in one Mail Send (`maxItems` of `personalizations`).
+pub(crate) const BATCH_MAX: u32 = 1000;
+
+/// Which messages may share one Mail Send: SendGrid shares everything but the
+/// personalizations (recipient, custom args) between them, so only messages whose request
+/// would be the same apart from those — sender, reply-to, subject, content, attachments,
+/// categories, headers — share a key: the SHA-256 of that shared part. `None` (alone) for a
+/// message this instance cannot send at all, so the single path reports why.
+pub(crate) fn batch_key(config: &Config, message: &Message) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let body = shared(config, message, &Logger::discard()).ok()?;
+    let bytes = serde_json::to_vec(&body).ok()?;
+    let digest = Sha256::digest(&bytes);
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// One Mail Send for several messages with the same [`batch_key`]: the first message's
+/// shared part and one personalization per message, in order.
+pub(crate) fn build_batch(
+    config: &Config,
+    messages: &[&Message],
+    log: &Logger,
+) -> Result<HttpRequest, Outcome> {
+    let Some(first) = messages.first() else {
+        return Err(Outcome::provider_failure(
+            "sendgrid: an empty batch (host bug)",
+        ));
+    };
+    let key = batch_key(config, first);
+    if key.is_none() || messages.iter().any(|m| batch_key(config, m) != key) {
+        return Err(Outcome::provider_failure(
+            "sendgrid: messages with different content cannot share a Mail Send (host bug)",
+        ));
+    }
+    let mut body = shared(config, first, log)?;
+    body.personalizations = messages.iter().map(|m| personalization(m)).collect();
+    request(config, &body)
+}
+
+/// The recipient of `message` and its Herald id (echoed by every event of that recipient).
+fn personalization(message: &Message) -> Personalization<'_> {
+    Personalization {
+        to: [mailbox(&message.to)],
+        custom_args: BTreeMap::from([(HERALD_ID_ARG, message.id.as_str())]),
+    }
+}
+
+/// The body of `message` without personalizations.
+fn shared<'a>(
+    config: &'a Config,
+    message: &'a Message,
+    log: &Logger,
+) -> Result<MailSend<'a>, Outcome> {
     let Content::Email(email) = &message.content else {
         return Err(wrong_channel("sendgrid", "email", message));
     };
@@ -104,11 +166,8 @@ pub(crate) fn build(
             config.name
         )));
     };
-    let body = MailSend {
-        personalizations: [Personalization {
-            to: [mailbox(&message.to)],
-            custom_args: BTreeMap::from([(HERALD_ID_ARG, message.id.as_str())]),
-        }],
+    Ok(MailSend {
+        personalizations: Vec::new(),
         from: mailbox(from),
         reply_to: email.reply_to.as_deref().map(mailbox),
         subject: &email.subject,
@@ -119,8 +178,11 @@ pub(crate) fn build(
         mail_settings: config.sandbox.then_some(MailSettings {
             sandbox_mode: Enable { enable: true },
         }),
-    };
-    let body = serde_json::to_string(&body).map_err(|e| {
+    })
+}
+
+fn request(config: &Config, body: &MailSend<'_>) -> Result<HttpRequest, Outcome> {
+    let body = serde_json::to_string(body).map_err(|e| {
         Outcome::provider_failure(format!("sendgrid: could not encode the request body: {e}"))
     })?;
     let mut request = HttpRequest::new("POST", format!("{}/v3/mail/send", config.base_url))

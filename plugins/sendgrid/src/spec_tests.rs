@@ -118,3 +118,72 @@ fn drifted_bodies_fail() {
     ];
     schema.assert_caught_only_by_strict(&good, &renamed);
 }
+
+/// A batch: one Mail Send with one personalization per message, against the same schema.
+fn batch_body(messages: Vec<Message>) -> Value {
+    let p = sendgrid(json!({"api_key": API_KEY, "from": "RSVP <rsvp@example.com>"}));
+    let deliveries: Vec<_> = messages.into_iter().map(delivery).collect();
+    let r = http_call(p.begin_batch(&deliveries));
+    serde_json::from_str(&r.body).expect("body is JSON")
+}
+
+fn guests(base: Message, n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            let mut m = base.clone();
+            m.id = format!("01HZY8N3W4Q6K2M5P7R9T1V3X{i}");
+            m.to = format!("Guest {i} <guest{i}@example.org>");
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn batch_bodies_match_post_mail_send() {
+    let schema = RequestSchema::load(SPEC, OPERATION);
+    let body = batch_body(guests(full_message(), 3));
+    let ps = body["personalizations"].as_array().unwrap();
+    assert_eq!(ps.len(), 3);
+    assert_eq!(ps[2]["to"][0]["email"], "guest2@example.org");
+    assert_eq!(
+        ps[2]["custom_args"]["herald_id"],
+        "01HZY8N3W4Q6K2M5P7R9T1V3X2"
+    );
+    schema.assert_valid("batch of three, every field", &body);
+    schema.assert_valid("batch of two", &batch_body(guests(email_message(), 2)));
+    // The schema's limit is the plugin's.
+    let mut over = batch_body(guests(email_message(), 2));
+    let p = over["personalizations"][0].clone();
+    over["personalizations"] = Value::Array(vec![p; 1001]);
+    assert!(!schema.errors(&over).is_empty(), "1,001 personalizations");
+}
+
+/// Only messages that differ in nothing but recipient and id share a key.
+#[test]
+fn batch_keys_group_identical_content_only() {
+    let p = sendgrid(json!({"api_key": API_KEY, "from": "RSVP <rsvp@example.com>"}));
+    let g = guests(full_message(), 2);
+    let key = p.batch_key(&g[0]);
+    assert!(key.is_some());
+    assert_eq!(key, p.batch_key(&g[1]));
+    assert_ne!(key, p.batch_key(&email_message()));
+    let mut other_subject = g[1].clone();
+    if let herald_plugin_api::Content::Email(e) = &mut other_subject.content {
+        e.subject.push('!');
+    }
+    assert_ne!(key, p.batch_key(&other_subject));
+    // A message that cannot be sent at all goes alone, to fail with its reason.
+    let bare = sendgrid(json!({"api_key": API_KEY}));
+    assert_eq!(bare.batch_key(&email_message()), None);
+    // Different messages in one batch are refused, not merged.
+    let step = p.begin_batch(&[delivery(g[0].clone()), delivery(other_subject)]);
+    assert!(
+        matches!(
+            step,
+            herald_plugin_api::Step::Done {
+                outcome: herald_plugin_api::Outcome::ProviderFailure { .. }
+            }
+        ),
+        "{step:?}"
+    );
+}

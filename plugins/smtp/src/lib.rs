@@ -152,6 +152,7 @@ impl Provider for Smtp {
             webhooks: false,
             idempotent: false,
             blocking: false,
+            batch: None,
             allowed_hosts: Vec::new(),
         }
     }

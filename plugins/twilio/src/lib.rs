@@ -56,6 +56,7 @@ impl Provider for Twilio {
             webhooks: true,
             idempotent: false,
             blocking: false,
+            batch: None,
             allowed_hosts: vec![config::DEFAULT_HOST.into()],
         }
     }

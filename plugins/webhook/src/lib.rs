@@ -229,6 +229,7 @@ impl Provider for Webhook {
             webhooks: false,
             idempotent: false,
             blocking: false,
+            batch: None,
             allowed_hosts: Vec::new(),
         }
     }

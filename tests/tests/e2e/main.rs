@@ -4,6 +4,7 @@
 
 mod admin;
 mod bad_input;
+mod batch;
 mod bulk;
 mod cli;
 mod crash;

@@ -32,6 +32,9 @@ static TABLE: PluginVTable = PluginVTable {
     resume: call,
     webhook: call,
     free_buf,
+    batch_keys: call,
+    begin_batch: call,
+    resume_batch: call,
 };
 
 /// The entry point, with a table from the future.

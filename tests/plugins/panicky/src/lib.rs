@@ -32,6 +32,7 @@ impl Provider for Panicky {
             webhooks: false,
             idempotent: true,
             blocking: false,
+            batch: None,
             allowed_hosts: vec![],
         }
     }
