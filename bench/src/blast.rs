@@ -252,6 +252,8 @@ fn guest(i: u64) -> SendMessage {
         override_suppression: false,
         // A guest-list blast is what the bulk lane is for.
         lane: Lane::Bulk,
+        template: None,
+        vars: Default::default(),
     }
 }
 

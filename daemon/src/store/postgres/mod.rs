@@ -1580,6 +1580,7 @@ mod tests {
             3,
             "b's commit read the shared counts"
         );
+        #[allow(clippy::disallowed_methods)] // a plain test thread, no runtime
         std::thread::sleep(ADMISSION_STALENESS + Duration::from_millis(50));
         assert_eq!(a.active_for_admission(), 3, "a stale reading is read again");
         assert_eq!(a.counts().active(), 3);
