@@ -36,6 +36,8 @@ use crate::scenarios::Ctx;
 pub const N: u64 = 10_000;
 /// Requests per second the mock Resend allows.
 pub const LIMIT_PER_SEC: u32 = 10;
+/// The recipient of the one critical email sent while the blast is under way.
+const CRITICAL_TO: &str = "critical@example.org";
 /// How long the scenario waits for the last delivery before calling it a problem.
 const DEADLINE: Duration = Duration::from_secs(300);
 
@@ -59,6 +61,13 @@ pub struct Blast {
     pub missing: u64,
     /// N ÷ limit: the time the same list takes one email per request, at best.
     pub unbatched_secs: f64,
+    /// One `critical` email sent once a fifth of the blast has reached the mock: its send
+    /// handed to the client → the mock's `200` for the request holding it.
+    pub critical_ms: Option<f64>,
+    /// Blast emails not yet at the mock when the critical one was acknowledged, and when it
+    /// arrived (the second is the first minus those that overtook it).
+    pub bulk_waiting_at_critical: u64,
+    pub bulk_waiting_at_critical_arrival: u64,
 }
 
 struct Inner {
@@ -72,6 +81,9 @@ struct Inner {
     unique: AtomicU64,
     /// Herald id → `200` answers that carried it.
     seen: Mutex<HashMap<String, u32>>,
+    /// When the critical email was first answered `200`, and the new blast emails seen
+    /// by then (0: not yet).
+    critical: Mutex<(u64, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -167,9 +179,18 @@ impl Inner {
                 }
             }
         }
+        let critical = emails.iter().any(|e| e.to_string().contains(CRITICAL_TO));
         if fresh > 0 {
             self.unique.fetch_add(fresh, Ordering::Relaxed);
             self.last_new_ns.fetch_max(unix_ns(), Ordering::Relaxed);
+        }
+        if critical {
+            let mut c = lock(&self.critical);
+            if c.0 == 0 {
+                // The critical email itself is not a blast email.
+                let blast = self.unique.load(Ordering::Relaxed).saturating_sub(1);
+                *c = (unix_ns(), blast);
+            }
         }
         self.accepted_requests.fetch_add(1, Ordering::Relaxed);
         self.largest_batch
@@ -205,6 +226,7 @@ async fn start_mock(limit: u32) -> Result<(String, Arc<Inner>)> {
         last_new_ns: AtomicU64::new(0),
         unique: AtomicU64::new(0),
         seen: Mutex::new(HashMap::new()),
+        critical: Mutex::new((0, 0)),
     });
     let server = Arc::clone(&inner);
     tokio::spawn(async move {
@@ -236,6 +258,20 @@ pub fn provider_toml(mock_url: &str, limit: u32) -> String {
          from = \"Bench <bench@example.com>\"\nbase_url = \"{mock_url}\"\nrate_limit = \"{limit}/s\"\n\
          burst = 1\ntimeout = \"1h\"\n\n[routes]\nemail = [\"resend\"]\n"
     )
+}
+
+/// The one urgent message of the run ("the ceremony moved to 4 pm").
+fn critical_email() -> SendMessage {
+    SendMessage {
+        lane: Lane::Critical,
+        to: CRITICAL_TO.into(),
+        content: Content::Email(EmailContent {
+            subject: "The ceremony moved to 4 pm".into(),
+            text: Some("Please note: the ceremony now starts at 4 pm.".into()),
+            ..Default::default()
+        }),
+        ..guest(N)
+    }
 }
 
 fn guest(i: u64) -> SendMessage {
@@ -289,7 +325,19 @@ impl Ctx {
                 }
             }
         }
-        while mock.unique.load(Ordering::Relaxed) < N {
+        // A fifth of the way in, one critical email (lane `critical`): how long does it
+        // take while thousands of bulk emails still wait for the 10/s limit?
+        while mock.unique.load(Ordering::Relaxed) < N / 5 && started.elapsed() < DEADLINE {
+            d.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let critical_sent_ns = unix_ns();
+        let critical = load::timed(self.params.request_timeout, client.send(critical_email()))
+            .await
+            .context("the critical send")?;
+        let bulk_waiting_at_critical = N.saturating_sub(mock.unique.load(Ordering::Relaxed));
+        acked.push(critical.id);
+        while mock.unique.load(Ordering::Relaxed) < N + 1 {
             if started.elapsed() > DEADLINE {
                 self.problem(
                     "blast",
@@ -305,6 +353,10 @@ impl Ctx {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let last = mock.last_new_ns.load(Ordering::Relaxed);
+        let (critical_at, blast_before) = *lock(&mock.critical);
+        let critical_ms =
+            (critical_at > 0).then(|| critical_at.saturating_sub(critical_sent_ns) as f64 / 1e6);
+        let bulk_waiting_at_critical_arrival = N.saturating_sub(blast_before);
         let secs = last.saturating_sub(started_ns) as f64 / 1e9;
         // Let late duplicates, if any, arrive before counting.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -333,6 +385,9 @@ impl Ctx {
             duplicated,
             missing,
             unbatched_secs: N as f64 / f64::from(LIMIT_PER_SEC),
+            critical_ms,
+            bulk_waiting_at_critical,
+            bulk_waiting_at_critical_arrival,
         })
     }
 }

@@ -889,6 +889,20 @@ impl Report {
             );
             row(
                 "blast",
+                "one critical email sent a fifth of the way in: send → at the mock".into(),
+                match b.critical_ms {
+                    Some(ms) => format!(
+                        "{ms:.0} ms ({} blast emails waiting when it was acknowledged, {} when it arrived)",
+                        thousands(b.bulk_waiting_at_critical),
+                        thousands(b.bulk_waiting_at_critical_arrival)
+                    ),
+                    None => "never arrived".into(),
+                },
+                "",
+                None,
+            );
+            row(
+                "blast",
                 "one email per request (computed: N ÷ limit, not run)".into(),
                 format!("{:.0} s", b.unbatched_secs),
                 "",
@@ -1149,7 +1163,7 @@ id, and the daemon's own count of `sent` messages equal to the number acknowledg
 | latency20ms | e2e and latency again, the mock delaying every answer by {slow} ms: throughput is bounded by concurrency ÷ latency ({conc} ÷ {slow} ms) | as e2e / latency | as e2e / latency |
 | errors5 | e2e and latency again, the mock answering {err}% of requests `503` (→ `Retry` with backoff, full jitter from 100 ms); retried messages must still arrive exactly once | as e2e / latency | as e2e / latency |
 | node | only with `--scenario node`: acknowledged `send`s per second as in accept, but on **one** connection with `--connections` × `--pipeline` sends in flight (the accept scenario's total), first with herald-client (postcard), then with `@herald/client` (`client/node/bench/accept.mjs`, JSON), each on a fresh daemon; the ratio is the Node client's share of the Rust client's rate | first `send` handed to the client | last acknowledgement received |
-| blast | only with `--scenario blast`: 10,000 emails (`send_batch` of 1,000) through the real **Resend** plugin against a mock Resend that accepts 10 requests per second and answers `429 rate_limit_exceeded` (`retry-after`) beyond; the provider is configured `rate_limit = "10/s"`, `burst = 1`, and batches (`POST /emails/batch`, up to 100 emails) by default. Each email must reach the mock exactly once (by its `herald_id` tag). The time one email per request would take is computed (N ÷ 10/s = 1,000 s), not run | first `send_batch` handed to the client | the mock's `200` for the request holding the last new email |
+| blast | only with `--scenario blast`: 10,000 emails (`send_batch` of 1,000) through the real **Resend** plugin against a mock Resend that accepts 10 requests per second and answers `429 rate_limit_exceeded` (`retry-after`) beyond; the provider is configured `rate_limit = "10/s"`, `burst = 1`, and batches (`POST /emails/batch`, up to 100 emails) by default. Each email must reach the mock exactly once (by its `herald_id` tag). Once a fifth of them have, one email in lane `critical` is sent: its time from `send` to the mock, and how many blast emails were still waiting, are reported. The time one email per request would take is computed (N ÷ 10/s = 1,000 s), not run | first `send_batch` handed to the client | the mock's `200` for the request holding the last new email |
 | streams | e2e again with WebSocket subscribers on `GET /v1/events` (`--subscribers`, 1,000), each with a token scoped to its own tag (message i is tagged for subscriber i mod S); throughput against e2e; event latency at the subscriber; each subscriber must receive exactly the `queued`, `sending`, `sent` events of its own messages | as e2e; per event: its `at` (daemon wall clock, ms) | as e2e; the frame received (wall clock) |
 
 With `--store postgres` (a separate run; the rows name the engine and the daemon count)
