@@ -19,8 +19,10 @@
 //! **Health.** A commit or flush that fails with an I/O error, or does not finish within
 //! `daemon.storage_timeout`, marks the store *failed*: every client waiting on a durable
 //! answer is answered `storage_unavailable` at once (never acknowledged, so nothing is
-//! lost), new writes are refused, and the dispatcher stops claiming. Reads and `stats` go
-//! on. Whether it comes back without a restart depends on what happened:
+//! lost), new writes are refused, and the dispatcher stops claiming. `stats` goes on, and
+//! reads are answered — by the engine, or `storage_unavailable` when a read waits behind the
+//! stuck write (`crate::reads` bounds them). Whether it comes back without a restart
+//! depends on what happened:
 //!
 //! - **An error is final until a restart.** sled keeps a failed log write as a permanent
 //!   error of the open database — every later write returns it and a flush may wait for

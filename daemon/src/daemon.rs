@@ -31,6 +31,7 @@ use crate::live::{Live, LiveCell};
 use crate::metrics::Metrics;
 use crate::plugin::Loader;
 use crate::providers::Routing;
+use crate::reads::Reads;
 use crate::realtime;
 use crate::reload::Reloader;
 use crate::space::{self, Space};
@@ -256,11 +257,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             }
         });
     }
+    let reads = Reads::new(
+        Arc::clone(&store),
+        Duration::from_millis(d.storage_timeout_ms),
+    );
     let metrics = Arc::new(Metrics::default());
     let metrics_follower =
-        tokio::spawn(Arc::clone(&metrics).follow(Arc::clone(&store), committer.clone()));
+        tokio::spawn(Arc::clone(&metrics).follow(reads.clone(), committer.clone()));
     let stream_ctx = realtime::Context {
         store: Arc::clone(&store),
+        reads: reads.clone(),
         committer: committer.clone(),
         metrics: Arc::clone(&metrics),
         fanout: crate::fanout::Fanout::start(&committer),
@@ -270,6 +276,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let shared = Arc::new(Shared {
         committer: committer.clone(),
         store: Arc::clone(&store),
+        reads: reads.clone(),
         live: Arc::clone(&live),
         max_frame: d.max_frame,
         started_at: clock::now_ms(),
@@ -324,7 +331,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let dispatcher = tokio::spawn(
         Dispatcher {
             committer: committer.clone(),
-            store: Arc::clone(&store),
+            reads: reads.clone(),
             live: Arc::clone(&live),
             transports,
             concurrency: d.concurrency,

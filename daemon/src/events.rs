@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::commit::Committer;
 use crate::fanout::{Fanout, Registration};
+use crate::reads::Reads;
 use crate::store::Store;
 
 const PAGE: usize = 512;
@@ -105,7 +106,7 @@ impl Start {
 pub async fn follow<S: Sink>(
     start: Start,
     next: &mut u64,
-    store: &dyn Store,
+    reads: &Reads,
     committer: &Committer,
     matches: impl Fn(&Event) -> bool + Send,
     sink: &mut S,
@@ -115,7 +116,8 @@ pub async fn follow<S: Sink>(
         // Catch up from the log, never past what is durable.
         let target = committer.durable_seq();
         while *next <= target {
-            let page = match store.events_from(*next, PAGE) {
+            let from = *next;
+            let page = match reads.run(move |s| s.events_from(from, PAGE)).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the event log failed; ending a subscription");
@@ -229,7 +231,7 @@ pub async fn run(
     id: u64,
     filter: Filter,
     from_seq: Option<u64>,
-    store: Arc<dyn Store>,
+    reads: Reads,
     committer: Committer,
     out: mpsc::Sender<ServerFrame>,
 ) {
@@ -238,7 +240,7 @@ pub async fn run(
     follow(
         start,
         &mut next,
-        store.as_ref(),
+        &reads,
         &committer,
         |e| filter.matches(e),
         &mut sink,

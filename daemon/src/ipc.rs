@@ -25,7 +25,7 @@ use herald_plugin_api::State;
 use herald_protocol::{
     self as protocol, Accepted, BatchItem, ClientFrame, Codec, ErrorBody, ErrorCode, Hello, Lane,
     LaneStats, MessageView, PROTOCOL_VERSION, ProtocolError, ProviderStats, Request, Response,
-    SendMessage, ServerFrame, Stats, Welcome,
+    SendMessage, ServerFrame, Stats, StorageState, Welcome,
 };
 use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
@@ -38,6 +38,7 @@ use crate::clock;
 use crate::commit::{CommitError, Committer};
 use crate::events;
 use crate::live::{Live, LiveCell};
+use crate::reads::{ReadError, Reads};
 use crate::store::{MsgId, NewMessage, Op, OpResult, Record, Store, id_string, parse_id};
 use crate::store_check;
 use crate::suppression;
@@ -61,6 +62,8 @@ pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 pub struct Shared {
     pub committer: Committer,
     pub store: Arc<dyn Store>,
+    /// Reads made for a request (`get`, `dead`, lane depths, replays): bounded in time.
+    pub reads: Reads,
     pub live: Arc<LiveCell>,
     pub max_frame: u32,
     pub started_at: u64,
@@ -423,7 +426,7 @@ async fn subscription(
         id,
         filter,
         from_seq,
-        Arc::clone(&shared.store),
+        shared.reads.clone(),
         shared.committer.clone(),
         tx,
     );
@@ -446,6 +449,17 @@ pub(crate) fn commit_error(e: CommitError) -> ErrorBody {
         CommitError::Store(m) => ErrorBody::new(ErrorCode::Internal, format!("not stored: {m}")),
         CommitError::StorageFull(m) => ErrorBody::new(ErrorCode::StorageFull, m),
         CommitError::Unavailable(m) => ErrorBody::new(ErrorCode::StorageUnavailable, m),
+    }
+}
+
+/// A read's failure as the client sees it: a stalled store is `storage_unavailable` (retry
+/// later), an engine error `internal`.
+fn read_error(e: ReadError) -> ErrorBody {
+    match e {
+        ReadError::Stalled(_) | ReadError::Store(crate::store::StoreError::Unavailable(_)) => {
+            ErrorBody::new(ErrorCode::StorageUnavailable, e.to_string())
+        }
+        ReadError::Store(e) => ErrorBody::new(ErrorCode::Internal, e.to_string()),
     }
 }
 
@@ -548,13 +562,53 @@ fn accepted(result: Result<OpResult, CommitError>) -> Result<Accepted, ErrorBody
     }
 }
 
-/// Whether `m` repeats an idempotency key the store still holds: the accept transaction
-/// will answer it `duplicate` (or `idempotency_conflict`) and it adds nothing to the queue,
-/// so a full queue must not refuse it — retrying is always safe.
-fn is_retry(shared: &Shared, m: &NewMessage, now: u64) -> bool {
-    m.idempotency_key
-        .as_deref()
-        .is_some_and(|k| matches!(shared.store.idempotency_key(k, now), Ok(Some(_))))
+/// Refuses new messages when the queue is full (`busy`) or space is short — except retries
+/// of an idempotency key the store still holds: the accept transaction answers those
+/// `duplicate` (or `idempotency_conflict`) and they add nothing, so retrying stays safe.
+/// The keys are looked up (a store read) only when a refusal is in sight: the accept path
+/// reads nothing in the common case.
+async fn admit(
+    shared: &Shared,
+    live: &Live,
+    messages: &[&NewMessage],
+    now: u64,
+) -> Result<(), ErrorBody> {
+    let check = |ms: &[&NewMessage]| -> Result<(), ErrorBody> {
+        if ms.is_empty() {
+            return Ok(());
+        }
+        if let Some(e) = busy(shared, live, ms.len() as u64) {
+            return Err(e);
+        }
+        room_for(shared, ms.iter().map(|m| stored_size(m)).sum())
+    };
+    let Err(refusal) = check(messages) else {
+        return Ok(());
+    };
+    // A failed store refuses retries too (its reads may wait behind the stuck write).
+    if shared.committer.failure().is_some() || messages.iter().all(|m| m.idempotency_key.is_none())
+    {
+        return Err(refusal);
+    }
+    let keys: Vec<Option<String>> = messages.iter().map(|m| m.idempotency_key.clone()).collect();
+    let known = shared.reads.run(move |s| {
+        keys.iter()
+            .map(|k| match k {
+                Some(k) => Ok(s.idempotency_key(k, now)?.is_some()),
+                None => Ok(false),
+            })
+            .collect::<Result<Vec<bool>, _>>()
+    });
+    let Ok(known) = known.await else {
+        return Err(refusal);
+    };
+    let adding: Vec<&NewMessage> = messages
+        .iter()
+        .zip(known)
+        .filter(|(_, known)| !known)
+        .map(|(m, _)| *m)
+        .collect();
+    check(&adding)
 }
 
 /// Validation first (an invalid message gets its own error, never `busy`), then the queue
@@ -563,14 +617,8 @@ async fn send_one(shared: &Shared, m: SendMessage) -> Result<Accepted, ErrorBody
     let live = shared.live.current();
     let now = clock::now_ms();
     let new = accept::validate(m, &live, now)?;
-    // A retry adds nothing: neither a full queue nor the free-space reserve refuses it.
-    if !is_retry(shared, &new, now) {
-        if let Some(e) = busy(shared, &live, 1) {
-            return Err(e);
-        }
-        room_for(shared, stored_size(&new))?;
-    }
-    let overriding = overrides(shared, &new);
+    admit(shared, &live, &[&new], now).await?;
+    let overriding = overrides(shared, &new).await;
     let result = accepted(shared.committer.submit(Op::Accept(new)).await);
     if let (true, Ok(a)) = (overriding, &result) {
         log_override(a);
@@ -580,13 +628,22 @@ async fn send_one(shared: &Shared, m: SendMessage) -> Result<Accepted, ErrorBody
 
 /// Whether `m` overrides the suppression of its recipient (a read before the accept, for
 /// the log only: the accept transaction decides, and its `queued` event records it).
-fn overrides(shared: &Shared, m: &NewMessage) -> bool {
+async fn overrides(shared: &Shared, m: &NewMessage) -> bool {
     let channel = m.content.channel();
-    m.override_suppression
-        && shared
-            .store
-            .recipient_key(channel, &m.to)
-            .is_some_and(|k| matches!(shared.store.suppression(channel, &k), Ok(Some(_))))
+    let Some(key) = m
+        .override_suppression
+        .then(|| shared.store.recipient_key(channel, &m.to))
+        .flatten()
+    else {
+        return false;
+    };
+    matches!(
+        shared
+            .reads
+            .run(move |s| s.suppression(channel, &key))
+            .await,
+        Ok(Some(_))
+    )
 }
 
 /// An overridden suppression is logged by message id, never by address.
@@ -615,28 +672,17 @@ async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchIt
         .into_iter()
         .map(|m| accept::validate(m, &live, now))
         .collect();
-    // Only the messages that would be added count against the queue: not the invalid ones,
-    // not retries of a known idempotency key.
-    let adding: Vec<&NewMessage> = validated
-        .iter()
-        .flatten()
-        .filter(|m| !is_retry(shared, m, now))
-        .collect();
-    if !adding.is_empty() {
-        if let Some(e) = busy(shared, &live, adding.len() as u64) {
-            return Err(e);
-        }
-        room_for(shared, adding.iter().map(|m| stored_size(m)).sum())?;
-    }
+    // Only the valid messages count against the queue (and retries not: see `admit`).
+    let valid: Vec<&NewMessage> = validated.iter().flatten().collect();
+    admit(shared, &live, &valid, now).await?;
     let ops: Vec<Op> = validated
         .iter()
         .filter_map(|v| v.as_ref().ok().cloned().map(Op::Accept))
         .collect();
-    let overriding: Vec<bool> = validated
-        .iter()
-        .flatten()
-        .map(|m| overrides(shared, m))
-        .collect();
+    let mut overriding = Vec::with_capacity(valid.len());
+    for m in valid {
+        overriding.push(overrides(shared, m).await);
+    }
     let mut overriding = overriding.into_iter();
     let mut results = shared.committer.submit_all(ops).await.into_iter();
     Ok(validated
@@ -659,7 +705,18 @@ async fn send_batch(shared: &Shared, ms: Vec<SendMessage>) -> Result<Vec<BatchIt
         .collect())
 }
 
-fn stats(shared: &Shared) -> Stats {
+/// How long `stats` waits for the lane depths before answering without them.
+const LANES_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn stats(shared: &Shared) -> Stats {
+    let storage = shared.committer.storage();
+    // The lane depths are read from the store: not from one that is failing (the read may
+    // wait behind a stuck write), and not for longer than LANES_WAIT — stats answers anyway.
+    let lanes = if storage.state != StorageState::Failed {
+        shared.reads.run_within(LANES_WAIT, |s| s.lanes()).await
+    } else {
+        Err(ReadError::Stalled(std::time::Duration::ZERO))
+    };
     let live = shared.live.current();
     let counts = shared.store.counts();
     let now = clock::now_ms();
@@ -685,8 +742,8 @@ fn stats(shared: &Shared) -> Stats {
                 paused_until: p.paused_until(now),
             })
             .collect(),
-        storage: shared.committer.storage(),
-        lanes: match shared.store.lanes() {
+        storage,
+        lanes: match lanes {
             Ok(lanes) => Lane::ALL
                 .iter()
                 .zip(lanes)
@@ -696,6 +753,7 @@ fn stats(shared: &Shared) -> Stats {
                     oldest_age_ms: d.earliest_due.map_or(0, |t| now.saturating_sub(t)),
                 })
                 .collect(),
+            Err(ReadError::Stalled(_)) => Vec::new(),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the priority lanes for stats failed");
                 Vec::new()
@@ -726,13 +784,13 @@ async fn handle(shared: &Shared, request: Request) -> Response {
             Request::Get { id } => {
                 async {
                     let key = parse_message_id(&id)?;
-                    match shared.store.get(&key) {
+                    match shared.reads.run(move |s| s.get(&key)).await {
                         Ok(Some(r)) => Ok(Response::Message(view(&key, r))),
                         Ok(None) => Err(ErrorBody::new(
                             ErrorCode::NotFound,
                             format!("no message {id}"),
                         )),
-                        Err(e) => Err(ErrorBody::new(ErrorCode::Internal, e.to_string())),
+                        Err(e) => Err(read_error(e)),
                     }
                 }
                 .await
@@ -759,7 +817,7 @@ async fn handle(shared: &Shared, request: Request) -> Response {
                 }
             }
             .await,
-            Request::Stats => Ok(Response::Stats(stats(shared))),
+            Request::Stats => Ok(Response::Stats(stats(shared).await)),
             Request::Reload => {
                 async {
                     let (tx, rx) = oneshot::channel();
@@ -782,9 +840,9 @@ async fn handle(shared: &Shared, request: Request) -> Response {
             }
             Request::DeadList { limit } => {
                 let limit = limit.unwrap_or(100).min(10_000) as usize;
-                match shared.store.dead(limit) {
+                match shared.reads.run(move |s| s.dead(limit)).await {
                     Ok(list) => Ok(Response::DeadList(bounded_views(list, shared.max_frame))),
-                    Err(e) => Err(ErrorBody::new(ErrorCode::Internal, e.to_string())),
+                    Err(e) => Err(read_error(e)),
                 }
             }
             Request::DeadRequeue { ids } => {
@@ -820,7 +878,12 @@ async fn handle(shared: &Shared, request: Request) -> Response {
                 ttl_ms,
             } => crate::realtime::mint_token(&shared.live.current(), tags, ids, admin, ttl_ms),
             Request::SuppressionList { after, limit } => {
-                suppression::list(&*shared.store, after, limit, shared.max_frame)
+                let max_frame = shared.max_frame;
+                shared
+                    .reads
+                    .run(move |s| Ok(suppression::list(s, after, limit, max_frame)))
+                    .await
+                    .unwrap_or_else(|e| Err(read_error(e)))
             }
             Request::SuppressionAdd {
                 channel,
@@ -842,7 +905,14 @@ async fn handle(shared: &Shared, request: Request) -> Response {
             Request::SuppressionCheck {
                 channel,
                 recipients,
-            } => suppression::check(&*shared.store, channel, recipients, shared.max_frame),
+            } => {
+                let max_frame = shared.max_frame;
+                shared
+                    .reads
+                    .run(move |s| Ok(suppression::check(s, channel, recipients, max_frame)))
+                    .await
+                    .unwrap_or_else(|e| Err(read_error(e)))
+            }
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => Err(ErrorBody::new(
                 ErrorCode::Internal,
                 "subscriptions are handled by the connection",

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod providers;
 pub mod ratelimit;
+pub mod reads;
 pub mod realtime;
 pub mod reload;
 pub mod retry;

@@ -31,6 +31,7 @@ use crate::breaker::BreakerState;
 use crate::commit::Committer;
 use crate::events::{self, Sink, Start};
 use crate::live::LiveCell;
+use crate::reads::Reads;
 use crate::store::{Store, parse_id};
 
 /// Latency buckets, seconds: 0.5 ms … 60 s.
@@ -297,19 +298,23 @@ impl Sink for Count<'_> {
 
 impl Metrics {
     /// Counts every event that becomes durable from now on, until the committer stops.
-    pub async fn follow(self: Arc<Self>, store: Arc<dyn Store>, committer: Committer) {
-        let start = Start::now(store.as_ref(), &committer);
+    pub async fn follow(self: Arc<Self>, reads: Reads, committer: Committer) {
+        let start = Start::now(reads.store().as_ref(), &committer);
         let mut next = start.cursor(None);
         let mut sink = Count(&self.from_events);
-        events::follow(
-            start,
-            &mut next,
-            store.as_ref(),
-            &committer,
-            |_| true,
-            &mut sink,
-        )
-        .await;
+        let mut start = Some(start);
+        loop {
+            let from = start
+                .take()
+                .unwrap_or_else(|| Start::now(reads.store().as_ref(), &committer));
+            match events::follow(from, &mut next, &reads, &committer, |_| true, &mut sink).await {
+                // A log read failed or stalled: count on from where it stopped, later.
+                events::End::LogError => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await
+                }
+                events::End::Sink | events::End::Closed => return,
+            }
+        }
     }
 
     /// The last event seq the counters include.

@@ -42,9 +42,8 @@ use crate::clock;
 use crate::commit::Committer;
 use crate::live::{Live, LiveCell};
 use crate::providers::{Counters, Provider};
-use crate::store::{
-    BreakerEvent, BreakerRecord, Claimed, Completion, Op, OpResult, Store, id_string,
-};
+use crate::reads::Reads;
+use crate::store::{BreakerEvent, BreakerRecord, Claimed, Completion, Op, OpResult, id_string};
 use crate::transport::Transports;
 use verdict::{Tried, TryResult};
 
@@ -56,7 +55,9 @@ const MAX_STEPS: usize = 8;
 
 pub struct Dispatcher {
     pub committer: Committer,
-    pub store: Arc<dyn Store>,
+    /// For the next due time: a read bounded in time (a stalled store must not hold a
+    /// runtime worker).
+    pub reads: Reads,
     pub live: Arc<LiveCell>,
     pub transports: Arc<Transports>,
     pub concurrency: usize,
@@ -158,7 +159,7 @@ impl Dispatcher {
             }
             // Nothing (more) due: sleep until the next due time, a new schedule entry, or
             // shutdown.
-            let wait = match this.store.next_due() {
+            let wait = match this.reads.run(|s| s.next_due()).await {
                 Ok(Some(due)) => {
                     Duration::from_millis(due.saturating_sub(clock::now_ms()).clamp(1, 1000))
                 }

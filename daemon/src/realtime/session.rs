@@ -82,6 +82,8 @@ pub trait Transport: Send {
 #[derive(Clone)]
 pub struct Context {
     pub store: Arc<dyn Store>,
+    /// Replays of the log, bounded in time.
+    pub reads: crate::reads::Reads,
     pub committer: Committer,
     pub metrics: Arc<Metrics>,
     /// Live events by tag, for streams whose token is scoped to tags only.
@@ -165,7 +167,7 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
                 end = events::follow(
                     start,
                     &mut next,
-                    ctx.store.as_ref(),
+                    &ctx.reads,
                     &ctx.committer,
                     |e| p.scope.allows(e) && p.filter.matches(e),
                     &mut sink,

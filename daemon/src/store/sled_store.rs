@@ -337,6 +337,9 @@ pub struct SledStore {
     /// Committed seq and counts (the writer is the only one to change them).
     committed: Mutex<(u64, Counts)>,
     last_seq: AtomicU64,
+    /// The first retained event's seq, kept by the writer: `first_seq` is asked for by every
+    /// subscription and `/readyz`, and a sled read could wait behind a stuck write.
+    first_seq: AtomicU64,
     /// `meta` "epoch": created with the store, never changed.
     epoch: String,
     /// How recipients are keyed (`[recipients]`); the stored entries are keyed so at open.
@@ -451,6 +454,7 @@ impl SledStore {
             db,
             committed: Mutex::new((0, Counts::default())),
             last_seq: AtomicU64::new(0),
+            first_seq: AtomicU64::new(0),
             epoch: String::new(),
             rules,
         };
@@ -475,7 +479,18 @@ impl SledStore {
         };
         *store.lock() = (seq, counts);
         store.last_seq.store(seq, Ordering::Release);
+        store
+            .first_seq
+            .store(store.read_first_seq()?, Ordering::Release);
         Ok(store)
+    }
+
+    /// The first retained event's seq, read from the log (0: the log is empty).
+    fn read_first_seq(&self) -> Result<u64, StoreError> {
+        match self.events.first().map_err(io)? {
+            Some((k, _)) => seq_of(&k),
+            None => Ok(0),
+        }
     }
 
     /// The epoch stored in `meta`, created (and flushed) on the first open of a data dir.
@@ -832,6 +847,16 @@ impl SledStore {
         let cur = batch.cursor;
         *self.lock() = (cur.seq, cur.counts);
         self.last_seq.store(cur.seq, Ordering::Release);
+        // The log's head moves only when it was empty or retention pruned it.
+        if self.first_seq.load(Ordering::Acquire) == 0
+            || ops.iter().any(|op| matches!(op, Op::Prune { .. }))
+        {
+            // The batch is committed whatever this read says; a failed read keeps the old
+            // head (a replay from it finds the next retained event).
+            if let Ok(first) = self.read_first_seq() {
+                self.first_seq.store(first, Ordering::Release);
+            }
+        }
         Ok(Committed {
             results: batch.results,
             events: cur.events,
@@ -1422,10 +1447,7 @@ impl Store for SledStore {
     }
 
     fn first_seq(&self) -> Result<u64, StoreError> {
-        match self.events.first().map_err(io)? {
-            Some((k, _)) => seq_of(&k),
-            None => Ok(0),
-        }
+        Ok(self.first_seq.load(Ordering::Acquire))
     }
 
     fn last_seq(&self) -> u64 {

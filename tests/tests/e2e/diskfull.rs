@@ -796,6 +796,25 @@ async fn a_stalled_disk_answers_waiting_clients_and_sigterm_gives_up_on_it() {
     assert_eq!(s.state, StorageState::Failed, "{s:?}");
     let e = client.send(big_email(1000)).await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::StorageUnavailable), "{e}");
+    // Reads are answered too — from the engine, or `storage_unavailable` when the read
+    // waits behind the stuck write (sled's reads take the lock its transaction holds) —
+    // and several at once cannot take the daemon's runtime with them.
+    let some = acked.iter().next().unwrap().clone();
+    let gets = (0..6).map(|_| {
+        let client = &client;
+        let id = some.clone();
+        async move { tokio::time::timeout(Duration::from_secs(20), client.get(&id)).await }
+    });
+    for answer in futures_util::future::join_all(gets).await {
+        match answer.expect("a get is answered on a stalled disk") {
+            Ok(m) => assert_eq!(m.id, some),
+            Err(e) => assert_eq!(code(&e), Some(ErrorCode::StorageUnavailable), "{e}"),
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), client.stats())
+        .await
+        .expect("stats still answers after the reads")
+        .unwrap();
     drop(client);
 
     let _ = Command::new("kill")
