@@ -22,10 +22,12 @@ use tokio::sync::mpsc;
 
 use crate::commit::Committer;
 use crate::fanout::{Fanout, Registration};
-use crate::reads::Reads;
+use crate::reads::{ReadError, Reads};
 use crate::store::Store;
 
 const PAGE: usize = 512;
+/// How long a follower whose log read stalled waits before reading again.
+const STALLED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a follower delivers the events that match.
 pub trait Sink: Send {
@@ -119,6 +121,16 @@ pub async fn follow<S: Sink>(
             let from = *next;
             let page = match reads.run(move |s| s.events_from(from, PAGE)).await {
                 Ok(p) => p,
+                // The store is stalled, not broken: the cursor stays, the read is tried
+                // again, and the follower goes on where it was once the store answers.
+                Err(ReadError::Stalled(_)) => {
+                    if !committer.is_alive() {
+                        return End::Closed;
+                    }
+                    tracing::debug!(from, "the event log read stalled; trying again");
+                    tokio::time::sleep(STALLED_RETRY).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading the event log failed; ending a subscription");
                     return End::LogError;

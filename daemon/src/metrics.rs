@@ -308,7 +308,7 @@ impl Metrics {
                 .take()
                 .unwrap_or_else(|| Start::now(reads.store().as_ref(), &committer));
             match events::follow(from, &mut next, &reads, &committer, |_| true, &mut sink).await {
-                // A log read failed or stalled: count on from where it stopped, later.
+                // A log read failed: count on from where it stopped, later.
                 events::End::LogError => {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await
                 }
