@@ -10,6 +10,10 @@
 //! dispatch persists with the delivery's outcome, and [`Breaker::restored`] brings it back
 //! after a restart (with its trips, so a grown cooldown survives), so a provider that was
 //! down is not hammered again by a fresh start.
+//!
+//! On a store several daemons share, a trial is claimed in the store before the call
+//! (`dispatch`); a daemon whose claim lost gives the trial back ([`Breaker::trial_lost`]) and
+//! stays shut for a cooldown, so one daemon makes each trial call.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -40,8 +44,8 @@ impl BreakerState {
 pub enum Admission {
     /// Closed: calls go through.
     Closed,
-    /// Half-open: this call is one of the trials.
-    Trial,
+    /// Half-open: this call is trial `index` (from 0) of the opening at `generation`.
+    Trial { generation: u64, index: u32 },
     /// Open (or every trial is already admitted).
     Refused,
 }
@@ -57,6 +61,8 @@ struct Inner {
     /// Trial calls admitted since the cooldown ended, and how many of them succeeded.
     trials: u32,
     trials_ok: u32,
+    /// Another daemon sharing the store makes the trial calls: no trial here before this.
+    held_until: Option<UnixMillis>,
     /// Counts transitions, so writes from concurrent deliveries can be ordered.
     generation: u64,
 }
@@ -94,6 +100,7 @@ impl Inner {
         self.trips = self.trips.saturating_add(1);
         self.trials = 0;
         self.trials_ok = 0;
+        self.held_until = None;
         self.consecutive = 0;
         self.recent.clear();
         self.transition()
@@ -139,6 +146,7 @@ impl Breaker {
                 },
                 trials: 0,
                 trials_ok: 0,
+                held_until: None,
                 generation: last.generation,
             }),
         }
@@ -162,6 +170,7 @@ impl Breaker {
         i.recent.clear();
         i.trials = 0;
         i.trials_ok = 0;
+        i.held_until = None;
         true
     }
 
@@ -209,19 +218,41 @@ impl Breaker {
         match i.opened_at {
             None => Admission::Closed,
             Some(at)
-                if now >= at + self.cfg.cooldown_after(i.trips) && i.trials < self.cfg.probes =>
+                if now >= at + self.cfg.cooldown_after(i.trips)
+                    && i.trials < self.cfg.probes
+                    && i.held_until.is_none_or(|h| now >= h) =>
             {
+                let index = i.trials;
                 i.trials += 1;
-                Admission::Trial
+                Admission::Trial {
+                    generation: i.generation,
+                    index,
+                }
             }
             Some(_) => Admission::Refused,
         }
     }
 
+    /// Trial `generation` went to another daemon sharing the store: the trial is given
+    /// back, and this breaker stays shut for another cooldown — the winner's verdict comes
+    /// as a transition to adopt; if none came by then, this daemon asks for a trial again
+    /// (the winner may have died mid-call). A trial of an older opening changes nothing.
+    pub fn trial_lost(&self, generation: u64, now: UnixMillis) {
+        let mut i = self.lock();
+        if i.generation != generation || i.opened_at.is_none() {
+            return;
+        }
+        if i.trials > i.trials_ok {
+            i.trials -= 1;
+        }
+        i.held_until = Some(now + self.cfg.cooldown_after(i.trips));
+    }
+
     /// When an open breaker will admit a trial call.
     pub fn retry_at(&self) -> Option<UnixMillis> {
         let i = self.lock();
-        i.opened_at.map(|at| at + self.cfg.cooldown_after(i.trips))
+        i.opened_at
+            .map(|at| (at + self.cfg.cooldown_after(i.trips)).max(i.held_until.unwrap_or(0)))
     }
 
     /// A call that shows the provider healthy. Returns the transition if it closed the
@@ -245,6 +276,7 @@ impl Breaker {
         i.trips = 0;
         i.trials = 0;
         i.trials_ok = 0;
+        i.held_until = None;
         i.consecutive = 0;
         i.recent.clear();
         Some(i.transition())
@@ -341,7 +373,10 @@ mod tests {
         assert_eq!(b.retry_at(), Some(1010));
         assert_eq!(
             b.admission(1010),
-            Admission::Trial,
+            Admission::Trial {
+                generation: 1,
+                index: 0
+            },
             "trial admitted after cooldown"
         );
         assert!(!b.admit(1011), "only one trial at a time");
@@ -472,8 +507,12 @@ mod tests {
             ..cfg(1, 100)
         });
         b.failure(0).unwrap();
-        assert_eq!(b.admission(100), Admission::Trial);
-        assert_eq!(b.admission(100), Admission::Trial);
+        let trial = |index| Admission::Trial {
+            generation: 1,
+            index,
+        };
+        assert_eq!(b.admission(100), trial(0));
+        assert_eq!(b.admission(100), trial(1));
         assert_eq!(b.admission(100), Admission::Refused, "two probes at most");
         assert_eq!(b.success(), None, "one of two");
         assert_eq!(b.state(101), BreakerState::HalfOpen);
@@ -500,5 +539,41 @@ mod tests {
         assert!(!b.admit(100));
         b.neutral();
         assert!(b.admit(100));
+    }
+
+    #[test]
+    fn a_trial_lost_to_another_daemon_holds_the_breaker_for_a_cooldown() {
+        let b = Breaker::new(cfg(1, 1000));
+        b.failure(0).unwrap();
+        let Admission::Trial { generation, index } = b.admission(1000) else {
+            panic!("half-open at the cooldown's end");
+        };
+        assert_eq!((generation, index), (1, 0));
+        b.trial_lost(generation, 1000);
+        assert_eq!(
+            b.admission(1500),
+            Admission::Refused,
+            "the winner is probing"
+        );
+        assert_eq!(b.retry_at(), Some(2000));
+        // No verdict came (the winner may be gone): the same trial is asked for again.
+        assert_eq!(
+            b.admission(2000),
+            Admission::Trial {
+                generation: 1,
+                index: 0
+            }
+        );
+        // A trial of an older opening lost late changes nothing.
+        b.trial_lost(0, 2000);
+        assert_eq!(b.retry_at(), Some(2000));
+        // The winner's verdict, adopted, ends the hold.
+        b.trial_lost(1, 2000);
+        assert!(b.adopt(Transition {
+            generation: 2,
+            opened_at: None,
+            trips: 0,
+        }));
+        assert_eq!(b.admission(2001), Admission::Closed);
     }
 }

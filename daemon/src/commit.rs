@@ -92,7 +92,10 @@ struct Job {
 
 /// Whether the caller may only be answered once the op is on disk.
 fn needs_durable_ack(op: &Op) -> bool {
-    !matches!(op, Op::Claim { .. } | Op::Complete(_) | Op::Prune { .. })
+    !matches!(
+        op,
+        Op::Claim { .. } | Op::Complete(_) | Op::Prune { .. } | Op::ClaimProbe { .. }
+    )
 }
 
 /// Why a write does not go ahead.
@@ -119,6 +122,7 @@ fn refusal(op: &Op, level: Level, failed: bool) -> Option<Refused> {
         _ if failed => Some(Refused::Failed),
         Op::Accept(_) | Op::Requeue(_) => (level != Level::Ok).then_some(Refused::Space(level)),
         Op::Claim { .. }
+        | Op::ClaimProbe { .. }
         | Op::Cancel(_)
         | Op::Status { .. }
         | Op::Inbound { .. }

@@ -333,6 +333,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             committer: committer.clone(),
             reads: reads.clone(),
             live: Arc::clone(&live),
+            shared_store,
             transports,
             concurrency: d.concurrency,
             shutdown_grace: Duration::from_millis(d.shutdown_grace_ms),

@@ -172,13 +172,19 @@ impl Dispatcher {
                 None => None,
             };
             if p.paused_until(clock::now_ms()).is_some() {
-                if admission == Admission::Trial {
+                if matches!(admission, Admission::Trial { .. }) {
                     p.breaker.neutral();
                 }
                 drop(place);
                 return self.alone(b.items).await;
             }
-            if admission == Admission::Trial {
+            // Another daemon makes this trial call: the messages go alone, and meet the
+            // breaker this daemon now holds shut.
+            if !self.wins_trial(p, admission).await {
+                drop(place);
+                return self.alone(b.items).await;
+            }
+            if matches!(admission, Admission::Trial { .. }) {
                 breakers.half_open(p);
             }
             let now = clock::now_ms();

@@ -65,7 +65,14 @@ pub struct Dispatcher {
     /// How long a claim leases its messages (`StoreConfig::lease_ms`): on a store several
     /// daemons share, past it another daemon may take a message back.
     pub lease_ms: u64,
+    /// Several daemons share the store: each trial call of a half-open breaker is claimed
+    /// in it first ([`Dispatcher::wins_trial`]), so one daemon makes it.
+    pub shared_store: bool,
 }
+
+/// How long a won trial call is this daemon's alone: longer than a provider call may take
+/// (the transports' timeouts), so a daemon that died mid-probe holds it no longer than this.
+const TRIAL_HOLD_MS: u64 = 120_000;
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -272,7 +279,7 @@ impl Dispatcher {
             };
             // A 429 met by another delivery while this one waited pauses it too.
             if let Some(until) = p.paused_until(clock::now_ms()) {
-                if admission == Admission::Trial {
+                if matches!(admission, Admission::Trial { .. }) {
                     p.breaker.neutral();
                 }
                 run.push(Tried {
@@ -282,7 +289,17 @@ impl Dispatcher {
                 });
                 continue;
             }
-            if admission == Admission::Trial {
+            if !self.wins_trial(p, admission).await {
+                run.push(Tried {
+                    provider: p.name.clone(),
+                    webhooks: p.manifest.webhooks,
+                    result: TryResult::BreakerOpen {
+                        retry_at: p.breaker.retry_at(),
+                    },
+                });
+                continue;
+            }
+            if matches!(admission, Admission::Trial { .. }) {
                 breakers.half_open(p);
             }
             let started = clock::instant();
@@ -300,6 +317,36 @@ impl Dispatcher {
                 break;
             }
         }
+    }
+
+    /// Whether this daemon makes the call `admission` allows: always, but for a trial of a
+    /// half-open breaker on a store several daemons share — one daemon makes each trial, the
+    /// one whose claim the store took. A daemon that loses (or cannot ask) gives the trial
+    /// back and holds its breaker shut for a cooldown; the winner's verdict reaches it as
+    /// a stored transition it adopts.
+    async fn wins_trial(&self, p: &Provider, admission: Admission) -> bool {
+        let Admission::Trial { generation, index } = admission else {
+            return true;
+        };
+        if !self.shared_store {
+            return true;
+        }
+        let now = clock::now_ms();
+        let claim = Op::ClaimProbe {
+            provider: p.name.clone(),
+            generation,
+            trial: index,
+            until: now + TRIAL_HOLD_MS,
+        };
+        let won = matches!(
+            self.committer.submit(claim).await,
+            Ok(OpResult::Probe { won: true })
+        );
+        if !won {
+            tracing::debug!(provider = %p.name, generation, "another daemon makes this trial call");
+            p.breaker.trial_lost(generation, now);
+        }
+        won
     }
 
     /// Lets [`verdict::decide`] say what `run` means for the message and commits it, with

@@ -200,6 +200,20 @@ pub trait Txn {
     // Circuit breakers.
     fn breaker(&mut self, provider: &str) -> Result<Option<BreakerRecord>, Self::Error>;
     fn put_breaker(&mut self, provider: &str, record: &BreakerRecord) -> Result<(), Self::Error>;
+    /// Takes trial call `trial` of `provider`'s breaker at `generation` for this daemon
+    /// unless another daemon holds it until after `now`; whether it did. An engine only one
+    /// daemon uses has nobody to share a trial with: every claim wins (the breaker itself
+    /// hands each trial out once).
+    fn claim_probe(
+        &mut self,
+        _provider: &str,
+        _generation: u64,
+        _trial: u32,
+        _now: UnixMillis,
+        _until: UnixMillis,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
 
     // The event log.
     /// Drops events older than `before` (an engine storing events in blocks keeps a
@@ -394,6 +408,14 @@ pub fn apply<T: Txn>(
             reason,
         } => operator_suppress(txn, now, *channel, recipient, reason),
         Op::Unsuppress { channel, recipient } => operator_unsuppress(txn, *channel, recipient),
+        Op::ClaimProbe {
+            provider,
+            generation,
+            trial,
+            until,
+        } => txn
+            .claim_probe(provider, *generation, *trial, now, *until)
+            .map(|won| OpResult::Probe { won }),
     }
 }
 

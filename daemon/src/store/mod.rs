@@ -457,6 +457,17 @@ pub enum Op {
         channel: Channel,
         recipient: String,
     },
+    /// Trial call `trial` of `provider`'s half-open breaker at `generation`, for this
+    /// daemon if no other holds it: on a store several daemons share, one daemon makes each
+    /// trial call ([`OpResult::Probe`] says whether this one won). A claim lapses at
+    /// `until`, so a daemon that died mid-probe does not keep the breaker open for ever.
+    /// No event, no message state.
+    ClaimProbe {
+        provider: String,
+        generation: u64,
+        trial: u32,
+        until: UnixMillis,
+    },
 }
 
 /// One entry of the suppression list with where it is stored: its channel and the
@@ -507,6 +518,10 @@ pub enum OpResult {
     Suppression {
         entry: Option<SuppressionEntry>,
         changed: bool,
+    },
+    /// `ClaimProbe`: whether this daemon makes the trial call.
+    Probe {
+        won: bool,
     },
 }
 

@@ -515,6 +515,70 @@ async fn a_breaker_opened_by_one_daemon_is_open_for_the_other() {
     );
 }
 
+/// One daemon makes each trial call of a half-open breaker, however many daemons have
+/// messages due for it: with the provider still down, the trial calls reach the mock a
+/// cooldown apart — never two in one half-open window (each daemon would make its own
+/// without the shared claim: `breaker_probes`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_makes_each_trial_call_of_a_shared_breaker() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    mock.set_default(herald_tests::mock::Reply::new(503, "{}"));
+    let builder = || {
+        Daemon::builder()
+            .env("HERALD_PG_URL", &db.url)
+            // One delivery at a time per daemon: when the cooldown ends, each daemon has
+            // a message of its own in hand to try.
+            .daemon("concurrency = 1")
+            .retry("base = \"100ms\"")
+            .retry("cap = \"200ms\"")
+            .retry("max_attempts = 1000")
+            .config(&format!(
+                "[[providers]]\nname = \"hook\"\nplugin = \"webhook\"\nurl = \"{}/notify\"\nbreaker = {{ failures = 1, cooldown = \"1s\", max_cooldown = \"1s\" }}\n\n[routes]\nemail = [\"hook\"]\n\n[store]\nkind = \"postgres\"\nurl = \"${{HERALD_PG_URL}}\"\nlease = \"30s\"\n",
+                mock.url()
+            ))
+    };
+    let a = builder().start().await;
+    let b = builder().start().await;
+    let (on_a, on_b) = (a.client().await, b.client().await);
+    for i in 0..10 {
+        on_a.send(email(&format!("a{i}@example.org"), "down"))
+            .await
+            .unwrap();
+        on_b.send(email(&format!("b{i}@example.org"), "down"))
+            .await
+            .unwrap();
+    }
+    // The first calls open the breakers; what was in flight then comes back meanwhile.
+    mock.wait_for(1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let trials: Vec<std::time::Instant> = mock
+        .requests()
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| *at > settled)
+        .collect();
+    assert!(
+        trials.len() >= 3,
+        "a trial call every cooldown while the provider is down, got {} in 7 s:\nA:\n{}\nB:\n{}",
+        trials.len(),
+        a.log(),
+        b.log()
+    );
+    let mut sorted = trials.clone();
+    sorted.sort();
+    for pair in sorted.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(750),
+            "two trial calls {gap:?} apart in one half-open window ({} trials)",
+            sorted.len()
+        );
+    }
+}
+
 /// Senders through `client` until `stop` is set, 8 in flight, each acknowledged id
 /// recorded in `acked`; an error (the store unavailable for a moment) is counted in
 /// `refused` and the sender goes on.

@@ -6,8 +6,9 @@
 //! `leases` (expiry and the claim's fencing token, from the `lease_tokens` sequence),
 //! `idempotency` keys in their own
 //! uniquely keyed table, provider ids, dead letters, finished-by-time, suppression, the
-//! latest message per recipient, held webhook updates, seen webhook ids, shared `breakers`,
-//! and the append-only `events` log; `herald_meta` holds the seq counter, the per-state
+//! latest message per recipient, held webhook updates, seen webhook ids, shared `breakers`
+//! and `breaker_probes` (who makes each trial call of a half-open breaker, held until a
+//! deadline so a dead winner's trial goes to another daemon), and the append-only `events` log; `herald_meta` holds the seq counter, the per-state
 //! counts, the epoch and how recipients are keyed. Values are postcard, like sled's.
 //!
 //! # Transactions and seq
@@ -1193,6 +1194,38 @@ impl Txn for PgTxn<'_> {
         )?;
         Ok(())
     }
+    fn claim_probe(
+        &mut self,
+        provider: &str,
+        generation: u64,
+        trial: u32,
+        now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let generation = big(generation);
+        self.exec(
+            "DELETE FROM breaker_probes WHERE provider = $1 AND generation < $2",
+            &[&provider, &generation],
+        )?;
+        // Inserted, or taken over from a claim that lapsed: one row; held by another, or a
+        // newer opening already probed (this daemon has not adopted it yet): none.
+        let won = self.exec(
+            "INSERT INTO breaker_probes (provider, generation, trial, until) \
+             SELECT $1::text, $2::bigint, $3::integer, $4::bigint \
+             WHERE NOT EXISTS (SELECT 1 FROM breaker_probes \
+                               WHERE provider = $1 AND generation > $2) \
+             ON CONFLICT (provider, generation, trial) DO UPDATE SET until = EXCLUDED.until \
+             WHERE breaker_probes.until <= $5",
+            &[
+                &provider,
+                &generation,
+                &(trial as i32),
+                &big(until),
+                &big(now),
+            ],
+        )?;
+        Ok(won == 1)
+    }
 
     fn prune_events(&mut self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         // The oldest events, in seq order, up to the first one that is not old enough.
@@ -1589,6 +1622,50 @@ mod tests {
     /// Two daemons committing at once: seqs are gap-free, unique, and in commit order —
     /// every batch's events are contiguous, so no reader can see seq n+1 before seq n.
     #[test]
+    fn one_daemon_wins_each_trial_of_a_half_open_breaker() {
+        let db = TestDb::new();
+        let a = open(&db);
+        let b = open(&db);
+        let claim = |store: &PgStore, generation: u64, trial: u32, now: UnixMillis| {
+            let op = Op::ClaimProbe {
+                provider: "resend".into(),
+                generation,
+                trial,
+                until: now + 1_000,
+            };
+            match store.commit(now, &[op]).unwrap().results.remove(0) {
+                OpResult::Probe { won } => won,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(
+            claim(&a, 1, 0, 100),
+            "the first to ask makes the trial call"
+        );
+        assert!(!claim(&b, 1, 0, 100), "not the second");
+        assert!(!claim(&b, 1, 0, 1_099), "while the winner holds it");
+        assert!(
+            claim(&b, 1, 1, 200),
+            "another trial of the same opening is its own"
+        );
+        assert!(
+            claim(&b, 1, 0, 1_100),
+            "a winner that died mid-call holds the trial no longer than its claim"
+        );
+        assert!(!claim(&a, 1, 0, 1_200));
+        // The next opening's trials start afresh, and its first claim clears the old rows.
+        assert!(claim(&a, 2, 0, 1_300));
+        assert!(
+            !claim(&b, 1, 2, 1_300),
+            "a daemon that has not adopted the newer opening yet probes nothing"
+        );
+        let rows: i64 = a.query("SELECT count(*) FROM breaker_probes", &[]).unwrap()[0].get(0);
+        assert_eq!(rows, 1);
+        // Claims are not message state: no event, nothing counted.
+        assert_eq!(a.last_seq(), 0);
+    }
+
+    #[test]
     fn two_stores_on_one_database_take_gap_free_seqs() {
         let db = TestDb::new();
         let a = open(&db);
@@ -1895,6 +1972,7 @@ mod tests {
         s.execute_now("DROP SEQUENCE lease_tokens", &[]).unwrap();
         s.execute_now("ALTER TABLE queue DROP COLUMN lane", &[])
             .unwrap();
+        s.execute_now("DROP TABLE breaker_probes", &[]).unwrap();
         s.execute_now("UPDATE herald_schema SET version = 1", &[])
             .unwrap();
         drop(s);

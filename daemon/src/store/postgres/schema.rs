@@ -11,7 +11,7 @@ use super::{Bridge, db};
 use crate::store::StoreError;
 
 /// The schema version this build writes and reads.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// The advisory lock key migrations run under ("herald" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
@@ -119,6 +119,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE queue ADD COLUMN lane smallint NOT NULL DEFAULT 1;
     CREATE INDEX queue_lane_due ON queue (lane, due_at, id);
+    "#,
+    // 4: one daemon makes each trial call of a half-open breaker. A row is a claim on
+    // trial `trial` of the breaker's `generation` (the generation every daemon adopted),
+    // held until `until`; rows of older generations are deleted by the next claim.
+    r#"
+    CREATE TABLE breaker_probes (
+        provider text NOT NULL,
+        generation bigint NOT NULL,
+        trial integer NOT NULL,
+        until bigint NOT NULL,
+        PRIMARY KEY (provider, generation, trial)
+    );
     "#,
 ];
 
