@@ -640,8 +640,12 @@ impl PgStore {
                 c: &client,
                 now,
                 rules: self.rules,
+                pending: std::cell::RefCell::new(Vec::new()),
             };
-            lifecycle::apply_batch(&mut txn, now, ops, ms(row.get(0)), counts_of(row.get(1)))
+            let batch =
+                lifecycle::apply_batch(&mut txn, now, ops, ms(row.get(0)), counts_of(row.get(1)))?;
+            txn.flush_pending()?;
+            Ok(batch)
         })();
         let result = result.and_then(|batch| {
             // An error here leaves the outcome unknown: the batch is answered as failed.
@@ -809,34 +813,90 @@ struct PgTxn<'a> {
     /// The batch's time: `leased` lists only leases expired by then.
     now: UnixMillis,
     rules: RecipientRules,
+    /// Writes whose answer nobody reads, not yet sent: they go out together with the next
+    /// statement (see [`PgTxn::with_pending`]).
+    pending: std::cell::RefCell<Vec<Deferred>>,
+}
+
+/// A parameter a deferred write owns.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A write sent later, in order, ahead of the next statement of the transaction.
+struct Deferred {
+    sql: &'static str,
+    params: Vec<Param>,
 }
 
 impl PgTxn<'_> {
-    fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+    /// Queues a write whose answer (rows affected) nobody reads. Writes keep their order:
+    /// they are sent, in one pipeline, ahead of the next read or write that needs an
+    /// answer — so a read sees every earlier write, and a batch of accepts costs one round
+    /// trip per message (its reads) instead of one per statement. A deferred write that
+    /// fails fails that next statement, and so the batch.
+    fn defer(&self, sql: &'static str, params: Vec<Param>) {
+        self.pending.borrow_mut().push(Deferred { sql, params });
+    }
+
+    /// Runs `f` (one statement) after sending every pending write, all on the wire before
+    /// waiting for any answer (tokio-postgres sends a query when it is first polled, and
+    /// the server answers in order).
+    fn with_pending<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let c = self.c;
         self.b
-            .block_on(async {
-                let st = self.c.prepare_cached(sql).await?;
-                self.c.execute(&st, params).await
+            .block_on(async move {
+                if pending.is_empty() {
+                    return f.await;
+                }
+                // Prepared first (cached after a connection's first use), so the writes
+                // below go out in their order on their first poll.
+                let mut statements = Vec::with_capacity(pending.len());
+                for d in &pending {
+                    statements.push(c.prepare_cached(d.sql).await?);
+                }
+                let writes = futures_util::future::try_join_all(
+                    pending.iter().zip(&statements).map(|(d, st)| async move {
+                        let params: Vec<&(dyn ToSql + Sync)> = d
+                            .params
+                            .iter()
+                            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                            .collect();
+                        c.execute(st, &params).await
+                    }),
+                );
+                let (_, answer) = futures_util::future::try_join(writes, f).await?;
+                Ok(answer)
             })
             .map_err(db)
+    }
+
+    /// Sends what is pending (before COMMIT).
+    fn flush_pending(&self) -> Result<(), StoreError> {
+        self.with_pending(async { Ok(()) })
+    }
+
+    fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        self.with_pending(async {
+            let st = self.c.prepare_cached(sql).await?;
+            self.c.execute(&st, params).await
+        })
     }
 
     fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
-        self.b
-            .block_on(async {
-                let st = self.c.prepare_cached(sql).await?;
-                self.c.query(&st, params).await
-            })
-            .map_err(db)
+        self.with_pending(async {
+            let st = self.c.prepare_cached(sql).await?;
+            self.c.query(&st, params).await
+        })
     }
 
     fn row(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
-        self.b
-            .block_on(async {
-                let st = self.c.prepare_cached(sql).await?;
-                self.c.query_opt(&st, params).await
-            })
-            .map_err(db)
+        self.with_pending(async {
+            let st = self.c.prepare_cached(sql).await?;
+            self.c.query_opt(&st, params).await
+        })
     }
 
     fn id_pairs(
@@ -868,11 +928,15 @@ impl Txn for PgTxn<'_> {
     }
     fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), StoreError> {
         let state = Counts::index(record.state) as i16;
-        self.exec(
+        self.defer(
             "INSERT INTO messages (id, state, record) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record",
-            &[&id.as_slice(), &state, &enc(record)],
-        )?;
+            vec![
+                Box::new(id.to_vec()),
+                Box::new(state),
+                Box::new(enc(record)),
+            ],
+        );
         Ok(())
     }
     fn remove_message(&mut self, id: &MsgId) -> Result<(), StoreError> {
@@ -881,17 +945,25 @@ impl Txn for PgTxn<'_> {
     }
 
     fn schedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
-        self.exec(
+        self.defer(
             "INSERT INTO queue (due_at, id, lane) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&big(due), &id.as_slice(), &lane_sql(lane)],
-        )?;
+            vec![
+                Box::new(big(due)),
+                Box::new(id.to_vec()),
+                Box::new(lane_sql(lane)),
+            ],
+        );
         Ok(())
     }
     fn unschedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
-        self.exec(
+        self.defer(
             "DELETE FROM queue WHERE due_at = $1 AND id = $2 AND lane = $3",
-            &[&big(due), &id.as_slice(), &lane_sql(lane)],
-        )?;
+            vec![
+                Box::new(big(due)),
+                Box::new(id.to_vec()),
+                Box::new(lane_sql(lane)),
+            ],
+        );
         Ok(())
     }
     fn due(
@@ -935,7 +1007,10 @@ impl Txn for PgTxn<'_> {
             .is_some())
     }
     fn unlease(&mut self, id: &MsgId) -> Result<(), StoreError> {
-        self.exec("DELETE FROM leases WHERE id = $1", &[&id.as_slice()])?;
+        self.defer(
+            "DELETE FROM leases WHERE id = $1",
+            vec![Box::new(id.to_vec())],
+        );
         Ok(())
     }
     fn is_leased(&mut self, id: &MsgId) -> Result<bool, StoreError> {
@@ -968,11 +1043,15 @@ impl Txn for PgTxn<'_> {
         id: &MsgId,
         expires: UnixMillis,
     ) -> Result<(), StoreError> {
-        self.exec(
+        self.defer(
             "INSERT INTO idempotency (key, id, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (key) DO UPDATE SET id = EXCLUDED.id, expires_at = EXCLUDED.expires_at",
-            &[&key, &id.as_slice(), &big(expires)],
-        )?;
+            vec![
+                Box::new(key.to_string()),
+                Box::new(id.to_vec()),
+                Box::new(big(expires)),
+            ],
+        );
         Ok(())
     }
     fn remove_idempotency(&mut self, key: &str) -> Result<(), StoreError> {
@@ -989,11 +1068,15 @@ impl Txn for PgTxn<'_> {
         .transpose()
     }
     fn put_provider_id(&mut self, provider: &str, pid: &str, id: &MsgId) -> Result<(), StoreError> {
-        self.exec(
+        self.defer(
             "INSERT INTO provider_ids (provider, pid, id) VALUES ($1, $2, $3) \
              ON CONFLICT (provider, pid) DO UPDATE SET id = EXCLUDED.id",
-            &[&provider, &pid, &id.as_slice()],
-        )?;
+            vec![
+                Box::new(provider.to_string()),
+                Box::new(pid.to_string()),
+                Box::new(id.to_vec()),
+            ],
+        );
         Ok(())
     }
     fn remove_provider_id(&mut self, provider: &str, pid: &str) -> Result<(), StoreError> {
@@ -1017,10 +1100,10 @@ impl Txn for PgTxn<'_> {
     }
 
     fn put_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
-        self.exec(
+        self.defer(
             "INSERT INTO finished (at, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&big(at), &id.as_slice()],
-        )?;
+            vec![Box::new(big(at)), Box::new(id.to_vec())],
+        );
         Ok(())
     }
     fn remove_finished(&mut self, at: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
@@ -1092,11 +1175,15 @@ impl Txn for PgTxn<'_> {
         key: &RecipientKey,
         id: &MsgId,
     ) -> Result<(), StoreError> {
-        self.exec(
+        self.defer(
             "INSERT INTO latest (channel, key, id) VALUES ($1, $2, $3) \
              ON CONFLICT (channel, key) DO UPDATE SET id = EXCLUDED.id",
-            &[&channel_sql(channel), &key.as_str(), &id.as_slice()],
-        )?;
+            vec![
+                Box::new(channel_sql(channel)),
+                Box::new(key.as_str().to_string()),
+                Box::new(id.to_vec()),
+            ],
+        );
         Ok(())
     }
     fn remove_latest(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), StoreError> {
