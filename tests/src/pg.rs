@@ -161,12 +161,7 @@ fn start_private() -> Server {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A free port: bind, read it, release (a race with another process is unlikely and
-    // shows as a failed start).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let opts = format!(
         "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
         dir.to_string_lossy()
@@ -304,4 +299,38 @@ pub fn url_for(name: &str) -> String {
     }
     parts.push(format!("dbname={name}"));
     parts.join(" ")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a listener the daemon (or a
+/// server the test starts) will bind later.
+///
+/// Taken *below* the kernel's ephemeral range: a port the kernel handed out for
+/// `bind(0)` and that was released may be handed out again at once as the source port of
+/// any outgoing connection (a client of a mock, a PostgreSQL connection), and the daemon's
+/// later `bind` then fails with "Address already in use". Ports below the range are never
+/// chosen by the kernel; a per-process start and a counter keep parallel test processes
+/// apart, and each candidate is bound once to check nobody holds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = ephemeral_low().clamp(2_048, 65_535);
+    let base = 1_024u32;
+    let span = low - base;
+    let start = (std::process::id() * 97) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port below the ephemeral range ({low})");
+}
+
+/// The first port of `net.ipv4.ip_local_port_range` (Linux's default is 32768).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
