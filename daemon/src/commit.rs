@@ -94,7 +94,11 @@ struct Job {
 fn needs_durable_ack(op: &Op) -> bool {
     !matches!(
         op,
-        Op::Claim { .. } | Op::Complete(_) | Op::Prune { .. } | Op::ClaimProbe { .. }
+        Op::Claim { .. }
+            | Op::Complete(_)
+            | Op::Prune { .. }
+            | Op::ClaimProbe { .. }
+            | Op::Renew { .. }
     )
 }
 
@@ -120,6 +124,9 @@ fn refusal(op: &Op, level: Level, failed: bool) -> Option<Refused> {
     match op {
         Op::Complete(_) | Op::Recover => None,
         _ if failed => Some(Refused::Failed),
+        // Keeping a lease writes nothing new, and losing it would have the message sent
+        // again by another daemon.
+        Op::Renew { .. } => None,
         Op::Accept(_) | Op::Requeue(_) => (level != Level::Ok).then_some(Refused::Space(level)),
         Op::Claim { .. }
         | Op::ClaimProbe { .. }

@@ -236,8 +236,9 @@ pub enum StoreConfig {
         url: Secret,
         /// Connections in the pool.
         pool_size: usize,
-        /// How long a claimed message stays leased to the daemon sending it; past it any
-        /// daemon may take it back (it must outlast a provider call).
+        /// How long a claimed message stays leased to the daemon sending it without a
+        /// renewal (the daemon renews every third of it while the delivery lasts); past it
+        /// any daemon may take it back.
         lease_ms: u64,
     },
 }
@@ -1105,7 +1106,7 @@ fn validate_store(
             let lease_ms = duration(s.lease, "store.lease", 60_000)?;
             if lease_ms < 1_000 {
                 return Err(
-                    "store.lease must be at least 1s (it must outlast a provider call)".into(),
+                    "store.lease must be at least 1s (a renewal must reach the database within a third of it)".into(),
                 );
             }
             Ok(StoreConfig::Postgres {

@@ -338,6 +338,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             concurrency: d.concurrency,
             shutdown_grace: Duration::from_millis(d.shutdown_grace_ms),
             lease_ms,
+            held: Arc::default(),
         }
         .run(shutdown.clone()),
     );

@@ -21,11 +21,16 @@
 //! claim ([`batch`]): one request, one rate-limit token, one breaker answer per group, and
 //! each message's completion as above.
 //!
+//! On a store several daemons share, the leases of deliveries in flight are renewed until
+//! their completions are handed over ([`leases`]), so a slow delivery is never taken back
+//! and sent again by another daemon.
+//!
 //! Owns: concurrency bound, the I/O of a delivery, breaker bookkeeping. Must not: touch
 //! storage except through the committer, do I/O other than through `transport`, or decide
 //! outcomes outside `verdict`.
 
 mod batch;
+mod leases;
 pub mod verdict;
 
 use std::sync::Arc;
@@ -66,8 +71,11 @@ pub struct Dispatcher {
     /// daemons share, past it another daemon may take a message back.
     pub lease_ms: u64,
     /// Several daemons share the store: each trial call of a half-open breaker is claimed
-    /// in it first ([`Dispatcher::wins_trial`]), so one daemon makes it.
+    /// in it first ([`Dispatcher::wins_trial`]), so one daemon makes it, and the leases of
+    /// deliveries in flight are renewed ([`leases`]).
     pub shared_store: bool,
+    /// The leases of deliveries in flight.
+    pub held: Arc<leases::Held>,
 }
 
 /// How long a won trial call is this daemon's alone: longer than a provider call may take
@@ -90,6 +98,11 @@ impl Dispatcher {
         let mut paused = false;
         // Claim positions so far: the normal:bulk share of the next claim starts here.
         let mut turn: u64 = 0;
+        // On a shared store a lease must outlive the delivery however long it takes; on a
+        // store one daemon uses, leases matter only across a restart.
+        let renewal = this.shared_store.then(|| {
+            tokio::spawn(Arc::clone(&this.held).renew(this.committer.clone(), this.lease_ms))
+        });
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
             // Short of space, or the store failed: claim nothing (messages stay queued)
@@ -149,7 +162,12 @@ impl Dispatcher {
                 let Some(permit) = slot(&slots).await else {
                     return;
                 };
-                tasks.spawn(Arc::clone(&this).deliver(c, permit));
+                let hold = this.held.hold([&c]);
+                let this = Arc::clone(&this);
+                tasks.spawn(async move {
+                    this.deliver(c, permit).await;
+                    drop(hold);
+                });
             }
             for b in batches {
                 let mut permits = Vec::with_capacity(b.items.len());
@@ -159,7 +177,12 @@ impl Dispatcher {
                     };
                     permits.push(permit);
                 }
-                tasks.spawn(Arc::clone(&this).deliver_batch(b, permits));
+                let hold = this.held.hold(&b.items);
+                let this = Arc::clone(&this);
+                tasks.spawn(async move {
+                    this.deliver_batch(b, permits).await;
+                    drop(hold);
+                });
             }
             if full {
                 continue;
@@ -197,6 +220,10 @@ impl Dispatcher {
                 "shutdown grace period over; unfinished deliveries stay leased and are re-queued at the next start"
             );
             tasks.abort_all();
+        }
+        // What is still leased now expires: another daemon (or the next start) re-queues it.
+        if let Some(renewal) = renewal {
+            renewal.abort();
         }
     }
 
@@ -373,6 +400,7 @@ impl Dispatcher {
     /// Commits a completion, retrying a storage failure a few times: until it is committed
     /// the message stays leased (and is re-queued at the next start).
     async fn complete(&self, completion: Completion) {
+        self.held.release(&completion.id, completion.fence);
         for attempt in 1..=3u64 {
             match self
                 .committer

@@ -173,6 +173,7 @@ conformance!(
     requeue_from_the_dead_letters,
     recover_after_a_restart,
     recover_leaves_live_leases_to_other_daemons,
+    renewed_leases_outlive_their_first_expiry,
     held_webhook_outrunning_the_send,
     held_webhook_for_a_provider_id_not_yet_known,
     status_updates_forward_only_and_deduplicated,
@@ -857,6 +858,65 @@ fn recover_leaves_live_leases_to_other_daemons<E: Engine>(mut e: E) {
     let r = s.commit(1_100, &[Op::Recover]).unwrap();
     assert_eq!(r.results, vec![OpResult::Recovered(1)]);
     assert_eq!(state(&s, &b.id), State::Queued);
+    assert_consistent(&s);
+}
+
+/// A daemon renews the leases of deliveries still in flight: on a shared store a renewed
+/// lease is not returned at its first expiry, and its completion still applies. A lease is
+/// renewed only under the claim's token; a completed or re-claimed one is reported lost
+/// (and, on a shared store, not extended: recovery takes it back at its expiry).
+fn renewed_leases_outlive_their_first_expiry<E: Engine>(mut e: E) {
+    let s = e.open();
+    let slow = msg(None, "slow provider");
+    let quick = msg(None, "quick");
+    accept(&s, 0, &slow);
+    accept(&s, 0, &quick);
+    let claimed = claim(&s, 0, 10);
+    assert_eq!(claimed.len(), 2);
+    let c = claimed.iter().find(|c| c.id == slow.id).unwrap().clone();
+    let q = claimed.iter().find(|c| c.id == quick.id).unwrap().clone();
+    complete(&s, 100, done(&q, State::Sent, Some("q1")));
+    let renew = |now, until, leases: Vec<(MsgId, u64)>| {
+        let r = s.commit(now, &[Op::Renew { leases, until }]).unwrap();
+        assert!(r.events.is_empty(), "a renewal is not an event");
+        match r.results.into_iter().next() {
+            Some(OpResult::Renewed { lost }) => lost,
+            other => panic!("renew: {other:?}"),
+        }
+    };
+    // Held: kept. Completed: lost. A token that was never this claim's: lost.
+    assert_eq!(
+        renew(500, 2_500, vec![(c.id, c.fence), (q.id, q.fence)]),
+        vec![q.id]
+    );
+    assert_eq!(renew(600, 2_600, vec![(c.id, c.fence + 7)]), vec![c.id]);
+    if E::SHARED {
+        // Past the claim's own lease (1 s), within the renewal: still this daemon's.
+        let r = s.commit(1_500, &[Op::Recover]).unwrap();
+        assert_eq!(r.results, vec![OpResult::Recovered(0)]);
+        assert_eq!(state(&s, &slow.id), State::Sending);
+        complete(&s, 2_000, done(&c, State::Sent, Some("s1")));
+        assert_eq!(state(&s, &slow.id), State::Sent);
+        assert_eq!(renew(2_100, 4_100, vec![(c.id, c.fence)]), vec![c.id]);
+        // A lease left to expire is returned, and renewing it late is too late: the claim
+        // that took it back is another claim.
+        let late = msg(None, "abandoned");
+        accept(&s, 3_000, &late);
+        let l = claim_one(&s, 3_000, &late.id);
+        let r = s.commit(4_000, &[Op::Recover]).unwrap();
+        assert_eq!(r.results, vec![OpResult::Recovered(1)]);
+        let again = claim_one(&s, 4_000, &late.id);
+        assert_ne!(again.fence, l.fence);
+        assert_eq!(renew(4_100, 6_000, vec![(l.id, l.fence)]), vec![l.id]);
+        assert_eq!(
+            renew(4_200, 6_000, vec![(again.id, again.fence)]),
+            Vec::<MsgId>::new()
+        );
+        complete(&s, 4_300, done(&again, State::Sent, Some("l1")));
+    } else {
+        complete(&s, 2_000, done(&c, State::Sent, Some("s1")));
+        assert_eq!(renew(2_100, 4_100, vec![(c.id, c.fence)]), vec![c.id]);
+    }
     assert_consistent(&s);
 }
 

@@ -214,6 +214,30 @@ pub trait Txn {
     ) -> Result<bool, Self::Error> {
         Ok(true)
     }
+    /// Extends each lease of `leases` (message, fencing token) that is still held to at
+    /// least `until`; returns the messages whose lease is not held any more. The default is
+    /// for engines one daemon uses, whose leases matter only across a restart (which
+    /// returns them all): nothing is extended — the token is the lease's expiry there, and
+    /// nobody else takes a lease back — and a lease counts as held while its message is
+    /// `sending` under that token.
+    fn renew_leases(
+        &mut self,
+        leases: &[(MsgId, u64)],
+        until: UnixMillis,
+    ) -> Result<Vec<MsgId>, Self::Error> {
+        let _ = until;
+        let mut lost = Vec::new();
+        for (id, fence) in leases {
+            let held = match self.message(id)? {
+                Some(r) => r.state == State::Sending && self.holds_lease(id, &r, *fence)?,
+                None => false,
+            };
+            if !held {
+                lost.push(*id);
+            }
+        }
+        Ok(lost)
+    }
 
     // The event log.
     /// Drops events older than `before` (an engine storing events in blocks keeps a
@@ -416,6 +440,9 @@ pub fn apply<T: Txn>(
         } => txn
             .claim_probe(provider, *generation, *trial, now, *until)
             .map(|won| OpResult::Probe { won }),
+        Op::Renew { leases, until } => txn
+            .renew_leases(leases, *until)
+            .map(|lost| OpResult::Renewed { lost }),
     }
 }
 

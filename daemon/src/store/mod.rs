@@ -468,6 +468,16 @@ pub enum Op {
         trial: u32,
         until: UnixMillis,
     },
+    /// Extends the leases this daemon still holds — each named by its message and the
+    /// claim's fencing token ([`Claimed::fence`]) — to at least `until`, so a delivery that
+    /// outlasts `store.lease` (a slow provider, a failover, a wait for rate-limit tokens) is
+    /// not taken back and sent again by another daemon. A lease whose token no longer
+    /// matches (completed, or taken back after it expired) is left alone and reported in
+    /// [`OpResult::Renewed`]. No event, no message state.
+    Renew {
+        leases: Vec<(MsgId, u64)>,
+        until: UnixMillis,
+    },
 }
 
 /// One entry of the suppression list with where it is stored: its channel and the
@@ -522,6 +532,10 @@ pub enum OpResult {
     /// `ClaimProbe`: whether this daemon makes the trial call.
     Probe {
         won: bool,
+    },
+    /// `Renew`: the messages whose lease this daemon no longer holds.
+    Renewed {
+        lost: Vec<MsgId>,
     },
 }
 

@@ -453,6 +453,52 @@ async fn a_stalled_daemons_leases_go_to_the_other_and_its_late_completions_chang
     drop(a);
 }
 
+/// A delivery that takes longer than `store.lease` stays with the daemon making it: its
+/// lease is renewed while the call is in flight, so the other daemon does not take the
+/// message back and send it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_slower_than_the_lease_is_not_sent_twice() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    mock.hold();
+    let a = on_postgres(&db, &mock, "1s").start().await;
+    let b = on_postgres(&db, &mock, "1s").start().await;
+    let on_a = a.client().await;
+    let mut ids = HashSet::new();
+    for i in 0..4 {
+        let to = format!("slow{i}@example.org");
+        ids.insert(on_a.send(email(&to, "a slow provider")).await.unwrap().id);
+    }
+    mock.wait_for(4, Duration::from_secs(30)).await;
+    // Four lease periods with every call in flight: each daemon returns expired leases
+    // every 500 ms, so a lease that was not renewed would have been taken back by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        mock.count(),
+        4,
+        "a message was claimed again while in flight"
+    );
+    mock.release();
+    let on_b = b.client().await;
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while on_b.get(id).await.unwrap().state != State::Sent {
+            assert!(tokio::time::Instant::now() < deadline, "{id} not sent");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut seen: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter_map(|r| r.json()["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(seen.len(), 4, "each message sent once: {seen:?}");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
+}
+
 /// A breaker one daemon opens is open on the other (which never called the provider).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_opened_by_one_daemon_is_open_for_the_other() {

@@ -1314,6 +1314,37 @@ impl Txn for PgTxn<'_> {
         Ok(won == 1)
     }
 
+    /// One statement for the whole set: a lease is extended only while it carries the
+    /// claim's token (a lease taken back and claimed again has a new one).
+    fn renew_leases(
+        &mut self,
+        leases: &[(MsgId, u64)],
+        until: UnixMillis,
+    ) -> Result<Vec<MsgId>, StoreError> {
+        let ids: Vec<&[u8]> = leases.iter().map(|(id, _)| id.as_slice()).collect();
+        // A token past i64 was never handed out: it matches nothing.
+        let tokens: Vec<i64> = leases
+            .iter()
+            .map(|(_, fence)| i64::try_from(*fence).unwrap_or(-1))
+            .collect();
+        let kept = self
+            .rows(
+                "UPDATE leases SET until = GREATEST(leases.until, $1) \
+                 FROM unnest($2::bytea[], $3::bigint[]) AS held(id, token) \
+                 WHERE leases.id = held.id AND leases.token = held.token \
+                 RETURNING leases.id",
+                &[&big(until), &ids, &tokens],
+            )?
+            .iter()
+            .map(|r| id_of(r.get(0)))
+            .collect::<Result<std::collections::HashSet<MsgId>, _>>()?;
+        Ok(leases
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !kept.contains(id))
+            .collect())
+    }
+
     fn prune_events(&mut self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
         // The oldest events, in seq order, up to the first one that is not old enough.
         self.exec(
