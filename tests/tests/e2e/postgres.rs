@@ -499,6 +499,81 @@ async fn a_delivery_slower_than_the_lease_is_not_sent_twice() {
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
 }
 
+/// The database server runs out of disk under a daemon (a trigger raises `disk_full` on
+/// every new message, as PostgreSQL does when it cannot extend a file): sends are refused
+/// with the retryable `storage_unavailable`, never `internal`, nothing half-written is
+/// left, and once the server has room the same daemon — not restarted — accepts and
+/// delivers again (the error did not mark its store failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_out_of_disk_refuses_sends_until_it_has_room_again() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    let daemon = on_postgres(&db, &mock, "60s").start().await;
+    let client = daemon.client().await;
+    let first = client
+        .send(email("before@example.org", "before"))
+        .await
+        .unwrap();
+    mock.wait_for(1, Duration::from_secs(30)).await;
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(
+            "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' \
+             USING ERRCODE = 'disk_full'; END $$; \
+             CREATE TRIGGER full_disk BEFORE INSERT ON messages \
+             FOR EACH ROW EXECUTE FUNCTION full_disk();",
+        )
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let e = client
+            .send(email(&format!("refused{i}@example.org"), "no room"))
+            .await
+            .expect_err("the database is out of disk");
+        match &e {
+            herald_client::ClientError::Server(body) => assert_eq!(
+                body.code,
+                herald_protocol::ErrorCode::StorageUnavailable,
+                "{e}"
+            ),
+            other => panic!("{other}"),
+        }
+    }
+    admin
+        .batch_execute("DROP TRIGGER full_disk ON messages")
+        .await
+        .unwrap();
+    let after = client
+        .send(email("after@example.org", "after"))
+        .await
+        .unwrap();
+    let got = mock.wait_for(2, Duration::from_secs(30)).await;
+    let ids: HashSet<String> = got
+        .iter()
+        .filter_map(|r| r.json()["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(ids, HashSet::from([first.id, after.id]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let stats = client.stats().await.unwrap();
+        if stats.active == 0 {
+            break stats;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        stats.states.iter().map(|(_, n)| n).sum::<u64>(),
+        2,
+        "{:?}",
+        stats.states
+    );
+}
+
 /// A breaker one daemon opens is open on the other (which never called the provider).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_opened_by_one_daemon_is_open_for_the_other() {

@@ -31,7 +31,10 @@
 //! loses it (and the counter row) instead of blocking the others. A lost connection, an
 //! ended session or a bound that ran out is [`StoreError::Unavailable`] ([`lost`]): the
 //! batch fails unacknowledged, the connection leaves the pool, and the next batch takes a
-//! fresh one — the committer does not mark the store failed.
+//! fresh one — the committer does not mark the store failed. Neither does any other
+//! server error ([`db`]): a refusal that clears by itself (out of disk, a read-only
+//! standby, …) is `Unavailable` too, one on the statement's merits `Internal`; the batch
+//! was rolled back whole either way.
 //! `COMMIT` runs with `synchronous_commit = on`, so `flush` has nothing left to do.
 //! Each commit with events sends `NOTIFY herald_events` (delivered at commit).
 //!
@@ -107,14 +110,50 @@ fn dec<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
     }
 }
 
-/// A statement's error: [`StoreError::Unavailable`] when the connection or the session
-/// was lost or a bound cut it short (see [`lost`]), else [`StoreError::Io`].
+/// A statement's error. Every batch is one transaction, rolled back whole when a statement
+/// fails, so no error leaves the database half-written and none is a reason to stop
+/// writing for good (as sled's I/O errors are):
+/// - [`StoreError::Unavailable`] (retryable: the clients are told to retry, the daemon
+///   carries on) when the connection or the session was lost or a bound cut it short
+///   ([`lost`]), or the server cannot do the work *now* ([`refused_for_now`]);
+/// - [`StoreError::Internal`] otherwise: a statement the server refuses on its merits (a
+///   constraint, a type, a missing table) — a bug or a tampered schema; that batch fails
+///   with `internal`, later ones are tried.
 pub(crate) fn db(e: tokio_postgres::Error) -> StoreError {
-    if lost(&e) {
-        StoreError::Unavailable(format!("postgres: {e}"))
+    let what = describe(&e);
+    if lost(&e) || refused_for_now(&e) {
+        StoreError::Unavailable(format!("postgres: {what}"))
     } else {
-        StoreError::Io(format!("postgres: {e}"))
+        StoreError::Internal(format!("postgres: {what}"))
     }
+}
+
+/// The server's own words when it answered with an error (`Display` of the driver's
+/// error says only "db error"), else the driver's.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} {}: {}", d.severity(), d.code().code(), d.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Whether the server refused for a reason that clears without Herald doing anything
+/// different: out of disk, memory or another resource (class 53), a system or I/O error
+/// on the server (58), an operator's intervention (57: a shutdown, a cancel), a read-only
+/// transaction (25006: the server is a standby — mid-failover, or the URL names a
+/// replica), a lock held elsewhere (55P03, 55006), or a missing privilege (42501: an
+/// operator's grant fixes it).
+fn refused_for_now(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|code| {
+        let c = code.code();
+        c.starts_with("53")
+            || c.starts_with("58")
+            || c.starts_with("57")
+            || matches!(c, "25006" | "55P03" | "55006" | "42501")
+    })
 }
 
 /// Whether `e` says the connection or its session ended, or a bound of this engine cut the
@@ -2256,6 +2295,79 @@ mod tests {
 
     fn db_err(e: tokio_postgres::Error) -> StoreError {
         db(e)
+    }
+
+    /// The server's own errors, raised by it: a condition that clears by itself is
+    /// retryable (`Unavailable`); a statement refused on its merits is `Internal`; neither
+    /// is an `Io` error (which would stop the daemon writing until a restart).
+    #[test]
+    fn server_errors_are_retryable_when_they_clear_by_themselves() {
+        let db = TestDb::new();
+        let (rt, c) = session(&db, Duration::from_secs(600));
+        let raise = |code: &str| {
+            let sql =
+                format!("DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{code}'; END $$");
+            db_err(rt.block_on(c.batch_execute(&sql)).expect_err("raised"))
+        };
+        for code in [
+            "53100", "53200", "58030", "57000", "25006", "42501", "40001", "55P03",
+        ] {
+            let e = raise(code);
+            assert!(matches!(e, StoreError::Unavailable(_)), "{code}: {e:?}");
+            assert!(
+                e.to_string().contains(&format!("ERROR {code}: raised")),
+                "{e}"
+            );
+        }
+        for code in ["23505", "22P02", "42P01", "XX000"] {
+            let e = raise(code);
+            assert!(matches!(e, StoreError::Internal(_)), "{code}: {e:?}");
+        }
+    }
+
+    /// A batch the server refuses for want of disk (here a trigger raises `disk_full` on
+    /// every new message) fails as a whole and retryably, leaves nothing of itself behind,
+    /// and the next batch, once the server has room again, goes through.
+    #[test]
+    fn a_server_out_of_disk_fails_the_batch_retryably_and_the_next_one_succeeds() {
+        let db = TestDb::new();
+        let s = open(&db);
+        let (rt, admin) = session(&db, Duration::from_secs(600));
+        rt.block_on(admin.batch_execute(
+            "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' \
+             USING ERRCODE = 'disk_full'; END $$; \
+             CREATE TRIGGER full_disk BEFORE INSERT ON messages \
+             FOR EACH ROW EXECUTE FUNCTION full_disk();",
+        ))
+        .unwrap();
+        let refused = sms("refused");
+        let e = s
+            .commit(1, &[Op::Accept(refused.clone())])
+            .expect_err("the server is out of disk");
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        rt.block_on(admin.batch_execute("DROP TRIGGER full_disk ON messages"))
+            .unwrap();
+        let accepted = sms("accepted");
+        let r = s.commit(2, &[Op::Accept(accepted.clone())]).unwrap();
+        assert!(matches!(
+            r.results[0],
+            OpResult::Accepted {
+                duplicate: false,
+                ..
+            }
+        ));
+        assert!(
+            s.get(&refused.id).unwrap().is_none(),
+            "nothing of the failed batch"
+        );
+        assert!(s.get(&accepted.id).unwrap().is_some());
+        assert_eq!(s.counts().get(herald_plugin_api::State::Queued), 1);
+        assert_eq!(
+            s.events_from(1, 10).unwrap().len(),
+            1,
+            "one queued event, seq 1"
+        );
     }
 
     /// Backends killed under the store (`pg_terminate_backend`, a server restart): the
