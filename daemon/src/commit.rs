@@ -829,123 +829,14 @@ fn flusher(
 mod tests {
     //! The real sled store, with faults injected at the `Store` boundary: a flush that
     //! fails (as on ENOSPC) or blocks (as sled's `make_stable` did on a full disk).
-    use std::sync::Condvar;
     use std::time::Instant;
 
     use herald_plugin_api::{Content, SmsContent, State};
 
     use super::*;
     use crate::space::{Measured, MinFree};
-    use crate::store::{
-        BreakerRecord, Completion, Counts, MsgId, NewMessage, Record, SledStore, new_id,
-    };
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Flush {
-        Pass,
-        Fail,
-        Block,
-    }
-
-    struct Faulty {
-        inner: SledStore,
-        flush: Mutex<Flush>,
-        released: Condvar,
-        commits: AtomicU64,
-    }
-
-    impl Faulty {
-        fn open(dir: &std::path::Path, flush: Flush) -> Arc<Faulty> {
-            Arc::new(Faulty {
-                inner: SledStore::open(dir, 1 << 20).unwrap(),
-                flush: Mutex::new(flush),
-                released: Condvar::new(),
-                commits: AtomicU64::new(0),
-            })
-        }
-
-        fn set(&self, mode: Flush) {
-            *self.flush.lock().unwrap() = mode;
-            self.released.notify_all();
-        }
-    }
-
-    impl Store for Faulty {
-        fn commit(&self, now: u64, ops: &[Op]) -> Result<crate::store::Committed, StoreError> {
-            self.commits.fetch_add(1, Ordering::SeqCst);
-            self.inner.commit(now, ops)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            let mut mode = self.flush.lock().unwrap();
-            loop {
-                match *mode {
-                    Flush::Pass => return self.inner.flush(),
-                    Flush::Fail => {
-                        return Err(StoreError::Io(
-                            "No space left on device (os error 28)".into(),
-                        ));
-                    }
-                    Flush::Block => mode = self.released.wait(mode).unwrap(),
-                }
-            }
-        }
-        fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
-            self.inner.get(id)
-        }
-        fn idempotency_key(&self, key: &str, now: u64) -> Result<Option<MsgId>, StoreError> {
-            self.inner.idempotency_key(key, now)
-        }
-        fn epoch(&self) -> String {
-            self.inner.epoch()
-        }
-        fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
-            self.inner.events_from(from, limit)
-        }
-        fn first_seq(&self) -> Result<u64, StoreError> {
-            self.inner.first_seq()
-        }
-        fn last_seq(&self) -> u64 {
-            self.inner.last_seq()
-        }
-        fn next_due(&self) -> Result<Option<u64>, StoreError> {
-            self.inner.next_due()
-        }
-        fn lanes(&self) -> Result<[crate::store::LaneDepth; 3], StoreError> {
-            self.inner.lanes()
-        }
-        fn counts(&self) -> Counts {
-            self.inner.counts()
-        }
-        fn dead(&self, limit: usize) -> Result<Vec<(MsgId, Record)>, StoreError> {
-            self.inner.dead(limit)
-        }
-        fn recipient_key(
-            &self,
-            channel: herald_plugin_api::Channel,
-            recipient: &str,
-        ) -> Option<herald_plugin_api::RecipientKey> {
-            self.inner.recipient_key(channel, recipient)
-        }
-        fn suppression(
-            &self,
-            channel: herald_plugin_api::Channel,
-            key: &herald_plugin_api::RecipientKey,
-        ) -> Result<Option<crate::store::Suppression>, StoreError> {
-            self.inner.suppression(channel, key)
-        }
-        fn suppressions(
-            &self,
-            after: Option<(herald_plugin_api::Channel, &str)>,
-            limit: usize,
-        ) -> Result<Vec<crate::store::SuppressionEntry>, StoreError> {
-            self.inner.suppressions(after, limit)
-        }
-        fn breakers(
-            &self,
-        ) -> Result<std::collections::BTreeMap<String, BreakerRecord>, StoreError> {
-            self.inner.breakers()
-        }
-    }
+    use crate::store::faulty::{Faulty, Flush};
+    use crate::store::{Completion, MsgId, NewMessage, new_id};
 
     fn msg() -> NewMessage {
         NewMessage {

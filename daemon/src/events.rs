@@ -16,14 +16,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use herald_plugin_api::Event;
-use herald_protocol::{Filter, Response, ServerFrame};
+use herald_protocol::{ErrorBody, ErrorCode, Filter, Response, ServerFrame};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
 use crate::commit::Committer;
 use crate::fanout::{Fanout, Registration};
 use crate::reads::{ReadError, Reads};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 const PAGE: usize = 512;
 /// How long a follower whose log read stalled waits before reading again.
@@ -121,13 +121,14 @@ pub async fn follow<S: Sink>(
             let from = *next;
             let page = match reads.run(move |s| s.events_from(from, PAGE)).await {
                 Ok(p) => p,
-                // The store is stalled, not broken: the cursor stays, the read is tried
-                // again, and the follower goes on where it was once the store answers.
-                Err(ReadError::Stalled(_)) => {
+                // The store is stalled or out of reach for now (a shared engine's lost
+                // connection), not broken: the cursor stays, the read is tried again, and
+                // the follower goes on where it was once the store answers.
+                Err(e @ (ReadError::Stalled(_) | ReadError::Store(StoreError::Unavailable(_)))) => {
                     if !committer.is_alive() {
                         return End::Closed;
                     }
-                    tracing::debug!(from, "the event log read stalled; trying again");
+                    tracing::debug!(from, error = %e, "the event log could not be read for now; trying again");
                     tokio::time::sleep(STALLED_RETRY).await;
                     continue;
                 }
@@ -249,7 +250,7 @@ pub async fn run(
 ) {
     let mut next = start.cursor(from_seq);
     let mut sink = Frames { id, out };
-    follow(
+    let end = follow(
         start,
         &mut next,
         &reads,
@@ -258,4 +259,133 @@ pub async fn run(
         &mut sink,
     )
     .await;
+    // The client would otherwise wait for events that never come: the subscription's
+    // last frame says it ended and where to take it up again.
+    if end == End::LogError {
+        let error = ErrorBody::new(
+            ErrorCode::Internal,
+            format!(
+                "the daemon could not read its event log, so this subscription ended; \
+                 subscribe again with from_seq = {next} (the daemon's log has the error)"
+            ),
+        );
+        let _ = sink
+            .out
+            .send(ServerFrame {
+                id,
+                response: Response::Error(error),
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use herald_plugin_api::{Content, SmsContent};
+
+    use super::*;
+    use crate::space::Space;
+    use crate::store::faulty::{Faulty, Flush};
+    use crate::store::{NewMessage, Op, new_id};
+
+    fn sms() -> Op {
+        Op::Accept(NewMessage {
+            id: new_id(),
+            to: "+14155550100".into(),
+            content: Content::Sms(SmsContent {
+                body: "RSVP?".into(),
+                ..Default::default()
+            }),
+            tags: vec![],
+            idempotency_key: None,
+            send_at: None,
+            ttl_ms: 60_000,
+            idempotency_window_ms: 1_000,
+            override_suppression: false,
+            lane: Default::default(),
+        })
+    }
+
+    /// A committer over a store whose log reads can be made to fail, with `n` events.
+    async fn logged(dir: &std::path::Path, n: usize) -> (Arc<Faulty>, Committer, Reads) {
+        let store = Faulty::open(dir, Flush::Pass);
+        let (committer, _) = Committer::start(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::new(Space::unlimited(dir)),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        for _ in 0..n {
+            committer.submit(sms()).await.unwrap();
+        }
+        let reads = Reads::new(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Duration::from_secs(30),
+        );
+        (store, committer, reads)
+    }
+
+    /// Collects events until it has `want`.
+    struct Collect {
+        seqs: Vec<u64>,
+        want: usize,
+    }
+
+    impl Sink for Collect {
+        async fn deliver(&mut self, event: &Event) -> bool {
+            self.seqs.push(event.seq);
+            self.seqs.len() < self.want
+        }
+    }
+
+    /// A replay that meets a store out of reach for now (a shared engine's lost connection)
+    /// reads again and goes on where it was: no event missed, none twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_that_meets_an_unavailable_store_reads_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, committer, reads) = logged(dir.path(), 3).await;
+        store.fail_log_reads(2);
+        let start = Start::now(store.as_ref(), &committer);
+        let mut next = start.cursor(Some(1));
+        let mut sink = Collect {
+            seqs: Vec::new(),
+            want: 3,
+        };
+        let end = tokio::time::timeout(
+            Duration::from_secs(30),
+            follow(start, &mut next, &reads, &committer, |_| true, &mut sink),
+        )
+        .await
+        .expect("the follower went on");
+        assert_eq!((end, sink.seqs), (End::Sink, vec![1, 2, 3]));
+        assert_eq!(store.log_reads_to_fail(), 0, "both failures were met");
+    }
+
+    /// A socket subscription whose log cannot be read ends with an error frame that says
+    /// where to resume, instead of leaving its client waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_whose_log_cannot_be_read_ends_with_an_error_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, committer, reads) = logged(dir.path(), 2).await;
+        store.corrupt_log_reads(1);
+        let (_, start) = open(store.as_ref(), &committer);
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            run(start, 7, Filter::default(), Some(1), reads, committer, tx),
+        )
+        .await
+        .expect("the subscription ended");
+        let frame = rx.recv().await.expect("a last frame");
+        assert_eq!(frame.id, 7);
+        let Response::Error(e) = frame.response else {
+            panic!("{:?}", frame.response)
+        };
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(e.message.contains("from_seq = 1"), "{}", e.message);
+        assert!(rx.recv().await.is_none(), "nothing after it");
+    }
 }

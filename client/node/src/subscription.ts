@@ -199,6 +199,10 @@ export class Subscription implements AsyncIterableIterator<Event> {
         (response) => {
           if (answered) {
             if (typeof response === "object" && "event" in response) this.received(response.event);
+            // The daemon ended the subscription (it could not read its event log): the
+            // iteration ends with that error once what was received is taken.
+            else if (typeof response === "object" && "error" in response && this.conn === conn)
+              this.finish(new HeraldError(response.error));
             return;
           }
           answered = true;

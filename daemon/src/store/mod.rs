@@ -61,6 +61,8 @@
 pub mod check;
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+pub(crate) mod faulty;
 pub mod lifecycle;
 pub mod memory;
 pub mod postgres;
