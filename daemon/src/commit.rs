@@ -831,30 +831,12 @@ mod tests {
     //! fails (as on ENOSPC) or blocks (as sled's `make_stable` did on a full disk).
     use std::time::Instant;
 
-    use herald_plugin_api::{Content, SmsContent, State};
+    use herald_plugin_api::State;
 
     use super::*;
     use crate::space::{Measured, MinFree};
-    use crate::store::faulty::{Faulty, Flush};
-    use crate::store::{Completion, MsgId, NewMessage, new_id};
-
-    fn msg() -> NewMessage {
-        NewMessage {
-            id: new_id(),
-            to: "+14155550100".into(),
-            content: Content::Sms(SmsContent {
-                body: "RSVP?".into(),
-                ..Default::default()
-            }),
-            tags: vec![],
-            idempotency_key: None,
-            send_at: None,
-            ttl_ms: 60_000,
-            idempotency_window_ms: 1_000,
-            override_suppression: false,
-            lane: Default::default(),
-        }
-    }
+    use crate::store::faulty::{Faulty, Flush, sms as msg};
+    use crate::store::{Completion, MsgId, new_id};
 
     fn completion(id: MsgId) -> Op {
         Op::Complete(Completion {

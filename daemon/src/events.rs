@@ -284,30 +284,10 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use herald_plugin_api::{Content, SmsContent};
-
     use super::*;
     use crate::space::Space;
-    use crate::store::faulty::{Faulty, Flush};
-    use crate::store::{NewMessage, Op, new_id};
-
-    fn sms() -> Op {
-        Op::Accept(NewMessage {
-            id: new_id(),
-            to: "+14155550100".into(),
-            content: Content::Sms(SmsContent {
-                body: "RSVP?".into(),
-                ..Default::default()
-            }),
-            tags: vec![],
-            idempotency_key: None,
-            send_at: None,
-            ttl_ms: 60_000,
-            idempotency_window_ms: 1_000,
-            override_suppression: false,
-            lane: Default::default(),
-        })
-    }
+    use crate::store::Op;
+    use crate::store::faulty::{Faulty, Flush, sms};
 
     /// A committer over a store whose log reads can be made to fail, with `n` events.
     async fn logged(dir: &std::path::Path, n: usize) -> (Arc<Faulty>, Committer, Reads) {
@@ -319,7 +299,7 @@ mod tests {
         )
         .unwrap();
         for _ in 0..n {
-            committer.submit(sms()).await.unwrap();
+            committer.submit(Op::Accept(sms())).await.unwrap();
         }
         let reads = Reads::new(
             Arc::clone(&store) as Arc<dyn Store>,

@@ -287,13 +287,7 @@ impl Dispatcher {
             }
             let admission = p.breaker.admission(now);
             if admission == Admission::Refused {
-                run.push(Tried {
-                    provider: p.name.clone(),
-                    webhooks: p.manifest.webhooks,
-                    result: TryResult::BreakerOpen {
-                        retry_at: p.breaker.retry_at(),
-                    },
-                });
+                run.push(breaker_open(p));
                 continue;
             }
             if let Some(rate) = &p.rate {
@@ -317,13 +311,7 @@ impl Dispatcher {
                 continue;
             }
             if !self.wins_trial(p, admission).await {
-                run.push(Tried {
-                    provider: p.name.clone(),
-                    webhooks: p.manifest.webhooks,
-                    result: TryResult::BreakerOpen {
-                        retry_at: p.breaker.retry_at(),
-                    },
-                });
+                run.push(breaker_open(p));
                 continue;
             }
             if matches!(admission, Admission::Trial { .. }) {
@@ -418,6 +406,17 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+/// A try that did not call `p`: its breaker is open (or another daemon makes the trial).
+fn breaker_open(p: &Provider) -> Tried {
+    Tried {
+        provider: p.name.clone(),
+        webhooks: p.manifest.webhooks,
+        result: TryResult::BreakerOpen {
+            retry_at: p.breaker.retry_at(),
+        },
     }
 }
 

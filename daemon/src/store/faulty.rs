@@ -8,9 +8,30 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use herald_plugin_api::Event;
+use herald_plugin_api::{Content, Event, SmsContent};
 
-use super::{BreakerRecord, Counts, MsgId, Op, Record, SledStore, Store, StoreError};
+use super::{
+    BreakerRecord, Counts, MsgId, NewMessage, Op, Record, SledStore, Store, StoreError, new_id,
+};
+
+/// A new SMS to accept, for tests that need messages and events but not their content.
+pub fn sms() -> NewMessage {
+    NewMessage {
+        id: new_id(),
+        to: "+14155550100".into(),
+        content: Content::Sms(SmsContent {
+            body: "RSVP?".into(),
+            ..Default::default()
+        }),
+        tags: vec![],
+        idempotency_key: None,
+        send_at: None,
+        ttl_ms: 60_000,
+        idempotency_window_ms: 1_000,
+        override_suppression: false,
+        lane: Default::default(),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flush {
