@@ -5,8 +5,9 @@
 //! of the lease one [`Op::Renew`] extends every lease still held; a daemon that dies stops
 //! renewing, and its leases expire as before.
 //!
-//! A lease is held from the claim until its completion is handed to the committer
-//! ([`Held::release`]) or its delivery task ends ([`Hold`]'s drop), whichever comes first.
+//! A lease is held from the claim until its completion is committed ([`Held::release`]) or
+//! its delivery task ends ([`Hold`]'s drop), whichever comes first — renewed also while a
+//! completion waits for a store out of reach.
 //!
 //! Owns: the set of held leases and the renewal loop. Must not: decide outcomes, or touch
 //! the store except through the committer.
@@ -19,10 +20,18 @@ use crate::clock;
 use crate::commit::Committer;
 use crate::store::{Claimed, MsgId, Op, OpResult, id_string};
 
-/// The leases held now: message → the claim's fencing token.
+/// A held lease: the claim's fencing token, and whether its completion is on its way (a
+/// renewal that finds such a lease gone met the completion, not a loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    fence: u64,
+    completing: bool,
+}
+
+/// The leases held now, by message.
 #[derive(Debug, Default)]
 pub struct Held {
-    leases: Mutex<HashMap<MsgId, u64>>,
+    leases: Mutex<HashMap<MsgId, Lease>>,
 }
 
 /// The leases of one delivery task; released when it is dropped.
@@ -41,7 +50,7 @@ impl Drop for Hold {
 }
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MsgId, u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MsgId, Lease>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -53,7 +62,13 @@ impl Held {
     fn hold_leases(self: &Arc<Self>, leases: Vec<(MsgId, u64)>) -> Hold {
         let mut map = self.lock();
         for (id, fence) in &leases {
-            map.insert(*id, *fence);
+            map.insert(
+                *id,
+                Lease {
+                    fence: *fence,
+                    completing: false,
+                },
+            );
         }
         Hold {
             held: Arc::clone(self),
@@ -61,24 +76,32 @@ impl Held {
         }
     }
 
-    /// The delivery's outcome is on its way to the store: its lease needs no renewal.
-    /// Only the claim `fence` names is released (the message may have been claimed again).
+    /// The delivery's outcome is on its way to the store: the lease is still renewed
+    /// until it is committed, but finding it gone is no longer a loss.
+    pub fn completing(&self, id: &MsgId, fence: u64) {
+        if let Some(lease) = self.lock().get_mut(id)
+            && lease.fence == fence
+        {
+            lease.completing = true;
+        }
+    }
+
+    /// The outcome is committed (or given up): the lease needs no renewal. Only the claim
+    /// `fence` names is released (the message may have been claimed again).
     pub fn release(&self, id: &MsgId, fence: u64) {
         let mut map = self.lock();
-        if map.get(id) == Some(&fence) {
+        if map.get(id).is_some_and(|l| l.fence == fence) {
             map.remove(id);
         }
     }
 
     fn snapshot(&self) -> Vec<(MsgId, u64)> {
-        self.lock()
-            .iter()
-            .map(|(id, fence)| (*id, *fence))
-            .collect()
+        self.lock().iter().map(|(id, l)| (*id, l.fence)).collect()
     }
 
-    fn still_held(&self, id: &MsgId) -> bool {
-        self.lock().contains_key(id)
+    /// Held, and its completion not yet on its way.
+    fn lost_while_sending(&self, id: &MsgId) -> bool {
+        self.lock().get(id).is_some_and(|l| !l.completing)
     }
 
     /// Renews every held lease each third of `lease_ms`, for ever (the dispatcher aborts
@@ -98,9 +121,11 @@ impl Held {
             };
             match committer.submit(op).await {
                 Ok(OpResult::Renewed { lost }) => {
-                    // A lease released meanwhile was completed, not lost.
-                    let lost: Vec<MsgId> =
-                        lost.into_iter().filter(|id| self.still_held(id)).collect();
+                    // A lease released, or completing, meanwhile was completed, not lost.
+                    let lost: Vec<MsgId> = lost
+                        .into_iter()
+                        .filter(|id| self.lost_while_sending(id))
+                        .collect();
                     if let Some(first) = lost.first() {
                         tracing::warn!(
                             lost = lost.len(),
@@ -135,6 +160,11 @@ mod tests {
         let (a, b) = ([1u8; 16], [2u8; 16]);
         let hold = held.hold_leases(vec![(a, 10), (b, 20)]);
         assert_eq!(held.snapshot().len(), 2);
+        // A completing lease is still renewed, but finding it gone is no loss.
+        held.completing(&a, 10);
+        assert_eq!(held.snapshot().len(), 2);
+        assert!(!held.lost_while_sending(&a));
+        assert!(held.lost_while_sending(&b));
         held.release(&a, 10);
         assert_eq!(held.snapshot(), vec![(b, 20)]);
         // b claimed again (a later claim, another token) while the first task still runs:

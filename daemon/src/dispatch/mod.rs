@@ -22,8 +22,8 @@
 //! each message's completion as above.
 //!
 //! On a store several daemons share, the leases of deliveries in flight are renewed until
-//! their completions are handed over ([`leases`]), so a slow delivery is never taken back
-//! and sent again by another daemon.
+//! their completions are committed ([`leases`]), so a slow delivery — or an outcome
+//! waiting for the store to come back — is never taken back and sent again.
 //!
 //! Owns: concurrency bound, the I/O of a delivery, breaker bookkeeping. Must not: touch
 //! storage except through the committer, do I/O other than through `transport`, or decide
@@ -44,7 +44,7 @@ use tokio::task::JoinSet;
 
 use crate::breaker::{Admission, Transition};
 use crate::clock;
-use crate::commit::Committer;
+use crate::commit::{CommitError, Committer};
 use crate::live::{Live, LiveCell};
 use crate::providers::{Counters, Provider};
 use crate::reads::Reads;
@@ -385,29 +385,55 @@ impl Dispatcher {
         .await;
     }
 
-    /// Commits a completion, retrying a storage failure a few times: until it is committed
-    /// the message stays leased (and is re-queued at the next start).
+    /// Commits a completion. Until it is committed the message stays leased — and, on a
+    /// shared store, renewed — so a store out of reach for now (a PostgreSQL restart or
+    /// failover) is waited for, with backoff, for as long as the daemon runs: giving up
+    /// would leave the message to be sent again once its lease expired. An engine error is
+    /// tried [`COMPLETION_TRIES`] times. At shutdown the dispatcher stops the wait; the
+    /// lease then expires and the message is re-queued, as after a crash.
     async fn complete(&self, completion: Completion) {
-        self.held.release(&completion.id, completion.fence);
-        for attempt in 1..=3u64 {
-            match self
+        let (id, fence) = (completion.id, completion.fence);
+        self.held.completing(&id, fence);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let error = match self
                 .committer
                 .submit(Op::Complete(completion.clone()))
                 .await
             {
-                Ok(OpResult::Done) => return,
+                Ok(OpResult::Done) => {
+                    if tries > 1 {
+                        tracing::info!(message_id = %id_string(&id), tries, "delivery outcome recorded after the store came back");
+                    }
+                    break;
+                }
                 Ok(other) => {
-                    tracing::warn!(message_id = %id_string(&completion.id), ?other, "completion not applied");
-                    return;
+                    tracing::warn!(message_id = %id_string(&id), ?other, "completion not applied");
+                    break;
                 }
-                Err(e) => {
-                    tracing::error!(message_id = %id_string(&completion.id), error = %e, attempt, "could not record a delivery outcome");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
+                Err(CommitError::Closed) => break,
+                Err(e) => e,
+            };
+            let transient = matches!(error, CommitError::Unavailable(_));
+            if !transient && tries >= COMPLETION_TRIES {
+                tracing::error!(message_id = %id_string(&id), error = %error, tries, "could not record a delivery outcome; giving up (the message is sent again after its lease)");
+                break;
             }
+            if tries == 1 {
+                tracing::error!(message_id = %id_string(&id), error = %error, "could not record a delivery outcome; trying again until the store takes it");
+            } else {
+                tracing::debug!(message_id = %id_string(&id), error = %error, tries, "recording a delivery outcome failed again");
+            }
+            let backoff = 200u64.saturating_mul(1 << (tries - 1).min(5)).min(5_000);
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
         }
+        self.held.release(&id, fence);
     }
 }
+
+/// Tries of a completion the store refuses with an engine error (not for want of reach).
+const COMPLETION_TRIES: u32 = 3;
 
 /// A try that did not call `p`: its breaker is open (or another daemon makes the trial).
 fn breaker_open(p: &Provider) -> Tried {

@@ -574,6 +574,72 @@ async fn a_database_out_of_disk_refuses_sends_until_it_has_room_again() {
     );
 }
 
+/// The database refuses for a while just as deliveries finish (a trigger makes every
+/// completion fail with `disk_full`, as a server out of disk would): the outcomes are
+/// retried until the server takes them, the leases are kept alive meanwhile, and no message
+/// is sent a second time — a completion given up after a few quick tries would have left
+/// each one leased until its lease expired and was re-queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_wait_for_a_database_that_refuses_for_a_while() {
+    let db = TestDb::new();
+    let mock = MockProvider::start().await;
+    mock.hold();
+    let daemon = on_postgres(&db, &mock, "2s").start().await;
+    let client = daemon.client().await;
+    let mut ids = HashSet::new();
+    for i in 0..3 {
+        let to = format!("outcome{i}@example.org");
+        ids.insert(
+            client
+                .send(email(&to, "an outcome to keep"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    mock.wait_for(3, Duration::from_secs(30)).await;
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(
+            "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'could not write: No space left on device' \
+             USING ERRCODE = 'disk_full'; END $$; \
+             CREATE TRIGGER full_disk BEFORE DELETE ON leases \
+             FOR EACH ROW EXECUTE FUNCTION full_disk();",
+        )
+        .await
+        .unwrap();
+    // The calls answer; every completion is refused for two lease periods.
+    mock.release();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for id in &ids {
+        assert_eq!(client.get(id).await.unwrap().state, State::Sending, "{id}");
+    }
+    admin
+        .batch_execute("DROP TRIGGER full_disk ON leases")
+        .await
+        .unwrap();
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.get(id).await.unwrap().state != State::Sent {
+            assert!(tokio::time::Instant::now() < deadline, "{id} not sent");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mock.count(), 3, "a message was sent twice");
+    assert!(
+        daemon
+            .log()
+            .contains("trying again until the store takes it"),
+        "{}",
+        daemon.log()
+    );
+}
+
 /// A breaker one daemon opens is open on the other (which never called the provider).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_opened_by_one_daemon_is_open_for_the_other() {
