@@ -447,6 +447,11 @@ impl Client {
 
     /// Subscribes to events matching `filter`. With `from_seq`, retained events with
     /// `seq >= from_seq` are replayed first; the stream then continues live, without gaps.
+    ///
+    /// Up to 1,024 events wait for [`Subscription::next_event`]; past that the connection
+    /// stops reading (the daemon waits too: its event log is the buffer), so the answers
+    /// to this client's other requests wait as well. Read the subscription as it goes, or
+    /// subscribe on a [`Client`] of its own.
     pub async fn subscribe(
         &self,
         filter: Filter,
