@@ -99,9 +99,11 @@ impl Held {
         self.lock().iter().map(|(id, l)| (*id, l.fence)).collect()
     }
 
-    /// Held, and its completion not yet on its way.
-    fn lost_while_sending(&self, id: &MsgId) -> bool {
-        self.lock().get(id).is_some_and(|l| !l.completing)
+    /// Still held under `fence`, and its completion not yet on its way.
+    fn lost_while_sending(&self, id: &MsgId, fence: u64) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|l| l.fence == fence && !l.completing)
     }
 
     /// Renews every held lease each third of `lease_ms`, for ever (the dispatcher aborts
@@ -115,6 +117,7 @@ impl Held {
                 continue;
             }
             let held = leases.len();
+            let fences: HashMap<MsgId, u64> = leases.iter().copied().collect();
             let op = Op::Renew {
                 leases,
                 until: clock::now_ms() + lease_ms,
@@ -122,11 +125,12 @@ impl Held {
             match committer.submit(op).await {
                 Ok(OpResult::Renewed { lost }) => {
                     // A lease released, or completing, meanwhile was completed, not lost.
-                    let lost: Vec<MsgId> = lost
+                    let lost: Vec<(MsgId, u64)> = lost
                         .into_iter()
-                        .filter(|id| self.lost_while_sending(id))
+                        .filter_map(|id| Some((id, *fences.get(&id)?)))
+                        .filter(|(id, fence)| self.lost_while_sending(id, *fence))
                         .collect();
-                    if let Some(first) = lost.first() {
+                    if let Some((first, _)) = lost.first() {
                         tracing::warn!(
                             lost = lost.len(),
                             held,
@@ -135,9 +139,8 @@ impl Held {
                              another daemon may send these messages again (is the store \
                              answering slowly?)"
                         );
-                        let mut map = self.lock();
-                        for id in &lost {
-                            map.remove(id);
+                        for (id, fence) in &lost {
+                            self.release(id, *fence);
                         }
                     } else {
                         tracing::debug!(held, "renewed the leases of deliveries in flight");
@@ -163,8 +166,9 @@ mod tests {
         // A completing lease is still renewed, but finding it gone is no loss.
         held.completing(&a, 10);
         assert_eq!(held.snapshot().len(), 2);
-        assert!(!held.lost_while_sending(&a));
-        assert!(held.lost_while_sending(&b));
+        assert!(!held.lost_while_sending(&a, 10));
+        assert!(held.lost_while_sending(&b, 20));
+        assert!(!held.lost_while_sending(&b, 19), "another claim's token");
         held.release(&a, 10);
         assert_eq!(held.snapshot(), vec![(b, 20)]);
         // b claimed again (a later claim, another token) while the first task still runs:
