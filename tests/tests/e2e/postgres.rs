@@ -259,6 +259,53 @@ async fn two_daemons_on_one_database_deliver_each_message_exactly_once() {
     assert_eq!(sa.states, sb.states);
 }
 
+/// A session of the test's own on `db` (to look at or tamper with the database).
+async fn admin(db: &TestDb) -> tokio_postgres::Client {
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(conn);
+    admin
+}
+
+/// A database server out of disk for the statements `when` names (`BEFORE INSERT ON
+/// messages`): a trigger raises `disk_full` as PostgreSQL does when it cannot extend a file.
+struct FullDisk;
+
+impl FullDisk {
+    async fn on(admin: &tokio_postgres::Client, when: &str) -> FullDisk {
+        admin
+            .batch_execute(&format!(
+                "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' \
+                 USING ERRCODE = 'disk_full'; END $$; \
+                 CREATE TRIGGER full_disk {when} FOR EACH ROW EXECUTE FUNCTION full_disk();"
+            ))
+            .await
+            .expect("install the full-disk trigger");
+        FullDisk
+    }
+
+    /// The server has room again.
+    async fn free(self, admin: &tokio_postgres::Client) {
+        admin
+            .batch_execute("DROP FUNCTION full_disk() CASCADE")
+            .await
+            .expect("drop the full-disk trigger");
+    }
+}
+
+/// Waits until every message of `ids` is `sent`, as `client` reads it.
+async fn wait_sent(client: &herald_client::Client, ids: &HashSet<String>) {
+    for id in ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.get(id).await.unwrap().state != State::Sent {
+            assert!(tokio::time::Instant::now() < deadline, "{id} not sent");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Reads `n` events from `sub`.
 async fn next_events(
     sub: &mut herald_client::Subscription,
@@ -416,13 +463,7 @@ async fn a_stalled_daemons_leases_go_to_the_other_and_its_late_completions_chang
         .collect();
     assert_eq!(at_b, ids);
     let on_b = b.client().await;
-    for id in &ids {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while on_b.get(id).await.unwrap().state != State::Sent {
-            assert!(tokio::time::Instant::now() < deadline, "{id} not sent by B");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_sent(&on_b, &ids).await;
 
     // A wakes; its calls answer; its completions are stale.
     signal(&a, "CONT");
@@ -480,13 +521,7 @@ async fn a_delivery_slower_than_the_lease_is_not_sent_twice() {
     );
     mock.release();
     let on_b = b.client().await;
-    for id in &ids {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while on_b.get(id).await.unwrap().state != State::Sent {
-            assert!(tokio::time::Instant::now() < deadline, "{id} not sent");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_sent(&on_b, &ids).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut seen: Vec<String> = mock
         .requests()
@@ -515,20 +550,8 @@ async fn a_database_out_of_disk_refuses_sends_until_it_has_room_again() {
         .await
         .unwrap();
     mock.wait_for(1, Duration::from_secs(30)).await;
-    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(conn);
-    admin
-        .batch_execute(
-            "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' \
-             USING ERRCODE = 'disk_full'; END $$; \
-             CREATE TRIGGER full_disk BEFORE INSERT ON messages \
-             FOR EACH ROW EXECUTE FUNCTION full_disk();",
-        )
-        .await
-        .unwrap();
+    let admin = admin(&db).await;
+    let full = FullDisk::on(&admin, "BEFORE INSERT ON messages").await;
     for i in 0..3 {
         let e = client
             .send(email(&format!("refused{i}@example.org"), "no room"))
@@ -543,10 +566,7 @@ async fn a_database_out_of_disk_refuses_sends_until_it_has_room_again() {
             other => panic!("{other}"),
         }
     }
-    admin
-        .batch_execute("DROP TRIGGER full_disk ON messages")
-        .await
-        .unwrap();
+    full.free(&admin).await;
     let after = client
         .send(email("after@example.org", "after"))
         .await
@@ -598,37 +618,16 @@ async fn completions_wait_for_a_database_that_refuses_for_a_while() {
         );
     }
     mock.wait_for(3, Duration::from_secs(30)).await;
-    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(conn);
-    admin
-        .batch_execute(
-            "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN RAISE EXCEPTION 'could not write: No space left on device' \
-             USING ERRCODE = 'disk_full'; END $$; \
-             CREATE TRIGGER full_disk BEFORE DELETE ON leases \
-             FOR EACH ROW EXECUTE FUNCTION full_disk();",
-        )
-        .await
-        .unwrap();
+    let admin = admin(&db).await;
+    let full = FullDisk::on(&admin, "BEFORE DELETE ON leases").await;
     // The calls answer; every completion is refused for two lease periods.
     mock.release();
     tokio::time::sleep(Duration::from_secs(4)).await;
     for id in &ids {
         assert_eq!(client.get(id).await.unwrap().state, State::Sending, "{id}");
     }
-    admin
-        .batch_execute("DROP TRIGGER full_disk ON leases")
-        .await
-        .unwrap();
-    for id in &ids {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while client.get(id).await.unwrap().state != State::Sent {
-            assert!(tokio::time::Instant::now() < deadline, "{id} not sent");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    full.free(&admin).await;
+    wait_sent(&client, &ids).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(mock.count(), 3, "a message was sent twice");
     assert!(
@@ -858,10 +857,7 @@ async fn idle_in_transaction(admin: &tokio_postgres::Client, db: &TestDb, app: &
 async fn a_daemon_stalled_inside_a_transaction_does_not_block_the_other() {
     let db = TestDb::new();
     let mock = MockProvider::start().await;
-    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(conn);
+    let admin = admin(&db).await;
     let bounded = |app: &str| {
         Daemon::builder()
             .webhook_provider(&mock)
@@ -979,10 +975,7 @@ async fn a_daemon_stalled_inside_a_transaction_does_not_block_the_other() {
 async fn killed_database_connections_under_load_lose_nothing() {
     let db = TestDb::new();
     let mock = MockProvider::start().await;
-    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(conn);
+    let admin = admin(&db).await;
     let daemon = on_postgres(&db, &mock, "10s").start().await;
     let client = daemon.client().await;
     // A subscriber watching it all, read as it goes (on a connection of its own: a stream
