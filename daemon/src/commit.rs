@@ -557,6 +557,11 @@ impl Committer {
         self.health.reason().map(|r| r.to_string())
     }
 
+    /// Whether the store failed in a way only a restart clears (not a stall, which heals).
+    pub fn failed_for_good(&self) -> bool {
+        self.health.error().is_some()
+    }
+
     /// Why the dispatcher must not claim now, if it must not.
     pub fn claims_paused(&self) -> Option<String> {
         if let Some(r) = self.health.reason() {

@@ -338,7 +338,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             concurrency: d.concurrency,
             shutdown_grace: Duration::from_millis(d.shutdown_grace_ms),
             lease_ms,
-            held: Arc::default(),
+            held: shared_store.then(Arc::default),
         }
         .run(shutdown.clone()),
     );

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::commit::Committer;
 use crate::fanout::{Fanout, Registration};
-use crate::reads::{ReadError, Reads};
-use crate::store::{Store, StoreError};
+use crate::reads::Reads;
+use crate::store::Store;
 
 const PAGE: usize = 512;
 /// How long a follower whose log read stalled waits before reading again.
@@ -124,7 +124,7 @@ pub async fn follow<S: Sink>(
                 // The store is stalled or out of reach for now (a shared engine's lost
                 // connection), not broken: the cursor stays, the read is tried again, and
                 // the follower goes on where it was once the store answers.
-                Err(e @ (ReadError::Stalled(_) | ReadError::Store(StoreError::Unavailable(_)))) => {
+                Err(e) if e.for_now() => {
                     if !committer.is_alive() {
                         return End::Closed;
                     }

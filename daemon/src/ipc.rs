@@ -455,12 +455,12 @@ pub(crate) fn commit_error(e: CommitError) -> ErrorBody {
 /// A read's failure as the client sees it: a stalled store is `storage_unavailable` (retry
 /// later), an engine error `internal`.
 fn read_error(e: ReadError) -> ErrorBody {
-    match e {
-        ReadError::Stalled(_) | ReadError::Store(crate::store::StoreError::Unavailable(_)) => {
-            ErrorBody::new(ErrorCode::StorageUnavailable, e.to_string())
-        }
-        ReadError::Store(e) => ErrorBody::new(ErrorCode::Internal, e.to_string()),
-    }
+    let code = if e.for_now() {
+        ErrorCode::StorageUnavailable
+    } else {
+        ErrorCode::Internal
+    };
+    ErrorBody::new(code, e.to_string())
 }
 
 /// The free-space reserve's answer for new messages of `size` encoded bytes in total.

@@ -35,6 +35,17 @@ pub enum ReadError {
     Stalled(Duration),
 }
 
+impl ReadError {
+    /// Whether the store may well answer the same read later: it is stalled, or out of
+    /// reach for now (a shared engine's lost connection) — not broken.
+    pub fn for_now(&self) -> bool {
+        matches!(
+            self,
+            ReadError::Stalled(_) | ReadError::Store(StoreError::Unavailable(_))
+        )
+    }
+}
+
 /// Bounded reads of one store (cheap to clone: every clone shares the permits).
 #[derive(Clone)]
 pub struct Reads {

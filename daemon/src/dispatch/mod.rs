@@ -74,8 +74,10 @@ pub struct Dispatcher {
     /// in it first ([`Dispatcher::wins_trial`]), so one daemon makes it, and the leases of
     /// deliveries in flight are renewed ([`leases`]).
     pub shared_store: bool,
-    /// The leases of deliveries in flight.
-    pub held: Arc<leases::Held>,
+    /// The leases of deliveries in flight, kept on a shared store only (`None` otherwise:
+    /// leases of a store one daemon uses matter only across a restart, and the dispatch
+    /// path then does no lease bookkeeping).
+    pub held: Option<Arc<leases::Held>>,
 }
 
 /// How long a won trial call is this daemon's alone: longer than a provider call may take
@@ -100,8 +102,8 @@ impl Dispatcher {
         let mut turn: u64 = 0;
         // On a shared store a lease must outlive the delivery however long it takes; on a
         // store one daemon uses, leases matter only across a restart.
-        let renewal = this.shared_store.then(|| {
-            tokio::spawn(Arc::clone(&this.held).renew(this.committer.clone(), this.lease_ms))
+        let renewal = this.held.as_ref().map(|held| {
+            tokio::spawn(Arc::clone(held).renew(this.committer.clone(), this.lease_ms))
         });
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
@@ -162,7 +164,7 @@ impl Dispatcher {
                 let Some(permit) = slot(&slots).await else {
                     return;
                 };
-                let hold = this.held.hold([&c]);
+                let hold = this.held.as_ref().map(|h| h.hold([&c]));
                 let this = Arc::clone(&this);
                 tasks.spawn(async move {
                     this.deliver(c, permit).await;
@@ -177,7 +179,7 @@ impl Dispatcher {
                     };
                     permits.push(permit);
                 }
-                let hold = this.held.hold(&b.items);
+                let hold = this.held.as_ref().map(|h| h.hold(&b.items));
                 let this = Arc::clone(&this);
                 tasks.spawn(async move {
                     this.deliver_batch(b, permits).await;
@@ -387,13 +389,15 @@ impl Dispatcher {
 
     /// Commits a completion. Until it is committed the message stays leased — and, on a
     /// shared store, renewed — so a store out of reach for now (a PostgreSQL restart or
-    /// failover) is waited for, with backoff, for as long as the daemon runs: giving up
-    /// would leave the message to be sent again once its lease expired. An engine error is
-    /// tried [`COMPLETION_TRIES`] times. At shutdown the dispatcher stops the wait; the
+    /// failover, a stalled disk) is waited for, with backoff, for as long as the daemon
+    /// runs: giving up would leave the message to be sent again once its lease expired. An
+    /// engine error, or a store failed for good, gets [`COMPLETION_TRIES`] tries. At shutdown the dispatcher stops the wait; the
     /// lease then expires and the message is re-queued, as after a crash.
     async fn complete(&self, completion: Completion) {
         let (id, fence) = (completion.id, completion.fence);
-        self.held.completing(&id, fence);
+        if let Some(held) = &self.held {
+            held.completing(&id, fence);
+        }
         let mut tries = 0u32;
         loop {
             tries += 1;
@@ -415,7 +419,10 @@ impl Dispatcher {
                 Err(CommitError::Closed) => break,
                 Err(e) => e,
             };
-            let transient = matches!(error, CommitError::Unavailable(_));
+            // Out of reach for now — not failed for good (a sled store that failed stays
+            // so until a restart).
+            let transient =
+                matches!(error, CommitError::Unavailable(_)) && !self.committer.failed_for_good();
             if !transient && tries >= COMPLETION_TRIES {
                 tracing::error!(message_id = %id_string(&id), error = %error, tries, "could not record a delivery outcome; giving up (the message is sent again after its lease)");
                 break;
@@ -428,11 +435,13 @@ impl Dispatcher {
             let backoff = 200u64.saturating_mul(1 << (tries - 1).min(5)).min(5_000);
             tokio::time::sleep(Duration::from_millis(backoff)).await;
         }
-        self.held.release(&id, fence);
+        if let Some(held) = &self.held {
+            held.release(&id, fence);
+        }
     }
 }
 
-/// Tries of a completion the store refuses with an engine error (not for want of reach).
+/// Tries of a completion the store refuses with an engine error or has failed for good.
 const COMPLETION_TRIES: u32 = 3;
 
 /// A try that did not call `p`: its breaker is open (or another daemon makes the trial).
