@@ -1,15 +1,19 @@
 //! The PostgreSQL engine: several daemons, one queue, in one PostgreSQL database.
 //!
 //! # Layout
-//! Tables (see `schema`): a `messages` table (record per message), a narrow `queue` of
+//! Tables (see `schema`): a write-once `messages` table (the body of each message, written
+//! at accept) beside a narrow `message_status` row per message that each transition
+//! rewrites (`message_rows`), a narrow `queue` of
 //! waiting messages only (a row leaves it when the message is claimed or cancelled),
 //! `leases` (expiry and the claim's fencing token, from the `lease_tokens` sequence),
 //! `idempotency` keys in their own
 //! uniquely keyed table, provider ids, dead letters, finished-by-time, suppression, the
 //! latest message per recipient, held webhook updates, seen webhook ids, shared `breakers`
 //! and `breaker_probes` (who makes each trial call of a half-open breaker, held until a
-//! deadline so a dead winner's trial goes to another daemon), and the append-only `events` log; `herald_meta` holds the seq counter, the per-state
-//! counts, the epoch and how recipients are keyed. Values are postcard, like sled's.
+//! deadline so a dead winner's trial goes to another daemon), and the append-only `events`
+//! log, partitioned by seq range and pruned a partition at a time (`event_log`);
+//! `herald_meta` holds the seq counter, the per-state counts, the epoch, how recipients are
+//! keyed and the log's current partition. Values are postcard, like sled's.
 //!
 //! # Transactions and seq
 //! Every [`Store::commit`] is one SQL transaction that first locks the `herald_meta` row
@@ -55,9 +59,11 @@
 //! the state machine (that is `lifecycle`), or log the connection URL (it holds a secret:
 //! [`redact`] gives the loggable form).
 
+mod event_log;
+mod message_rows;
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -299,6 +305,8 @@ pub struct PgStore {
     counts: Mutex<Counts>,
     /// When `counts` was last read from (or written to) the database.
     counts_at: Mutex<Option<Instant>>,
+    /// How large new event log partitions are made.
+    spans: event_log::Spans,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -358,6 +366,7 @@ impl PgStore {
             last_seq: AtomicU64::new(0),
             counts: Mutex::new(Counts::default()),
             counts_at: Mutex::new(None),
+            spans: event_log::Spans::default(),
         };
         off_runtime(move || store.start())
     }
@@ -474,8 +483,12 @@ impl PgStore {
             let mut latest: BTreeMap<(i16, String), MsgId> = BTreeMap::new();
             for row in client
                 .query(
-                    "SELECT l.channel, l.key, l.id, m.record FROM latest l \
-                     JOIN messages m ON m.id = l.id ORDER BY l.channel, l.key",
+                    &format!(
+                        "SELECT l.channel, l.key, l.id, {} FROM latest l \
+                         JOIN message_status s ON s.id = l.id JOIN messages m ON m.id = l.id \
+                         ORDER BY l.channel, l.key",
+                        message_rows::RECORD_COLUMNS
+                    ),
                     &[],
                 )
                 .await
@@ -484,7 +497,7 @@ impl PgStore {
                 let byte: i16 = row.get(0);
                 let old: String = row.get(1);
                 let id = id_of(row.get(2))?;
-                let record = dec_record(row.get::<_, &[u8]>(3))?;
+                let record = message_rows::record_of(&row, 3)?;
                 let key = match recipients::channel_of(byte as u8) {
                     Some(channel) => recipients::rekey(channel, &old, &record.to, &rules),
                     None => old,
@@ -551,12 +564,15 @@ impl PgStore {
     #[cfg(any(test, feature = "test-support"))]
     pub fn plant_legacy(&self, entry: &super::Legacy) -> Result<(), StoreError> {
         match entry {
+            // Records written before lanes reach schema 5 only through its migration, which
+            // splits each into its body and status rows: plant one the way it does.
             super::Legacy::Message { id, record } => {
                 let mut v = vec![FORMAT];
                 v.extend(super::encode_record_v1(record));
+                let record = dec_record(&v)?;
                 self.execute_now(
-                    "UPDATE messages SET record = $2 WHERE id = $1",
-                    &[&id.as_slice(), &v],
+                    "UPDATE messages SET body = $2 WHERE id = $1",
+                    &[&id.as_slice(), &message_rows::body(&record)],
                 )?;
                 return Ok(());
             }
@@ -669,30 +685,35 @@ impl PgStore {
         let result = (|| {
             // The counter row, locked until COMMIT: batches of every daemon in turn.
             let row = b
-                .block_on(client.query_one(
-                    "SELECT seq, counts FROM herald_meta WHERE id = 1 FOR UPDATE",
-                    &[],
-                ))
+                .block_on(client.query_one(META_FOR_UPDATE.as_str(), &[]))
                 .map_err(db)?;
+            let seq = ms(row.get(0));
             let mut txn = PgTxn {
                 b,
                 c: &client,
                 now,
                 rules: self.rules,
                 pending: std::cell::RefCell::new(Vec::new()),
+                bodies: HashSet::new(),
+                seq,
+                part: event_log::Current::of(&row, 2),
+                spans: self.spans,
+                drops_pending: false,
             };
-            let batch =
-                lifecycle::apply_batch(&mut txn, now, ops, ms(row.get(0)), counts_of(row.get(1)))?;
+            let batch = lifecycle::apply_batch(&mut txn, now, ops, seq, counts_of(row.get(1)))?;
             txn.flush_pending()?;
-            Ok(batch)
+            Ok((batch, txn.drops_pending))
         })();
-        let result = result.and_then(|batch| {
+        let result = result.and_then(|(batch, drops_pending)| {
             // An error here leaves the outcome unknown: the batch is answered as failed.
             b.block_on(client.batch_execute("COMMIT")).map_err(db)?;
-            Ok(batch)
+            Ok((batch, drops_pending))
         });
         match result {
-            Ok(batch) => {
+            Ok((batch, drops_pending)) => {
+                if drops_pending && let Err(e) = event_log::drop_marked(b, &client) {
+                    discard_if_lost(client, &e);
+                }
                 self.last_seq.store(batch.cursor.seq, Ordering::Relaxed);
                 *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = batch.cursor.counts;
                 self.counts_read_now();
@@ -841,9 +862,26 @@ fn held_key_of(bytes: &[u8]) -> Result<HeldKey, StoreError> {
     }
 }
 
+/// A query of whole records ([`message_rows::RECORD_COLUMNS`], then the id) with `rest`
+/// (a `WHERE` and/or `ORDER BY` on `s`, the status row).
+fn select_record(rest: &str) -> String {
+    format!(
+        "SELECT {}, s.id FROM message_status s JOIN messages m ON m.id = s.id {rest}",
+        message_rows::RECORD_COLUMNS
+    )
+}
+
 fn channel_sql(channel: Channel) -> i16 {
     channel as u8 as i16
 }
+
+/// The counter row, locked by every batch: seq, counts, the current event log partition.
+static META_FOR_UPDATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT seq, counts, {} FROM herald_meta WHERE id = 1 FOR UPDATE",
+        event_log::CURRENT_COLUMNS
+    )
+});
 
 /// This engine's [`Txn`]: SQL statements in the batch's transaction.
 struct PgTxn<'a> {
@@ -855,6 +893,16 @@ struct PgTxn<'a> {
     /// Writes whose answer nobody reads, not yet sent: they go out together with the next
     /// statement (see [`PgTxn::with_pending`]).
     pending: std::cell::RefCell<Vec<Deferred>>,
+    /// Messages whose write-once body row this batch knows to exist (read or written by
+    /// it): their [`Txn::put_message`] writes only the status row.
+    bodies: HashSet<MsgId>,
+    /// The seq when the batch started (its own events are appended at its end).
+    seq: u64,
+    /// The event log partition being written (see `event_log`).
+    part: event_log::Current,
+    spans: event_log::Spans,
+    /// Event log partitions are marked for dropping once the batch commits.
+    drops_pending: bool,
 }
 
 /// A parameter a deferred write owns.
@@ -938,6 +986,11 @@ impl PgTxn<'_> {
         })
     }
 
+    /// Statements without parameters, not prepared (schema changes).
+    fn ddl(&self, sql: &str) -> Result<(), StoreError> {
+        self.with_pending(self.c.batch_execute(sql))
+    }
+
     fn id_pairs(
         &self,
         sql: &str,
@@ -958,28 +1011,54 @@ impl Txn for PgTxn<'_> {
     }
 
     fn message(&mut self, id: &MsgId) -> Result<Option<Record>, StoreError> {
-        self.row(
-            "SELECT record FROM messages WHERE id = $1",
-            &[&id.as_slice()],
-        )?
-        .map(|r| dec_record(r.get::<_, &[u8]>(0)))
-        .transpose()
+        let Some(row) = self.row(&select_record("WHERE s.id = $1"), &[&id.as_slice()])? else {
+            return Ok(None);
+        };
+        self.bodies.insert(*id);
+        message_rows::record_of(&row, 0).map(Some)
     }
+    /// The body is written once, when the batch does not know it to exist (an accept);
+    /// every transition rewrites only the status row.
     fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), StoreError> {
-        let state = Counts::index(record.state) as i16;
+        if self.bodies.insert(*id) {
+            self.defer(
+                "INSERT INTO messages (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                vec![Box::new(id.to_vec()), Box::new(message_rows::body(record))],
+            );
+        }
+        let s = message_rows::status(record);
         self.defer(
-            "INSERT INTO messages (id, state, record) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record",
+            "INSERT INTO message_status (id, state, attempt, updated_at, due_at, expires_at, \
+               lease_until, provider, provider_message_id, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, \
+               attempt = EXCLUDED.attempt, updated_at = EXCLUDED.updated_at, \
+               due_at = EXCLUDED.due_at, expires_at = EXCLUDED.expires_at, \
+               lease_until = EXCLUDED.lease_until, provider = EXCLUDED.provider, \
+               provider_message_id = EXCLUDED.provider_message_id, \
+               last_error = EXCLUDED.last_error",
             vec![
                 Box::new(id.to_vec()),
-                Box::new(state),
-                Box::new(enc(record)),
+                Box::new(s.state),
+                Box::new(s.attempt),
+                Box::new(s.updated_at),
+                Box::new(s.due_at),
+                Box::new(s.expires_at),
+                Box::new(s.lease_until),
+                Box::new(s.provider),
+                Box::new(s.provider_message_id),
+                Box::new(s.last_error),
             ],
         );
         Ok(())
     }
     fn remove_message(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.defer(
+            "DELETE FROM message_status WHERE id = $1",
+            vec![Box::new(id.to_vec())],
+        );
         self.exec("DELETE FROM messages WHERE id = $1", &[&id.as_slice()])?;
+        self.bodies.remove(id);
         Ok(())
     }
 
@@ -1385,19 +1464,11 @@ impl Txn for PgTxn<'_> {
     }
 
     fn prune_events(&mut self, before: UnixMillis, limit: usize) -> Result<u64, StoreError> {
-        // The oldest events, in seq order, up to the first one that is not old enough.
-        self.exec(
-            "DELETE FROM events WHERE seq IN (\
-               SELECT seq FROM events WHERE at < $1 \
-                 AND seq < COALESCE((SELECT min(seq) FROM events WHERE at >= $1), \
-                                    9223372036854775807) \
-               ORDER BY seq LIMIT $2)",
-            &[&big(before), &(limit as i64)],
-        )
+        self.prune_log(self.seq, before, limit)
     }
 
     fn audit(&mut self, counts: &Counts) -> Result<Audit, StoreError> {
-        let messages = self.rows("SELECT id, record FROM messages ORDER BY id", &[])?;
+        let messages = self.rows(&select_record("ORDER BY s.id"), &[])?;
         let schedule = self.id_pairs("SELECT due_at, id FROM queue", &[])?;
         let leases = self.rows("SELECT id FROM leases", &[])?;
         let dead = self.rows("SELECT id FROM dead", &[])?;
@@ -1405,7 +1476,7 @@ impl Txn for PgTxn<'_> {
         check::audit(
             messages
                 .iter()
-                .map(|r| Ok((id_of(r.get(0))?, dec_record(r.get::<_, &[u8]>(1))?))),
+                .map(|r| Ok((id_of(r.get(10))?, message_rows::record_of(r, 0)?))),
             schedule.into_iter().map(Ok),
             leases.iter().map(|r| id_of(r.get(0))),
             dead.iter().map(|r| id_of(r.get(0))),
@@ -1416,20 +1487,22 @@ impl Txn for PgTxn<'_> {
 
     fn finish(&mut self, events: &[Event], seq: u64, counts: &Counts) -> Result<(), StoreError> {
         if !events.is_empty() {
-            let seqs: Vec<i64> = events.iter().map(|e| big(e.seq)).collect();
-            let ats: Vec<i64> = events.iter().map(|e| big(e.at)).collect();
-            let blobs: Vec<Vec<u8>> = events.iter().map(enc).collect();
-            self.exec(
-                "INSERT INTO events (seq, at, event) \
-                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::bytea[])",
-                &[&seqs, &ats, &blobs],
-            )?;
+            self.append_events(events)?;
             // A wake-up for subscribers on every daemon, delivered at COMMIT.
             self.exec("SELECT pg_notify('herald_events', $1)", &[&seq.to_string()])?;
         }
+        let part = self.part;
         self.exec(
-            "UPDATE herald_meta SET seq = $1, counts = $2 WHERE id = 1",
-            &[&big(seq), &counts_sql(counts)],
+            "UPDATE herald_meta SET seq = $1, counts = $2, part_lo = $3, part_hi = $4, \
+               part_opened = $5, part_newest = $6 WHERE id = 1",
+            &[
+                &big(seq),
+                &counts_sql(counts),
+                &big(part.lo),
+                &big(part.hi),
+                &big(part.opened),
+                &big(part.newest),
+            ],
         )?;
         Ok(())
     }
@@ -1446,13 +1519,10 @@ impl Store for PgStore {
     }
 
     fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
-        self.query(
-            "SELECT record FROM messages WHERE id = $1",
-            &[&id.as_slice()],
-        )?
-        .first()
-        .map(|r| dec_record(r.get::<_, &[u8]>(0)))
-        .transpose()
+        self.query(&select_record("WHERE s.id = $1"), &[&id.as_slice()])?
+            .first()
+            .map(|r| message_rows::record_of(r, 0))
+            .transpose()
     }
 
     fn idempotency_key(&self, key: &str, now: UnixMillis) -> Result<Option<MsgId>, StoreError> {
@@ -1559,12 +1629,13 @@ impl Store for PgStore {
 
     fn dead(&self, limit: usize) -> Result<Vec<(MsgId, Record)>, StoreError> {
         self.query(
-            "SELECT d.id, m.record FROM dead d JOIN messages m ON m.id = d.id \
-             ORDER BY d.id LIMIT $1",
+            &select_record(
+                "WHERE s.id IN (SELECT id FROM dead ORDER BY id LIMIT $1) ORDER BY s.id",
+            ),
             &[&(limit as i64)],
         )?
         .iter()
-        .map(|r| Ok((id_of(r.get(0))?, dec_record(r.get::<_, &[u8]>(1))?)))
+        .map(|r| Ok((id_of(r.get(10))?, message_rows::record_of(r, 0)?)))
         .collect()
     }
 
@@ -2103,15 +2174,19 @@ mod tests {
 
     /// A database at schema version 1 (leases fenced by their expiry) is migrated in place:
     /// its messages and live leases stay, and claims from then on carry tokens.
+    /// What a schema-1 daemon wrote (the batches run on the in-memory engine, its rows copied
+    /// into the schema-1 tables: a leased message, a waiting one, their events) is migrated
+    /// in place through every version: leases get fencing tokens, records are split into
+    /// body and status rows, the log becomes the first partition, and delivery goes on.
     #[test]
     fn a_version_1_database_is_migrated_in_place() {
         let db = TestDb::new();
-        let s = open(&db);
+        let mem = crate::store::memory::MemoryStore::new();
         let leased = sms("leased under version 1");
         let waiting = sms("waiting under version 1");
-        s.commit(0, &[Op::Accept(leased.clone())]).unwrap();
+        mem.commit(0, &[Op::Accept(leased.clone())]).unwrap();
         let old = claimed(
-            s.commit(
+            mem.commit(
                 0,
                 &[Op::Claim {
                     limit: 1,
@@ -2122,26 +2197,85 @@ mod tests {
             .unwrap(),
         )
         .remove(0);
-        s.commit(1, &[Op::Accept(waiting.clone())]).unwrap();
-        // Back to exactly what version 1 created.
-        s.execute_now("ALTER TABLE leases DROP COLUMN token", &[])
+        mem.commit(1, &[Op::Accept(waiting.clone())]).unwrap();
+        let old_events = mem.events_from(0, 100).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap();
-        s.execute_now("DROP SEQUENCE lease_tokens", &[]).unwrap();
-        s.execute_now("ALTER TABLE queue DROP COLUMN lane", &[])
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute(schema::version_1_sql()).await.unwrap();
+            c.batch_execute(
+                "CREATE TABLE herald_schema (version integer NOT NULL); \
+                 INSERT INTO herald_schema (version) VALUES (1)",
+            )
+            .await
             .unwrap();
-        s.execute_now("DROP TABLE breaker_probes", &[]).unwrap();
-        s.execute_now("UPDATE herald_schema SET version = 1", &[])
+            let keyed = enc(&KeyedWith::current(RecipientRules::default()));
+            c.execute(
+                "INSERT INTO herald_meta (id, seq, counts, epoch, keyed_with) \
+                 VALUES (1, $1, $2, 'old', $3)",
+                &[&big(mem.last_seq()), &counts_sql(&mem.counts()), &keyed],
+            )
+            .await
             .unwrap();
-        drop(s);
+            for id in [leased.id, waiting.id] {
+                let r = mem.get(&id).unwrap().unwrap();
+                let mut v = vec![FORMAT];
+                v.extend(crate::store::encode_record_v1(&r));
+                c.execute(
+                    "INSERT INTO messages (id, state, record) VALUES ($1, $2, $3)",
+                    &[&id.as_slice(), &(Counts::index(r.state) as i16), &v],
+                )
+                .await
+                .unwrap();
+            }
+            c.execute(
+                "INSERT INTO queue (due_at, id) VALUES ($1, $2)",
+                &[&1i64, &waiting.id.as_slice()],
+            )
+            .await
+            .unwrap();
+            c.execute(
+                "INSERT INTO leases (id, until) VALUES ($1, 1000)",
+                &[&leased.id.as_slice()],
+            )
+            .await
+            .unwrap();
+            for e in &old_events {
+                c.execute(
+                    "INSERT INTO events (seq, at, event) VALUES ($1, $2, $3)",
+                    &[&big(e.seq), &big(e.at), &enc(e)],
+                )
+                .await
+                .unwrap();
+            }
+        });
+        drop(rt);
 
         let s = open(&db);
         let version: i32 = s.query("SELECT version FROM herald_schema", &[]).unwrap()[0].get(0);
         assert_eq!(version, schema::VERSION);
+        assert_eq!(s.epoch(), "old");
         let tokens: i64 = s
             .query("SELECT count(*) FROM leases WHERE token IS NOT NULL", &[])
             .unwrap()[0]
             .get(0);
         assert_eq!(tokens, 1, "the live lease got a token");
+        for id in [leased.id, waiting.id] {
+            assert_eq!(
+                s.get(&id).unwrap(),
+                mem.get(&id).unwrap(),
+                "split and joined"
+            );
+        }
+        assert_eq!(s.events_from(0, 100).unwrap(), old_events);
+        assert_eq!(s.first_seq().unwrap(), 1);
+        assert_eq!(s.last_seq(), mem.last_seq());
         let new = claimed(
             s.commit(
                 2,
@@ -2181,6 +2315,19 @@ mod tests {
         assert_eq!(again.id, old.id);
         s.commit(1_002, &[sent(&again, again.record.attempt, again.fence)])
             .unwrap();
+        // The old log and what followed it read as one; the new events went to a new
+        // partition after the old one.
+        let all = s.events_from(0, 100).unwrap();
+        assert_eq!(&all[..old_events.len()], &old_events[..]);
+        assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1), "{all:?}");
+        assert_eq!(all.last().unwrap().seq, s.last_seq());
+        assert_eq!(
+            partitions(&s),
+            [
+                "events_from_0",
+                &format!("events_from_{}", old_events.len() + 1)
+            ]
+        );
         let report = s.commit(1_003, &[Op::Check { repair: false }]).unwrap();
         match &report.results[0] {
             OpResult::Checked(r) => assert!(r.consistent(), "{r:?}"),
@@ -2188,6 +2335,203 @@ mod tests {
         }
     }
 
+    /// The event log's partitions, oldest first.
+    fn partitions(s: &PgStore) -> Vec<String> {
+        s.query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'events'::regclass \
+             ORDER BY substring(c.relname from 'events_from_(\\d+)')::bigint",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
+    /// A transition rewrites the message's status row only: the body row written at accept
+    /// is the same row version after the message was claimed, sent and delivered.
+    #[test]
+    fn message_bodies_are_written_once() {
+        let db = TestDb::new();
+        let s = open(&db);
+        let m = sms("written once");
+        s.commit(0, &[Op::Accept(m.clone())]).unwrap();
+        let versions = |s: &PgStore| -> (String, String) {
+            let r = &s
+                .query(
+                    "SELECT m.xmin::text, s.xmin::text FROM messages m \
+                     JOIN message_status s ON s.id = m.id WHERE m.id = $1",
+                    &[&m.id.as_slice()],
+                )
+                .unwrap()[0];
+            (r.get(0), r.get(1))
+        };
+        let (body, status) = versions(&s);
+        let c = claimed(
+            s.commit(
+                1,
+                &[Op::Claim {
+                    limit: 1,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap(),
+        )
+        .remove(0);
+        s.commit(2, &[sent(&c, c.record.attempt, c.fence)]).unwrap();
+        let (body_after, status_after) = versions(&s);
+        assert_eq!(body_after, body, "the body row was rewritten");
+        assert_ne!(status_after, status);
+        let r = s.get(&m.id).unwrap().unwrap();
+        assert_eq!(r.state, herald_plugin_api::State::Sent);
+        assert_eq!(r.content, m.content);
+        assert_eq!(r.attempt, 1);
+    }
+
+    /// Opens a store on `db` whose event log partitions hold `span` events each.
+    fn open_with_span(db: &TestDb, span: u64) -> PgStore {
+        let mut s = open(db);
+        s.spans = event_log::Spans {
+            min: span,
+            max: span,
+        };
+        s
+    }
+
+    /// One note event per commit, at `at`.
+    fn note(s: &PgStore, at: UnixMillis) {
+        s.commit(
+            at,
+            &[Op::Note {
+                kind: herald_plugin_api::EventKind::ConfigReloaded,
+                detail: format!("at {at}"),
+            }],
+        )
+        .unwrap();
+    }
+
+    fn prune(s: &PgStore, now: UnixMillis, before: UnixMillis) -> u64 {
+        match s
+            .commit(
+                now,
+                &[Op::Prune {
+                    before,
+                    limit: 1_000,
+                }],
+            )
+            .unwrap()
+            .results[..]
+        {
+            [OpResult::Pruned { events, .. }] => events,
+            ref other => panic!("{other:?}"),
+        }
+    }
+
+    fn seqs(s: &PgStore) -> Vec<u64> {
+        s.events_from(0, 1_000)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    /// The log rolls over into a new partition when one is full; retention drops the
+    /// partitions whose every event is older than the cut-off (their tables go), oldest
+    /// first, and what remains reads as one gap-free range — on another daemon too.
+    #[test]
+    fn the_event_log_is_partitioned_and_retention_drops_whole_partitions() {
+        let db = TestDb::new();
+        let s = open_with_span(&db, 5);
+        for at in 1..=12 {
+            note(&s, at * 100);
+        }
+        // Seqs 1..=12 in [1, 6), [6, 11), [11, 16).
+        assert_eq!(
+            partitions(&s),
+            ["events_from_1", "events_from_6", "events_from_11"]
+        );
+        assert_eq!(seqs(&s), (1..=12).collect::<Vec<_>>());
+        let other = open(&db);
+        assert_eq!(seqs(&other), (1..=12).collect::<Vec<_>>());
+
+        // Events 1..=7 are older than the cut-off: the first partition goes whole; the
+        // second holds younger ones and stays whole (dropped by partition, not by row).
+        assert_eq!(prune(&s, 10_000, 750), 5);
+        assert_eq!(partitions(&s), ["events_from_6", "events_from_11"]);
+        assert_eq!(s.first_seq().unwrap(), 6);
+        assert_eq!(seqs(&other), (6..=12).collect::<Vec<_>>());
+        // The current partition is never dropped, but when the log holds nothing else its
+        // old events go by row: retention is exact for a log written slowly.
+        assert_eq!(prune(&s, 10_001, 1_150), 5 + 1);
+        assert_eq!(partitions(&s), ["events_from_11"]);
+        assert_eq!(seqs(&s), [12]);
+        for at in 10_002..10_006 {
+            note(&s, at);
+        }
+        assert_eq!(seqs(&other), [12, 13, 14, 15, 16]);
+        assert_eq!(
+            partitions(&s),
+            ["events_from_11", "events_from_16"],
+            "seq 16 is past the current partition"
+        );
+    }
+
+    /// A partition that lived far longer than planned (the rate fell after it was sized)
+    /// loses its events older than the slack past the cut-off row by row; the younger ones,
+    /// and the partition, stay.
+    #[test]
+    fn events_older_than_the_slack_go_even_inside_a_partition() {
+        let db = TestDb::new();
+        let s = open_with_span(&db, 5);
+        let day = 86_400_000;
+        note(&s, 1);
+        note(&s, 2);
+        note(&s, 4 * day);
+        note(&s, 4 * day + 1);
+        note(&s, 4 * day + 2);
+        note(&s, 5 * day);
+        // [1, 6) spans four days; cut-off at day 3: seqs 1 and 2 are more than the slack
+        // (two days) older, seqs 3..=5 are younger than it and keep their partition.
+        assert_eq!(prune(&s, 5 * day, 3 * day), 2);
+        assert_eq!(seqs(&s), [3, 4, 5, 6]);
+        assert_eq!(partitions(&s), ["events_from_1", "events_from_6"]);
+    }
+
+    /// A partition whose drop cannot take the lock on the log now (a long reader) stays
+    /// marked and is dropped by a later pruning; the batch that pruned is not failed, and
+    /// the log keeps no hole in the meantime.
+    #[test]
+    fn a_partition_drop_that_waits_for_a_reader_is_done_later() {
+        let db = TestDb::new();
+        let s = open_with_span(&db, 2);
+        for at in 1..=6 {
+            note(&s, at);
+        }
+        assert_eq!(
+            partitions(&s),
+            ["events_from_1", "events_from_3", "events_from_5"]
+        );
+        let (rt, reader) = session(&db, Duration::from_secs(30));
+        rt.block_on(reader.batch_execute("BEGIN; LOCK TABLE events IN ACCESS SHARE MODE"))
+            .unwrap();
+        assert_eq!(
+            prune(&s, 100, 5),
+            4,
+            "both closed partitions are past retention"
+        );
+        assert_eq!(
+            partitions(&s).len(),
+            3,
+            "the reader holds the log: nothing dropped yet"
+        );
+        rt.block_on(reader.batch_execute("COMMIT")).unwrap();
+        assert_eq!(s.first_seq().unwrap(), 1);
+        assert_eq!(prune(&s, 101, 5), 0, "counted once, when marked");
+        assert_eq!(partitions(&s), ["events_from_5"]);
+        assert_eq!(seqs(&s), [5, 6]);
+    }
     /// A raw session of the test database with this engine's session settings under
     /// `storage_timeout`, on a runtime of its own.
     fn session(

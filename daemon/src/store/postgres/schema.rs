@@ -7,11 +7,11 @@
 
 use deadpool_postgres::Object;
 
-use super::{Bridge, db};
+use super::{Bridge, db, dec_record, message_rows};
 use crate::store::StoreError;
 
 /// The schema version this build writes and reads.
-pub const VERSION: i32 = 4;
+pub const VERSION: i32 = 6;
 
 /// The advisory lock key migrations run under ("herald" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
@@ -132,7 +132,155 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (provider, generation, trial)
     );
     "#,
+    // 5: write-once messages. The body (what was accepted) stays in `messages`, written
+    // once; the status a transition changes moves to the narrow `message_status` (see
+    // `message_rows`). The old rows are split by [`split_messages`] after this SQL.
+    r#"
+    ALTER TABLE messages RENAME TO messages_v4;
+    ALTER INDEX messages_pkey RENAME TO messages_v4_pkey;
+    CREATE TABLE messages (
+        id bytea PRIMARY KEY,
+        body bytea NOT NULL
+    );
+    CREATE TABLE message_status (
+        id bytea PRIMARY KEY,
+        state smallint NOT NULL,
+        attempt bigint NOT NULL,
+        updated_at bigint NOT NULL,
+        due_at bigint NOT NULL,
+        expires_at bigint NOT NULL,
+        lease_until bigint,
+        provider text,
+        provider_message_id text,
+        last_error text
+    );
+    "#,
+    // 6: the event log partitioned by seq range (see `event_log`). The old table becomes
+    // the first partition, `[0, seq]`, by [`partition_events`] after this SQL.
+    r#"
+    ALTER TABLE events RENAME TO events_v5;
+    ALTER INDEX events_pkey RENAME TO events_v5_pkey;
+    CREATE TABLE events (
+        seq bigint NOT NULL,
+        at bigint NOT NULL,
+        event bytea NOT NULL,
+        PRIMARY KEY (seq)
+    ) PARTITION BY RANGE (seq);
+    -- Closed partitions [lo, hi): when each was created, the newest `at` written into it,
+    -- and whether retention is dropping it.
+    CREATE TABLE event_parts (
+        lo bigint PRIMARY KEY,
+        hi bigint NOT NULL,
+        opened bigint NOT NULL,
+        newest bigint NOT NULL,
+        dropping boolean NOT NULL DEFAULT false
+    );
+    -- The partition being written (lo = hi: none yet).
+    ALTER TABLE herald_meta
+        ADD COLUMN part_lo bigint NOT NULL DEFAULT 1,
+        ADD COLUMN part_hi bigint NOT NULL DEFAULT 1,
+        ADD COLUMN part_opened bigint NOT NULL DEFAULT 0,
+        ADD COLUMN part_newest bigint NOT NULL DEFAULT 0;
+    "#,
 ];
+
+/// Migration 6's second half: the schema-5 log, when it holds events, becomes the current
+/// partition `[0, seq + 1)` (attaching checks every row against the bound once); an empty
+/// one goes, and the first event creates the first partition.
+async fn partition_events(client: &Object) -> Result<(), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT seq FROM herald_meta WHERE id = 1), min(at), max(at) FROM events_v5",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let seq: i64 = row.get(0);
+    let next = seq + 1;
+    let sql = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<i64>>(2)) {
+        (Some(oldest), Some(newest)) => format!(
+            "ALTER TABLE events_v5 RENAME TO events_from_0; \
+             ALTER TABLE events ATTACH PARTITION events_from_0 FOR VALUES FROM (0) TO ({next}); \
+             UPDATE herald_meta SET part_lo = 0, part_hi = {next}, part_opened = {oldest}, \
+               part_newest = {newest} WHERE id = 1"
+        ),
+        _ => format!(
+            "DROP TABLE events_v5; \
+             UPDATE herald_meta SET part_lo = {next}, part_hi = {next} WHERE id = 1"
+        ),
+    };
+    client.batch_execute(&sql).await.map_err(db)
+}
+
+/// Rows [`split_messages`] moves per statement.
+const SPLIT_CHUNK: i64 = 1_000;
+
+/// Migration 5's second half: every `messages_v4` record (any format a schema-4 database
+/// holds, records from before lanes included) becomes a body row and a status row, in id
+/// order and chunks; then the old table goes.
+async fn split_messages(client: &Object) -> Result<(), StoreError> {
+    let mut after: Vec<u8> = Vec::new();
+    loop {
+        let rows = client
+            .query(
+                "SELECT id, record FROM messages_v4 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &SPLIT_CHUNK],
+            )
+            .await
+            .map_err(db)?;
+        let Some(last) = rows.last() else { break };
+        after = last.get::<_, Vec<u8>>(0);
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut bodies = Vec::with_capacity(rows.len());
+        let mut status = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let record = dec_record(row.get::<_, &[u8]>(1))?;
+            ids.push(row.get::<_, Vec<u8>>(0));
+            bodies.push(message_rows::body(&record));
+            status.push(message_rows::status(&record));
+        }
+        client
+            .execute(
+                "INSERT INTO messages (id, body) SELECT * FROM UNNEST($1::bytea[], $2::bytea[])",
+                &[&ids, &bodies],
+            )
+            .await
+            .map_err(db)?;
+        let col = |f: fn(&message_rows::Status) -> i64| status.iter().map(f).collect::<Vec<_>>();
+        let text = |f: fn(&message_rows::Status) -> Option<String>| {
+            status.iter().map(f).collect::<Vec<_>>()
+        };
+        let states: Vec<i16> = status.iter().map(|s| s.state).collect();
+        let leases: Vec<Option<i64>> = status.iter().map(|s| s.lease_until).collect();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO message_status (id, {}) SELECT * FROM UNNEST($1::bytea[], \
+                     $2::int2[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], \
+                     $8::text[], $9::text[], $10::text[])",
+                    message_rows::STATUS_COLUMNS
+                ),
+                &[
+                    &ids,
+                    &states,
+                    &col(|s| s.attempt),
+                    &col(|s| s.updated_at),
+                    &col(|s| s.due_at),
+                    &col(|s| s.expires_at),
+                    &leases,
+                    &text(|s| s.provider.clone()),
+                    &text(|s| s.provider_message_id.clone()),
+                    &text(|s| s.last_error.clone()),
+                ],
+            )
+            .await
+            .map_err(db)?;
+    }
+    client
+        .batch_execute("DROP TABLE messages_v4")
+        .await
+        .map_err(db)
+}
 
 /// The tables of schema version 1 only (the layout of a database written before priority
 /// lanes), for tests that open such a database with this build.
@@ -181,7 +329,7 @@ pub(super) fn migrate(
                 if v <= found {
                     continue;
                 }
-                client.batch_execute(sql).await?;
+                client.batch_execute(sql).await.map_err(db)?;
                 if v == 1 {
                     client
                         .execute(
@@ -189,7 +337,13 @@ pub(super) fn migrate(
                              VALUES (1, 0, $1, $2, $3)",
                             &[&vec![0i64; 12], &epoch, &keyed_with],
                         )
-                        .await?;
+                        .await
+                        .map_err(db)?;
+                }
+                match v {
+                    5 => split_messages(client).await?,
+                    6 => partition_events(client).await?,
+                    _ => {}
                 }
             }
             if found == 0 {
@@ -198,17 +352,18 @@ pub(super) fn migrate(
                         "INSERT INTO herald_schema (version) VALUES ($1)",
                         &[&VERSION],
                     )
-                    .await?;
+                    .await
+                    .map_err(db)?;
             } else if found < VERSION {
                 client
                     .execute("UPDATE herald_schema SET version = $1", &[&VERSION])
-                    .await?;
+                    .await
+                    .map_err(db)?;
             }
-            client.batch_execute("COMMIT").await
+            client.batch_execute("COMMIT").await.map_err(db)
         })
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = b.block_on(client.batch_execute("ROLLBACK"));
-            db(e)
         })
     })
 }
