@@ -1017,39 +1017,47 @@ impl Txn for PgTxn<'_> {
         self.bodies.insert(*id);
         message_rows::record_of(&row, 0).map(Some)
     }
-    /// The body is written once, when the batch does not know it to exist (an accept);
-    /// every transition rewrites only the status row.
+    /// The body is written once, when the batch does not know it to exist (an accept), in
+    /// one statement with the status row; every transition after it updates only the
+    /// status row.
     fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), StoreError> {
+        let s = message_rows::status(record);
+        let mut params: Vec<Param> = vec![
+            Box::new(id.to_vec()),
+            Box::new(s.state),
+            Box::new(s.attempt),
+            Box::new(s.updated_at),
+            Box::new(s.due_at),
+            Box::new(s.expires_at),
+            Box::new(s.lease_until),
+            Box::new(s.provider),
+            Box::new(s.provider_message_id),
+            Box::new(s.last_error),
+        ];
         if self.bodies.insert(*id) {
+            params.push(Box::new(message_rows::body(record)));
             self.defer(
-                "INSERT INTO messages (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                vec![Box::new(id.to_vec()), Box::new(message_rows::body(record))],
+                "WITH body AS (\
+                   INSERT INTO messages (id, body) VALUES ($1, $11) ON CONFLICT (id) DO NOTHING) \
+                 INSERT INTO message_status (id, state, attempt, updated_at, due_at, expires_at, \
+                   lease_until, provider, provider_message_id, last_error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, \
+                   attempt = EXCLUDED.attempt, updated_at = EXCLUDED.updated_at, \
+                   due_at = EXCLUDED.due_at, expires_at = EXCLUDED.expires_at, \
+                   lease_until = EXCLUDED.lease_until, provider = EXCLUDED.provider, \
+                   provider_message_id = EXCLUDED.provider_message_id, \
+                   last_error = EXCLUDED.last_error",
+                params,
+            );
+        } else {
+            self.defer(
+                "UPDATE message_status SET state = $2, attempt = $3, updated_at = $4, \
+                   due_at = $5, expires_at = $6, lease_until = $7, provider = $8, \
+                   provider_message_id = $9, last_error = $10 WHERE id = $1",
+                params,
             );
         }
-        let s = message_rows::status(record);
-        self.defer(
-            "INSERT INTO message_status (id, state, attempt, updated_at, due_at, expires_at, \
-               lease_until, provider, provider_message_id, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, \
-               attempt = EXCLUDED.attempt, updated_at = EXCLUDED.updated_at, \
-               due_at = EXCLUDED.due_at, expires_at = EXCLUDED.expires_at, \
-               lease_until = EXCLUDED.lease_until, provider = EXCLUDED.provider, \
-               provider_message_id = EXCLUDED.provider_message_id, \
-               last_error = EXCLUDED.last_error",
-            vec![
-                Box::new(id.to_vec()),
-                Box::new(s.state),
-                Box::new(s.attempt),
-                Box::new(s.updated_at),
-                Box::new(s.due_at),
-                Box::new(s.expires_at),
-                Box::new(s.lease_until),
-                Box::new(s.provider),
-                Box::new(s.provider_message_id),
-                Box::new(s.last_error),
-            ],
-        );
         Ok(())
     }
     fn remove_message(&mut self, id: &MsgId) -> Result<(), StoreError> {
