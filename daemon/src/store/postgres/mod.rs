@@ -21,7 +21,9 @@
 //! are gap-free and seq order is commit order — a subscriber reading `events_from(n)` can
 //! never skip an event that commits late. The batch then runs the shared state machine
 //! ([`lifecycle::apply_batch`]) over a [`Txn`] whose methods are SQL statements (prepared
-//! once per connection); claims read the queue `FOR UPDATE SKIP LOCKED`. Every claim takes
+//! once per connection) — its reads taken a step kind at a time ahead of it (`prefetch`),
+//! its new messages and queue entries inserted a statement per kind (`multi_row`), its other
+//! writes pipelined; claims read the queue `FOR UPDATE SKIP LOCKED`. Every claim takes
 //! a new fencing token (`nextval('lease_tokens')`, independent of clocks) into its lease
 //! row and hands it out as [`super::Claimed::fence`]; a completion applies only when the
 //! stored token still matches: a late completion from a daemon that lost its lease changes
@@ -61,6 +63,8 @@
 
 mod event_log;
 mod message_rows;
+mod multi_row;
+mod prefetch;
 mod schema;
 
 use std::collections::{BTreeMap, HashSet};
@@ -694,12 +698,16 @@ impl PgStore {
                 now,
                 rules: self.rules,
                 pending: std::cell::RefCell::new(Vec::new()),
+                gathering: std::cell::Cell::new([None; 2]),
                 bodies: HashSet::new(),
                 seq,
                 part: event_log::Current::of(&row, 2),
                 spans: self.spans,
                 drops_pending: false,
+                cache: prefetch::Cache::default(),
             };
+            txn.prefetch_accepts(ops)?;
+            txn.prefetch_completions(ops)?;
             let batch = lifecycle::apply_batch(&mut txn, now, ops, seq, counts_of(row.get(1)))?;
             txn.flush_pending()?;
             Ok((batch, txn.drops_pending))
@@ -892,7 +900,10 @@ struct PgTxn<'a> {
     rules: RecipientRules,
     /// Writes whose answer nobody reads, not yet sent: they go out together with the next
     /// statement (see [`PgTxn::with_pending`]).
-    pending: std::cell::RefCell<Vec<Deferred>>,
+    pending: std::cell::RefCell<Vec<Write>>,
+    /// Where in `pending` the gathering write of each [`multi_row::Tables`] is, while it
+    /// may still take rows.
+    gathering: std::cell::Cell<[Option<usize>; 2]>,
     /// Messages whose write-once body row this batch knows to exist (read or written by
     /// it): their [`Txn::put_message`] writes only the status row.
     bodies: HashSet<MsgId>,
@@ -903,6 +914,8 @@ struct PgTxn<'a> {
     spans: event_log::Spans,
     /// Event log partitions are marked for dropping once the batch commits.
     drops_pending: bool,
+    /// What the batch read ahead (see `prefetch`).
+    cache: prefetch::Cache,
 }
 
 /// A parameter a deferred write owns.
@@ -914,6 +927,38 @@ struct Deferred {
     params: Vec<Param>,
 }
 
+/// A pending write: one statement, or rows gathered into one (see `multi_row`).
+enum Write {
+    One(Deferred),
+    Rows(multi_row::Rows),
+}
+
+impl Write {
+    fn sql(&self) -> &'static str {
+        match self {
+            Write::One(d) => d.sql,
+            Write::Rows(r) => r.sql(),
+        }
+    }
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        match self {
+            Write::One(d) => d
+                .params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect(),
+            Write::Rows(r) => r.params(),
+        }
+    }
+}
+
+fn slot(tables: multi_row::Tables) -> usize {
+    match tables {
+        multi_row::Tables::Messages => 0,
+        multi_row::Tables::Queue => 1,
+    }
+}
+
 impl PgTxn<'_> {
     /// Queues a write whose answer (rows affected) nobody reads. Writes keep their order:
     /// they are sent, in one pipeline, ahead of the next read or write that needs an
@@ -921,7 +966,43 @@ impl PgTxn<'_> {
     /// trip per message (its reads) instead of one per statement. A deferred write that
     /// fails fails that next statement, and so the batch.
     fn defer(&self, sql: &'static str, params: Vec<Param>) {
-        self.pending.borrow_mut().push(Deferred { sql, params });
+        self.pending
+            .borrow_mut()
+            .push(Write::One(Deferred { sql, params }));
+    }
+
+    /// Stops the gathering write on `tables` from taking rows: a statement on those tables
+    /// is queued after it, and must stay after every row it holds.
+    fn close_gathering(&self, tables: multi_row::Tables) {
+        let mut open = self.gathering.get();
+        open[slot(tables)] = None;
+        self.gathering.set(open);
+    }
+
+    /// Adds a row to the gathering write on `tables`, or starts one at the end of the
+    /// pending writes with `start` (which `add` then fills).
+    fn gather(
+        &self,
+        tables: multi_row::Tables,
+        start: impl FnOnce() -> multi_row::Rows,
+        add: impl FnOnce(&mut multi_row::Rows),
+    ) {
+        let mut pending = self.pending.borrow_mut();
+        let mut open = self.gathering.get();
+        let at = match open[slot(tables)] {
+            Some(at) => at,
+            None => {
+                pending.push(Write::Rows(start()));
+                open[slot(tables)] = Some(pending.len() - 1);
+                self.gathering.set(open);
+                pending.len() - 1
+            }
+        };
+        if let Some(Write::Rows(rows)) = pending.get_mut(at)
+            && rows.tables() == tables
+        {
+            add(rows);
+        }
     }
 
     /// Runs `f` (one statement) after sending every pending write, all on the wire before
@@ -932,6 +1013,7 @@ impl PgTxn<'_> {
         f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, StoreError> {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        self.gathering.set([None; 2]);
         let c = self.c;
         self.b
             .block_on(async move {
@@ -941,18 +1023,14 @@ impl PgTxn<'_> {
                 // Prepared first (cached after a connection's first use), so the writes
                 // below go out in their order on their first poll.
                 let mut statements = Vec::with_capacity(pending.len());
-                for d in &pending {
-                    statements.push(c.prepare_cached(d.sql).await?);
+                for w in &pending {
+                    statements.push(c.prepare_cached(w.sql()).await?);
                 }
                 let writes = futures_util::future::try_join_all(
-                    pending.iter().zip(&statements).map(|(d, st)| async move {
-                        let params: Vec<&(dyn ToSql + Sync)> = d
-                            .params
-                            .iter()
-                            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-                            .collect();
-                        c.execute(st, &params).await
-                    }),
+                    pending
+                        .iter()
+                        .zip(&statements)
+                        .map(|(w, st)| async move { c.execute(st, &w.params()).await }),
                 );
                 let (_, answer) = futures_util::future::try_join(writes, f).await?;
                 Ok(answer)
@@ -1011,6 +1089,9 @@ impl Txn for PgTxn<'_> {
     }
 
     fn message(&mut self, id: &MsgId) -> Result<Option<Record>, StoreError> {
+        if let Some(read) = self.cache.record(id) {
+            return Ok(read.clone());
+        }
         let Some(row) = self.row(&select_record("WHERE s.id = $1"), &[&id.as_slice()])? else {
             return Ok(None);
         };
@@ -1021,46 +1102,44 @@ impl Txn for PgTxn<'_> {
     /// one statement with the status row; every transition after it updates only the
     /// status row.
     fn put_message(&mut self, id: &MsgId, record: &Record) -> Result<(), StoreError> {
+        self.cache.forget_record(id);
         let s = message_rows::status(record);
-        let mut params: Vec<Param> = vec![
-            Box::new(id.to_vec()),
-            Box::new(s.state),
-            Box::new(s.attempt),
-            Box::new(s.updated_at),
-            Box::new(s.due_at),
-            Box::new(s.expires_at),
-            Box::new(s.lease_until),
-            Box::new(s.provider),
-            Box::new(s.provider_message_id),
-            Box::new(s.last_error),
-        ];
         if self.bodies.insert(*id) {
-            params.push(Box::new(message_rows::body(record)));
-            self.defer(
-                "WITH body AS (\
-                   INSERT INTO messages (id, body) VALUES ($1, $11) ON CONFLICT (id) DO NOTHING) \
-                 INSERT INTO message_status (id, state, attempt, updated_at, due_at, expires_at, \
-                   lease_until, provider, provider_message_id, last_error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, \
-                   attempt = EXCLUDED.attempt, updated_at = EXCLUDED.updated_at, \
-                   due_at = EXCLUDED.due_at, expires_at = EXCLUDED.expires_at, \
-                   lease_until = EXCLUDED.lease_until, provider = EXCLUDED.provider, \
-                   provider_message_id = EXCLUDED.provider_message_id, \
-                   last_error = EXCLUDED.last_error",
-                params,
+            let body = message_rows::body(record);
+            self.gather(
+                multi_row::Tables::Messages,
+                || multi_row::Rows::Messages(Default::default()),
+                |rows| {
+                    if let multi_row::Rows::Messages(m) = rows {
+                        m.push(id.to_vec(), body, s);
+                    }
+                },
             );
         } else {
+            self.close_gathering(multi_row::Tables::Messages);
             self.defer(
                 "UPDATE message_status SET state = $2, attempt = $3, updated_at = $4, \
                    due_at = $5, expires_at = $6, lease_until = $7, provider = $8, \
                    provider_message_id = $9, last_error = $10 WHERE id = $1",
-                params,
+                vec![
+                    Box::new(id.to_vec()),
+                    Box::new(s.state),
+                    Box::new(s.attempt),
+                    Box::new(s.updated_at),
+                    Box::new(s.due_at),
+                    Box::new(s.expires_at),
+                    Box::new(s.lease_until),
+                    Box::new(s.provider),
+                    Box::new(s.provider_message_id),
+                    Box::new(s.last_error),
+                ],
             );
         }
         Ok(())
     }
     fn remove_message(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.cache.forget_record(id);
+        self.close_gathering(multi_row::Tables::Messages);
         self.defer(
             "DELETE FROM message_status WHERE id = $1",
             vec![Box::new(id.to_vec())],
@@ -1071,17 +1150,19 @@ impl Txn for PgTxn<'_> {
     }
 
     fn schedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
-        self.defer(
-            "INSERT INTO queue (due_at, id, lane) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            vec![
-                Box::new(big(due)),
-                Box::new(id.to_vec()),
-                Box::new(lane_sql(lane)),
-            ],
+        self.gather(
+            multi_row::Tables::Queue,
+            || multi_row::Rows::Schedule(Default::default()),
+            |rows| {
+                if let multi_row::Rows::Schedule(q) = rows {
+                    q.push(big(due), id.to_vec(), lane_sql(lane));
+                }
+            },
         );
         Ok(())
     }
     fn unschedule(&mut self, lane: Lane, due: UnixMillis, id: &MsgId) -> Result<(), StoreError> {
+        self.close_gathering(multi_row::Tables::Queue);
         self.defer(
             "DELETE FROM queue WHERE due_at = $1 AND id = $2 AND lane = $3",
             vec![
@@ -1098,16 +1179,22 @@ impl Txn for PgTxn<'_> {
         now: UnixMillis,
         limit: usize,
     ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
-        self.id_pairs(
-            "SELECT due_at, id FROM queue WHERE lane = $3 AND due_at <= $1 \
-             ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
-            &[&big(now), &(limit as i64), &lane_sql(lane)],
-        )
+        self.due_with_records(lane, now, limit)
     }
 
     /// The fencing token is a fresh value of the `lease_tokens` sequence: different on
     /// every claim, whatever the clocks of the daemons say.
     fn lease(&mut self, id: &MsgId, until: UnixMillis) -> Result<u64, StoreError> {
+        if let Some(token) = self.cache.fresh_token() {
+            self.defer(
+                "INSERT INTO leases (id, until, token) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET until = EXCLUDED.until, token = EXCLUDED.token",
+                vec![Box::new(id.to_vec()), Box::new(big(until)), Box::new(token)],
+            );
+            self.cache.forget_token(id);
+            return Ok(ms(token));
+        }
+        self.cache.forget_token(id);
         let row = self.row(
             "INSERT INTO leases (id, until, token) VALUES ($1, $2, nextval('lease_tokens')) \
              ON CONFLICT (id) DO UPDATE SET until = EXCLUDED.until, token = EXCLUDED.token \
@@ -1125,6 +1212,9 @@ impl Txn for PgTxn<'_> {
         let Ok(token) = i64::try_from(fence) else {
             return Ok(false);
         };
+        if let Some(read) = self.cache.token(id) {
+            return Ok(read == Some(token));
+        }
         Ok(self
             .row(
                 "SELECT 1 FROM leases WHERE id = $1 AND token = $2",
@@ -1133,6 +1223,7 @@ impl Txn for PgTxn<'_> {
             .is_some())
     }
     fn unlease(&mut self, id: &MsgId) -> Result<(), StoreError> {
+        self.cache.forget_token(id);
         self.defer(
             "DELETE FROM leases WHERE id = $1",
             vec![Box::new(id.to_vec())],
@@ -1156,6 +1247,9 @@ impl Txn for PgTxn<'_> {
     }
 
     fn idempotency(&mut self, key: &str) -> Result<Option<(MsgId, UnixMillis)>, StoreError> {
+        if let Some(read) = self.cache.idempotency(key) {
+            return Ok(read);
+        }
         self.row(
             "SELECT id, expires_at FROM idempotency WHERE key = $1",
             &[&key],
@@ -1169,6 +1263,7 @@ impl Txn for PgTxn<'_> {
         id: &MsgId,
         expires: UnixMillis,
     ) -> Result<(), StoreError> {
+        self.cache.forget_idempotency(key);
         self.defer(
             "INSERT INTO idempotency (key, id, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (key) DO UPDATE SET id = EXCLUDED.id, expires_at = EXCLUDED.expires_at",
@@ -1181,6 +1276,7 @@ impl Txn for PgTxn<'_> {
         Ok(())
     }
     fn remove_idempotency(&mut self, key: &str) -> Result<(), StoreError> {
+        self.cache.forget_idempotency(key);
         self.exec("DELETE FROM idempotency WHERE key = $1", &[&key])?;
         Ok(())
     }
@@ -1255,6 +1351,9 @@ impl Txn for PgTxn<'_> {
         channel: Channel,
         key: &RecipientKey,
     ) -> Result<Option<Suppression>, StoreError> {
+        if let Some(read) = self.cache.suppression(channel_sql(channel), key.as_str()) {
+            return Ok(read.clone());
+        }
         self.row(
             "SELECT entry FROM suppression WHERE channel = $1 AND key = $2",
             &[&channel_sql(channel), &key.as_str()],
@@ -1268,6 +1367,8 @@ impl Txn for PgTxn<'_> {
         key: &RecipientKey,
         entry: &Suppression,
     ) -> Result<(), StoreError> {
+        self.cache
+            .forget_suppression(channel_sql(channel), key.as_str());
         self.exec(
             "INSERT INTO suppression (channel, key, entry) VALUES ($1, $2, $3) \
              ON CONFLICT (channel, key) DO UPDATE SET entry = EXCLUDED.entry",
@@ -1276,6 +1377,8 @@ impl Txn for PgTxn<'_> {
         Ok(())
     }
     fn unsuppress(&mut self, channel: Channel, key: &RecipientKey) -> Result<(), StoreError> {
+        self.cache
+            .forget_suppression(channel_sql(channel), key.as_str());
         self.exec(
             "DELETE FROM suppression WHERE channel = $1 AND key = $2",
             &[&channel_sql(channel), &key.as_str()],
@@ -1321,8 +1424,12 @@ impl Txn for PgTxn<'_> {
     }
 
     fn held(&mut self, key: HeldFor<'_>) -> Result<HeldUpdates, StoreError> {
+        let k = held_key(key);
+        if let Some(read) = self.cache.held(&k) {
+            return Ok(read.clone());
+        }
         Ok(self
-            .row("SELECT updates FROM held WHERE key = $1", &[&held_key(key)])?
+            .row("SELECT updates FROM held WHERE key = $1", &[&k])?
             .map(|r| dec(r.get::<_, &[u8]>(0), "held updates"))
             .transpose()?
             .unwrap_or_default())
@@ -1333,6 +1440,7 @@ impl Txn for PgTxn<'_> {
         updates: &[(UnixMillis, StatusUpdate)],
     ) -> Result<(), StoreError> {
         let k = held_key(key);
+        self.cache.forget_held(&k);
         match updates.iter().map(|(at, _)| *at).min() {
             None => self.exec("DELETE FROM held WHERE key = $1", &[&k])?,
             Some(oldest) => self.exec(
@@ -2396,6 +2504,91 @@ mod tests {
         assert_eq!(r.state, herald_plugin_api::State::Sent);
         assert_eq!(r.content, m.content);
         assert_eq!(r.attempt, 1);
+    }
+
+    /// What a batch read ahead for its completions does not outlive the batch's own
+    /// writes: a completion batched after the recovery of its lease finds the message
+    /// re-queued, not the `sending` record read before the recovery ran.
+    #[test]
+    fn a_completion_batched_after_the_recovery_of_its_lease_is_stale() {
+        let db = TestDb::new();
+        let s = open(&db);
+        let m = sms("recovered before its completion");
+        s.commit(0, &[Op::Accept(m.clone())]).unwrap();
+        let c = claimed(
+            s.commit(
+                0,
+                &[Op::Claim {
+                    limit: 1,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap(),
+        )
+        .remove(0);
+        let r = s
+            .commit(1_000, &[Op::Recover, sent(&c, c.record.attempt, c.fence)])
+            .unwrap();
+        assert_eq!(r.results[0], OpResult::Recovered(1));
+        assert_eq!(
+            r.results[1],
+            OpResult::WrongState(herald_plugin_api::State::Queued)
+        );
+        assert_eq!(
+            s.get(&m.id).unwrap().unwrap().state,
+            herald_plugin_api::State::Queued
+        );
+    }
+
+    /// A batch that mixes gathered inserts with updates and deletes of the same tables
+    /// (a message accepted, cancelled, and more accepted after it) leaves each message as
+    /// the state machine left it: the cancelled one out of the queue, the others queued
+    /// and claimable, the indexes consistent.
+    #[test]
+    fn gathered_inserts_keep_their_order_with_updates_and_deletes() {
+        let db = TestDb::new();
+        let s = open(&db);
+        let (a, b, c) = (sms("a"), sms("b"), sms("c"));
+        let r = s
+            .commit(
+                0,
+                &[
+                    Op::Accept(a.clone()),
+                    Op::Accept(b.clone()),
+                    Op::Cancel(a.id),
+                    Op::Accept(c.clone()),
+                ],
+            )
+            .unwrap();
+        assert_eq!(r.results[2], OpResult::Done, "{r:?}");
+        assert_eq!(
+            s.get(&a.id).unwrap().unwrap().state,
+            herald_plugin_api::State::Cancelled
+        );
+        let mut got: Vec<MsgId> = claimed(
+            s.commit(
+                1,
+                &[Op::Claim {
+                    limit: 10,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap(),
+        )
+        .iter()
+        .map(|c| c.id)
+        .collect();
+        got.sort();
+        let mut want = vec![b.id, c.id];
+        want.sort();
+        assert_eq!(got, want);
+        let report = s.commit(2, &[Op::Check { repair: false }]).unwrap();
+        match &report.results[0] {
+            OpResult::Checked(r) => assert!(r.consistent(), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Opens a store on `db` whose event log partitions hold `span` events each.
