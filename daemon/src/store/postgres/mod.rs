@@ -930,7 +930,8 @@ struct Deferred {
 /// A pending write: one statement, or rows gathered into one (see `multi_row`).
 enum Write {
     One(Deferred),
-    Rows(multi_row::Rows),
+    /// Boxed: a gathering write holds a column each, and there are few of them.
+    Rows(Box<multi_row::Rows>),
 }
 
 impl Write {
@@ -992,7 +993,7 @@ impl PgTxn<'_> {
         let at = match open[slot(tables)] {
             Some(at) => at,
             None => {
-                pending.push(Write::Rows(start()));
+                pending.push(Write::Rows(Box::new(start())));
                 open[slot(tables)] = Some(pending.len() - 1);
                 self.gathering.set(open);
                 pending.len() - 1
