@@ -2095,6 +2095,31 @@ mod tests {
         assert_eq!((claimed.len(), unique.len()), (60, 60));
     }
 
+    /// The tables of schema 1 on `db`, epoch `old`, with `seq` and `counts` in the meta row;
+    /// a connection to plant rows with (on the caller's runtime).
+    async fn version_1_database(db: &TestDb, seq: u64, counts: &Counts) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.batch_execute(schema::version_1_sql()).await.unwrap();
+        c.batch_execute(
+            "CREATE TABLE herald_schema (version integer NOT NULL); \
+             INSERT INTO herald_schema (version) VALUES (1)",
+        )
+        .await
+        .unwrap();
+        let keyed = enc(&KeyedWith::current(RecipientRules::default()));
+        c.execute(
+            "INSERT INTO herald_meta (id, seq, counts, epoch, keyed_with) \
+             VALUES (1, $1, $2, 'old', $3)",
+            &[&big(seq), &counts_sql(counts), &keyed],
+        )
+        .await
+        .unwrap();
+        c
+    }
+
     /// A database as the build before priority lanes left it (schema 1: `queue` without
     /// `lane`, records without it) is migrated at open, and its waiting message is claimed
     /// from the normal lane: after a critical one, before a bulk one.
@@ -2127,25 +2152,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            c.batch_execute(schema::version_1_sql()).await.unwrap();
-            c.batch_execute(
-                "CREATE TABLE herald_schema (version integer NOT NULL); \
-                 INSERT INTO herald_schema (version) VALUES (1)",
-            )
-            .await
-            .unwrap();
-            let keyed = enc(&KeyedWith::current(RecipientRules::default()));
-            c.execute(
-                "INSERT INTO herald_meta (id, seq, counts, epoch, keyed_with) \
-                 VALUES (1, 1, $1, 'old', $2)",
-                &[&counts_sql(&counts), &keyed],
-            )
-            .await
-            .unwrap();
+            let c = version_1_database(&db, 1, &counts).await;
             let mut v = vec![FORMAT];
             v.extend(crate::store::encode_record_v1(&record));
             c.execute(
@@ -2208,6 +2215,22 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(report.consistent(), "{report:?}");
+    }
+
+    /// The claim of the one message due at `now` (lease 1 s).
+    fn claim_one(s: &impl Store, now: UnixMillis) -> crate::store::Claimed {
+        claimed(
+            s.commit(
+                now,
+                &[Op::Claim {
+                    limit: 1,
+                    lease_ms: 1_000,
+                    turn: 0,
+                }],
+            )
+            .unwrap(),
+        )
+        .remove(0)
     }
 
     fn claimed(c: Committed) -> Vec<crate::store::Claimed> {
@@ -2302,18 +2325,7 @@ mod tests {
         let leased = sms("leased under version 1");
         let waiting = sms("waiting under version 1");
         mem.commit(0, &[Op::Accept(leased.clone())]).unwrap();
-        let old = claimed(
-            mem.commit(
-                0,
-                &[Op::Claim {
-                    limit: 1,
-                    lease_ms: 1_000,
-                    turn: 0,
-                }],
-            )
-            .unwrap(),
-        )
-        .remove(0);
+        let old = claim_one(&mem, 0);
         mem.commit(1, &[Op::Accept(waiting.clone())]).unwrap();
         let old_events = mem.events_from(0, 100).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -2321,25 +2333,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            c.batch_execute(schema::version_1_sql()).await.unwrap();
-            c.batch_execute(
-                "CREATE TABLE herald_schema (version integer NOT NULL); \
-                 INSERT INTO herald_schema (version) VALUES (1)",
-            )
-            .await
-            .unwrap();
-            let keyed = enc(&KeyedWith::current(RecipientRules::default()));
-            c.execute(
-                "INSERT INTO herald_meta (id, seq, counts, epoch, keyed_with) \
-                 VALUES (1, $1, $2, 'old', $3)",
-                &[&big(mem.last_seq()), &counts_sql(&mem.counts()), &keyed],
-            )
-            .await
-            .unwrap();
+            let c = version_1_database(&db, mem.last_seq(), &mem.counts()).await;
             for id in [leased.id, waiting.id] {
                 let r = mem.get(&id).unwrap().unwrap();
                 let mut v = vec![FORMAT];
@@ -2393,18 +2387,7 @@ mod tests {
         assert_eq!(s.events_from(0, 100).unwrap(), old_events);
         assert_eq!(s.first_seq().unwrap(), 1);
         assert_eq!(s.last_seq(), mem.last_seq());
-        let new = claimed(
-            s.commit(
-                2,
-                &[Op::Claim {
-                    limit: 1,
-                    lease_ms: 1_000,
-                    turn: 0,
-                }],
-            )
-            .unwrap(),
-        )
-        .remove(0);
+        let new = claim_one(&s, 2);
         assert_eq!(new.id, waiting.id);
         s.commit(3, &[sent(&new, new.record.attempt, new.fence)])
             .unwrap();
@@ -2417,18 +2400,7 @@ mod tests {
             s.commit(1_000, &[Op::Recover]).unwrap().results,
             vec![OpResult::Recovered(1)]
         );
-        let again = claimed(
-            s.commit(
-                1_001,
-                &[Op::Claim {
-                    limit: 1,
-                    lease_ms: 1_000,
-                    turn: 0,
-                }],
-            )
-            .unwrap(),
-        )
-        .remove(0);
+        let again = claim_one(&s, 1_001);
         assert_eq!(again.id, old.id);
         s.commit(1_002, &[sent(&again, again.record.attempt, again.fence)])
             .unwrap();
@@ -2485,18 +2457,7 @@ mod tests {
             (r.get(0), r.get(1))
         };
         let (body, status) = versions(&s);
-        let c = claimed(
-            s.commit(
-                1,
-                &[Op::Claim {
-                    limit: 1,
-                    lease_ms: 1_000,
-                    turn: 0,
-                }],
-            )
-            .unwrap(),
-        )
-        .remove(0);
+        let c = claim_one(&s, 1);
         s.commit(2, &[sent(&c, c.record.attempt, c.fence)]).unwrap();
         let (body_after, status_after) = versions(&s);
         assert_eq!(body_after, body, "the body row was rewritten");
@@ -2516,18 +2477,7 @@ mod tests {
         let s = open(&db);
         let m = sms("recovered before its completion");
         s.commit(0, &[Op::Accept(m.clone())]).unwrap();
-        let c = claimed(
-            s.commit(
-                0,
-                &[Op::Claim {
-                    limit: 1,
-                    lease_ms: 1_000,
-                    turn: 0,
-                }],
-            )
-            .unwrap(),
-        )
-        .remove(0);
+        let c = claim_one(&s, 0);
         let r = s
             .commit(1_000, &[Op::Recover, sent(&c, c.record.attempt, c.fence)])
             .unwrap();
