@@ -2914,6 +2914,45 @@ mod tests {
         assert!(accepted.len() >= 6, "{} accepted", accepted.len());
     }
 
+    /// A daemon that starts while another migrates (holding the migration lock longer than
+    /// its own `lock_timeout`) waits for the migration, and then opens.
+    #[test]
+    fn a_daemon_starting_during_another_migration_waits_for_it() {
+        let db = TestDb::new();
+        drop(open(&db));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (migrating, conn) = rt
+            .block_on(tokio_postgres::connect(&db.url, tokio_postgres::NoTls))
+            .unwrap();
+        rt.spawn(conn);
+        rt.block_on(migrating.batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            schema::MIGRATION_LOCK
+        )))
+        .unwrap();
+        let release = std::thread::spawn(move || {
+            rt.block_on(async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                migrating.batch_execute("COMMIT").await
+            })
+            .unwrap();
+        });
+        let started = Instant::now();
+        // lock_timeout: 750 ms.
+        let s = PgStore::open_bounded(
+            &db.url,
+            2,
+            RecipientRules::default(),
+            Duration::from_secs(1),
+        );
+        assert!(s.is_ok(), "{:?}", s.err());
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "it did not wait"
+        );
+        release.join().unwrap();
+    }
+
     #[test]
     fn a_newer_schema_is_refused() {
         let db = TestDb::new();

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 pub const VERSION: i32 = 6;
 
 /// The advisory lock key migrations run under ("herald" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
+pub(super) const MIGRATION_LOCK: i64 = 0x6865_7261_6c64;
 
 /// Migration `n` (1-based) brings the schema from version `n - 1` to `n`.
 const MIGRATIONS: &[&str] = &[
@@ -298,7 +298,11 @@ pub(super) fn migrate(
     keyed_with: &[u8],
 ) -> Result<(), StoreError> {
     b.block_on(async {
-        client.batch_execute("BEGIN").await?;
+        // Another daemon's migration (a large schema-5 split takes a while) is waited
+        // for, not timed out on: that session is bounded by its own idle timeout.
+        client
+            .batch_execute("BEGIN; SET LOCAL lock_timeout = 0")
+            .await?;
         client
             .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
