@@ -189,11 +189,15 @@ impl PgTxn<'_> {
         )?;
         let mut pruned = 0;
         let mut all_closed_go = true;
+        // The first seq not in a partition marked for dropping: rows below it go with their
+        // partitions, so the single-row delete starts there.
+        let mut marked_up_to = 0;
         for row in &parts {
             let (lo, hi, newest): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
             let dropping: bool = row.get(3);
             if dropping {
                 self.drops_pending = true;
+                marked_up_to = ms(hi);
                 continue;
             }
             if ms(newest) >= before {
@@ -205,6 +209,7 @@ impl PgTxn<'_> {
                 &[&lo],
             )?;
             self.drops_pending = true;
+            marked_up_to = ms(hi);
             pruned += rows_in(ms(lo), ms(hi));
         }
         // Single rows: up to the cut-off in the current partition when the log has nothing
@@ -220,28 +225,9 @@ impl PgTxn<'_> {
                  AND seq < COALESCE((SELECT min(seq) FROM events WHERE at >= $1 AND seq >= $3), \
                                     9223372036854775807) \
                ORDER BY seq LIMIT $2)",
-            &[
-                &big(cut),
-                &(limit as i64),
-                &big(self.marked_up_to(&parts, before)),
-            ],
+            &[&big(cut), &(limit as i64), &big(marked_up_to)],
         )?;
         Ok(pruned + deleted)
-    }
-
-    /// The first seq not in a partition marked for dropping (rows below it go with their
-    /// partitions, so the single-row delete starts there).
-    fn marked_up_to(&self, parts: &[tokio_postgres::Row], before: UnixMillis) -> u64 {
-        let mut up_to = 0;
-        for row in parts {
-            let (hi, newest, dropping): (i64, i64, bool) = (row.get(1), row.get(2), row.get(3));
-            if dropping || ms(newest) < before {
-                up_to = ms(hi);
-            } else {
-                break;
-            }
-        }
-        up_to
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use super::{FORMAT, big, enc, ms};
-use crate::store::{Lane, Record, StoreError};
+use crate::store::{Counts, Lane, Record, StoreError};
 
 /// The columns [`record_of`] reads, in its order: the body, then the status. Queries join
 /// `message_status s` with `messages m` on `id`.
@@ -76,7 +76,7 @@ pub(super) const STATUS_COLUMNS: &str = "state, attempt, updated_at, due_at, exp
 
 pub(super) fn status(r: &Record) -> Status {
     Status {
-        state: state_sql(r.state),
+        state: Counts::index(r.state) as i16,
         attempt: i64::from(r.attempt),
         updated_at: big(r.updated_at),
         due_at: big(r.due_at),
@@ -86,12 +86,6 @@ pub(super) fn status(r: &Record) -> Status {
         provider_message_id: r.provider_message_id.clone(),
         last_error: r.last_error.clone(),
     }
-}
-
-/// A state in the `message_status.state` column (its position in [`State::ALL`], as the
-/// per-state counts are kept).
-pub(super) fn state_sql(s: State) -> i16 {
-    State::ALL.iter().position(|x| *x == s).unwrap_or(0) as i16
 }
 
 /// The record in `row`, whose columns from `at` on are [`RECORD_COLUMNS`].

@@ -870,6 +870,10 @@ fn held_key_of(bytes: &[u8]) -> Result<HeldKey, StoreError> {
     }
 }
 
+/// The record of one message, by id (`$1`): the engine's most frequent read.
+static RECORD_BY_ID: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| select_record("WHERE s.id = $1"));
+
 /// A query of whole records ([`message_rows::RECORD_COLUMNS`], then the id) with `rest`
 /// (a `WHERE` and/or `ORDER BY` on `s`, the status row).
 fn select_record(rest: &str) -> String {
@@ -1065,6 +1069,26 @@ impl PgTxn<'_> {
         })
     }
 
+    /// Two reads in one round trip (after what is pending).
+    fn rows_pair(
+        &self,
+        (a, a_params): (&str, &[&(dyn ToSql + Sync)]),
+        (b, b_params): (&str, &[&(dyn ToSql + Sync)]),
+    ) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
+        let c = self.c;
+        self.with_pending(async {
+            let first = async {
+                let st = c.prepare_cached(a).await?;
+                c.query(&st, a_params).await
+            };
+            let second = async {
+                let st = c.prepare_cached(b).await?;
+                c.query(&st, b_params).await
+            };
+            futures_util::future::try_join(first, second).await
+        })
+    }
+
     /// Statements without parameters, not prepared (schema changes).
     fn ddl(&self, sql: &str) -> Result<(), StoreError> {
         self.with_pending(self.c.batch_execute(sql))
@@ -1093,7 +1117,7 @@ impl Txn for PgTxn<'_> {
         if let Some(read) = self.cache.record(id) {
             return Ok(read.clone());
         }
-        let Some(row) = self.row(&select_record("WHERE s.id = $1"), &[&id.as_slice()])? else {
+        let Some(row) = self.row(&RECORD_BY_ID, &[&id.as_slice()])? else {
             return Ok(None);
         };
         self.bodies.insert(*id);
@@ -1636,7 +1660,7 @@ impl Store for PgStore {
     }
 
     fn get(&self, id: &MsgId) -> Result<Option<Record>, StoreError> {
-        self.query(&select_record("WHERE s.id = $1"), &[&id.as_slice()])?
+        self.query(&RECORD_BY_ID, &[&id.as_slice()])?
             .first()
             .map(|r| message_rows::record_of(r, 0))
             .transpose()

@@ -13,6 +13,7 @@
 //! machine decides, or answer for a row it did not read.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use herald_plugin_api::UnixMillis;
 use tokio_postgres::Row;
@@ -22,6 +23,27 @@ use super::{MsgId, Op, Record, StoreError, Suppression};
 use super::{PgTxn, big, channel_sql, dec, held_key, id_of, lane_sql, message_rows, ms};
 use crate::store::Lane;
 use crate::store::recipients;
+
+/// Completions' records with their lease tokens, by id (`$1`: an array).
+static RECORDS_WITH_TOKENS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT s.id, l.token, {} FROM message_status s JOIN messages m ON m.id = s.id \
+         LEFT JOIN leases l ON l.id = s.id WHERE s.id = ANY($1)",
+        message_rows::RECORD_COLUMNS
+    )
+});
+
+/// Up to `$2` due entries of lane `$3` at `$1`, locked, with their records.
+static DUE_WITH_RECORDS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT q.due_at, q.id, {} FROM (\
+           SELECT due_at, id FROM queue WHERE lane = $3 AND due_at <= $1 \
+           ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) q \
+         LEFT JOIN message_status s ON s.id = q.id LEFT JOIN messages m ON m.id = q.id \
+         ORDER BY q.due_at, q.id",
+        message_rows::RECORD_COLUMNS
+    )
+});
 
 /// What a batch read ahead. `None` entries are rows known to be absent.
 #[derive(Default)]
@@ -101,28 +123,18 @@ impl PgTxn<'_> {
         if keys.is_empty() && recipients.is_empty() {
             return Ok(());
         }
-        let c = self.c;
-        let (found_keys, found_suppressed) = self.with_pending(async {
-            let keys = async {
-                let st = c
-                    .prepare_cached(
-                        "SELECT key, id, expires_at FROM idempotency WHERE key = ANY($1)",
-                    )
-                    .await?;
-                c.query(&st, &[&keys]).await
-            };
-            let suppressed = async {
-                let st = c
-                    .prepare_cached(
-                        "SELECT s.channel, s.key, s.entry FROM suppression s \
-                         JOIN unnest($1::int2[], $2::text[]) AS r(channel, key) \
-                           ON s.channel = r.channel AND s.key = r.key",
-                    )
-                    .await?;
-                c.query(&st, &[&channels, &recipients]).await
-            };
-            futures_util::future::try_join(keys, suppressed).await
-        })?;
+        let (found_keys, found_suppressed) = self.rows_pair(
+            (
+                "SELECT key, id, expires_at FROM idempotency WHERE key = ANY($1)",
+                &[&keys],
+            ),
+            (
+                "SELECT s.channel, s.key, s.entry FROM suppression s \
+                 JOIN unnest($1::int2[], $2::text[]) AS r(channel, key) \
+                   ON s.channel = r.channel AND s.key = r.key",
+                &[&channels, &recipients],
+            ),
+        )?;
         for key in keys {
             self.cache.idempotency.insert(key, None);
         }
@@ -160,25 +172,13 @@ impl PgTxn<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        let records_sql = format!(
-            "SELECT s.id, l.token, {} FROM message_status s JOIN messages m ON m.id = s.id \
-             LEFT JOIN leases l ON l.id = s.id WHERE s.id = ANY($1)",
-            message_rows::RECORD_COLUMNS
-        );
-        let c = self.c;
-        let (records, held) = self.with_pending(async {
-            let records = async {
-                let st = c.prepare_cached(&records_sql).await?;
-                c.query(&st, &[&ids]).await
-            };
-            let held = async {
-                let st = c
-                    .prepare_cached("SELECT key, updates FROM held WHERE key = ANY($1)")
-                    .await?;
-                c.query(&st, &[&held_keys]).await
-            };
-            futures_util::future::try_join(records, held).await
-        })?;
+        let (records, held) = self.rows_pair(
+            (&RECORDS_WITH_TOKENS, &[&ids]),
+            (
+                "SELECT key, updates FROM held WHERE key = ANY($1)",
+                &[&held_keys],
+            ),
+        )?;
         for id in &ids {
             let id = id_of(id)?;
             self.cache.records.insert(id, None);
@@ -210,31 +210,14 @@ impl PgTxn<'_> {
         now: UnixMillis,
         limit: usize,
     ) -> Result<Vec<(UnixMillis, MsgId)>, StoreError> {
-        let sql = format!(
-            "SELECT q.due_at, q.id, {} FROM (\
-               SELECT due_at, id FROM queue WHERE lane = $3 AND due_at <= $1 \
-               ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) q \
-             LEFT JOIN message_status s ON s.id = q.id LEFT JOIN messages m ON m.id = q.id \
-             ORDER BY q.due_at, q.id",
-            message_rows::RECORD_COLUMNS
-        );
-        let c = self.c;
         let n = limit as i64;
-        let (rows, tokens) = self.with_pending(async {
-            let due = async {
-                let st = c.prepare_cached(&sql).await?;
-                c.query(&st, &[&big(now), &n, &lane_sql(lane)]).await
-            };
-            let tokens = async {
-                let st = c
-                    .prepare_cached(
-                        "SELECT nextval('lease_tokens') FROM generate_series(1, $1::int8)",
-                    )
-                    .await?;
-                c.query(&st, &[&n]).await
-            };
-            futures_util::future::try_join(due, tokens).await
-        })?;
+        let (rows, tokens) = self.rows_pair(
+            (&DUE_WITH_RECORDS, &[&big(now), &n, &lane_sql(lane)]),
+            (
+                "SELECT nextval('lease_tokens') FROM generate_series(1, $1::int8)",
+                &[&n],
+            ),
+        )?;
         // Popped from the end: the first claim takes the smallest.
         self.cache.fresh_tokens = tokens.iter().rev().map(|r| r.get(0)).collect();
         let mut due = Vec::with_capacity(rows.len());
