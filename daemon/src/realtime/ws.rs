@@ -20,6 +20,16 @@ use crate::realtime::session::{Close, Item, Transport};
 /// Largest message a client may send (it has nothing to say; this only bounds memory).
 const MAX_CLIENT_MESSAGE: usize = 4096;
 
+/// What the connection reads at a time. tungstenite's default (128 KiB) is allocated per
+/// connection and zeroed before every read: a thousand streams would hold 128 MiB for
+/// clients that only ever send pongs.
+const READ_BUFFER: usize = 1024;
+
+/// Frames handed are written once this much is buffered, or at a flush. Bounds what a
+/// connection holds beyond its socket to this plus one frame (tungstenite's default is
+/// 128 KiB).
+const WRITE_BUFFER: usize = 16 * 1024;
+
 type Stream = WebSocketStream<TokioIo<Upgraded>>;
 
 pub struct Ws {
@@ -32,7 +42,9 @@ impl Ws {
     pub async fn new(upgraded: Upgraded) -> Ws {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_CLIENT_MESSAGE))
-            .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+            .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER);
         let stream =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
