@@ -141,6 +141,10 @@ struct Args {
     /// WebSocket subscribers of the streams scenario (--smoke: 50).
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
+    /// Pairs of runs (without, then with subscribers) of the streams scenario; the ratio
+    /// reported is their median (--smoke: 1).
+    #[arg(long, default_value_t = 3)]
+    streams_rounds: usize,
     /// Run heraldd under this command, e.g. "valgrind --tool=callgrind".
     #[arg(long)]
     wrap: Option<String>,
@@ -286,6 +290,7 @@ async fn run(args: Args) -> Result<bool> {
         a.latency_secs = 2.0;
         a.recovery_n = 5_000;
         a.subscribers = a.subscribers.min(50);
+        a.streams_rounds = 1;
     }
     if a.n == 0 || a.recovery_n == 0 || a.rate == 0 || a.latency_secs <= 0.0 {
         bail!("--n, --recovery-n, --rate and --latency-secs must be positive");
@@ -460,7 +465,8 @@ async fn run(args: Args) -> Result<bool> {
     let streams = if want(Scenario::Streams) {
         attempt!(
             "streams",
-            ctx.streams(a.subscribers.max(1), e2e.clone()).await
+            ctx.streams(a.subscribers.max(1), e2e.clone(), a.streams_rounds)
+                .await
         )
     } else {
         None

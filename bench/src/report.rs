@@ -834,10 +834,16 @@ impl Report {
                     thousands(st.subscribers as u64)
                 ),
                 format!(
-                    "{} ({:.0}% of {} without subscribers)",
+                    "{} ({:.0}% of {} without subscribers; median of {} paired runs: {})",
                     rate(st.per_sec),
                     st.ratio * 100.0,
-                    rate(st.baseline_per_sec)
+                    rate(st.baseline_per_sec),
+                    st.rounds,
+                    st.ratios
+                        .iter()
+                        .map(|r| format!("{:.0}%", r * 100.0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 "≥ 90% of e2e",
                 Some(st.ratio >= 0.9),

@@ -5,6 +5,11 @@
 //! (stamped by the daemon when it committed it) → the frame received (both the machine's
 //! wall clock; millisecond resolution).
 //!
+//! Delivery rates of one run vary by several percent from run to run on a shared machine,
+//! so the scenario runs `rounds` pairs — a run without subscribers, then one with them —
+//! and reports the median of the pairs' ratios (each pair ran back to back, under the same
+//! conditions); rates are the medians of their runs, latencies those of every run.
+//!
 //! Correctness, recorded as problems: every message delivered exactly once (as in e2e), and
 //! every subscriber receiving exactly the `queued`, `sending`, `sent` events of its own
 //! messages — nothing of another's tag.
@@ -19,6 +24,7 @@ use herald_protocol::SendMessage;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::daemon::DaemonSettings;
 use crate::load;
@@ -40,13 +46,18 @@ fn tagged(i: u64) -> SendMessage {
 pub struct Streams {
     pub subscribers: usize,
     pub n: u64,
-    /// First send → the mock's 200 for the last message, as in e2e.
+    /// Pairs of runs (without, then with subscribers).
+    pub rounds: usize,
+    /// First send → the mock's 200 for the last message, as in e2e (the median run).
     pub secs: f64,
+    /// Median delivery rate of the runs with subscribers.
     pub per_sec: f64,
-    /// The e2e scenario's rate (no subscribers), measured in this run.
+    /// Median rate of the runs without subscribers (the e2e scenario).
     pub baseline_per_sec: f64,
-    /// `per_sec / baseline_per_sec`.
+    /// Median of the pairs' ratios (with ÷ without subscribers).
     pub ratio: f64,
+    /// Each pair's ratio, in the order run.
+    pub ratios: Vec<f64>,
     /// Event `at` → frame received by the subscriber.
     pub event_latency: Percentiles,
     pub events_received: u64,
@@ -54,6 +65,14 @@ pub struct Streams {
     /// Events a subscriber received that were not of its tag (must be 0).
     pub foreign_events: u64,
     pub delivery: Delivery,
+}
+
+/// A subscriber's WebSocket settings. tungstenite's default read buffer (128 KiB) is zeroed
+/// before every read: with one small frame per read, that memset was most of a subscriber's
+/// CPU — the bench's own cost, charged to delivery on the same cores, which a browser does not
+/// have. Event frames are a few hundred bytes.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
 /// The fields of an event frame the subscriber checks.
@@ -70,16 +89,79 @@ struct Received {
     foreign: u64,
 }
 
+/// One run with subscribers.
+struct Run {
+    secs: f64,
+    per_sec: f64,
+    latencies_us: Vec<u64>,
+    events_received: u64,
+    events_expected: u64,
+    foreign: u64,
+    delivery: Delivery,
+}
+
+/// The median of a non-empty list (the lower middle of an even one).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) / 2]
+}
+
 impl Ctx {
+    /// `rounds` pairs of runs; `baseline` (the e2e scenario's run, when it ran just before)
+    /// stands for the first pair's run without subscribers.
     pub async fn streams(
         &mut self,
         subscribers: usize,
-        baseline: Option<EndToEnd>,
+        mut baseline: Option<EndToEnd>,
+        rounds: usize,
     ) -> Result<Streams> {
-        let baseline = match baseline {
-            Some(b) => b,
-            None => self.e2e("streams-baseline", Settings::default()).await?,
-        };
+        let mut pairs = Vec::with_capacity(rounds);
+        for _ in 0..rounds.max(1) {
+            let without = match baseline.take() {
+                Some(b) => b,
+                None => self.e2e("streams-baseline", Settings::default()).await?,
+            };
+            let with = self.streams_once(subscribers).await?;
+            pairs.push((without, with));
+        }
+        let ratios: Vec<f64> = pairs
+            .iter()
+            .map(|(without, with)| with.per_sec / without.per_sec)
+            .collect();
+        let per_sec = median(pairs.iter().map(|(_, w)| w.per_sec).collect());
+        let baseline_per_sec = median(pairs.iter().map(|(b, _)| b.per_sec).collect());
+        let ratio = median(ratios.clone());
+        let events_received = pairs.iter().map(|(_, w)| w.events_received).sum();
+        let events_expected = pairs.iter().map(|(_, w)| w.events_expected).sum();
+        let foreign_events = pairs.iter().map(|(_, w)| w.foreign).sum();
+        let latencies: Vec<u64> = pairs
+            .iter_mut()
+            .flat_map(|(_, w)| std::mem::take(&mut w.latencies_us))
+            .collect();
+        // The run whose rate is the median one speaks for the rest.
+        let (_, middle) = pairs
+            .into_iter()
+            .find(|(_, w)| w.per_sec == per_sec)
+            .expect("the median is one of the runs");
+        Ok(Streams {
+            subscribers,
+            n: self.params.n,
+            rounds: ratios.len(),
+            secs: middle.secs,
+            per_sec,
+            baseline_per_sec,
+            ratio,
+            ratios,
+            event_latency: Percentiles::of(latencies),
+            events_received,
+            events_expected,
+            foreign_events,
+            delivery: middle.delivery,
+        })
+    }
+
+    /// One run with `subscribers` WebSocket subscribers.
+    async fn streams_once(&mut self, subscribers: usize) -> Result<Run> {
         let p = self.params.clone();
         SUBSCRIBERS.store(subscribers as u64, Ordering::Relaxed);
         self.mock_mode(Settings::default()).await?;
@@ -111,9 +193,13 @@ impl Ctx {
             .await
             .context("minting a stream token")?;
             let url = format!("ws://127.0.0.1:{port}/v1/events?token={token}");
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-                .await
-                .with_context(|| format!("subscriber {i} could not connect"))?;
+            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+                url.as_str(),
+                Some(ws_config()),
+                false,
+            )
+            .await
+            .with_context(|| format!("subscriber {i} could not connect"))?;
             let mut stop = stop.clone();
             let counted = Arc::clone(&counted);
             let tag = format!("sub:{i}");
@@ -198,18 +284,13 @@ impl Ctx {
         }
         drop(clients);
         self.stop("streams", d).await;
-        let per_sec = delivery.delivered as f64 / secs;
-        Ok(Streams {
-            subscribers,
-            n: p.n,
+        Ok(Run {
             secs,
-            per_sec,
-            baseline_per_sec: baseline.per_sec,
-            ratio: per_sec / baseline.per_sec,
-            event_latency: Percentiles::of(latencies),
+            per_sec: delivery.delivered as f64 / secs,
+            latencies_us: latencies,
             events_received,
             events_expected: expected,
-            foreign_events: foreign,
+            foreign,
             delivery,
         })
     }
