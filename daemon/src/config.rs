@@ -96,6 +96,7 @@ struct RawRealtime {
     client_buffer: Option<usize>,
     stall_timeout: Option<String>,
     keepalive: Option<String>,
+    flush_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,7 +278,14 @@ pub struct RealtimeConfig {
     pub stall_timeout_ms: u64,
     /// WebSocket ping / SSE comment interval.
     pub keepalive_ms: u64,
+    /// A busy stream's frames are written together at most this often (one write, one
+    /// wake-up of the client, for the events of that interval); a stream quiet for this long
+    /// writes its next event at once. 0 writes every event at once.
+    pub flush_interval_ms: u64,
 }
+
+/// The default `realtime.flush_interval` (ms).
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 250;
 
 /// `[admin]`: the operator listener (`/metrics`, `/healthz`, `/readyz`, the status page).
 #[derive(Debug, Clone, PartialEq)]
@@ -1183,6 +1191,16 @@ fn validate_realtime(
     if stall_timeout_ms < 100 || keepalive_ms < 100 {
         return Err("realtime.stall_timeout and realtime.keepalive must be at least 100ms".into());
     }
+    let flush_interval_ms = duration(
+        r.flush_interval,
+        "realtime.flush_interval",
+        DEFAULT_FLUSH_INTERVAL_MS,
+    )?;
+    if flush_interval_ms > 1_000 {
+        return Err(
+            "realtime.flush_interval must be at most 1s (it delays a busy stream's events)".into(),
+        );
+    }
     Ok(RealtimeConfig {
         token_secret: Secret::new(secret),
         max_token_ttl_ms,
@@ -1191,6 +1209,7 @@ fn validate_realtime(
         client_buffer,
         stall_timeout_ms,
         keepalive_ms,
+        flush_interval_ms,
     })
 }
 
@@ -1501,6 +1520,20 @@ mod tests {
         assert_eq!(rt.token_secret.expose(), SECRET);
         assert_eq!(rt.max_token_ttl_ms, 86_400_000);
         assert_eq!(rt.allowed_origins, ["https://planner.example.com"]);
+        assert_eq!(rt.flush_interval_ms, DEFAULT_FLUSH_INTERVAL_MS);
+        let flush = |v: &str| {
+            with(&format!(
+                "[realtime]\ntoken_secret = \"${{HERALD_TOKEN_SECRET}}\"\nflush_interval = \"{v}\""
+            ))
+            .map(|c| c.realtime.unwrap().flush_interval_ms)
+        };
+        assert_eq!(flush("0ms"), Ok(0), "0 writes every event at once");
+        assert_eq!(flush("100ms"), Ok(100));
+        let err = flush("2s").unwrap_err();
+        assert!(
+            err.contains("realtime.flush_interval must be at most 1s"),
+            "{err}"
+        );
         assert!(
             !format!("{rt:?}").contains(SECRET),
             "Debug hides the secret"

@@ -74,14 +74,16 @@ impl Start {
     }
 
     /// For a follower that passes on only events carrying one of `tags`: live events come
-    /// through the fanout's tag index, so it is woken only for its own.
+    /// through the fanout's tag index, so it is woken only for its own, at most once per
+    /// `hold` while they keep coming.
     pub fn routed(
         fanout: &Arc<Fanout>,
         tags: &[String],
+        hold: std::time::Duration,
         store: &dyn Store,
         committer: &Committer,
     ) -> Start {
-        let live = Live::Routed(fanout.register(tags));
+        let live = Live::Routed(fanout.register(tags, hold));
         Start::with(live, store, committer)
     }
 

@@ -7,21 +7,33 @@
 //! *lagged* instead of being waited for: its follower goes back to the log, as it does
 //! when the broadcast lags — the router never blocks, the committer never waits.
 //!
-//! Owns: the tag index and the routing. Must not: decide visibility (a route's follower
-//! still applies its scope and filter), or buffer beyond each route's channel.
+//! A route registered with a *hold* is handed its events at most once per hold: events for
+//! a route that was handed some less than a hold ago are kept (at most [`HOLD_MAX`]) and
+//! handed together when the hold is up, so a busy stream wakes, and writes to its client,
+//! once per hold instead of once per event. A route that was quiet for a hold gets its next
+//! events at once.
+//!
+//! Owns: the tag index, the routing and the held events. Must not: decide visibility (a
+//! route's follower still applies its scope and filter), or buffer beyond each route's
+//! channel and its held events.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use herald_plugin_api::Event;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::commit::Committer;
 
 /// Batches waiting for one route before it is marked lagged.
 const ROUTE_CAPACITY: usize = 64;
+
+/// Events held for one route before they are handed without waiting for the hold.
+pub const HOLD_MAX: usize = 256;
 
 /// The events of one durable batch for one route.
 #[derive(Debug)]
@@ -35,6 +47,67 @@ pub struct Routed {
 struct Route {
     tx: mpsc::Sender<Routed>,
     lagged: AtomicBool,
+    hold: Duration,
+    /// Only the router touches it (the mutex is never contended).
+    held: Mutex<Held>,
+}
+
+/// A route's events waiting for its hold to be up.
+#[derive(Debug, Default)]
+struct Held {
+    events: Vec<Event>,
+    upto: u64,
+    /// When the route was last handed events.
+    handed: Option<Instant>,
+}
+
+impl Route {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hand(&self, held: &mut Held, routed: Routed, now: Instant) {
+        held.handed = Some(now);
+        if self.tx.try_send(routed).is_err() {
+            self.lagged.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// The routes holding events, and when the first of them is due.
+#[derive(Debug, Default)]
+struct Waiting {
+    routes: Vec<Arc<Route>>,
+    next: Option<Instant>,
+}
+
+impl Waiting {
+    fn add(&mut self, route: &Arc<Route>, due: Instant) {
+        self.routes.push(Arc::clone(route));
+        self.next = Some(self.next.map_or(due, |n| n.min(due)));
+    }
+
+    /// Hands the routes whose hold is up their held events; keeps the others waiting.
+    fn release(&mut self, now: Instant) {
+        let mut next: Option<Instant> = None;
+        self.routes.retain(|r| {
+            let mut held = r.held();
+            if held.events.is_empty() {
+                return false; // handed when it reached HOLD_MAX
+            }
+            if let Some(due) = held.handed.map(|t| t + r.hold)
+                && now < due
+            {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                return true;
+            }
+            let events = std::mem::take(&mut held.events);
+            let upto = held.upto;
+            r.hand(&mut held, Routed { upto, events }, now);
+            false
+        });
+        self.next = next;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -97,11 +170,18 @@ impl Fanout {
         let mut rx = committer.events();
         let router = Arc::clone(&fanout);
         tokio::spawn(async move {
+            let mut waiting = Waiting::default();
             loop {
-                match rx.recv().await {
-                    Ok(batch) => router.route(&batch),
-                    Err(RecvError::Lagged(_)) => router.all_lagged(),
-                    Err(RecvError::Closed) => break,
+                let due = waiting.next;
+                tokio::select! {
+                    batch = rx.recv() => match batch {
+                        Ok(batch) => router.route(&batch, &mut waiting, Instant::now()),
+                        Err(RecvError::Lagged(_)) => router.all_lagged(),
+                        Err(RecvError::Closed) => break,
+                    },
+                    () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                        waiting.release(Instant::now());
+                    }
                 }
             }
             // Dropping the routes' senders ends every registration.
@@ -110,13 +190,16 @@ impl Fanout {
         fanout
     }
 
-    /// Registers a route for events carrying any of `tags`. Register *before* reading the
-    /// durable watermark, as with the broadcast.
-    pub fn register(self: &Arc<Self>, tags: &[String]) -> Registration {
+    /// Registers a route for events carrying any of `tags`, handed at most once per
+    /// `hold` (zero: as they come). Register *before* reading the durable watermark, as with
+    /// the broadcast.
+    pub fn register(self: &Arc<Self>, tags: &[String], hold: Duration) -> Registration {
         let (tx, rx) = mpsc::channel(ROUTE_CAPACITY);
         let route = Arc::new(Route {
             tx,
             lagged: AtomicBool::new(false),
+            hold,
+            held: Mutex::new(Held::default()),
         });
         let mut index = self.lock();
         let mut tags: Vec<String> = tags.to_vec();
@@ -137,7 +220,9 @@ impl Fanout {
         }
     }
 
-    fn route(&self, batch: &[Event]) {
+    /// Hands each route its events of `batch`, or holds them; routes newly holding events
+    /// join `waiting`.
+    fn route(&self, batch: &[Event], waiting: &mut Waiting, now: Instant) {
         let Some(upto) = batch.last().map(|e| e.seq) else {
             return;
         };
@@ -166,10 +251,29 @@ impl Fanout {
             }
         }
         for (r, events) in out {
-            if r.tx.try_send(Routed { upto, events }).is_err() {
-                r.lagged.store(true, Ordering::Release);
+            let mut held = r.held();
+            let quiet = held.handed.is_none_or(|t| now >= t + r.hold);
+            if held.events.is_empty() && quiet {
+                r.hand(&mut held, Routed { upto, events }, now);
+                continue;
+            }
+            if held.events.is_empty()
+                && let Some(t) = held.handed
+            {
+                waiting.add(r, t + r.hold);
+            }
+            held.events.extend(events);
+            held.upto = upto;
+            if held.events.len() >= HOLD_MAX {
+                let events = std::mem::take(&mut held.events);
+                r.hand(&mut held, Routed { upto, events }, now);
             }
         }
+    }
+
+    #[cfg(test)]
+    fn route_now(&self, batch: &[Event]) {
+        self.route(batch, &mut Waiting::default(), Instant::now());
     }
 
     fn all_lagged(&self) {
@@ -208,9 +312,9 @@ mod tests {
     #[tokio::test]
     async fn each_route_gets_only_its_events_once_and_a_full_route_is_marked_lagged() {
         let f = Arc::new(Fanout::default());
-        let mut a = f.register(&["a".into(), "both".into()]);
-        let mut b = f.register(&["b".into()]);
-        f.route(&[event(1, &["a", "both"]), event(2, &["b"]), event(3, &["x"])]);
+        let mut a = f.register(&["a".into(), "both".into()], Duration::ZERO);
+        let mut b = f.register(&["b".into()], Duration::ZERO);
+        f.route_now(&[event(1, &["a", "both"]), event(2, &["b"]), event(3, &["x"])]);
         let (got, lagged) = a.recv().await.unwrap();
         assert_eq!(
             (
@@ -226,14 +330,55 @@ mod tests {
             vec![2]
         );
         // Nothing for b in this batch: it is not woken.
-        f.route(&[event(4, &["a"])]);
+        f.route_now(&[event(4, &["a"])]);
         assert!(b.rx.try_recv().is_err());
         for seq in 5..(5 + ROUTE_CAPACITY as u64 + 1) {
-            f.route(&[event(seq, &["b"])]);
+            f.route_now(&[event(seq, &["b"])]);
         }
         let (_, lagged) = b.recv().await.unwrap();
         assert!(lagged, "a dropped batch is reported");
         drop(a);
         assert!(!f.lock().by_tag.contains_key("a"), "unregistered on drop");
+    }
+
+    #[tokio::test]
+    async fn a_busy_route_gets_the_events_of_its_hold_together_and_a_quiet_one_at_once() {
+        let f = Arc::new(Fanout::default());
+        let ms = Duration::from_millis;
+        let hold = ms(250);
+        let mut a = f.register(&["a".into()], hold);
+        let seqs = |r: &Routed| r.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let mut waiting = Waiting::default();
+        let t0 = Instant::now();
+        // Quiet: handed at once.
+        f.route(&[event(1, &["a"])], &mut waiting, t0);
+        assert_eq!(seqs(&a.rx.try_recv().unwrap()), vec![1]);
+        assert!(waiting.routes.is_empty());
+        // Within the hold: kept, and handed together when it is up.
+        f.route(&[event(2, &["a"])], &mut waiting, t0 + ms(10));
+        f.route(
+            &[event(3, &["x"]), event(4, &["a"])],
+            &mut waiting,
+            t0 + ms(20),
+        );
+        assert!(a.rx.try_recv().is_err(), "held");
+        assert_eq!(waiting.routes.len(), 1);
+        assert_eq!(waiting.next, Some(t0 + hold));
+        waiting.release(t0 + ms(100));
+        assert!(a.rx.try_recv().is_err(), "not due yet");
+        assert_eq!(waiting.next, Some(t0 + hold));
+        waiting.release(t0 + hold);
+        let got = a.rx.try_recv().unwrap();
+        assert_eq!((seqs(&got), got.upto), (vec![2, 4], 4));
+        assert!(waiting.routes.is_empty() && waiting.next.is_none());
+        // A full hold is handed without waiting for the time.
+        let t1 = t0 + hold + ms(1);
+        for seq in 10..(10 + HOLD_MAX as u64) {
+            f.route(&[event(seq, &["a"])], &mut waiting, t1);
+        }
+        assert_eq!(a.rx.try_recv().unwrap().events.len(), HOLD_MAX);
+        waiting.release(t1);
+        assert!(waiting.routes.is_empty(), "nothing left to hand");
+        assert!(a.rx.try_recv().is_err());
     }
 }

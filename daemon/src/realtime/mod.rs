@@ -310,6 +310,7 @@ fn params(
         client_buffer: cfg.client_buffer,
         stall: Duration::from_millis(cfg.stall_timeout_ms),
         keepalive: Duration::from_millis(cfg.keepalive_ms),
+        flush_interval: Duration::from_millis(cfg.flush_interval_ms),
     }
 }
 
@@ -328,9 +329,19 @@ pub fn admin_stream(
             Some(e) if e != epoch => 0,
             _ => seq + 1,
         });
-    let (buffer, stall, keepalive) = match &live.config.realtime {
-        Some(c) => (c.client_buffer, c.stall_timeout_ms, c.keepalive_ms),
-        None => (256, 30_000, 25_000),
+    let (buffer, stall, keepalive, flush) = match &live.config.realtime {
+        Some(c) => (
+            c.client_buffer,
+            c.stall_timeout_ms,
+            c.keepalive_ms,
+            c.flush_interval_ms,
+        ),
+        None => (
+            256,
+            30_000,
+            25_000,
+            crate::config::DEFAULT_FLUSH_INTERVAL_MS,
+        ),
     };
     let params = Params {
         scope: token::Scope {
@@ -344,6 +355,7 @@ pub fn admin_stream(
         client_buffer: buffer,
         stall: Duration::from_millis(stall),
         keepalive: Duration::from_millis(keepalive),
+        flush_interval: Duration::from_millis(flush),
     };
     let (transport, body) = sse::Sse::new(epoch, kill);
     let metrics = Arc::clone(&ctx.metrics);

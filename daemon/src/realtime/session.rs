@@ -67,10 +67,12 @@ impl Close {
 /// stall timeout means the client is not reading.
 pub trait Transport: Send {
     /// Hands an event to the connection; returns once it is queued behind everything sent
-    /// before (it will reach the client before the close).
+    /// before (it will reach the client before the close). A transport may hold a bounded
+    /// amount of what was handed until [`Transport::flush`].
     fn event(&mut self, item: &Item) -> impl Future<Output = Result<(), ()>> + Send;
     /// Pushes what was handed towards the client.
     fn flush(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Sends a keep-alive behind what was handed, and pushes both towards the client.
     fn keepalive(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
     /// The final message (close frame / `close` event).
     fn close(&mut self, close: &Close) -> impl Future<Output = ()> + Send;
@@ -106,6 +108,8 @@ pub struct Params {
     pub client_buffer: usize,
     pub stall: Duration,
     pub keepalive: Duration,
+    /// A busy stream's events are written together at most this often.
+    pub flush_interval: Duration,
 }
 
 /// The follower's sink: the bounded queue. Waits while it is full (the pump decides when
@@ -136,6 +140,71 @@ impl Sink for Queue {
     }
 }
 
+/// When to push handed events towards the client: at once when the stream was quiet for a
+/// flush interval, else when the interval since the last push is up — so a busy stream
+/// writes (and wakes its client) once per interval, with everything handed meanwhile.
+#[derive(Debug)]
+struct Pacer {
+    interval: Duration,
+    /// When handed events were last pushed (`None`: never).
+    flushed: Option<tokio::time::Instant>,
+    /// Something was handed since.
+    unwritten: bool,
+}
+
+/// What to do after handing an event.
+#[derive(Debug, PartialEq, Eq)]
+enum Pace {
+    Now,
+    At(tokio::time::Instant),
+}
+
+impl Pacer {
+    fn new(interval: Duration) -> Pacer {
+        Pacer {
+            interval,
+            flushed: None,
+            unwritten: false,
+        }
+    }
+
+    /// An event was handed and more are queued behind it: they go together.
+    fn handed_more(&mut self) {
+        self.unwritten = true;
+    }
+
+    /// An event was handed and nothing is queued behind it.
+    fn handed(&mut self, now: tokio::time::Instant) -> Pace {
+        self.unwritten = true;
+        match self.flushed {
+            Some(t) if now < t + self.interval => Pace::At(t + self.interval),
+            _ => Pace::Now,
+        }
+    }
+
+    fn flushed(&mut self, now: tokio::time::Instant) {
+        self.flushed = Some(now);
+        self.unwritten = false;
+    }
+
+    fn unwritten(&self) -> bool {
+        self.unwritten
+    }
+}
+
+/// Pushes what was handed towards the client. `Some(end)` ends the stream: `None` when the
+/// client went away, a close reason when it took nothing for `stall`.
+async fn flush<T: Transport>(
+    transport: &mut T,
+    stall: Duration,
+) -> Option<Option<(&'static str, u16)>> {
+    match tokio::time::timeout(stall, transport.flush()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(())) => Some(None),
+        Err(_) => Some(Some(("slow", 4008))),
+    }
+}
+
 /// Runs one stream to its end over `transport`.
 pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     let epoch = ctx.store.epoch();
@@ -143,7 +212,13 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     // only for those (the fanout's tag index), not for every event of every stream.
     let scope = &p.scope;
     let start = if !scope.admin && scope.ids.is_empty() && !scope.tags.is_empty() {
-        Start::routed(&ctx.fanout, &scope.tags, ctx.store.as_ref(), &ctx.committer)
+        Start::routed(
+            &ctx.fanout,
+            &scope.tags,
+            p.flush_interval,
+            ctx.store.as_ref(),
+            &ctx.committer,
+        )
     } else {
         Start::now(ctx.store.as_ref(), &ctx.committer)
     };
@@ -187,6 +262,9 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     let mut resume_from = first;
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + p.keepalive, p.keepalive);
+    let mut pacer = Pacer::new(p.flush_interval);
+    let flush_due = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(flush_due);
     let close = loop {
         tokio::select! {
             item = rx.recv() => match item {
@@ -197,19 +275,33 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
                         Ok(Err(())) => break None,
                         Err(_) => break Some(("slow", 4008)),
                     }
-                    if rx.is_empty() {
-                        match tokio::time::timeout(p.stall, transport.flush()).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(())) => break None,
-                            Err(_) => break Some(("slow", 4008)),
+                    // More is queued: it goes out with this one.
+                    if !rx.is_empty() {
+                        pacer.handed_more();
+                        continue;
+                    }
+                    match pacer.handed(tokio::time::Instant::now()) {
+                        Pace::Now => {
+                            if let Some(end) = flush(&mut transport, p.stall).await {
+                                break end;
+                            }
+                            pacer.flushed(tokio::time::Instant::now());
                         }
+                        Pace::At(due) => flush_due.as_mut().reset(due),
                     }
                 }
                 // The follower ended (token expiry, shutdown) and the queue is empty.
                 None => break Some(("follower", 0)),
             },
+            () = &mut flush_due, if pacer.unwritten() => {
+                if let Some(end) = flush(&mut transport, p.stall).await {
+                    break end;
+                }
+                pacer.flushed(tokio::time::Instant::now());
+            }
+            // The keep-alive goes out behind what was handed, and pushes it out with it.
             _ = ticker.tick() => match tokio::time::timeout(p.stall, transport.keepalive()).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => pacer.flushed(tokio::time::Instant::now()),
                 Ok(Err(())) => break None,
                 Err(_) => break Some(("slow", 4008)),
             },
@@ -246,5 +338,34 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
         .is_err()
     {
         transport.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_stream_writes_at_once_and_a_busy_one_once_per_interval() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Pacer::new(ms(250));
+        assert!(!p.unwritten());
+        // The first event of a stream goes out at once.
+        assert_eq!(p.handed(t0), Pace::Now);
+        p.flushed(t0);
+        // The next ones within the interval wait for its end, together.
+        assert_eq!(p.handed(t0 + ms(10)), Pace::At(t0 + ms(250)));
+        p.handed_more();
+        assert_eq!(p.handed(t0 + ms(200)), Pace::At(t0 + ms(250)));
+        assert!(p.unwritten());
+        p.flushed(t0 + ms(250));
+        assert!(!p.unwritten());
+        // Quiet for an interval: at once again.
+        assert_eq!(p.handed(t0 + ms(600)), Pace::Now);
+        // An interval of zero writes every event at once.
+        let mut p = Pacer::new(Duration::ZERO);
+        p.flushed(t0);
+        assert_eq!(p.handed(t0), Pace::Now);
     }
 }

@@ -3,9 +3,10 @@
 //! final `event: close` says why it ended and where to resume. A browser's `EventSource`
 //! reconnects by itself and sends the last `id` as `Last-Event-ID`.
 //!
-//! Owns: SSE framing and the response body. The body is fed through a one-chunk channel,
-//! so a chunk is "handed" only once hyper took the previous one: a client that stops
-//! reading stops the pump within one chunk.
+//! Owns: SSE framing and the response body. Events handed between two flushes are joined
+//! into one chunk (at most [`CHUNK`] bytes before it is sent anyway); the body is fed
+//! through a one-chunk channel, so a chunk is "handed" only once hyper took the previous
+//! one: a client that stops reading stops the pump within one chunk.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,8 +21,13 @@ use crate::realtime::session::{Close, Item, Transport};
 /// How long a browser waits before reconnecting after the stream ends (ms).
 const RETRY_MS: u32 = 2000;
 
+/// Events joined into one chunk before it is sent without waiting for a flush.
+const CHUNK: usize = 16 * 1024;
+
 pub struct Sse {
     tx: mpsc::Sender<Bytes>,
+    /// Events handed since the last chunk was sent.
+    pending: String,
     epoch: String,
     /// Drops the whole HTTP connection (the close did not get through).
     kill: Arc<Notify>,
@@ -44,34 +50,53 @@ impl Sse {
                     .map(|b| (Ok::<_, Infallible>(Frame::data(b)), (None, rx)))
             });
         (
-            Sse { tx, epoch, kill },
+            Sse {
+                tx,
+                pending: String::new(),
+                epoch,
+                kill,
+            },
             StreamBody::new(stream).boxed_unsync(),
         )
     }
 
-    async fn send(&mut self, text: String) -> Result<(), ()> {
-        self.tx.send(Bytes::from(text)).await.map_err(|_| ())
+    /// Sends what is pending as one chunk.
+    async fn send(&mut self) -> Result<(), ()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.pending));
+        self.tx.send(chunk).await.map_err(|_| ())
     }
 }
 
 impl Transport for Sse {
     async fn event(&mut self, item: &Item) -> Result<(), ()> {
-        let text = format!("id: {}:{}\ndata: {}\n\n", self.epoch, item.seq, item.json);
-        self.send(text).await
-    }
-
-    async fn flush(&mut self) -> Result<(), ()> {
+        use std::fmt::Write;
+        let _ = write!(
+            self.pending,
+            "id: {}:{}\ndata: {}\n\n",
+            self.epoch, item.seq, item.json
+        );
+        if self.pending.len() >= CHUNK {
+            self.send().await?;
+        }
         Ok(())
     }
 
+    async fn flush(&mut self) -> Result<(), ()> {
+        self.send().await
+    }
+
     async fn keepalive(&mut self) -> Result<(), ()> {
-        self.send(": keep-alive\n\n".into()).await
+        self.pending.push_str(": keep-alive\n\n");
+        self.send().await
     }
 
     async fn close(&mut self, close: &Close) {
-        let _ = self
-            .send(format!("event: close\ndata: {}\n\n", close.json()))
-            .await;
+        use std::fmt::Write;
+        let _ = write!(self.pending, "event: close\ndata: {}\n\n", close.json());
+        let _ = self.send().await;
         // Wait until hyper took the close event: the channel has room again.
         let _ = self.tx.reserve().await;
     }

@@ -204,6 +204,7 @@ mod tests {
             client_buffer: 10,
             stall_timeout_ms: 1000,
             keepalive_ms: 1000,
+            flush_interval_ms: 0,
         }
     }
 
