@@ -1,16 +1,20 @@
 //! One stream, transport-independent: a follower (`events::follow`) that puts the events
 //! the token and the filter allow on a bounded queue, and a pump that hands them to the
-//! transport (WebSocket or SSE), sends keep-alives, and closes with where to resume.
+//! transport (WebSocket or SSE), sends keep-alives, and closes with where to resume. The
+//! pump pushes what it handed towards the client at once when the stream was quiet for
+//! `realtime.flush_interval`, else once that interval since the last push is up ([`Pacer`]):
+//! a busy stream costs one write per interval, not one per event.
 //!
 //! Bounds: the queue holds `realtime.client_buffer` events; the transport holds what its
-//! socket holds. A client that takes nothing for `realtime.stall_timeout` is closed (close
+//! socket holds, plus at most 16 KiB and one event not yet written. A client that takes nothing for `realtime.stall_timeout` is closed (close
 //! code 4008 / a final `close` event) with `resume_from`, and its follower stops — it never
 //! makes the daemon buffer more, and it never slows anyone else (the follower reads the
 //! durable log, not the committer). The close itself gets [`CLOSE_GRACE`] stall periods
 //! to reach the client.
 //!
-//! Owns: the queue, stall detection, the close reason and `resume_from`. Must not: parse
-//! requests or check tokens (`realtime`), frame bytes (`ws`, `sse`).
+//! Owns: the queue, the pacing of pushes, stall detection, the close reason and
+//! `resume_from`. Must not: parse requests or check tokens (`realtime`), frame bytes (`ws`,
+//! `sse`).
 
 use std::future::Future;
 use std::sync::Arc;
