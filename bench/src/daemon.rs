@@ -478,6 +478,29 @@ fn signal_group(child: &Child, signal: &str) {
         .status();
 }
 
+/// CPU time `pid` has used, all its threads, user and system (`/proc/<pid>/stat`, in
+/// clock ticks of 10 ms: Linux's USER_HZ is 100 on every architecture it reports to user
+/// space with).
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // Fields after the command name (which may hold spaces, so split after its `)`):
+    // state is field 3, utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("{path}: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .ok_or_else(|| anyhow!("{path}: no field {i}"))?
+            .parse()
+            .with_context(|| format!("{path}: field {i}"))
+    };
+    Ok((ticks(14)? + ticks(15)?) as f64 / 100.0)
+}
+
 /// `VmHWM` and `VmRSS` of `pid`.
 pub fn read_memory(pid: u32) -> Result<Memory> {
     let path = format!("/proc/{pid}/status");

@@ -834,11 +834,12 @@ impl Report {
                     thousands(st.subscribers as u64)
                 ),
                 format!(
-                    "{} ({:.0}% of {} without subscribers; median of {} paired runs: {})",
+                    "{} ({:.0}% of {} without subscribers; median of {} paired run{}: {})",
                     rate(st.per_sec),
                     st.ratio * 100.0,
                     rate(st.baseline_per_sec),
                     st.rounds,
+                    if st.rounds == 1 { "" } else { "s" },
                     st.ratios
                         .iter()
                         .map(|r| format!("{:.0}%", r * 100.0))
@@ -847,6 +848,16 @@ impl Report {
                 ),
                 "≥ 90% of e2e",
                 Some(st.ratio >= 0.9),
+            );
+            row(
+                "streams",
+                "daemon CPU per message, without / with subscribers (difference per event frame, loopback receive included)".into(),
+                format!(
+                    "{:.0} µs / {:.0} µs ({:.1} µs)",
+                    st.daemon_cpu_us_without, st.daemon_cpu_us_with, st.daemon_cpu_us_per_frame
+                ),
+                "",
+                None,
             );
             row(
                 "streams",
@@ -1170,7 +1181,7 @@ id, and the daemon's own count of `sent` messages equal to the number acknowledg
 | errors5 | e2e and latency again, the mock answering {err}% of requests `503` (→ `Retry` with backoff, full jitter from 100 ms); retried messages must still arrive exactly once | as e2e / latency | as e2e / latency |
 | node | only with `--scenario node`: acknowledged `send`s per second as in accept, but on **one** connection with `--connections` × `--pipeline` sends in flight (the accept scenario's total), first with herald-client (postcard), then with `@herald/client` (`client/node/bench/accept.mjs`, JSON), each on a fresh daemon; the ratio is the Node client's share of the Rust client's rate | first `send` handed to the client | last acknowledgement received |
 | blast | only with `--scenario blast`: 10,000 emails (`send_batch` of 1,000) through the real **Resend** plugin against a mock Resend that accepts 10 requests per second and answers `429 rate_limit_exceeded` (`retry-after`) beyond; the provider is configured `rate_limit = "10/s"`, `burst = 1`, and batches (`POST /emails/batch`, up to 100 emails) by default. Each email must reach the mock exactly once (by its `herald_id` tag). Once a fifth of them have, one email in lane `critical` is sent: its time from `send` to the mock, and how many blast emails were still waiting, are reported. The time one email per request would take is computed (N ÷ 10/s = 1,000 s), not run | first `send_batch` handed to the client | the mock's `200` for the request holding the last new email |
-| streams | e2e again with WebSocket subscribers on `GET /v1/events` (`--subscribers`, 1,000), each with a token scoped to its own tag (message i is tagged for subscriber i mod S); throughput against e2e; event latency at the subscriber; each subscriber must receive exactly the `queued`, `sending`, `sent` events of its own messages | as e2e; per event: its `at` (daemon wall clock, ms) | as e2e; the frame received (wall clock) |
+| streams | e2e again with WebSocket subscribers on `GET /v1/events` (`--subscribers`, 1,000), each with a token scoped to its own tag (message i is tagged for subscriber i mod S); `--streams-rounds` pairs (3) of an e2e run without, then one with subscribers, back to back: the median of the pairs' ratios; the daemon's CPU per delivered message (`/proc/<pid>/stat`) in each; event latency at the subscriber; each subscriber must receive exactly the `queued`, `sending`, `sent` events of its own messages | as e2e; per event: its `at` (daemon wall clock, ms) | as e2e; the frame received (wall clock) |
 
 With `--store postgres` (a separate run; the rows name the engine and the daemon count)
 only accept and e2e run, each on **a PostgreSQL database of its own** created on the

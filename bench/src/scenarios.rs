@@ -219,6 +219,9 @@ pub struct EndToEnd {
     /// message (the N-th distinct id).
     pub secs: f64,
     pub per_sec: f64,
+    /// CPU the daemons used per delivered message (µs), from the first send until every
+    /// message was delivered.
+    pub daemon_cpu_us_per_message: f64,
     pub delivery: Delivery,
 }
 
@@ -595,12 +598,14 @@ impl Ctx {
             "herald-bench: {name}: {} sends, provider latency {} ms, error rate {}",
             p.n, mock.latency_ms, mock.error_rate
         );
+        let cpu_before = daemons_cpu_secs(&f.daemons);
         let started_unix = mock::unix_ns();
         let run = load::closed_loop(&clients, p.n, p.pipeline, p.request_timeout).await?;
         self.failures(name, &run.failures);
         let (delivery, reached) = self
             .verify(name, &mut f.daemons, &clients[0], &run.ids)
             .await?;
+        let cpu = daemons_cpu_secs(&f.daemons) - cpu_before;
         let secs = reached
             .map(|s| s.last_ok_unix_ns.saturating_sub(started_unix) as f64 / 1e9)
             .unwrap_or(f64::NAN);
@@ -612,6 +617,7 @@ impl Ctx {
             accept_per_sec: run.rate(),
             secs,
             per_sec: delivery.delivered as f64 / secs,
+            daemon_cpu_us_per_message: cpu * 1e6 / delivery.delivered.max(1) as f64,
             delivery,
         })
     }
@@ -932,6 +938,18 @@ impl Ctx {
         }
         Ok((delivery, reached))
     }
+}
+
+/// CPU the daemons have used so far, seconds (NaN when it cannot be read).
+pub(crate) fn daemons_cpu_secs(daemons: &[crate::daemon::Daemon]) -> f64 {
+    daemons
+        .iter()
+        .map(|d| {
+            d.pid()
+                .and_then(|pid| crate::daemon::cpu_secs(pid).ok())
+                .unwrap_or(f64::NAN)
+        })
+        .sum()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::daemon::DaemonSettings;
 use crate::load;
 use crate::mock::{self, Settings};
-use crate::scenarios::{Ctx, Delivery, EndToEnd, Percentiles};
+use crate::scenarios::{Ctx, Delivery, EndToEnd, Percentiles, daemons_cpu_secs};
 
 /// Subscribers of one run (set before the messages are made).
 static SUBSCRIBERS: AtomicU64 = AtomicU64::new(1);
@@ -58,6 +58,11 @@ pub struct Streams {
     pub ratio: f64,
     /// Each pair's ratio, in the order run.
     pub ratios: Vec<f64>,
+    /// The daemon's CPU per delivered message (µs), medians of the runs without and with
+    /// subscribers, and what the difference comes to per event frame sent.
+    pub daemon_cpu_us_without: f64,
+    pub daemon_cpu_us_with: f64,
+    pub daemon_cpu_us_per_frame: f64,
     /// Event `at` → frame received by the subscriber.
     pub event_latency: Percentiles,
     pub events_received: u64,
@@ -93,6 +98,8 @@ struct Received {
 struct Run {
     secs: f64,
     per_sec: f64,
+    /// Daemon CPU per delivered message, µs, until every subscriber had its events.
+    daemon_cpu_us: f64,
     latencies_us: Vec<u64>,
     events_received: u64,
     events_expected: u64,
@@ -131,6 +138,13 @@ impl Ctx {
         let per_sec = median(pairs.iter().map(|(_, w)| w.per_sec).collect());
         let baseline_per_sec = median(pairs.iter().map(|(b, _)| b.per_sec).collect());
         let ratio = median(ratios.clone());
+        let daemon_cpu_us_without = median(
+            pairs
+                .iter()
+                .map(|(b, _)| b.daemon_cpu_us_per_message)
+                .collect(),
+        );
+        let daemon_cpu_us_with = median(pairs.iter().map(|(_, w)| w.daemon_cpu_us).collect());
         let events_received = pairs.iter().map(|(_, w)| w.events_received).sum();
         let events_expected = pairs.iter().map(|(_, w)| w.events_expected).sum();
         let foreign_events = pairs.iter().map(|(_, w)| w.foreign).sum();
@@ -152,6 +166,10 @@ impl Ctx {
             baseline_per_sec,
             ratio,
             ratios,
+            daemon_cpu_us_without,
+            daemon_cpu_us_with,
+            // queued, sending, sent: three frames per message.
+            daemon_cpu_us_per_frame: (daemon_cpu_us_with - daemon_cpu_us_without) / 3.0,
             event_latency: Percentiles::of(latencies),
             events_received,
             events_expected,
@@ -236,6 +254,7 @@ impl Ctx {
                 r
             }));
         }
+        let cpu_before = daemons_cpu_secs(std::slice::from_ref(&d));
         let started_unix = mock::unix_ns();
         let run =
             load::closed_loop_of(&clients, p.n, p.pipeline, p.request_timeout, tagged).await?;
@@ -260,6 +279,7 @@ impl Ctx {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let cpu = daemons_cpu_secs(std::slice::from_ref(&d)) - cpu_before;
         let mut received = Vec::new();
         let _ = stop_tx.send(true);
         for h in subs {
@@ -287,6 +307,7 @@ impl Ctx {
         Ok(Run {
             secs,
             per_sec: delivery.delivered as f64 / secs,
+            daemon_cpu_us: cpu * 1e6 / delivery.delivered.max(1) as f64,
             latencies_us: latencies,
             events_received,
             events_expected: expected,
