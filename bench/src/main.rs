@@ -465,8 +465,7 @@ async fn run(args: Args) -> Result<bool> {
     let streams = if want(Scenario::Streams) {
         attempt!(
             "streams",
-            ctx.streams(a.subscribers.max(1), e2e.clone(), a.streams_rounds)
-                .await
+            ctx.streams(a.subscribers.max(1), a.streams_rounds).await
         )
     } else {
         None

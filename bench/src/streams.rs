@@ -114,20 +114,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 impl Ctx {
-    /// `rounds` pairs of runs; `baseline` (the e2e scenario's run, when it ran just before)
-    /// stands for the first pair's run without subscribers.
-    pub async fn streams(
-        &mut self,
-        subscribers: usize,
-        mut baseline: Option<EndToEnd>,
-        rounds: usize,
-    ) -> Result<Streams> {
-        let mut pairs = Vec::with_capacity(rounds);
+    /// `rounds` pairs of runs, each a run without subscribers (the e2e scenario's) right
+    /// before one with them.
+    pub async fn streams(&mut self, subscribers: usize, rounds: usize) -> Result<Streams> {
+        let mut pairs: Vec<(EndToEnd, Run)> = Vec::with_capacity(rounds);
         for _ in 0..rounds.max(1) {
-            let without = match baseline.take() {
-                Some(b) => b,
-                None => self.e2e("streams-baseline", Settings::default()).await?,
-            };
+            let without = self.e2e("streams-baseline", Settings::default()).await?;
             let with = self.streams_once(subscribers).await?;
             pairs.push((without, with));
         }
@@ -135,7 +127,11 @@ impl Ctx {
             .iter()
             .map(|(without, with)| with.per_sec / without.per_sec)
             .collect();
-        let per_sec = median(pairs.iter().map(|(_, w)| w.per_sec).collect());
+        // The run whose rate is the median one speaks for the rest.
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        order.sort_by(|&a, &b| pairs[a].1.per_sec.total_cmp(&pairs[b].1.per_sec));
+        let middle = order[(order.len() - 1) / 2];
+        let per_sec = pairs[middle].1.per_sec;
         let baseline_per_sec = median(pairs.iter().map(|(b, _)| b.per_sec).collect());
         let ratio = median(ratios.clone());
         let daemon_cpu_us_without = median(
@@ -152,11 +148,7 @@ impl Ctx {
             .iter_mut()
             .flat_map(|(_, w)| std::mem::take(&mut w.latencies_us))
             .collect();
-        // The run whose rate is the median one speaks for the rest.
-        let (_, middle) = pairs
-            .into_iter()
-            .find(|(_, w)| w.per_sec == per_sec)
-            .expect("the median is one of the runs");
+        let (_, middle) = pairs.swap_remove(middle);
         Ok(Streams {
             subscribers,
             n: self.params.n,
