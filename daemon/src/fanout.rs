@@ -33,7 +33,7 @@ use crate::commit::Committer;
 const ROUTE_CAPACITY: usize = 64;
 
 /// Events held for one route before they are handed without waiting for the hold.
-pub const HOLD_MAX: usize = 256;
+const HOLD_MAX: usize = 256;
 
 /// The events of one durable batch for one route.
 #[derive(Debug)]
@@ -171,15 +171,24 @@ impl Fanout {
         let router = Arc::clone(&fanout);
         tokio::spawn(async move {
             let mut waiting = Waiting::default();
+            // One timer, moved only when the first due time changes (not re-armed per batch).
+            let timer = tokio::time::sleep_until(Instant::now());
+            tokio::pin!(timer);
+            let mut armed: Option<Instant> = None;
             loop {
-                let due = waiting.next;
+                if waiting.next != armed {
+                    armed = waiting.next;
+                    if let Some(due) = armed {
+                        timer.as_mut().reset(due);
+                    }
+                }
                 tokio::select! {
                     batch = rx.recv() => match batch {
                         Ok(batch) => router.route(&batch, &mut waiting, Instant::now()),
                         Err(RecvError::Lagged(_)) => router.all_lagged(),
                         Err(RecvError::Closed) => break,
                     },
-                    () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    () = &mut timer, if armed.is_some() => {
                         waiting.release(Instant::now());
                     }
                 }

@@ -2336,8 +2336,6 @@ mod tests {
         );
     }
 
-    /// A database at schema version 1 (leases fenced by their expiry) is migrated in place:
-    /// its messages and live leases stay, and claims from then on carry tokens.
     /// What a schema-1 daemon wrote (the batches run on the in-memory engine, its rows copied
     /// into the schema-1 tables: a leased message, a waiting one, their events) is migrated
     /// in place through every version: leases get fencing tokens, records are split into
