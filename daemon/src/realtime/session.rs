@@ -147,16 +147,19 @@ impl Sink for Queue {
 /// When to push handed events towards the client: at once when the stream was quiet for a
 /// flush interval, else when the interval since the last push is up — so a busy stream
 /// writes (and wakes its client) once per interval, with everything handed meanwhile.
+///
+/// A push is only ever *due* because [`Pacer::handed`] scheduled it, and a push clears it:
+/// the pump's timer is never left armed on a time that has passed.
 #[derive(Debug)]
 struct Pacer {
     interval: Duration,
     /// When handed events were last pushed (`None`: never).
     flushed: Option<tokio::time::Instant>,
-    /// Something was handed since.
-    unwritten: bool,
+    /// When the events handed since are to be pushed.
+    due: Option<tokio::time::Instant>,
 }
 
-/// What to do after handing an event.
+/// What to do after handing an event with nothing queued behind it.
 #[derive(Debug, PartialEq, Eq)]
 enum Pace {
     Now,
@@ -168,31 +171,35 @@ impl Pacer {
         Pacer {
             interval,
             flushed: None,
-            unwritten: false,
+            due: None,
         }
     }
 
-    /// An event was handed and more are queued behind it: they go together.
-    fn handed_more(&mut self) {
-        self.unwritten = true;
-    }
-
-    /// An event was handed and nothing is queued behind it.
+    /// An event was handed and nothing is queued behind it (while more is queued, the pump
+    /// hands on and decides at the last one).
     fn handed(&mut self, now: tokio::time::Instant) -> Pace {
-        self.unwritten = true;
+        if let Some(due) = self.due {
+            return Pace::At(due);
+        }
         match self.flushed {
-            Some(t) if now < t + self.interval => Pace::At(t + self.interval),
+            Some(t) if now < t + self.interval => {
+                let due = t + self.interval;
+                self.due = Some(due);
+                Pace::At(due)
+            }
             _ => Pace::Now,
         }
     }
 
+    /// Everything handed was pushed.
     fn flushed(&mut self, now: tokio::time::Instant) {
         self.flushed = Some(now);
-        self.unwritten = false;
+        self.due = None;
     }
 
-    fn unwritten(&self) -> bool {
-        self.unwritten
+    /// When a push is due (`None`: none is scheduled).
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.due
     }
 }
 
@@ -264,53 +271,7 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     };
 
     let mut resume_from = first;
-    let mut ticker =
-        tokio::time::interval_at(tokio::time::Instant::now() + p.keepalive, p.keepalive);
-    let mut pacer = Pacer::new(p.flush_interval);
-    let flush_due = tokio::time::sleep_until(tokio::time::Instant::now());
-    tokio::pin!(flush_due);
-    let close = loop {
-        tokio::select! {
-            item = rx.recv() => match item {
-                Some(item) => {
-                    // Handed = it reaches the client before the close.
-                    match tokio::time::timeout(p.stall, transport.event(&item)).await {
-                        Ok(Ok(())) => resume_from = item.seq + 1,
-                        Ok(Err(())) => break None,
-                        Err(_) => break Some(("slow", 4008)),
-                    }
-                    // More is queued: it goes out with this one.
-                    if !rx.is_empty() {
-                        pacer.handed_more();
-                        continue;
-                    }
-                    match pacer.handed(tokio::time::Instant::now()) {
-                        Pace::Now => {
-                            if let Some(end) = flush(&mut transport, p.stall).await {
-                                break end;
-                            }
-                            pacer.flushed(tokio::time::Instant::now());
-                        }
-                        Pace::At(due) => flush_due.as_mut().reset(due),
-                    }
-                }
-                // The follower ended (token expiry, shutdown) and the queue is empty.
-                None => break Some(("follower", 0)),
-            },
-            () = &mut flush_due, if pacer.unwritten() => {
-                if let Some(end) = flush(&mut transport, p.stall).await {
-                    break end;
-                }
-                pacer.flushed(tokio::time::Instant::now());
-            }
-            // The keep-alive goes out behind what was handed, and pushes it out with it.
-            _ = ticker.tick() => match tokio::time::timeout(p.stall, transport.keepalive()).await {
-                Ok(Ok(())) => pacer.flushed(tokio::time::Instant::now()),
-                Ok(Err(())) => break None,
-                Err(_) => break Some(("slow", 4008)),
-            },
-        }
-    };
+    let close = pump(&mut rx, &mut transport, &p, &mut resume_from).await;
     // Stop the follower (if it is still going) and learn where it stopped.
     drop(rx);
     let followed = (&mut ended).await.ok();
@@ -345,6 +306,68 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     }
 }
 
+/// Hands the queued events to `transport` and pushes them as the [`Pacer`] says, with a
+/// keep-alive every `p.keepalive`, until the stream ends: `None` when the client went away,
+/// else the reason and close code (`("follower", 0)`: the follower ended and its queue is
+/// drained). `resume_from` follows the last event handed.
+async fn pump<T: Transport>(
+    rx: &mut mpsc::Receiver<Item>,
+    transport: &mut T,
+    p: &Params,
+    resume_from: &mut u64,
+) -> Option<(&'static str, u16)> {
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + p.keepalive, p.keepalive);
+    let mut pacer = Pacer::new(p.flush_interval);
+    let flush_due = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(flush_due);
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => {
+                    // Handed = it reaches the client before the close.
+                    match tokio::time::timeout(p.stall, transport.event(&item)).await {
+                        Ok(Ok(())) => *resume_from = item.seq + 1,
+                        Ok(Err(())) => return None,
+                        Err(_) => return Some(("slow", 4008)),
+                    }
+                    // More is queued: it goes out with this one.
+                    if !rx.is_empty() {
+                        continue;
+                    }
+                    match pacer.handed(tokio::time::Instant::now()) {
+                        Pace::Now => {
+                            if let Some(end) = flush(transport, p.stall).await {
+                                return end;
+                            }
+                            pacer.flushed(tokio::time::Instant::now());
+                        }
+                        Pace::At(due) => {
+                            if flush_due.deadline() != due {
+                                flush_due.as_mut().reset(due);
+                            }
+                        }
+                    }
+                }
+                // The follower ended (token expiry, shutdown) and the queue is empty.
+                None => return Some(("follower", 0)),
+            },
+            () = &mut flush_due, if pacer.due().is_some() => {
+                if let Some(end) = flush(transport, p.stall).await {
+                    return end;
+                }
+                pacer.flushed(tokio::time::Instant::now());
+            }
+            // The keep-alive goes out behind what was handed, and pushes it out with it.
+            _ = ticker.tick() => match tokio::time::timeout(p.stall, transport.keepalive()).await {
+                Ok(Ok(())) => pacer.flushed(tokio::time::Instant::now()),
+                Ok(Err(())) => return None,
+                Err(_) => return Some(("slow", 4008)),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,22 +377,126 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let ms = Duration::from_millis;
         let mut p = Pacer::new(ms(250));
-        assert!(!p.unwritten());
+        assert_eq!(p.due(), None);
         // The first event of a stream goes out at once.
         assert_eq!(p.handed(t0), Pace::Now);
         p.flushed(t0);
         // The next ones within the interval wait for its end, together.
         assert_eq!(p.handed(t0 + ms(10)), Pace::At(t0 + ms(250)));
-        p.handed_more();
         assert_eq!(p.handed(t0 + ms(200)), Pace::At(t0 + ms(250)));
-        assert!(p.unwritten());
+        assert_eq!(p.due(), Some(t0 + ms(250)));
         p.flushed(t0 + ms(250));
-        assert!(!p.unwritten());
+        // Nothing is due until an event is handed again, however late that is.
+        assert_eq!(p.due(), None);
         // Quiet for an interval: at once again.
         assert_eq!(p.handed(t0 + ms(600)), Pace::Now);
+        assert_eq!(p.due(), None);
         // An interval of zero writes every event at once.
         let mut p = Pacer::new(Duration::ZERO);
         p.flushed(t0);
         assert_eq!(p.handed(t0), Pace::Now);
+    }
+
+    /// What a transport was handed and when it was pushed.
+    #[derive(Debug, Default)]
+    struct Wire {
+        unpushed: Vec<u64>,
+        pushes: Vec<(tokio::time::Instant, Vec<u64>)>,
+    }
+
+    struct Recorder(Arc<std::sync::Mutex<Wire>>);
+
+    impl Recorder {
+        fn push(&self) {
+            let mut w = self.0.lock().unwrap();
+            let events = std::mem::take(&mut w.unpushed);
+            if !events.is_empty() {
+                w.pushes.push((tokio::time::Instant::now(), events));
+            }
+        }
+    }
+
+    impl Transport for Recorder {
+        async fn event(&mut self, item: &Item) -> Result<(), ()> {
+            self.0.lock().unwrap().unpushed.push(item.seq);
+            Ok(())
+        }
+        async fn flush(&mut self) -> Result<(), ()> {
+            self.push();
+            Ok(())
+        }
+        async fn keepalive(&mut self) -> Result<(), ()> {
+            self.push();
+            Ok(())
+        }
+        async fn close(&mut self, _: &Close) {}
+        fn abort(&mut self) {}
+    }
+
+    /// Events arriving two at a time every 100 ms — the second queued behind the first, as
+    /// when a follower hands a batch — are pushed at most once per flush interval, never
+    /// early because a push happened before (a timer left on a past time fired at once).
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_stream_is_pushed_at_most_once_per_interval() {
+        let interval = Duration::from_millis(250);
+        let p = Params {
+            scope: Scope {
+                tags: vec!["t".into()],
+                ids: Vec::new(),
+                admin: false,
+                expires_at: u64::MAX,
+            },
+            filter: StreamFilter::default(),
+            from_seq: None,
+            client_buffer: 16,
+            stall: Duration::from_secs(30),
+            keepalive: Duration::from_secs(25),
+            flush_interval: interval,
+        };
+        let wire = Arc::new(std::sync::Mutex::new(Wire::default()));
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut transport = Recorder(Arc::clone(&wire));
+        let pump = tokio::spawn(async move {
+            let mut resume_from = 1;
+            let end = pump(&mut rx, &mut transport, &p, &mut resume_from).await;
+            (end, resume_from)
+        });
+        let item = |seq| Item {
+            seq,
+            json: String::new(),
+        };
+        let t0 = tokio::time::Instant::now();
+        for round in 0..40u64 {
+            tx.send(item(2 * round + 1)).await.unwrap();
+            tx.send(item(2 * round + 2)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(interval * 2).await;
+        drop(tx);
+        assert_eq!(pump.await.unwrap(), (Some(("follower", 0)), 81));
+
+        let w = wire.lock().unwrap();
+        let pushed: Vec<u64> = w.pushes.iter().flat_map(|(_, e)| e.clone()).collect();
+        assert_eq!(
+            pushed,
+            (1..=80).collect::<Vec<_>>(),
+            "every event, in order"
+        );
+        assert!(w.unpushed.is_empty());
+        // The first at once, the rest once per interval.
+        assert_eq!(w.pushes[0].0, t0);
+        for pair in w.pushes.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= interval,
+                "pushed {:?} apart: {:?}",
+                pair[1].0 - pair[0].0,
+                w.pushes
+            );
+        }
+        assert!(
+            w.pushes.len() <= 4_000 / 250 + 1,
+            "{} pushes",
+            w.pushes.len()
+        );
     }
 }
