@@ -34,6 +34,13 @@ pub trait Sink: Send {
     /// Delivers one event. `false` ends the follow (the consumer is gone, or the sink gave
     /// up on it; the sink remembers why).
     fn deliver(&mut self, event: &Event) -> impl Future<Output = bool> + Send;
+
+    /// The events delivered since the last call were one batch (a page of the log, or one
+    /// live batch): a sink that holds events back to pass a batch on together passes the rest
+    /// on now. `false` ends the follow, as from [`Sink::deliver`].
+    fn batch_end(&mut self) -> impl Future<Output = bool> + Send {
+        std::future::ready(true)
+    }
 }
 
 /// Why [`follow`] returned.
@@ -104,9 +111,10 @@ impl Start {
 }
 
 /// Replays from `*next`, then follows live, delivering what `matches` to `sink`. `*next`
-/// is always the first seq not yet passed on (delivered or skipped), so a caller that
-/// drops this future — or gets it back after [`End::Sink`] — knows exactly where the
-/// consumer must resume.
+/// is always the first seq not yet passed on (delivered to the sink or skipped), so a
+/// caller that drops this future — or gets it back after [`End::Sink`] — knows exactly
+/// where the consumer must resume (a sink that holds events back until
+/// [`Sink::batch_end`] knows which of them it did not pass on).
 pub async fn follow<S: Sink>(
     start: Start,
     next: &mut u64,
@@ -150,6 +158,9 @@ pub async fn follow<S: Sink>(
                 }
                 *next = e.seq + 1;
             }
+            if !sink.batch_end().await {
+                return End::Sink;
+            }
             if page.last().is_some_and(|e| e.seq >= target) {
                 break;
             }
@@ -171,6 +182,9 @@ pub async fn follow<S: Sink>(
                                 return End::Sink;
                             }
                             *next = e.seq + 1;
+                        }
+                        if !sink.batch_end().await {
+                            return End::Sink;
                         }
                     }
                     Err(RecvError::Lagged(_)) => break,
@@ -195,6 +209,9 @@ pub async fn follow<S: Sink>(
                             return End::Sink;
                         }
                         *next = e.seq + 1;
+                    }
+                    if !sink.batch_end().await {
+                        return End::Sink;
                     }
                     // Everything up to the batch's end was examined for this route.
                     *next = (*next).max(routed.upto + 1);
@@ -321,6 +338,60 @@ mod tests {
             self.seqs.push(event.seq);
             self.seqs.len() < self.want
         }
+    }
+
+    /// Collects each batch's events, and once the log's replay ended, commits two more.
+    struct Batches {
+        got: Vec<Vec<u64>>,
+        current: Vec<u64>,
+        want: usize,
+        then: Option<Committer>,
+    }
+
+    impl Sink for Batches {
+        async fn deliver(&mut self, event: &Event) -> bool {
+            self.current.push(event.seq);
+            true
+        }
+
+        async fn batch_end(&mut self) -> bool {
+            if !self.current.is_empty() {
+                self.got.push(std::mem::take(&mut self.current));
+            }
+            if let Some(committer) = self.then.take() {
+                tokio::spawn(async move {
+                    for _ in 0..2 {
+                        committer.submit(Op::Accept(sms())).await.unwrap();
+                    }
+                });
+            }
+            self.got.len() < self.want
+        }
+    }
+
+    /// A sink learns where each batch ends: after a page of the log, and after each live
+    /// batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sink_is_told_where_each_page_and_live_batch_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, committer, reads) = logged(dir.path(), 3).await;
+        let start = Start::now(store.as_ref(), &committer);
+        let mut next = start.cursor(Some(1));
+        let mut sink = Batches {
+            got: Vec::new(),
+            current: Vec::new(),
+            want: 3,
+            then: Some(committer.clone()),
+        };
+        let end = tokio::time::timeout(
+            Duration::from_secs(30),
+            follow(start, &mut next, &reads, &committer, |_| true, &mut sink),
+        )
+        .await
+        .expect("the follower went on");
+        assert_eq!(end, End::Sink);
+        assert_eq!(sink.got, vec![vec![1, 2, 3], vec![4], vec![5]]);
+        assert_eq!(next, 6);
     }
 
     /// A replay that meets a store out of reach for now (a shared engine's lost connection)

@@ -1,16 +1,19 @@
 //! One stream, transport-independent: a follower (`events::follow`) that puts the events
 //! the token and the filter allow on a bounded queue, and a pump that hands them to the
 //! transport (WebSocket or SSE), sends keep-alives, and closes with where to resume. The
-//! pump pushes what it handed towards the client at once when the stream was quiet for
-//! `realtime.flush_interval`, else once that interval since the last push is up ([`Pacer`]):
-//! a busy stream costs one write per interval, not one per event.
+//! follower marks the last event of each batch it passes on (a page of the log, a live
+//! batch); at a batch's end the pump pushes what it handed towards the client — at once when
+//! the stream was quiet for `realtime.flush_interval`, else once that interval since the last
+//! push is up ([`Pacer`]): a busy stream costs one write per interval, not one per event,
+//! and a batch is never split between two writes by the pump outrunning the follower.
 //!
-//! Bounds: the queue holds `realtime.client_buffer` events; the transport holds what its
-//! socket holds, plus at most 16 KiB and one event not yet written. A client that takes nothing for `realtime.stall_timeout` is closed (close
-//! code 4008 / a final `close` event) with `resume_from`, and its follower stops — it never
-//! makes the daemon buffer more, and it never slows anyone else (the follower reads the
-//! durable log, not the committer). The close itself gets [`CLOSE_GRACE`] stall periods
-//! to reach the client.
+//! Bounds: the queue holds `realtime.client_buffer` events, and the follower one more it
+//! holds back until it knows whether a batch ends there; the transport holds what its
+//! socket holds, plus at most 16 KiB and one event not yet written. A client that takes
+//! nothing for `realtime.stall_timeout` is closed (close code 4008 / a final `close` event)
+//! with `resume_from`, and its follower stops — it never makes the daemon buffer more, and
+//! it never slows anyone else (the follower reads the durable log, not the committer). The
+//! close itself gets [`CLOSE_GRACE`] stall periods to reach the client.
 //!
 //! Owns: the queue, the pacing of pushes, stall detection, the close reason and
 //! `resume_from`. Must not: parse requests or check tokens (`realtime`), frame bytes (`ws`,
@@ -41,6 +44,9 @@ pub const CLOSE_GRACE: u32 = 2;
 pub struct Item {
     pub seq: u64,
     pub json: String,
+    /// The last of what the follower passed on together (a page of the log, a live batch):
+    /// the pump decides whether to push only after it, never in the middle of a batch.
+    pub last: bool,
 }
 
 /// Why a stream ends, and where its client resumes (`from_seq`, or the SSE
@@ -73,7 +79,7 @@ pub trait Transport: Send {
     /// Hands an event to the connection; returns once it is queued behind everything sent
     /// before (it will reach the client before the close). A transport may hold a bounded
     /// amount of what was handed until [`Transport::flush`].
-    fn event(&mut self, item: &Item) -> impl Future<Output = Result<(), ()>> + Send;
+    fn event(&mut self, item: Item) -> impl Future<Output = Result<(), ()>> + Send;
     /// Pushes what was handed towards the client.
     fn flush(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
     /// Sends a keep-alive behind what was handed, and pushes both towards the client.
@@ -117,10 +123,30 @@ pub struct Params {
 }
 
 /// The follower's sink: the bounded queue. Waits while it is full (the pump decides when
-/// waiting has lasted too long, and then drops the receiver).
+/// waiting has lasted too long, and then drops the receiver). It holds the newest event back
+/// until the next one or the batch's end, so the pump knows which one ends a batch.
+/// Cancel-safe: an event leaves `held` only once the queue has room for it.
 struct Queue {
     tx: mpsc::Sender<Item>,
     epoch: String,
+    held: Option<Item>,
+}
+
+impl Queue {
+    /// Queues the held event, if any.
+    async fn send_held(&mut self, last: bool) -> bool {
+        if self.held.is_none() {
+            return true;
+        }
+        let Ok(permit) = self.tx.reserve().await else {
+            return false;
+        };
+        if let Some(mut item) = self.held.take() {
+            item.last = last;
+            permit.send(item);
+        }
+        true
+    }
 }
 
 impl Sink for Queue {
@@ -134,13 +160,19 @@ impl Sink for Queue {
         json.push_str(",\"epoch\":\"");
         json.push_str(&self.epoch);
         json.push_str("\"}");
-        self.tx
-            .send(Item {
-                seq: event.seq,
-                json,
-            })
-            .await
-            .is_ok()
+        if !self.send_held(false).await {
+            return false;
+        }
+        self.held = Some(Item {
+            seq: event.seq,
+            json,
+            last: false,
+        });
+        true
+    }
+
+    async fn batch_end(&mut self) -> bool {
+        self.send_held(true).await
     }
 }
 
@@ -245,7 +277,11 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
         let epoch = epoch.clone();
         tokio::spawn(async move {
             let mut next = first;
-            let mut sink = Queue { tx, epoch };
+            let mut sink = Queue {
+                tx,
+                epoch,
+                held: None,
+            };
             let expires_in =
                 Duration::from_millis(p.scope.expires_at.saturating_sub(clock::now_ms()));
             let mut shutdown = ctx.shutdown.clone();
@@ -265,6 +301,10 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
                 _ = tokio::time::sleep(expires_in) => ("token_expired", 4001),
                 _ = shutdown.wait_for(|s| *s) => ("shutdown", 1001),
             };
+            // An event still held back was not passed on: the client resumes from it.
+            if let Some(held) = sink.held.take() {
+                next = next.min(held.seq);
+            }
             drop(sink);
             let _ = ended_tx.send((next, reason, code));
         })
@@ -326,13 +366,14 @@ async fn pump<T: Transport>(
             item = rx.recv() => match item {
                 Some(item) => {
                     // Handed = it reaches the client before the close.
-                    match tokio::time::timeout(p.stall, transport.event(&item)).await {
-                        Ok(Ok(())) => *resume_from = item.seq + 1,
+                    let (seq, last) = (item.seq, item.last);
+                    match tokio::time::timeout(p.stall, transport.event(item)).await {
+                        Ok(Ok(())) => *resume_from = seq + 1,
                         Ok(Err(())) => return None,
                         Err(_) => return Some(("slow", 4008)),
                     }
-                    // More is queued: it goes out with this one.
-                    if !rx.is_empty() {
+                    // The rest of its batch, or more, is coming: it goes out with this one.
+                    if !last || !rx.is_empty() {
                         continue;
                     }
                     match pacer.handed(tokio::time::Instant::now()) {
@@ -417,7 +458,7 @@ mod tests {
     }
 
     impl Transport for Recorder {
-        async fn event(&mut self, item: &Item) -> Result<(), ()> {
+        async fn event(&mut self, item: Item) -> Result<(), ()> {
             self.0.lock().unwrap().unpushed.push(item.seq);
             Ok(())
         }
@@ -433,12 +474,60 @@ mod tests {
         fn abort(&mut self) {}
     }
 
-    /// Events arriving two at a time every 100 ms — the second queued behind the first, as
-    /// when a follower hands a batch — are pushed at most once per flush interval, never
-    /// early because a push happened before (a timer left on a past time fired at once).
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            at: 0,
+            message_id: None,
+            kind: herald_plugin_api::EventKind::Queued,
+            channel: None,
+            provider: None,
+            provider_message_id: None,
+            attempt: None,
+            detail: None,
+            tags: Vec::new(),
+            from: None,
+            to: None,
+            body: None,
+            rsvp: None,
+        }
+    }
+
+    /// The queue marks a batch's last event, and an event it holds back is never lost to a
+    /// cancelled wait for room: it stays held, so the follower knows the client's resume
+    /// point is that event.
     #[tokio::test(start_paused = true)]
-    async fn a_busy_stream_is_pushed_at_most_once_per_interval() {
-        let interval = Duration::from_millis(250);
+    async fn the_queue_marks_a_batch_end_and_keeps_what_it_could_not_queue() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut q = Queue {
+            tx,
+            epoch: "e".into(),
+            held: None,
+        };
+        assert!(q.deliver(&event(1)).await);
+        assert!(q.deliver(&event(2)).await);
+        // The queue is full (event 1): waiting for room is given up.
+        let waited = tokio::time::timeout(Duration::from_secs(1), q.batch_end()).await;
+        assert!(waited.is_err());
+        assert_eq!(q.held.as_ref().map(|i| i.seq), Some(2));
+        let first = rx.recv().await.unwrap();
+        assert_eq!((first.seq, first.last), (1, false));
+        assert!(first.json.ends_with(r#","epoch":"e"}"#), "{}", first.json);
+        assert!(q.batch_end().await);
+        let second = rx.recv().await.unwrap();
+        assert_eq!((second.seq, second.last), (2, true));
+        assert!(q.held.is_none());
+        // Nothing held: a batch end queues nothing.
+        assert!(q.batch_end().await);
+        assert!(rx.try_recv().is_err());
+    }
+
+    type Pumped = tokio::task::JoinHandle<(Option<(&'static str, u16)>, u64)>;
+
+    /// A pump over a recording transport, pushing at most once per `interval`.
+    fn pump_recorded(
+        interval: Duration,
+    ) -> (mpsc::Sender<Item>, Arc<std::sync::Mutex<Wire>>, Pumped) {
         let p = Params {
             scope: Scope {
                 tags: vec!["t".into()],
@@ -456,24 +545,38 @@ mod tests {
         let wire = Arc::new(std::sync::Mutex::new(Wire::default()));
         let (tx, mut rx) = mpsc::channel(16);
         let mut transport = Recorder(Arc::clone(&wire));
-        let pump = tokio::spawn(async move {
+        let pumped = tokio::spawn(async move {
             let mut resume_from = 1;
             let end = pump(&mut rx, &mut transport, &p, &mut resume_from).await;
             (end, resume_from)
         });
-        let item = |seq| Item {
+        (tx, wire, pumped)
+    }
+
+    fn item(seq: u64, last: bool) -> Item {
+        Item {
             seq,
             json: String::new(),
-        };
+            last,
+        }
+    }
+
+    /// Events arriving two at a time every 100 ms — one batch of the follower's — are
+    /// pushed at most once per flush interval, never early because a push happened before
+    /// (a timer left on a past time fired at once).
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_stream_is_pushed_at_most_once_per_interval() {
+        let interval = Duration::from_millis(250);
+        let (tx, wire, pumped) = pump_recorded(interval);
         let t0 = tokio::time::Instant::now();
         for round in 0..40u64 {
-            tx.send(item(2 * round + 1)).await.unwrap();
-            tx.send(item(2 * round + 2)).await.unwrap();
+            tx.send(item(2 * round + 1, false)).await.unwrap();
+            tx.send(item(2 * round + 2, true)).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(interval * 2).await;
         drop(tx);
-        assert_eq!(pump.await.unwrap(), (Some(("follower", 0)), 81));
+        assert_eq!(pumped.await.unwrap(), (Some(("follower", 0)), 81));
 
         let w = wire.lock().unwrap();
         let pushed: Vec<u64> = w.pushes.iter().flat_map(|(_, e)| e.clone()).collect();
@@ -497,6 +600,35 @@ mod tests {
             w.pushes.len() <= 4_000 / 250 + 1,
             "{} pushes",
             w.pushes.len()
+        );
+    }
+
+    /// A quiet stream's batch goes out at once and whole, even when the pump takes its first
+    /// event before the follower queued the rest (the queue empty in the batch's middle).
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_pushed_whole_when_the_queue_empties_in_its_middle() {
+        let ms = Duration::from_millis;
+        let (tx, wire, pumped) = pump_recorded(ms(250));
+        let t0 = tokio::time::Instant::now();
+        for (at, seq) in [(0, 1), (1000, 3)] {
+            tokio::time::sleep_until(t0 + ms(at)).await;
+            tx.send(item(seq, false)).await.unwrap();
+            tokio::time::sleep(ms(1)).await;
+            let pushes = wire.lock().unwrap().pushes.len();
+            assert_eq!(
+                pushes,
+                seq as usize / 2,
+                "nothing pushed in a batch's middle"
+            );
+            tx.send(item(seq + 1, true)).await.unwrap();
+            tokio::time::sleep(ms(1)).await;
+        }
+        drop(tx);
+        assert_eq!(pumped.await.unwrap(), (Some(("follower", 0)), 5));
+        let w = wire.lock().unwrap();
+        assert_eq!(
+            w.pushes,
+            vec![(t0 + ms(1), vec![1, 2]), (t0 + ms(1001), vec![3, 4])]
         );
     }
 }

@@ -71,7 +71,7 @@ impl Sse {
 }
 
 impl Transport for Sse {
-    async fn event(&mut self, item: &Item) -> Result<(), ()> {
+    async fn event(&mut self, item: Item) -> Result<(), ()> {
         use std::fmt::Write;
         let _ = write!(
             self.pending,

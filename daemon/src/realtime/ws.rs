@@ -67,10 +67,10 @@ impl Drop for Ws {
 }
 
 impl Transport for Ws {
-    async fn event(&mut self, item: &Item) -> Result<(), ()> {
+    async fn event(&mut self, item: Item) -> Result<(), ()> {
         // `feed` returns once the frame is in the connection's buffer, ahead of the close.
         self.sink
-            .feed(Message::Text(item.json.as_str().into()))
+            .feed(Message::Text(item.json.into()))
             .await
             .map_err(|_| ())
     }
