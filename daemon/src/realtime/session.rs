@@ -5,7 +5,9 @@
 //! batch); at a batch's end the pump pushes what it handed towards the client — at once when
 //! the stream was quiet for `realtime.flush_interval`, else once that interval since the last
 //! push is up ([`Pacer`]): a busy stream costs one write per interval, not one per event,
-//! and a batch is never split between two writes by the pump outrunning the follower.
+//! and a batch is never split between two writes by the pump outrunning the follower. A
+//! tag-scoped stream is paced by the fanout's router instead (it hands a busy route its
+//! events once per interval), and its pump pushes each batch as it comes.
 //!
 //! Bounds: the queue holds `realtime.client_buffer` events, and the follower one more it
 //! holds back until it knows whether a batch ends there; the transport holds what its
@@ -252,18 +254,26 @@ async fn flush<T: Transport>(
 pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     let epoch = ctx.store.epoch();
     // A token scoped to tags sees only events carrying one of them: its follower is woken
-    // only for those (the fanout's tag index), not for every event of every stream.
+    // only for those (the fanout's tag index), not for every event of every stream. The
+    // router already hands a busy route its events once per flush interval, so the pump
+    // pushes each of those batches as it comes: pacing it again from the pump's own last
+    // push would only add delay (that push lags the router's hand-off a little more each
+    // time, up to a whole interval).
     let scope = &p.scope;
-    let start = if !scope.admin && scope.ids.is_empty() && !scope.tags.is_empty() {
-        Start::routed(
+    let (start, pacing) = if !scope.admin && scope.ids.is_empty() && !scope.tags.is_empty() {
+        let start = Start::routed(
             &ctx.fanout,
             &scope.tags,
             p.flush_interval,
             ctx.store.as_ref(),
             &ctx.committer,
-        )
+        );
+        (start, Duration::ZERO)
     } else {
-        Start::now(ctx.store.as_ref(), &ctx.committer)
+        (
+            Start::now(ctx.store.as_ref(), &ctx.committer),
+            p.flush_interval,
+        )
     };
     let first = start.cursor(p.from_seq);
     let (tx, mut rx) = mpsc::channel(p.client_buffer);
@@ -311,7 +321,7 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     };
 
     let mut resume_from = first;
-    let close = pump(&mut rx, &mut transport, &p, &mut resume_from).await;
+    let close = pump(&mut rx, &mut transport, &p, pacing, &mut resume_from).await;
     // Stop the follower (if it is still going) and learn where it stopped.
     drop(rx);
     let followed = (&mut ended).await.ok();
@@ -346,19 +356,21 @@ pub async fn run<T: Transport>(ctx: Context, p: Params, mut transport: T) {
     }
 }
 
-/// Hands the queued events to `transport` and pushes them as the [`Pacer`] says, with a
-/// keep-alive every `p.keepalive`, until the stream ends: `None` when the client went away,
-/// else the reason and close code (`("follower", 0)`: the follower ended and its queue is
-/// drained). `resume_from` follows the last event handed.
+/// Hands the queued events to `transport` and pushes them at the end of each batch, at
+/// most once per `interval` ([`Pacer`]), with a keep-alive every `p.keepalive`, until the
+/// stream ends: `None` when the client went away, else the reason and close code
+/// (`("follower", 0)`: the follower ended and its queue is drained). `resume_from` follows
+/// the last event handed.
 async fn pump<T: Transport>(
     rx: &mut mpsc::Receiver<Item>,
     transport: &mut T,
     p: &Params,
+    interval: Duration,
     resume_from: &mut u64,
 ) -> Option<(&'static str, u16)> {
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + p.keepalive, p.keepalive);
-    let mut pacer = Pacer::new(p.flush_interval);
+    let mut pacer = Pacer::new(interval);
     let flush_due = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(flush_due);
     loop {
@@ -547,7 +559,7 @@ mod tests {
         let mut transport = Recorder(Arc::clone(&wire));
         let pumped = tokio::spawn(async move {
             let mut resume_from = 1;
-            let end = pump(&mut rx, &mut transport, &p, &mut resume_from).await;
+            let end = pump(&mut rx, &mut transport, &p, interval, &mut resume_from).await;
             (end, resume_from)
         });
         (tx, wire, pumped)
