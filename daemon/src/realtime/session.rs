@@ -193,7 +193,7 @@ struct Pacer {
     due: Option<tokio::time::Instant>,
 }
 
-/// What to do after handing an event with nothing queued behind it.
+/// What to do after handing a batch's last event with nothing queued behind it.
 #[derive(Debug, PartialEq, Eq)]
 enum Pace {
     Now,
@@ -209,8 +209,8 @@ impl Pacer {
         }
     }
 
-    /// An event was handed and nothing is queued behind it (while more is queued, the pump
-    /// hands on and decides at the last one).
+    /// A batch's last event was handed and nothing is queued behind it (until then the pump
+    /// hands on without deciding).
     fn handed(&mut self, now: tokio::time::Instant) -> Pace {
         if let Some(due) = self.due {
             return Pace::At(due);
