@@ -284,7 +284,11 @@ pub struct RealtimeConfig {
     pub flush_interval_ms: u64,
 }
 
-/// The default `realtime.flush_interval` (ms).
+/// The defaults of `[realtime]`'s stream settings, also used by the admin listener's stream
+/// when there is no `[realtime]` section.
+pub const DEFAULT_CLIENT_BUFFER: usize = 256;
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_KEEPALIVE_MS: u64 = 25_000;
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 250;
 
 /// `[admin]`: the operator listener (`/metrics`, `/healthz`, `/readyz`, the status page).
@@ -1182,12 +1186,16 @@ fn validate_realtime(
     if !(1..=100_000).contains(&max_streams) {
         return Err("realtime.max_streams must be between 1 and 100000".into());
     }
-    let client_buffer = r.client_buffer.unwrap_or(256);
+    let client_buffer = r.client_buffer.unwrap_or(DEFAULT_CLIENT_BUFFER);
     if !(1..=65_536).contains(&client_buffer) {
         return Err("realtime.client_buffer must be between 1 and 65536 events".into());
     }
-    let stall_timeout_ms = duration(r.stall_timeout, "realtime.stall_timeout", 30_000)?;
-    let keepalive_ms = duration(r.keepalive, "realtime.keepalive", 25_000)?;
+    let stall_timeout_ms = duration(
+        r.stall_timeout,
+        "realtime.stall_timeout",
+        DEFAULT_STALL_TIMEOUT_MS,
+    )?;
+    let keepalive_ms = duration(r.keepalive, "realtime.keepalive", DEFAULT_KEEPALIVE_MS)?;
     if stall_timeout_ms < 100 || keepalive_ms < 100 {
         return Err("realtime.stall_timeout and realtime.keepalive must be at least 100ms".into());
     }

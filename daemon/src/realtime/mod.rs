@@ -30,7 +30,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Notify;
 
 use crate::clock;
-use crate::config::RealtimeConfig;
+use crate::config::{self, RealtimeConfig};
 use crate::live::{Live, LiveCell};
 
 pub use filter::StreamFilter;
@@ -337,10 +337,10 @@ pub fn admin_stream(
             c.flush_interval_ms,
         ),
         None => (
-            256,
-            30_000,
-            25_000,
-            crate::config::DEFAULT_FLUSH_INTERVAL_MS,
+            config::DEFAULT_CLIENT_BUFFER,
+            config::DEFAULT_STALL_TIMEOUT_MS,
+            config::DEFAULT_KEEPALIVE_MS,
+            config::DEFAULT_FLUSH_INTERVAL_MS,
         ),
     };
     let params = Params {

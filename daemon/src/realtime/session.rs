@@ -237,13 +237,14 @@ impl Pacer {
     }
 }
 
-/// Pushes what was handed towards the client. `Some(end)` ends the stream: `None` when the
-/// client went away, a close reason when it took nothing for `stall`.
-async fn flush<T: Transport>(
-    transport: &mut T,
+/// Waits at most `stall` for a transport operation (handing, pushing, a keep-alive).
+/// `Some(end)` ends the stream: `None` when the client went away, a close reason when it
+/// took nothing for `stall`.
+async fn within(
     stall: Duration,
+    op: impl Future<Output = Result<(), ()>>,
 ) -> Option<Option<(&'static str, u16)>> {
-    match tokio::time::timeout(stall, transport.flush()).await {
+    match tokio::time::timeout(stall, op).await {
         Ok(Ok(())) => None,
         Ok(Err(())) => Some(None),
         Err(_) => Some(Some(("slow", 4008))),
@@ -379,18 +380,17 @@ async fn pump<T: Transport>(
                 Some(item) => {
                     // Handed = it reaches the client before the close.
                     let (seq, last) = (item.seq, item.last);
-                    match tokio::time::timeout(p.stall, transport.event(item)).await {
-                        Ok(Ok(())) => *resume_from = seq + 1,
-                        Ok(Err(())) => return None,
-                        Err(_) => return Some(("slow", 4008)),
+                    if let Some(end) = within(p.stall, transport.event(item)).await {
+                        return end;
                     }
+                    *resume_from = seq + 1;
                     // The rest of its batch, or more, is coming: it goes out with this one.
                     if !last || !rx.is_empty() {
                         continue;
                     }
                     match pacer.handed(tokio::time::Instant::now()) {
                         Pace::Now => {
-                            if let Some(end) = flush(transport, p.stall).await {
+                            if let Some(end) = within(p.stall, transport.flush()).await {
                                 return end;
                             }
                             pacer.flushed(tokio::time::Instant::now());
@@ -406,17 +406,18 @@ async fn pump<T: Transport>(
                 None => return Some(("follower", 0)),
             },
             () = &mut flush_due, if pacer.due().is_some() => {
-                if let Some(end) = flush(transport, p.stall).await {
+                if let Some(end) = within(p.stall, transport.flush()).await {
                     return end;
                 }
                 pacer.flushed(tokio::time::Instant::now());
             }
             // The keep-alive goes out behind what was handed, and pushes it out with it.
-            _ = ticker.tick() => match tokio::time::timeout(p.stall, transport.keepalive()).await {
-                Ok(Ok(())) => pacer.flushed(tokio::time::Instant::now()),
-                Ok(Err(())) => return None,
-                Err(_) => return Some(("slow", 4008)),
-            },
+            _ = ticker.tick() => {
+                if let Some(end) = within(p.stall, transport.keepalive()).await {
+                    return end;
+                }
+                pacer.flushed(tokio::time::Instant::now());
+            }
         }
     }
 }
